@@ -1,0 +1,25 @@
+//! Per-CPU counters: no atomics needed, userspace sums the CPUs.
+
+use switcher_common::{backend_index, Reason};
+
+use crate::maps::{COLOR_COUNTERS, REASON_COUNTERS};
+
+#[inline(always)]
+pub fn reason(r: Reason) {
+    if let Some(c) = REASON_COUNTERS.get_ptr_mut(r as u32) {
+        // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
+        unsafe { *c += 1 };
+    }
+}
+
+#[inline(always)]
+pub fn color(service_id: u32, color: u8, bytes: u64, new_flow: bool, pin_miss: bool) {
+    if let Some(c) = COLOR_COUNTERS.get_ptr_mut(backend_index(service_id, color)) {
+        // SAFETY: as above.
+        let c = unsafe { &mut *c };
+        c.packets += 1;
+        c.bytes += bytes;
+        c.new_flows += new_flow as u64;
+        c.pin_misses += pin_miss as u64;
+    }
+}

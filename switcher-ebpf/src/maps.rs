@@ -1,0 +1,51 @@
+//! The datapath's maps, all pinned by name so a restarted daemon adopts them with their state.
+
+use aya_ebpf::{
+    bindings::bpf_fib_lookup,
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+};
+use switcher_common::{
+    ActiveWord, Backend, ColorCounters, Endpoint, FlipMark, FlowKey, FlowValue, FragKey,
+    FragValue, Reason, ReverseValue, ServiceValue, MAX_SERVICES,
+};
+
+/// Sized for a busy edge host; LRU evicts the least recently used flow when full.
+pub const FLOW_TABLE_SIZE: u32 = 262_144;
+pub const FRAG_TABLE_SIZE: u32 = 16_384;
+
+#[map]
+pub static SERVICES: HashMap<Endpoint, ServiceValue> = HashMap::pinned(MAX_SERVICES, 0);
+#[map]
+pub static BACKENDS: Array<Backend> = Array::pinned(MAX_SERVICES * 2, 0);
+#[map]
+pub static ACTIVE: Array<ActiveWord> = Array::pinned(MAX_SERVICES, 0);
+#[map]
+pub static FLIP_MARKS: Array<FlipMark> = Array::pinned(MAX_SERVICES, 0);
+#[map]
+pub static FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::pinned(FLOW_TABLE_SIZE, 0);
+#[map]
+pub static FRAGS: LruHashMap<FragKey, FragValue> = LruHashMap::pinned(FRAG_TABLE_SIZE, 0);
+#[map]
+pub static REVERSE: HashMap<Endpoint, ReverseValue> = HashMap::pinned(MAX_SERVICES * 2, 0);
+#[map]
+pub static COLOR_COUNTERS: PerCpuArray<ColorCounters> = PerCpuArray::pinned(MAX_SERVICES * 2, 0);
+#[map]
+pub static REASON_COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(Reason::COUNT, 0);
+
+/// Scratch space for bpf_fib_lookup parameters (not pinned: holds no state).
+#[map]
+pub static FIB_SCRATCH: PerCpuArray<bpf_fib_lookup> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per-packet working set kept off the 512-byte stack: the flow key, the service key and the
+/// fragment key are built here and passed to map helpers directly.
+#[repr(C)]
+pub struct Scratch {
+    pub flow: FlowKey,
+    pub svc: Endpoint,
+    pub _pad: u32,
+    pub frag: FragKey,
+}
+
+#[map]
+pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);

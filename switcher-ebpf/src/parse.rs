@@ -1,0 +1,233 @@
+//! Ethernet (up to two VLAN tags) → IPv4 (with options) / IPv6 (with extension headers) → the
+//! L4 ports. Any inconsistency yields the [`Reason`] to count; the caller then passes the packet
+//! untouched, so a malformed packet is never rewritten.
+
+use switcher_common::{FlowKey, Reason, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP};
+
+use crate::frame::Frame;
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+/// Upper bound on the L4 offset; keeps offsets small and visible to the verifier.
+const MAX_L4_OFF: usize = 512;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Frag {
+    None,
+    /// First fragment: carries the L4 header.
+    First(u32),
+    /// A later fragment: no L4 header, steered by its datagram's first fragment.
+    Later(u32),
+}
+
+pub struct Parsed {
+    pub family: u8,
+    pub proto: u8,
+    pub vlans: u8,
+    pub l3: usize,
+    pub l4: usize,
+    pub frag: Frag,
+    /// IPv4 total length or IPv6 payload length + 40: what the IP header says.
+    pub ip_len: u16,
+    /// IPv4 TOS or IPv6 traffic class / flow label word, for the FIB lookup.
+    pub tos_flow: u32,
+}
+
+/// Parses up to the L4 header, writing addresses, protocol and family into `flow` (which may
+/// live in a map: the BPF stack is too small to copy them around).
+/// `Err(Reason::NotIp | NotService)` are ordinary pass-throughs.
+#[inline(always)]
+pub fn parse<F: Frame>(f: &F, flow: &mut FlowKey) -> Result<Parsed, Reason> {
+    let mut off = ETH_HLEN;
+    let mut ethertype = be16(f.read::<2>(12).ok_or(Reason::TruncatedL2)?);
+    let mut vlans = 0u8;
+    for _ in 0..2 {
+        if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
+            let tag = f.read::<4>(off).ok_or(Reason::TruncatedL2)?;
+            ethertype = u16::from_be_bytes([tag[2], tag[3]]);
+            off += 4;
+            vlans += 1;
+        }
+    }
+    match ethertype {
+        ETH_P_IP => parse_v4(f, off, vlans, flow),
+        ETH_P_IPV6 => parse_v6(f, off, vlans, flow),
+        _ => Err(Reason::NotIp),
+    }
+}
+
+#[inline(always)]
+fn parse_v4<F: Frame>(f: &F, l3: usize, vlans: u8, flow: &mut FlowKey) -> Result<Parsed, Reason> {
+    let h = f.read::<20>(l3).ok_or(Reason::MalformedL3)?;
+    if h[0] >> 4 != 4 {
+        return Err(Reason::MalformedL3);
+    }
+    let ihl = ((h[0] & 0x0f) as usize) * 4;
+    let tot_len = be16([h[2], h[3]]);
+    if ihl < 20 || (tot_len as usize) < ihl || l3 + tot_len as usize > f.len() {
+        return Err(Reason::MalformedL3);
+    }
+    // The options must be present too, even though we never read them.
+    if ihl > 20 && f.read::<1>(l3 + ihl - 1).is_none() {
+        return Err(Reason::MalformedL3);
+    }
+    let proto = h[9];
+    if proto != PROTO_TCP && proto != PROTO_UDP {
+        return Err(Reason::NotService);
+    }
+    let frag_word = be16([h[6], h[7]]);
+    let more = frag_word & 0x2000 != 0;
+    let offset = frag_word & 0x1fff;
+    let id = be16([h[4], h[5]]) as u32;
+    let frag = if offset != 0 {
+        Frag::Later(id)
+    } else if more {
+        Frag::First(id)
+    } else {
+        Frag::None
+    };
+    flow.src = [0; 16];
+    flow.dst = [0; 16];
+    flow.src[..4].copy_from_slice(&h[12..16]);
+    flow.dst[..4].copy_from_slice(&h[16..20]);
+    flow.proto = proto;
+    flow.family = FAMILY_V4;
+    Ok(Parsed {
+        family: FAMILY_V4,
+        proto,
+        vlans,
+        l3,
+        l4: l3 + ihl,
+        frag,
+        ip_len: tot_len,
+        tos_flow: h[1] as u32,
+    })
+}
+
+#[inline(always)]
+fn parse_v6<F: Frame>(f: &F, l3: usize, vlans: u8, flow: &mut FlowKey) -> Result<Parsed, Reason> {
+    let h = f.read::<8>(l3).ok_or(Reason::MalformedL3)?;
+    if h[0] >> 4 != 6 {
+        return Err(Reason::MalformedL3);
+    }
+    let payload = be16([h[4], h[5]]);
+    // Zero payload length means a jumbogram: not log traffic, not steered.
+    if payload == 0 || l3 + 40 + payload as usize > f.len() {
+        return Err(Reason::MalformedL3);
+    }
+    let mut next = h[6];
+    let mut off = l3 + 40;
+    let mut frag = Frag::None;
+    // Hop-by-hop and destination options are skipped; a fragment header is followed.
+    for _ in 0..3 {
+        match next {
+            0 | 60 => {
+                let e = f.read::<2>(off).ok_or(Reason::MalformedL3)?;
+                next = e[0];
+                off += (e[1] as usize + 1) * 8;
+            }
+            44 => {
+                let e = f.read::<8>(off).ok_or(Reason::MalformedL3)?;
+                next = e[0];
+                let offset = be16([e[2], e[3]]) >> 3;
+                let more = e[3] & 1 != 0;
+                let id = u32::from_be_bytes([e[4], e[5], e[6], e[7]]);
+                frag = if offset != 0 {
+                    Frag::Later(id)
+                } else if more {
+                    Frag::First(id)
+                } else {
+                    Frag::None
+                };
+                off += 8;
+            }
+            _ => break,
+        }
+        if off > MAX_L4_OFF {
+            return Err(Reason::Ipv6ExtUnsupported);
+        }
+    }
+    if next != PROTO_TCP && next != PROTO_UDP {
+        return Err(match next {
+            0 | 43 | 44 | 60 => Reason::Ipv6ExtUnsupported,
+            _ => Reason::NotService,
+        });
+    }
+    flow.src = f.read::<16>(l3 + 8).ok_or(Reason::MalformedL3)?;
+    flow.dst = f.read::<16>(l3 + 24).ok_or(Reason::MalformedL3)?;
+    flow.proto = next;
+    flow.family = FAMILY_V6;
+    Ok(Parsed {
+        family: FAMILY_V6,
+        proto: next,
+        vlans,
+        l3,
+        l4: off,
+        frag,
+        ip_len: payload + 40,
+        tos_flow: u32::from_be_bytes([h[0], h[1], h[2], h[3]]) & 0x0fff_ffff,
+    })
+}
+
+/// The L4 fields the datapath needs.
+pub struct L4 {
+    pub sport: [u8; 2],
+    pub dport: [u8; 2],
+    /// Offset of the checksum field.
+    pub csum_off: usize,
+    pub csum: u16,
+    /// TCP flags byte (0 for UDP).
+    pub tcp_flags: u8,
+}
+
+/// Reads the TCP or UDP header at `p.l4`, which must lie inside the IP packet.
+#[inline(always)]
+pub fn parse_l4<F: Frame>(f: &F, p: &Parsed) -> Result<L4, Reason> {
+    if p.l4 > MAX_L4_OFF {
+        return Err(Reason::MalformedL4);
+    }
+    let ip_end = p.l3 + p.ip_len as usize;
+    if p.proto == PROTO_TCP {
+        let h = f.read::<20>(p.l4).ok_or(Reason::MalformedL4)?;
+        let doff = (h[12] >> 4) as usize * 4;
+        if doff < 20 || p.l4 + 20 > ip_end {
+            return Err(Reason::MalformedL4);
+        }
+        Ok(L4 {
+            sport: [h[0], h[1]],
+            dport: [h[2], h[3]],
+            csum_off: p.l4 + 16,
+            csum: be16([h[16], h[17]]),
+            tcp_flags: h[13],
+        })
+    } else {
+        let h = f.read::<8>(p.l4).ok_or(Reason::MalformedL4)?;
+        let udp_len = be16([h[4], h[5]]) as usize;
+        if udp_len < 8 || p.l4 + 8 > ip_end {
+            return Err(Reason::MalformedL4);
+        }
+        // An unfragmented datagram must fit its UDP length exactly inside the IP packet.
+        if p.frag == Frag::None && p.l4 + udp_len != ip_end {
+            return Err(Reason::MalformedL4);
+        }
+        let csum = be16([h[6], h[7]]);
+        if csum == 0 && p.family == FAMILY_V6 {
+            return Err(Reason::Udp6ZeroChecksum);
+        }
+        Ok(L4 {
+            sport: [h[0], h[1]],
+            dport: [h[2], h[3]],
+            csum_off: p.l4 + 6,
+            csum,
+            tcp_flags: 0,
+        })
+    }
+}
+
+#[inline(always)]
+pub fn be16(b: [u8; 2]) -> u16 {
+    u16::from_be_bytes(b)
+}

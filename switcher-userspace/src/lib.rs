@@ -1,0 +1,9 @@
+//! switcher: zero-downtime blue/green switching of log-ingest services with an XDP datapath.
+//! The binary (`src/main.rs`) is a thin CLI over these modules.
+
+pub mod api;
+pub mod bpffs;
+pub mod config;
+pub mod daemon;
+pub mod datapath;
+pub mod status;

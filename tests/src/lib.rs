@@ -1,0 +1,3 @@
+//! Test support for switcher: the network-namespace lab and its helpers.
+
+pub mod lab;
