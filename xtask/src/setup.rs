@@ -321,7 +321,7 @@ fn bpf_linker(toolchain: &str) -> Result<()> {
         .env("LLVM_PREFIX", &prefix)
         // --force: a broken binary of the same version would otherwise count as installed.
         .args(["install", "bpf-linker", "--force", "--no-default-features", "--features", &feature]);
-    let manual = format!("LLVM_PREFIX={} {}", prefix.display(), describe(&install));
+    let manual = describe(&install);
     run_visible(&mut install).with_context(|| {
         format!(
             "building bpf-linker failed. It needs a C/C++ toolchain with libstdc++ (Debian: \

@@ -1,0 +1,500 @@
+//! The datapath against a table of packet fixtures, through BPF_PROG_TEST_RUN: for each case
+//! the input packet, the expected XDP action, the exact expected output bytes (built with
+//! etherparse, which computes checksums from scratch) and the counter that must move.
+//! Needs root (loads BPF programs).
+
+mod support;
+
+use support::*;
+use switcher::config::Color;
+use switcher_common::Reason;
+
+const SERVICES: &str = r#"
+[[service]]
+name = "udp4"
+vip = "198.18.10.10"
+port = 514
+protocol = "udp"
+forward = "pass"
+blue  = { backend = "198.18.1.2:5514" }
+green = { backend = "198.18.2.2:6514" }
+
+[[service]]
+name = "tcp4"
+vip = "198.18.10.10"
+port = 601
+protocol = "tcp"
+forward = "pass"
+blue  = { backend = "198.18.1.2:1601" }
+green = { backend = "198.18.2.2:2601" }
+
+[[service]]
+name = "udp6"
+vip = "2001:2:0:10::10"
+port = 514
+protocol = "udp"
+forward = "pass"
+blue  = { backend = "[2001:2:0:1::2]:5514" }
+green = { backend = "[2001:2:0:2::2]:6514" }
+
+[[service]]
+name = "tcp6"
+vip = "2001:2:0:10::10"
+port = 601
+protocol = "tcp"
+forward = "pass"
+blue  = { backend = "[2001:2:0:1::2]:1601" }
+green = { backend = "[2001:2:0:2::2]:2601" }
+"#;
+
+const PAYLOAD: &[u8] = b"<14>1 2026-11-24T00:00:00Z client app - - - hello switcher";
+
+struct Case {
+    name: &'static str,
+    input: Vec<u8>,
+    action: u32,
+    /// `None`: the packet must come out untouched.
+    output: Option<Vec<u8>>,
+    reason: Option<Reason>,
+}
+
+fn rewritten(name: &'static str, input: Vec<u8>, output: Vec<u8>) -> Case {
+    Case {
+        name,
+        input,
+        action: XDP_PASS,
+        output: Some(output),
+        reason: Some(Reason::PassMode),
+    }
+}
+
+fn untouched(name: &'static str, input: Vec<u8>, reason: Reason) -> Case {
+    Case {
+        name,
+        input,
+        action: XDP_PASS,
+        output: None,
+        reason: Some(reason),
+    }
+}
+
+fn table() -> Vec<Case> {
+    let mut cases = vec![
+        rewritten(
+            "udp over ipv4",
+            udp4("198.18.0.1", 40000, "198.18.10.10", 514, PAYLOAD),
+            udp4("198.18.0.1", 40000, "198.18.1.2", 5514, PAYLOAD),
+        ),
+        rewritten(
+            "udp over ipv6",
+            udp6("2001:2::1", 40000, "2001:2:0:10::10", 514, PAYLOAD),
+            udp6("2001:2::1", 40000, "2001:2:0:1::2", 5514, PAYLOAD),
+        ),
+        rewritten(
+            "tcp syn over ipv4",
+            tcp4("198.18.0.1", 40001, "198.18.10.10", 601, "S", b""),
+            tcp4("198.18.0.1", 40001, "198.18.1.2", 1601, "S", b""),
+        ),
+        rewritten(
+            "tcp syn over ipv6",
+            tcp6("2001:2::1", 40001, "2001:2:0:10::10", 601, "S", b""),
+            tcp6("2001:2::1", 40001, "2001:2:0:1::2", 1601, "S", b""),
+        ),
+        rewritten(
+            "udp with one 802.1Q tag",
+            with_vlans(&udp4("198.18.0.1", 40002, "198.18.10.10", 514, PAYLOAD), &[(0x8100, 7)]),
+            with_vlans(&udp4("198.18.0.1", 40002, "198.18.1.2", 5514, PAYLOAD), &[(0x8100, 7)]),
+        ),
+        rewritten(
+            "tcp with QinQ (802.1ad + 802.1Q)",
+            with_vlans(
+                &tcp6("2001:2::1", 40003, "2001:2:0:10::10", 601, "S", b""),
+                &[(0x88a8, 100), (0x8100, 7)],
+            ),
+            with_vlans(
+                &tcp6("2001:2::1", 40003, "2001:2:0:1::2", 1601, "S", b""),
+                &[(0x88a8, 100), (0x8100, 7)],
+            ),
+        ),
+        rewritten(
+            "ipv4 with options (IHL 7)",
+            with_ipv4_options(
+                &udp4("198.18.0.1", 40004, "198.18.10.10", 514, PAYLOAD),
+                &[0x01, 0x01, 0x01, 0x01, 0x94, 0x04, 0x00, 0x00],
+            ),
+            with_ipv4_options(
+                &udp4("198.18.0.1", 40004, "198.18.1.2", 5514, PAYLOAD),
+                &[0x01, 0x01, 0x01, 0x01, 0x94, 0x04, 0x00, 0x00],
+            ),
+        ),
+        rewritten(
+            "udp over ipv4 with zero checksum stays zero",
+            zero_udp_csum(udp4("198.18.0.1", 40005, "198.18.10.10", 514, PAYLOAD)),
+            zero_udp_csum(udp4("198.18.0.1", 40005, "198.18.1.2", 5514, PAYLOAD)),
+        ),
+        rewritten(
+            "ipv6 with hop-by-hop options",
+            with_ipv6_ext(
+                &udp6("2001:2::1", 40006, "2001:2:0:10::10", 514, PAYLOAD),
+                0,
+                &[0x01, 0x04, 0, 0, 0, 0],
+            ),
+            with_ipv6_ext(
+                &udp6("2001:2::1", 40006, "2001:2:0:1::2", 5514, PAYLOAD),
+                0,
+                &[0x01, 0x04, 0, 0, 0, 0],
+            ),
+        ),
+        untouched(
+            "udp over ipv6 with zero checksum is invalid",
+            zero_udp_csum(udp6("2001:2::1", 40007, "2001:2:0:10::10", 514, PAYLOAD)),
+            Reason::Udp6ZeroChecksum,
+        ),
+        untouched(
+            "other port on the VIP",
+            udp4("198.18.0.1", 40008, "198.18.10.10", 515, PAYLOAD),
+            Reason::NotService,
+        ),
+        untouched(
+            "service port but tcp instead of udp",
+            tcp4("198.18.0.1", 40009, "198.18.10.10", 514, "S", b""),
+            Reason::NotService,
+        ),
+        untouched(
+            "other destination",
+            udp4("198.18.0.1", 40010, "198.18.10.11", 514, PAYLOAD),
+            Reason::NotService,
+        ),
+        untouched("icmp echo to the VIP", icmp4(), Reason::NotService),
+        untouched("arp", arp(), Reason::NotIp),
+        untouched(
+            "ipv6 routing header is not steered",
+            with_ipv6_ext(
+                &udp6("2001:2::1", 40011, "2001:2:0:10::10", 514, PAYLOAD),
+                43,
+                &[0, 0, 0, 0, 0, 0],
+            ),
+            Reason::Ipv6ExtUnsupported,
+        ),
+        untouched(
+            "ipv4 header claims more bytes than the frame has",
+            ip_len_plus(udp4("198.18.0.1", 40012, "198.18.10.10", 514, PAYLOAD), 1),
+            Reason::MalformedL3,
+        ),
+        untouched(
+            "udp length disagrees with ip length",
+            udp_len_plus(udp4("198.18.0.1", 40013, "198.18.10.10", 514, PAYLOAD), 2),
+            Reason::MalformedL4,
+        ),
+        untouched(
+            "tcp data offset below 5",
+            tcp_doff(tcp4("198.18.0.1", 40014, "198.18.10.10", 601, "S", b""), 4),
+            Reason::MalformedL4,
+        ),
+        untouched(
+            "ipv4 IHL below 5",
+            ihl(udp4("198.18.0.1", 40015, "198.18.10.10", 514, PAYLOAD), 4),
+            Reason::MalformedL3,
+        ),
+    ];
+    // Truncated at every byte: a frame cut anywhere before the end of the L4 header is never
+    // rewritten, and is counted under the layer where it broke. BPF_PROG_TEST_RUN refuses
+    // frames shorter than an Ethernet header (as no NIC delivers them), so L2 truncation is
+    // exercised inside the VLAN tags.
+    let tagged = with_vlans(
+        &udp4("198.18.0.1", 41004, "198.18.10.10", 514, b""),
+        &[(0x88a8, 100), (0x8100, 7)],
+    );
+    for cut in 14..22 {
+        let name: &'static str = Box::leak(format!("QinQ frame truncated to {cut} bytes").into_boxed_str());
+        cases.push(untouched(name, tagged[..cut].to_vec(), Reason::TruncatedL2));
+    }
+    for (name, full, l3, l4, l4_len) in [
+        ("udp4", udp4("198.18.0.1", 41000, "198.18.10.10", 514, b""), 14, 34, 8),
+        ("tcp4", tcp4("198.18.0.1", 41001, "198.18.10.10", 601, "S", b""), 14, 34, 20),
+        ("udp6", udp6("2001:2::1", 41002, "2001:2:0:10::10", 514, b""), 14, 54, 8),
+        ("tcp6", tcp6("2001:2::1", 41003, "2001:2:0:10::10", 601, "S", b""), 14, 54, 20),
+    ] {
+        for cut in 14..l4 + l4_len {
+            let reason = if cut < l3 {
+                Reason::TruncatedL2
+            } else {
+                // The IP length field no longer fits the frame once anything is cut.
+                Reason::MalformedL3
+            };
+            let name: &'static str = Box::leak(format!("{name} truncated to {cut} bytes").into_boxed_str());
+            cases.push(untouched(name, full[..cut].to_vec(), reason));
+        }
+    }
+    cases
+}
+
+fn zero_udp_csum(mut p: Vec<u8>) -> Vec<u8> {
+    let l4 = if p[12..14] == [0x86, 0xdd] { 54 } else { 34 };
+    p[l4 + 6] = 0;
+    p[l4 + 7] = 0;
+    p
+}
+
+fn ip_len_plus(mut p: Vec<u8>, n: u16) -> Vec<u8> {
+    let t = u16::from_be_bytes([p[16], p[17]]) + n;
+    p[16..18].copy_from_slice(&t.to_be_bytes());
+    fix_ipv4_checksum(&mut p, 14);
+    p
+}
+
+fn udp_len_plus(mut p: Vec<u8>, n: u16) -> Vec<u8> {
+    let t = u16::from_be_bytes([p[38], p[39]]) + n;
+    p[38..40].copy_from_slice(&t.to_be_bytes());
+    p
+}
+
+fn tcp_doff(mut p: Vec<u8>, doff: u8) -> Vec<u8> {
+    p[34 + 12] = (doff << 4) | (p[34 + 12] & 0x0f);
+    p
+}
+
+fn ihl(mut p: Vec<u8>, ihl: u8) -> Vec<u8> {
+    p[14] = 0x40 | ihl;
+    p
+}
+
+fn icmp4() -> Vec<u8> {
+    let b = etherparse::PacketBuilder::ethernet2(MAC_CLIENT, MAC_EDGE)
+        .ipv4(v4("198.18.0.1"), v4("198.18.10.10"), 64)
+        .icmpv4_echo_request(1, 1);
+    let mut v = Vec::new();
+    b.write(&mut v, b"ping").expect("build");
+    v
+}
+
+fn arp() -> Vec<u8> {
+    let mut v = Vec::new();
+    v.extend_from_slice(&[0xff; 6]);
+    v.extend_from_slice(&MAC_CLIENT);
+    v.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1]);
+    v.extend_from_slice(&MAC_CLIENT);
+    v.extend_from_slice(&v4("198.18.0.1"));
+    v.extend_from_slice(&[0; 6]);
+    v.extend_from_slice(&v4("198.18.10.10"));
+    v
+}
+
+#[test]
+fn fixture_table() {
+    if !privileged() {
+        return;
+    }
+    let mut t = TestDatapath::new(SERVICES);
+    let mut failures = Vec::new();
+    for case in table() {
+        let before = case.reason.map(|r| t.reason(r));
+        let (action, out) = t.xdp(&case.input);
+        let want = case.output.as_ref().unwrap_or(&case.input);
+        if action != case.action {
+            failures.push(format!("{}: action {action}, want {}", case.name, case.action));
+        }
+        if &out != want {
+            failures.push(format!(
+                "{}: output differs\n  got  {}\n  want {}",
+                case.name,
+                hex(&out),
+                hex(want)
+            ));
+        }
+        if let (Some(r), Some(b)) = (case.reason, before) {
+            let after = t.reason(r);
+            if after != b + 1 {
+                failures.push(format!("{}: counter {} went {b} -> {after}", case.name, r.label()));
+            }
+        }
+        if case.output.is_some() && out == *want {
+            let untagged = strip_vlans(&out);
+            assert_checksums_valid(&untagged);
+        }
+    }
+    assert!(failures.is_empty(), "{} fixture(s) failed:\n{}", failures.len(), failures.join("\n"));
+}
+
+fn strip_vlans(p: &[u8]) -> Vec<u8> {
+    let mut v = p[..12].to_vec();
+    let mut off = 12;
+    while matches!(&p[off..off + 2], [0x81, 0x00] | [0x88, 0xa8]) {
+        off += 4;
+    }
+    v.extend_from_slice(&p[off..]);
+    v
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[test]
+fn tcp_flow_stays_pinned_across_flips_and_new_syn_goes_to_active() {
+    if !privileged() {
+        return;
+    }
+    let mut t = TestDatapath::new(SERVICES);
+    let id = t.id("tcp4");
+    let c = "198.18.0.1";
+    let to_blue = |flags: &str| tcp4(c, 42000, "198.18.1.2", 1601, flags, b"x");
+
+    let (a, out) = t.xdp(&tcp4(c, 42000, "198.18.10.10", 601, "S", b"x"));
+    assert_eq!((a, out), (XDP_PASS, to_blue("S")));
+    for to in [Color::Green, Color::Blue, Color::Green] {
+        t.dp().flip(id, to).expect("flip");
+        let (_, out) = t.xdp(&tcp4(c, 42000, "198.18.10.10", 601, "AP", b"x"));
+        assert_eq!(out, to_blue("AP"), "established flow must stay on blue after flip to {to}");
+    }
+    // Active is green now: a new connection goes there.
+    let (_, out) = t.xdp(&tcp4(c, 42001, "198.18.10.10", 601, "S", b"x"));
+    assert_eq!(out, tcp4(c, 42001, "198.18.2.2", 2601, "S", b"x"));
+    // A retransmitted SYN of the blue flow keeps blue; after FIN the tuple re-picks green.
+    let (_, out) = t.xdp(&tcp4(c, 42000, "198.18.10.10", 601, "S", b"x"));
+    assert_eq!(out, to_blue("S"));
+    let (_, out) = t.xdp(&tcp4(c, 42000, "198.18.10.10", 601, "FA", b"x"));
+    assert_eq!(out, to_blue("FA"));
+    let (_, out) = t.xdp(&tcp4(c, 42000, "198.18.10.10", 601, "A", b"x"));
+    assert_eq!(out, to_blue("A"), "last ACK of the closing flow still goes to blue");
+    let (_, out) = t.xdp(&tcp4(c, 42000, "198.18.10.10", 601, "S", b"x"));
+    assert_eq!(out, tcp4(c, 42000, "198.18.2.2", 2601, "S", b"x"));
+
+    let blue = t.dp().color_counters(id, Color::Blue).expect("counters");
+    let green = t.dp().color_counters(id, Color::Green).expect("counters");
+    assert_eq!((blue.packets, blue.new_flows), (7, 1));
+    assert_eq!((green.packets, green.new_flows), (2, 2));
+}
+
+#[test]
+fn tcp_without_flow_entry_follows_drain_rule() {
+    if !privileged() {
+        return;
+    }
+    let mut t = TestDatapath::new(SERVICES);
+    let id = t.id("tcp6");
+    t.dp().flip(id, Color::Green).expect("flip");
+    // Within the drain window (60 s default) an unknown mid-connection packet goes to the
+    // colour that was active before the flip, and is pinned there.
+    let (_, out) = t.xdp(&tcp6("2001:2::1", 43000, "2001:2:0:10::10", 601, "A", b"x"));
+    assert_eq!(out, tcp6("2001:2::1", 43000, "2001:2:0:1::2", 1601, "A", b"x"));
+    assert_eq!(t.reason(Reason::TcpPinMiss), 1);
+    let (_, out) = t.xdp(&tcp6("2001:2::1", 43000, "2001:2:0:10::10", 601, "A", b"y"));
+    assert_eq!(out, tcp6("2001:2::1", 43000, "2001:2:0:1::2", 1601, "A", b"y"));
+    assert_eq!(t.reason(Reason::TcpPinMiss), 1, "second packet finds the entry");
+    assert_eq!(t.dp().color_counters(id, Color::Blue).expect("c").pin_misses, 1);
+}
+
+#[test]
+fn udp_follows_active_per_packet_and_flip_mark_records_cutover() {
+    if !privileged() {
+        return;
+    }
+    let mut t = TestDatapath::new(SERVICES);
+    let id = t.id("udp4");
+    let pkt = udp4("198.18.0.1", 44000, "198.18.10.10", 514, PAYLOAD);
+    let (_, out) = t.xdp(&pkt);
+    assert_eq!(out, udp4("198.18.0.1", 44000, "198.18.1.2", 5514, PAYLOAD));
+    let flip = t.dp().flip(id, Color::Green).expect("flip");
+    assert!(flip.changed);
+    assert_eq!(t.dp().flip_mark(id).expect("mark").first_ns, [0, 0]);
+    let (_, out) = t.xdp(&pkt);
+    assert_eq!(out, udp4("198.18.0.1", 44000, "198.18.2.2", 6514, PAYLOAD));
+    let mark = t.dp().flip_mark(id).expect("mark");
+    assert_eq!(mark.generation, flip.generation);
+    assert_eq!(mark.first_ns[0], 0, "blue got nothing after the flip");
+    assert!(mark.first_ns[1] >= flip.flip_ns, "green's first packet is after the flip write");
+    let again = t.dp().flip(id, Color::Green).expect("flip");
+    assert!(!again.changed, "flipping to the active colour is a no-op");
+}
+
+#[test]
+fn udp_affinity_keeps_a_source_on_its_color() {
+    if !privileged() {
+        return;
+    }
+    let services = SERVICES.replacen(
+        "forward = \"pass\"\nblue  = { backend = \"198.18.1.2:5514\" }",
+        "forward = \"pass\"\nudp_affinity_idle_ms = 60000\nblue  = { backend = \"198.18.1.2:5514\" }",
+        1,
+    );
+    let mut t = TestDatapath::new(&services);
+    let id = t.id("udp4");
+    let from = |sport| udp4("198.18.0.1", sport, "198.18.10.10", 514, PAYLOAD);
+    let (_, out) = t.xdp(&from(45000));
+    assert_eq!(out, udp4("198.18.0.1", 45000, "198.18.1.2", 5514, PAYLOAD));
+    t.dp().flip(id, Color::Green).expect("flip");
+    let (_, out) = t.xdp(&from(45000));
+    assert_eq!(out, udp4("198.18.0.1", 45000, "198.18.1.2", 5514, PAYLOAD), "source stays on blue");
+    let (_, out) = t.xdp(&from(45001));
+    assert_eq!(out, udp4("198.18.0.1", 45001, "198.18.2.2", 6514, PAYLOAD), "new source goes green");
+}
+
+#[test]
+fn fragments_follow_their_first_fragment_across_a_flip() {
+    if !privileged() {
+        return;
+    }
+    let mut t = TestDatapath::new(SERVICES);
+    let id = t.id("udp4");
+    let big: Vec<u8> = (0..600u32).map(|i| (i % 251) as u8).collect();
+    let (f1, f2) = fragment_v4(&udp4("198.18.0.1", 46000, "198.18.10.10", 514, &big), 304, 0x4242);
+    let (e1, e2) = fragment_v4(&udp4("198.18.0.1", 46000, "198.18.1.2", 5514, &big), 304, 0x4242);
+    let (a, out) = t.xdp(&f1);
+    assert_eq!((a, out), (XDP_PASS, e1));
+    // Flip between the fragments: the second must still go to blue.
+    t.dp().flip(id, Color::Green).expect("flip");
+    let (a, out) = t.xdp(&f2);
+    assert_eq!((a, out), (XDP_PASS, e2));
+    assert_eq!(t.reason(Reason::FragFollowed), 1);
+    // A later fragment whose first fragment never came is left alone.
+    let (_, o2) = fragment_v4(&udp4("198.18.0.1", 46001, "198.18.10.10", 514, &big), 304, 0x4343);
+    let (_, out) = t.xdp(&o2);
+    assert_eq!(out, o2);
+    assert_eq!(t.reason(Reason::FragNoEntry), 1);
+
+    // IPv6: same rule through the Fragment extension header.
+    let id6 = t.id("udp6");
+    let (f1, f2) = fragment_v6(&udp6("2001:2::1", 46002, "2001:2:0:10::10", 514, &big), 304, 77);
+    let (e1, e2) = fragment_v6(&udp6("2001:2::1", 46002, "2001:2:0:2::2", 6514, &big), 304, 77);
+    t.dp().flip(id6, Color::Green).expect("flip");
+    assert_eq!(t.xdp(&f1).1, e1);
+    t.dp().flip(id6, Color::Blue).expect("flip");
+    assert_eq!(t.xdp(&f2).1, e2, "second v6 fragment follows the first to green");
+}
+
+#[test]
+fn egress_translates_replies_back_to_the_vip() {
+    if !privileged() {
+        return;
+    }
+    let mut t = TestDatapath::new(SERVICES);
+    let cases = [
+        (
+            tcp4("198.18.1.2", 1601, "198.18.0.1", 42000, "SA", b""),
+            tcp4("198.18.10.10", 601, "198.18.0.1", 42000, "SA", b""),
+        ),
+        (
+            tcp6("2001:2:0:2::2", 2601, "2001:2::1", 42000, "A", b"ok\n"),
+            tcp6("2001:2:0:10::10", 601, "2001:2::1", 42000, "A", b"ok\n"),
+        ),
+        (
+            udp4("198.18.2.2", 6514, "198.18.0.1", 40000, b"reply"),
+            udp4("198.18.10.10", 514, "198.18.0.1", 40000, b"reply"),
+        ),
+        (
+            zero_udp_csum(udp4("198.18.2.2", 6514, "198.18.0.1", 40000, b"reply")),
+            zero_udp_csum(udp4("198.18.10.10", 514, "198.18.0.1", 40000, b"reply")),
+        ),
+    ];
+    for (input, want) in cases {
+        let (action, out) = t.tc(&input);
+        assert_eq!(action, 0, "TC_ACT_OK");
+        assert_eq!(hex(&out), hex(&want));
+        assert_checksums_valid(&out);
+    }
+    assert_eq!(t.reason(Reason::EgressReversed), 4);
+    // A packet from a backend port that is not a service port passes untouched.
+    let other = udp4("198.18.1.2", 9999, "198.18.0.1", 40000, b"x");
+    assert_eq!(t.tc(&other).1, other);
+}
