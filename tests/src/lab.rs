@@ -226,7 +226,10 @@ fn remove_netns(name: &str) -> Result<()> {
     }
     // A process left inside keeps the namespace (and its veths) alive after `ip netns del`.
     let pids = run_command(Command::new("ip").args(["netns", "pids", name]))?;
-    for pid in pids.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
+    for pid in pids
+        .split_whitespace()
+        .filter_map(|p| p.parse::<i32>().ok())
+    {
         match kill(Pid::from_raw(pid), Signal::SIGKILL) {
             Ok(()) | Err(Errno::ESRCH) => {}
             Err(e) => return Err(e).with_context(|| format!("killing pid {pid} in {name}")),
@@ -270,7 +273,11 @@ fn run_command(cmd: &mut Command) -> Result<String> {
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         let stdout = String::from_utf8_lossy(&out.stdout);
-        let detail = if stderr.trim().is_empty() { stdout.trim() } else { stderr.trim() };
+        let detail = if stderr.trim().is_empty() {
+            stdout.trim()
+        } else {
+            stderr.trim()
+        };
         bail!("`{desc}` failed ({}): {detail}", out.status);
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
@@ -287,7 +294,9 @@ fn write_sysctl(key: &str, value: &str) -> Result<()> {
 }
 
 fn validate_prefix(prefix: &str) -> Result<()> {
-    let ok_chars = prefix.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    let ok_chars = prefix
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
     if prefix.is_empty() || prefix.len() > 24 || !ok_chars {
         bail!("lab prefix {prefix:?} must be 1-24 characters of [A-Za-z0-9_-]");
     }
@@ -325,7 +334,10 @@ pub struct Proc(Arc<ProcInner>);
 
 impl std::fmt::Debug for Proc {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Proc").field("pid", &self.0.pid).field("label", &self.0.label).finish()
+        f.debug_struct("Proc")
+            .field("pid", &self.0.pid)
+            .field("label", &self.0.label)
+            .finish()
     }
 }
 
@@ -347,7 +359,12 @@ impl Proc {
         if let Some(err) = child.stderr.take() {
             pump(err, Arc::clone(&shared), false);
         }
-        Ok(Proc(Arc::new(ProcInner { label, pid: child.id(), child: Mutex::new(child), shared })))
+        Ok(Proc(Arc::new(ProcInner {
+            label,
+            pid: child.id(),
+            child: Mutex::new(child),
+            shared,
+        })))
     }
 
     /// The process id (of the program itself: `ip netns exec` execs it in place).
@@ -362,24 +379,42 @@ impl Proc {
 
     /// The stdout lines kept so far (the last 10 000).
     pub fn stdout_lines(&self) -> Vec<String> {
-        lock(&self.0.shared.streams).stdout.iter().cloned().collect()
+        lock(&self.0.shared.streams)
+            .stdout
+            .iter()
+            .cloned()
+            .collect()
     }
 
     /// The stderr lines kept so far (the last 10 000).
     pub fn stderr_lines(&self) -> Vec<String> {
-        lock(&self.0.shared.streams).stderr.iter().cloned().collect()
+        lock(&self.0.shared.streams)
+            .stderr
+            .iter()
+            .cloned()
+            .collect()
     }
 
     /// The last `n` stderr lines joined, for error messages.
     pub fn stderr_tail(&self, n: usize) -> String {
         let streams = lock(&self.0.shared.streams);
         let skip = streams.stderr.len().saturating_sub(n);
-        streams.stderr.iter().skip(skip).cloned().collect::<Vec<_>>().join("\n")
+        streams
+            .stderr
+            .iter()
+            .skip(skip)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     /// Waits until a kept stdout line satisfies `pred` and returns it. Fails when stdout closes
     /// (the process exited) or on timeout, with the stderr tail in the message.
-    pub fn wait_for_stdout(&self, pred: impl Fn(&str) -> bool, timeout: Duration) -> Result<String> {
+    pub fn wait_for_stdout(
+        &self,
+        pred: impl Fn(&str) -> bool,
+        timeout: Duration,
+    ) -> Result<String> {
         let deadline = Instant::now() + timeout;
         let shared = &self.0.shared;
         let mut checked = 0u64;
@@ -423,7 +458,9 @@ impl Proc {
 
     /// The exit status if the process has exited (never blocks).
     pub fn try_wait(&self) -> Result<Option<ExitStatus>> {
-        lock(&self.0.child).try_wait().with_context(|| format!("waiting for `{}`", self.0.label))
+        lock(&self.0.child)
+            .try_wait()
+            .with_context(|| format!("waiting for `{}`", self.0.label))
     }
 
     /// Waits up to `timeout` for the process to exit by itself.
@@ -466,7 +503,9 @@ impl Proc {
         }
         // Already exiting processes make kill() fail harmlessly; wait() below settles it.
         let _ = child.kill();
-        child.wait().with_context(|| format!("reaping `{}`", self.0.label))
+        child
+            .wait()
+            .with_context(|| format!("reaping `{}`", self.0.label))
     }
 }
 
@@ -497,9 +536,15 @@ fn pump(pipe: impl Read + Send + 'static, shared: Arc<Shared>, is_stdout: bool) 
             match reader.read_until(b'\n', &mut buf) {
                 Ok(0) | Err(_) => break,
                 Ok(_) => {
-                    let line = String::from_utf8_lossy(&buf).trim_end_matches(['\n', '\r']).to_owned();
+                    let line = String::from_utf8_lossy(&buf)
+                        .trim_end_matches(['\n', '\r'])
+                        .to_owned();
                     let mut streams = lock(&shared.streams);
-                    let queue = if is_stdout { &mut streams.stdout } else { &mut streams.stderr };
+                    let queue = if is_stdout {
+                        &mut streams.stdout
+                    } else {
+                        &mut streams.stderr
+                    };
                     if queue.len() >= KEEP_LINES {
                         queue.pop_front();
                     }
@@ -547,9 +592,15 @@ impl Snmp {
         let mut raw = BTreeMap::new();
         let mut lines = snmp.lines().filter(|l| !l.trim().is_empty());
         while let Some(header) = lines.next() {
-            let values = lines.next().with_context(|| format!("snmp: no value line after {header:?}"))?;
-            let (proto, names) = header.split_once(':').with_context(|| format!("snmp: bad line {header:?}"))?;
-            let (proto2, nums) = values.split_once(':').with_context(|| format!("snmp: bad line {values:?}"))?;
+            let values = lines
+                .next()
+                .with_context(|| format!("snmp: no value line after {header:?}"))?;
+            let (proto, names) = header
+                .split_once(':')
+                .with_context(|| format!("snmp: bad line {header:?}"))?;
+            let (proto2, nums) = values
+                .split_once(':')
+                .with_context(|| format!("snmp: bad line {values:?}"))?;
             if proto != proto2 {
                 bail!("snmp: header {proto:?} followed by values of {proto2:?}");
             }
@@ -568,7 +619,11 @@ impl Snmp {
                 }
             }
         }
-        let get = |key: &str| raw.get(key).copied().with_context(|| format!("snmp: no counter {key}"));
+        let get = |key: &str| {
+            raw.get(key)
+                .copied()
+                .with_context(|| format!("snmp: no counter {key}"))
+        };
         Ok(Snmp {
             udp_in_datagrams: get("UdpInDatagrams")?,
             udp_in_errors: get("UdpInErrors")?,
@@ -604,7 +659,10 @@ pub struct Lab {
 
 impl std::fmt::Debug for Lab {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Lab").field("prefix", &self.prefix).field("finished", &self.finished).finish()
+        f.debug_struct("Lab")
+            .field("prefix", &self.prefix)
+            .field("finished", &self.finished)
+            .finish()
     }
 }
 
@@ -629,15 +687,21 @@ impl Lab {
             remove_netns(name).with_context(|| format!("removing stale namespace {name}"))?;
         }
         // On error `lab` is dropped here, which deletes what was created.
-        lab.build().with_context(|| format!("setting up lab {prefix:?}"))?;
-        lab.verify().with_context(|| format!("lab {prefix:?} has no connectivity"))?;
+        lab.build()
+            .with_context(|| format!("setting up lab {prefix:?}"))?;
+        lab.verify()
+            .with_context(|| format!("lab {prefix:?} has no connectivity"))?;
         Ok(lab)
     }
 
     /// A prefix unique to this process and call: `sw{tag}{pid % 10000:04}{counter}`. Keep `tag`
     /// to a few letters (non-letters are dropped) so names stay short and unambiguous.
     pub fn unique_prefix(tag: &str) -> String {
-        let tag: String = tag.chars().filter(char::is_ascii_alphabetic).take(6).collect();
+        let tag: String = tag
+            .chars()
+            .filter(char::is_ascii_alphabetic)
+            .take(6)
+            .collect();
         let n = PREFIX_COUNTER.fetch_add(1, Ordering::Relaxed);
         format!("sw{tag}{:04}{n}", std::process::id() % 10_000)
     }
@@ -662,7 +726,9 @@ impl Lab {
     /// Runs `args` (program first) inside `host` to completion and returns its stdout; fails
     /// with its stderr when it exits non-zero.
     pub fn run(&self, host: Host, args: &[&str]) -> Result<String> {
-        let (program, rest) = args.split_first().context("Lab::run needs at least a program")?;
+        let (program, rest) = args
+            .split_first()
+            .context("Lab::run needs at least a program")?;
         run_command(self.command(host, program).args(rest))
     }
 
@@ -696,7 +762,10 @@ impl Lab {
         let proc = self.spawn(host, program, args)?;
         if let Err(e) = proc.wait_for_stdout(|line| line.starts_with(ready_line), timeout) {
             let _ = proc.stop();
-            return Err(e.context(format!("waiting for {ready_line:?} from {program} in {}", self.ns(host))));
+            return Err(e.context(format!(
+                "waiting for {ready_line:?} from {program} in {}",
+                self.ns(host)
+            )));
         }
         Ok(proc)
     }
@@ -705,8 +774,10 @@ impl Lab {
     pub fn snmp(&self, host: Host) -> Result<Snmp> {
         in_netns(self.ns(host), || -> Result<Snmp> {
             // thread-self, not self: only this thread is in the namespace.
-            let snmp = fs::read_to_string("/proc/thread-self/net/snmp").context("reading /proc/net/snmp")?;
-            let snmp6 = fs::read_to_string("/proc/thread-self/net/snmp6").context("reading /proc/net/snmp6")?;
+            let snmp = fs::read_to_string("/proc/thread-self/net/snmp")
+                .context("reading /proc/net/snmp")?;
+            let snmp6 = fs::read_to_string("/proc/thread-self/net/snmp6")
+                .context("reading /proc/net/snmp6")?;
             Snmp::parse(&snmp, &snmp6)
         })?
         .with_context(|| format!("snmp counters of {}", self.ns(host)))
@@ -717,7 +788,13 @@ impl Lab {
     /// exactly as received (`%rawmsg%`, syslog header included; TCP framing removed). Its
     /// config, pid file and state go to `workdir`. Returns once it listens. Tracked like
     /// [`Lab::spawn`]; SIGTERM makes rsyslog flush and exit.
-    pub fn start_rsyslog(&self, host: Host, port: u16, out_file: &Path, workdir: &Path) -> Result<Proc> {
+    pub fn start_rsyslog(
+        &self,
+        host: Host,
+        port: u16,
+        out_file: &Path,
+        workdir: &Path,
+    ) -> Result<Proc> {
         require_tool("rsyslogd", "-v", "rsyslog")?;
         fs::create_dir_all(workdir).with_context(|| format!("creating {}", workdir.display()))?;
         // rsyslogd resolves relative paths against its own cwd, so hand it absolute ones.
@@ -725,7 +802,10 @@ impl Lab {
         let out_file = std::path::absolute(out_file).context("absolute out_file")?;
         for p in [&workdir, &out_file] {
             if p.to_string_lossy().contains(['"', '\\']) {
-                bail!("rsyslog paths must not contain quotes or backslashes: {}", p.display());
+                bail!(
+                    "rsyslog paths must not contain quotes or backslashes: {}",
+                    p.display()
+                );
             }
         }
         let conf_path = workdir.join(format!("rsyslog-{port}.conf"));
@@ -749,10 +829,16 @@ input(type="imtcp" port="{port}" ruleset="ingest")
         match fs::remove_file(&pid_path) {
             Ok(()) => {}
             Err(e) if e.kind() == ErrorKind::NotFound => {}
-            Err(e) => return Err(e).with_context(|| format!("removing stale {}", pid_path.display())),
+            Err(e) => {
+                return Err(e).with_context(|| format!("removing stale {}", pid_path.display()))
+            }
         }
         let mut cmd = self.command(host, "rsyslogd");
-        cmd.arg("-n").arg("-f").arg(&conf_path).arg("-i").arg(&pid_path);
+        cmd.arg("-n")
+            .arg("-f")
+            .arg(&conf_path)
+            .arg("-i")
+            .arg(&pid_path);
         let proc = self.spawn_command(cmd)?;
         if let Err(e) = self.wait_listening(host, port, &proc, Duration::from_secs(10)) {
             let _ = proc.stop();
@@ -831,8 +917,10 @@ input(type="imtcp" port="{port}" ruleset="ingest")
     }
 
     fn sysctls(&self, host: Host, settings: &[(&str, &str)]) -> Result<()> {
-        in_netns(self.ns(host), || settings.iter().try_for_each(|(k, v)| write_sysctl(k, v)))?
-            .with_context(|| format!("sysctls in {}", self.ns(host)))
+        in_netns(self.ns(host), || {
+            settings.iter().try_for_each(|(k, v)| write_sysctl(k, v))
+        })?
+        .with_context(|| format!("sysctls in {}", self.ns(host)))
     }
 
     fn ethtool(&self, host: Host, args: &[&str]) -> Result<()> {
@@ -848,7 +936,10 @@ input(type="imtcp" port="{port}" ruleset="ingest")
             // IPv6 address (link-local included).
             self.sysctls(
                 host,
-                &[("net/ipv6/conf/all/accept_dad", "0"), ("net/ipv6/conf/default/accept_dad", "0")],
+                &[
+                    ("net/ipv6/conf/all/accept_dad", "0"),
+                    ("net/ipv6/conf/default/accept_dad", "0"),
+                ],
             )?;
             self.ip(host, &["link", "set", "lo", "up"])?;
         }
@@ -865,19 +956,56 @@ input(type="imtcp" port="{port}" ruleset="ingest")
 
         let edge = self.ns(Host::Edge).to_owned();
         let links = [
-            (Host::Client, EDGE_TO_CLIENT, CLIENT_V4, CLIENT_V6, EDGE_CLIENT_V4, EDGE_CLIENT_V6),
-            (Host::Blue, EDGE_TO_BLUE, BLUE_V4, BLUE_V6, EDGE_BLUE_V4, EDGE_BLUE_V6),
-            (Host::Green, EDGE_TO_GREEN, GREEN_V4, GREEN_V6, EDGE_GREEN_V4, EDGE_GREEN_V6),
+            (
+                Host::Client,
+                EDGE_TO_CLIENT,
+                CLIENT_V4,
+                CLIENT_V6,
+                EDGE_CLIENT_V4,
+                EDGE_CLIENT_V6,
+            ),
+            (
+                Host::Blue,
+                EDGE_TO_BLUE,
+                BLUE_V4,
+                BLUE_V6,
+                EDGE_BLUE_V4,
+                EDGE_BLUE_V6,
+            ),
+            (
+                Host::Green,
+                EDGE_TO_GREEN,
+                GREEN_V4,
+                GREEN_V6,
+                EDGE_GREEN_V4,
+                EDGE_GREEN_V6,
+            ),
         ];
         for (host, edge_if, v4, v6, edge_v4, edge_v6) in links {
             // Created directly inside both namespaces, so no name is ever taken in the root ns.
             run_command(Command::new("ip").args([
-                "link", "add", edge_if, "netns", &edge, "type", "veth", "peer", "name", HOST_IF,
-                "netns", self.ns(host),
+                "link",
+                "add",
+                edge_if,
+                "netns",
+                &edge,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                HOST_IF,
+                "netns",
+                self.ns(host),
             ]))?;
-            for (h, dev, a4, a6) in [(host, HOST_IF, v4, v6), (Host::Edge, edge_if, edge_v4, edge_v6)] {
+            for (h, dev, a4, a6) in [
+                (host, HOST_IF, v4, v6),
+                (Host::Edge, edge_if, edge_v4, edge_v6),
+            ] {
                 self.ip(h, &["addr", "add", &format!("{a4}/24"), "dev", dev])?;
-                self.ip(h, &["addr", "add", &format!("{a6}/64"), "dev", dev, "nodad"])?;
+                self.ip(
+                    h,
+                    &["addr", "add", &format!("{a6}/64"), "dev", dev, "nodad"],
+                )?;
                 self.ip(h, &["link", "set", dev, "up"])?;
             }
         }
@@ -898,11 +1026,15 @@ input(type="imtcp" port="{port}" ruleset="ingest")
         for net in [VIP_NET_V6, BLUE_NET_V6, GREEN_NET_V6] {
             self.ip(Host::Client, &["-6", "route", "add", net, "via", &gw6])?;
         }
-        for (host, gw4, gw6) in
-            [(Host::Blue, EDGE_BLUE_V4, EDGE_BLUE_V6), (Host::Green, EDGE_GREEN_V4, EDGE_GREEN_V6)]
-        {
+        for (host, gw4, gw6) in [
+            (Host::Blue, EDGE_BLUE_V4, EDGE_BLUE_V6),
+            (Host::Green, EDGE_GREEN_V4, EDGE_GREEN_V6),
+        ] {
             self.ip(host, &["route", "add", "default", "via", &gw4.to_string()])?;
-            self.ip(host, &["-6", "route", "add", "default", "via", &gw6.to_string()])?;
+            self.ip(
+                host,
+                &["-6", "route", "add", "default", "via", &gw6.to_string()],
+            )?;
         }
 
         // Local senders over veth otherwise hand out CHECKSUM_PARTIAL packets and receivers

@@ -12,7 +12,9 @@ use switcher_tests::lab::{self, Host, Lab, BLUE_V4, BLUE_V6, EDGE_CLIENT_V4};
 fn privileged() -> Result<bool> {
     match lab::require_root() {
         Ok(()) => Ok(true),
-        Err(e) if std::env::var_os("CI").is_some() => Err(e.context("CI must run the lab tests as root")),
+        Err(e) if std::env::var_os("CI").is_some() => {
+            Err(e.context("CI must run the lab tests as root"))
+        }
         Err(e) => {
             eprintln!("skipping lab test: {e:#}");
             Ok(false)
@@ -28,7 +30,10 @@ fn lab_up_ping_snmp_down() -> Result<()> {
     let mut lab = Lab::up(&Lab::unique_prefix("smoke"))?;
     let names: Vec<String> = Host::ALL.iter().map(|h| lab.ns(*h).to_owned()).collect();
 
-    lab.run(Host::Client, &["ping", "-c1", "-W1", &EDGE_CLIENT_V4.to_string()])?;
+    lab.run(
+        Host::Client,
+        &["ping", "-c1", "-W1", &EDGE_CLIENT_V4.to_string()],
+    )?;
     let snmp = lab.snmp(Host::Client)?;
     // The ping above is ICMP; the named UDP/TCP counters of a fresh namespace are all zero.
     assert_eq!(snmp.udp_in_datagrams, 0, "{snmp:?}");
@@ -46,13 +51,23 @@ fn lab_up_ping_snmp_down() -> Result<()> {
 
     let started = Instant::now();
     lab.down()?;
-    assert!(started.elapsed() < Duration::from_secs(5), "down took {:?}", started.elapsed());
-    assert!(stubborn.try_wait()?.is_some(), "tracked process still running after down()");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "down took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        stubborn.try_wait()?.is_some(),
+        "tracked process still running after down()"
+    );
     lab.down()?; // idempotent
 
     let left = lab::netns_list()?;
     for name in &names {
-        assert!(!left.contains(name), "namespace {name} still exists: {left:?}");
+        assert!(
+            !left.contains(name),
+            "namespace {name} still exists: {left:?}"
+        );
     }
     Ok(())
 }
@@ -93,7 +108,10 @@ fn rsyslog_receives_udp_and_tcp() -> Result<()> {
     std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
 
     for want in ["smoke: udp4 line", "smoke: udp6 line", "smoke: tcp6 line"] {
-        assert!(text.lines().any(|l| l.ends_with(want)), "{want:?} missing in:\n{text}");
+        assert!(
+            text.lines().any(|l| l.ends_with(want)),
+            "{want:?} missing in:\n{text}"
+        );
     }
     assert_eq!(text.lines().count(), 3, "unexpected extra lines:\n{text}");
     Ok(())

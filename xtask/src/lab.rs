@@ -37,7 +37,12 @@ fn up(prefix: &str) -> Result<()> {
     let lab = Lab::up(prefix).context("lab up")?;
     println!("lab {prefix} is up:");
     for host in Host::ALL {
-        println!("  {:<14} {:<15} {}", lab.ns(host), host.v4().to_string(), host.v6());
+        println!(
+            "  {:<14} {:<15} {}",
+            lab.ns(host),
+            host.v4().to_string(),
+            host.v6()
+        );
     }
     println!(
         "  edge interfaces: {} ({} {}), {} ({} {}), {} ({} {})",
@@ -51,7 +56,11 @@ fn up(prefix: &str) -> Result<()> {
         lab::EDGE_GREEN_V4,
         lab::EDGE_GREEN_V6,
     );
-    println!("  VIP nets (client routes them via the edge): {} {}", lab::VIP_NET_V4, lab::VIP_NET_V6);
+    println!(
+        "  VIP nets (client routes them via the edge): {} {}",
+        lab::VIP_NET_V4,
+        lab::VIP_NET_V6
+    );
     println!("enter a host:  ip netns exec {} bash", lab.ns(Host::Client));
     println!("remove it:     cargo xtask lab down --prefix {prefix}");
     lab.keep();

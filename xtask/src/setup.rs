@@ -134,7 +134,9 @@ fn ebpf_toolchain() -> Result<String> {
     };
     println!("ok: eBPF toolchain {toolchain}");
     if toolchain == "stable" {
-        println!("ok: note: no nightly toolchain, the eBPF build uses stable with RUSTC_BOOTSTRAP=1");
+        println!(
+            "ok: note: no nightly toolchain, the eBPF build uses stable with RUSTC_BOOTSTRAP=1"
+        );
     }
 
     let components = output(
@@ -142,11 +144,20 @@ fn ebpf_toolchain() -> Result<String> {
         rustup,
     )?;
     // Installed components are listed with their target triple, except target-less ones like rust-src.
-    if components.lines().any(|l| l.trim() == "rust-src" || l.trim().starts_with("rust-src-")) {
+    if components
+        .lines()
+        .any(|l| l.trim() == "rust-src" || l.trim().starts_with("rust-src-"))
+    {
         println!("ok: rust-src for {toolchain}");
     } else {
         println!("installing: rust-src for {toolchain}");
-        run_visible(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", toolchain]))?;
+        run_visible(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            toolchain,
+        ]))?;
     }
 
     let target = workspace_root().join("target");
@@ -157,7 +168,8 @@ fn ebpf_toolchain() -> Result<String> {
     } else {
         println!("installing: {} = {toolchain}", marker.display());
         fs::create_dir_all(&target).with_context(|| format!("creating {}", target.display()))?;
-        fs::write(&marker, format!("{toolchain}\n")).with_context(|| format!("writing {}", marker.display()))?;
+        fs::write(&marker, format!("{toolchain}\n"))
+            .with_context(|| format!("writing {}", marker.display()))?;
     }
     Ok(toolchain.to_owned())
 }
@@ -191,12 +203,19 @@ impl RustcInfo {
         };
         let llvm_major = number("major")?;
         let llvm_minor = number("minor")?;
-        Ok(RustcInfo { release, llvm_major, llvm_minor })
+        Ok(RustcInfo {
+            release,
+            llvm_major,
+            llvm_minor,
+        })
     }
 
     /// The shared LLVM library rustup ships in the toolchain's `lib/`.
     fn libllvm_name(&self) -> String {
-        format!("libLLVM.so.{}.{}-rust-{}", self.llvm_major, self.llvm_minor, self.release)
+        format!(
+            "libLLVM.so.{}.{}-rust-{}",
+            self.llvm_major, self.llvm_minor, self.release
+        )
     }
 }
 
@@ -220,7 +239,11 @@ fn find_bpf_linker() -> Option<(PathBuf, String)> {
     }
     candidates.into_iter().find_map(|path| {
         // A binary whose libLLVM vanished (toolchain update, cleaned prefix) fails here.
-        let out = Command::new(&path).arg("--version").stdin(Stdio::null()).output().ok()?;
+        let out = Command::new(&path)
+            .arg("--version")
+            .stdin(Stdio::null())
+            .output()
+            .ok()?;
         out.status
             .success()
             .then(|| (path, String::from_utf8_lossy(&out.stdout).trim().to_owned()))
@@ -229,14 +252,20 @@ fn find_bpf_linker() -> Option<(PathBuf, String)> {
 
 /// The LLVM major version a dynamically linked bpf-linker loads, from `ldd`; None if unknown.
 fn linked_llvm_major(path: &Path) -> Option<u32> {
-    let out = Command::new("ldd").arg(path).stdin(Stdio::null()).output().ok()?;
+    let out = Command::new("ldd")
+        .arg(path)
+        .stdin(Stdio::null())
+        .output()
+        .ok()?;
     parse_ldd_llvm_major(&String::from_utf8_lossy(&out.stdout))
 }
 
 /// Finds `libLLVM.so.22.1-rust-...` or `libLLVM-22.so` in ldd output and returns 22.
 fn parse_ldd_llvm_major(ldd: &str) -> Option<u32> {
     ldd.split_whitespace().find_map(|word| {
-        let rest = word.strip_prefix("libLLVM.so.").or_else(|| word.strip_prefix("libLLVM-"))?;
+        let rest = word
+            .strip_prefix("libLLVM.so.")
+            .or_else(|| word.strip_prefix("libLLVM-"))?;
         let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
         digits.parse().ok()
     })
@@ -276,7 +305,10 @@ fn bpf_linker(toolchain: &str) -> Result<()> {
             _ => {
                 println!("ok: {version} ({})", path.display());
                 if which("bpf-linker").is_none() {
-                    println!("ok: note: {} is not in PATH; add its directory", path.display());
+                    println!(
+                        "ok: note: {} is not in PATH; add its directory",
+                        path.display()
+                    );
                 }
                 return Ok(());
             }
@@ -284,7 +316,10 @@ fn bpf_linker(toolchain: &str) -> Result<()> {
         None => println!("installing: bpf-linker (none runnable in PATH or ~/.cargo/bin)"),
     }
 
-    let sysroot = output(Command::new("rustc").args([plus.as_str(), "--print", "sysroot"]), "rustup")?;
+    let sysroot = output(
+        Command::new("rustc").args([plus.as_str(), "--print", "sysroot"]),
+        "rustup",
+    )?;
     let sysroot_lib = Path::new(sysroot.trim()).join("lib");
     let libllvm_name = rustc.libllvm_name();
     let lib = sysroot_lib.join(&libllvm_name);
@@ -304,9 +339,11 @@ fn bpf_linker(toolchain: &str) -> Result<()> {
         );
     }
 
-    // Lives in target/: after `cargo clean` bpf-linker no longer starts and the next setup
-    // rebuilds it (the check above runs it).
-    let prefix = workspace_root().join("target").join("llvm-prefix");
+    // bpf-linker loads libLLVM through this folder at run time, so it lives beside the
+    // installed binary (not in target/, which `cargo clean` and fresh checkouts lose).
+    let prefix = cargo_home()
+        .map(|h| h.join("switcher-llvm-prefix"))
+        .unwrap_or_else(|| workspace_root().join("target").join("llvm-prefix"));
     make_llvm_prefix(&prefix, &lib, &libllvm_name)?;
     println!(
         "installing: bpf-linker against LLVM {}.{} of rustc {} ({})",
@@ -320,7 +357,14 @@ fn bpf_linker(toolchain: &str) -> Result<()> {
     install
         .env("LLVM_PREFIX", &prefix)
         // --force: a broken binary of the same version would otherwise count as installed.
-        .args(["install", "bpf-linker", "--force", "--no-default-features", "--features", &feature]);
+        .args([
+            "install",
+            "bpf-linker",
+            "--force",
+            "--no-default-features",
+            "--features",
+            &feature,
+        ]);
     let manual = describe(&install);
     run_visible(&mut install).with_context(|| {
         format!(
@@ -355,7 +399,11 @@ LLVM version: 22.1.4
         let info = RustcInfo::parse(RUSTC_VV)?;
         assert_eq!(
             info,
-            RustcInfo { release: "1.97.0-nightly".into(), llvm_major: 22, llvm_minor: 1 }
+            RustcInfo {
+                release: "1.97.0-nightly".into(),
+                llvm_major: 22,
+                llvm_minor: 1
+            }
         );
         assert_eq!(info.libllvm_name(), "libLLVM.so.22.1-rust-1.97.0-nightly");
         Ok(())
@@ -364,7 +412,10 @@ LLVM version: 22.1.4
     #[test]
     fn stable_rustc_vv() -> Result<()> {
         let vv = "rustc 1.95.0 (abc 2026-04-01)\nrelease: 1.95.0\nLLVM version: 21.1.8\n";
-        assert_eq!(RustcInfo::parse(vv)?.libllvm_name(), "libLLVM.so.21.1-rust-1.95.0");
+        assert_eq!(
+            RustcInfo::parse(vv)?.libllvm_name(),
+            "libLLVM.so.21.1-rust-1.95.0"
+        );
         assert!(RustcInfo::parse("rustc 1.0\nrelease: 1.0.0\n").is_err());
         Ok(())
     }
@@ -372,17 +423,31 @@ LLVM version: 22.1.4
     #[test]
     fn toolchain_names() {
         assert!(is_plain_nightly("nightly-x86_64-unknown-linux-gnu"));
-        assert!(is_plain_nightly("nightly-x86_64-unknown-linux-gnu (active)"));
-        assert!(!is_plain_nightly("nightly-2025-01-01-x86_64-unknown-linux-gnu"));
-        assert!(!is_plain_nightly("stable-x86_64-unknown-linux-gnu (active, default)"));
-        assert!(is_plain_stable("stable-x86_64-unknown-linux-gnu (active, default)"));
+        assert!(is_plain_nightly(
+            "nightly-x86_64-unknown-linux-gnu (active)"
+        ));
+        assert!(!is_plain_nightly(
+            "nightly-2025-01-01-x86_64-unknown-linux-gnu"
+        ));
+        assert!(!is_plain_nightly(
+            "stable-x86_64-unknown-linux-gnu (active, default)"
+        ));
+        assert!(is_plain_stable(
+            "stable-x86_64-unknown-linux-gnu (active, default)"
+        ));
         assert!(!is_plain_stable("1.95.0-x86_64-unknown-linux-gnu"));
     }
 
     #[test]
     fn dpkg_status() {
-        assert_eq!(parse_dpkg_status("install ok installed\t1:6.1-1"), Some("1:6.1-1".into()));
-        assert_eq!(parse_dpkg_status("deinstall ok config-files\t8.2302.0-1"), None);
+        assert_eq!(
+            parse_dpkg_status("install ok installed\t1:6.1-1"),
+            Some("1:6.1-1".into())
+        );
+        assert_eq!(
+            parse_dpkg_status("deinstall ok config-files\t8.2302.0-1"),
+            None
+        );
         assert_eq!(parse_dpkg_status(""), None);
     }
 
@@ -390,7 +455,10 @@ LLVM version: 22.1.4
     fn ldd_llvm_major() {
         let ldd = "\tlinux-vdso.so.1 (0x00007fff)\n\tlibLLVM.so.22.1-rust-1.97.0-nightly => /x/lib/libLLVM.so.22.1-rust-1.97.0-nightly (0x1)\n";
         assert_eq!(parse_ldd_llvm_major(ldd), Some(22));
-        assert_eq!(parse_ldd_llvm_major("\tlibLLVM-19.so.1 => /usr/lib/x (0x1)"), Some(19));
+        assert_eq!(
+            parse_ldd_llvm_major("\tlibLLVM-19.so.1 => /usr/lib/x (0x1)"),
+            Some(19)
+        );
         assert_eq!(parse_ldd_llvm_major("\tlibc.so.6 => /lib/libc.so.6"), None);
     }
 }

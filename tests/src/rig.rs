@@ -1,0 +1,305 @@
+//! A lab with the full switcher stack running: reference ingest sinks on blue and green (UDP
+//! 514 and TCP 601, IPv4 and IPv6, HTTP 8080), and the switcher daemon on the edge attached to
+//! the client-facing interface. Used by the integration tests, the demo and the benchmarks.
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+use switcher::{
+    api::{self, Request},
+    config::Color,
+    datapath::{self, FlipOutcome},
+    status::Status,
+};
+
+use crate::lab::{Host, Lab, Proc, BLUE_V4, BLUE_V6, EDGE_TO_CLIENT, GREEN_V4, GREEN_V6, VIP_V4, VIP_V6};
+
+pub const UDP_PORT: u16 = 514;
+pub const TCP_PORT: u16 = 601;
+pub const HTTP_PORT: u16 = 8080;
+
+/// Where the project's binaries are: next to the running executable (target/<profile>/, or
+/// its deps/ folder for tests), unless SWITCHER_BIN_DIR says otherwise.
+pub fn bin(name: &str) -> Result<PathBuf> {
+    let dir = match std::env::var_os("SWITCHER_BIN_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => {
+            let exe = std::env::current_exe().context("locating the running executable")?;
+            let mut dir = exe.parent().context("executable has no folder")?.to_path_buf();
+            if dir.ends_with("deps") {
+                dir.pop();
+            }
+            dir
+        }
+    };
+    let p = dir.join(name);
+    if !p.is_file() {
+        bail!(
+            "{} not found: build it first (`cargo build -p switcher-userspace -p switcher-tests --bins`; `cargo xtask test` does)",
+            p.display()
+        );
+    }
+    Ok(p)
+}
+
+/// The four standard services: udp4/tcp4 on the IPv4 VIP, udp6/tcp6 on the IPv6 VIP, with
+/// the given forwarding mode and extra per-service lines.
+pub fn standard_services(forward: &str, extra: &str) -> String {
+    let mut s = String::new();
+    for (name, vip, proto, port, blue, green) in [
+        ("udp4", VIP_V4.to_string(), "udp", UDP_PORT, BLUE_V4.to_string(), GREEN_V4.to_string()),
+        ("tcp4", VIP_V4.to_string(), "tcp", TCP_PORT, BLUE_V4.to_string(), GREEN_V4.to_string()),
+        ("udp6", VIP_V6.to_string(), "udp", UDP_PORT, format!("[{BLUE_V6}]"), format!("[{GREEN_V6}]")),
+        ("tcp6", VIP_V6.to_string(), "tcp", TCP_PORT, format!("[{BLUE_V6}]"), format!("[{GREEN_V6}]")),
+    ] {
+        let _ = write!(
+            s,
+            "\n[[service]]\nname = \"{name}\"\nvip = \"{vip}\"\nport = {port}\nprotocol = \"{proto}\"\n\
+             active = \"blue\"\nforward = \"{forward}\"\n{extra}\
+             blue = {{ backend = \"{blue}:{port}\" }}\ngreen = {{ backend = \"{green}:{port}\" }}\n"
+        );
+    }
+    s
+}
+
+pub struct Rig {
+    pub lab: Lab,
+    pub dir: PathBuf,
+    pub socket: PathBuf,
+    pub bpffs: PathBuf,
+    pub config: PathBuf,
+    daemon: Option<Proc>,
+}
+
+impl Rig {
+    /// Brings up a lab named after `tag`, starts both sinks and the daemon with `services`
+    /// (`[[service]]` TOML).
+    pub fn up(tag: &str, services: &str) -> Result<Rig> {
+        let lab = Lab::up(&Lab::unique_prefix(tag))?;
+        let dir = std::env::temp_dir().join(format!("switcher-{}", lab.prefix()));
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let bpffs = PathBuf::from(format!("/sys/fs/bpf/switcher-{}", lab.prefix()));
+        let socket = dir.join("switcher.sock");
+        let config = dir.join("switcher.toml");
+        let text = format!(
+            "[daemon]\ninterfaces = [\"{EDGE_TO_CLIENT}\"]\nbpffs_dir = \"{}\"\nsocket = \"{}\"\n{services}",
+            bpffs.display(),
+            socket.display()
+        );
+        std::fs::write(&config, text).with_context(|| format!("writing {}", config.display()))?;
+        let mut rig = Rig {
+            lab,
+            dir,
+            socket,
+            bpffs,
+            config,
+            daemon: None,
+        };
+        for host in [Host::Blue, Host::Green] {
+            rig.start_sink(host)?;
+        }
+        rig.start_daemon()?;
+        Ok(rig)
+    }
+
+    fn start_sink(&self, host: Host) -> Result<Proc> {
+        let (v4, v6) = (host.v4(), host.v6());
+        let out = self.sink_file(host);
+        let args: Vec<String> = vec![
+            "--name".into(),
+            host.name().into(),
+            "--udp".into(),
+            format!("{v4}:{UDP_PORT}"),
+            "--udp".into(),
+            format!("[{v6}]:{UDP_PORT}"),
+            "--tcp".into(),
+            format!("{v4}:{TCP_PORT}"),
+            "--tcp".into(),
+            format!("[{v6}]:{TCP_PORT}"),
+            "--http".into(),
+            format!("{v4}:{HTTP_PORT}"),
+            "--out".into(),
+            out.display().to_string(),
+        ];
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let sink = bin("ingest-sink")?;
+        self.lab.spawn_ready(
+            host,
+            &sink.display().to_string(),
+            &args,
+            "READY",
+            Duration::from_secs(10),
+        )
+    }
+
+    /// Starts the daemon on the edge (again, after [`Rig::stop_daemon`]).
+    ///
+    /// Enters only the network namespace (nsenter), not `ip netns exec`'s private mount
+    /// namespace: that one gets its own /sys, so the daemon's bpffs pins would vanish with
+    /// the process and a restarted daemon could not adopt the datapath.
+    pub fn start_daemon(&mut self) -> Result<()> {
+        let sw = bin("switcher")?;
+        let mut cmd = std::process::Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", self.lab.ns(Host::Edge)))
+            .arg(&sw)
+            .args(["daemon", "--config"])
+            .arg(&self.config);
+        let p = self.lab.spawn_command(cmd)?;
+        if let Err(e) = p.wait_for_stdout(|l| l.starts_with("READY"), Duration::from_secs(30)) {
+            let tail = p.stderr_tail(20);
+            let _ = p.stop();
+            return Err(e.context(format!("switcher daemon did not start: {tail}")));
+        }
+        self.daemon = Some(p);
+        Ok(())
+    }
+
+    /// SIGTERM to the daemon; it detaches and unpins on the way out.
+    pub fn stop_daemon(&mut self) -> Result<()> {
+        if let Some(d) = self.daemon.take() {
+            let st = d.stop()?;
+            if !st.success() {
+                bail!("daemon exited with {st}: {}", d.stderr_tail(20));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn daemon(&self) -> Option<&Proc> {
+        self.daemon.as_ref()
+    }
+
+    pub fn sink_file(&self, host: Host) -> PathBuf {
+        self.dir.join(format!("{}.log", host.name()))
+    }
+
+    pub fn flip(&self, service: &str, to: Color) -> Result<FlipOutcome> {
+        let v = api::call(
+            &self.socket,
+            &Request::Flip {
+                service: service.into(),
+                to,
+            },
+        )?;
+        serde_json::from_value(v).context("decoding flip reply")
+    }
+
+    pub fn status(&self) -> Result<Status> {
+        serde_json::from_value(api::call(&self.socket, &Request::Status)?)
+            .context("decoding status")
+    }
+
+    /// Starts log-sender on the client. `args` are its flags after the target.
+    pub fn send(&self, target: &str, args: &[&str]) -> Result<Proc> {
+        let sender = bin("log-sender")?;
+        let mut all = vec!["--target", target];
+        all.extend_from_slice(args);
+        self.lab
+            .spawn(Host::Client, &sender.display().to_string(), &all)
+    }
+
+    /// Waits until the sinks together hold `expected` lines of `stream` (or `timeout`), then
+    /// returns the sequence numbers each colour received.
+    pub fn wait_stream(&self, stream: &str, expected: usize, timeout: Duration) -> Result<Received> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let r = self.received(stream)?;
+            if r.blue.len() + r.green.len() >= expected || Instant::now() >= deadline {
+                return Ok(r);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn received(&self, stream: &str) -> Result<Received> {
+        Ok(Received {
+            blue: seqs(&self.sink_file(Host::Blue), stream)?,
+            green: seqs(&self.sink_file(Host::Green), stream)?,
+        })
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        if let Err(e) = self.stop_daemon() {
+            eprintln!("rig: {e:#}");
+        }
+        if let Err(e) = self.lab.down() {
+            eprintln!("rig: lab down: {e:#}");
+        }
+        // A daemon that died without cleaning up leaves pins behind.
+        if let Ok(entries) = std::fs::read_dir(&self.bpffs) {
+            for e in entries.flatten() {
+                if let Err(e) = datapath::remove_pins(&e.path()) {
+                    eprintln!("rig: {e:#}");
+                }
+            }
+        }
+        let _ = std::fs::remove_dir(&self.bpffs);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Sequence numbers of one stream, per colour.
+#[derive(Debug, Default)]
+pub struct Received {
+    pub blue: Vec<u64>,
+    pub green: Vec<u64>,
+}
+
+impl Received {
+    /// Checks that `0..count` arrived exactly once across both colours: (lost, duplicated).
+    pub fn loss_and_duplicates(&self, count: u64) -> (Vec<u64>, Vec<u64>) {
+        let mut seen: BTreeMap<u64, u32> = BTreeMap::new();
+        for s in self.blue.iter().chain(&self.green) {
+            *seen.entry(*s).or_default() += 1;
+        }
+        let lost = (0..count).filter(|s| !seen.contains_key(s)).collect();
+        let dup = seen
+            .iter()
+            .filter(|(s, n)| **n > 1 || **s >= count)
+            .map(|(s, _)| *s)
+            .collect();
+        (lost, dup)
+    }
+}
+
+/// `seq=N` of every line of `stream` in a sink's output file (absent file: none yet).
+pub fn seqs(file: &Path, stream: &str) -> Result<Vec<u64>> {
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", file.display())),
+    };
+    let tag = format!("stream={stream} ");
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let Some(rest) = line.split_once(&tag).map(|(_, r)| r) else {
+            continue;
+        };
+        let Some(n) = rest
+            .split_whitespace()
+            .find_map(|t| t.strip_prefix("seq="))
+        else {
+            continue;
+        };
+        out.push(n.parse().with_context(|| format!("bad seq in {line:?}"))?);
+    }
+    Ok(out)
+}
+
+/// The sender's closing JSON summary line.
+pub fn sender_summary(p: &Proc) -> Result<serde_json::Value> {
+    let line = p
+        .stdout_lines()
+        .into_iter()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .with_context(|| format!("log-sender printed no summary; stderr: {}", p.stderr_tail(10)))?;
+    serde_json::from_str(&line).with_context(|| format!("bad summary {line:?}"))
+}
