@@ -10,7 +10,11 @@ fn main() -> anyhow::Result<()> {
     println!("cargo:rerun-if-env-changed=SWITCHER_EBPF_TOOLCHAIN");
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../switcher-ebpf");
 
-    if Command::new("bpf-linker").arg("--version").output().is_err() {
+    if Command::new("bpf-linker")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
         bail!(
             "bpf-linker is not installed (needed to link the eBPF datapath); \
              run `cargo xtask setup` to build it against the nightly's LLVM"

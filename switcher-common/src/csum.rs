@@ -30,8 +30,14 @@ impl Delta {
     /// Records that a 4-byte field (an IPv4 address) changed.
     #[inline(always)]
     pub fn bytes4(&mut self, old: &[u8; 4], new: &[u8; 4]) {
-        self.word(u16::from_be_bytes([old[0], old[1]]), u16::from_be_bytes([new[0], new[1]]));
-        self.word(u16::from_be_bytes([old[2], old[3]]), u16::from_be_bytes([new[2], new[3]]));
+        self.word(
+            u16::from_be_bytes([old[0], old[1]]),
+            u16::from_be_bytes([new[0], new[1]]),
+        );
+        self.word(
+            u16::from_be_bytes([old[2], old[3]]),
+            u16::from_be_bytes([new[2], new[3]]),
+        );
     }
 
     /// Records that a 16-byte field (an IPv6 address) changed.
@@ -99,8 +105,8 @@ mod tests {
 
     fn ipv4_header(dst: [u8; 4], ttl: u8) -> [u8; 20] {
         let mut h = [
-            0x45, 0x00, 0x00, 0x3c, 0x1c, 0x46, 0x40, 0x00, ttl, 0x06, 0x00, 0x00, 198, 18, 0,
-            1, dst[0], dst[1], dst[2], dst[3],
+            0x45, 0x00, 0x00, 0x3c, 0x1c, 0x46, 0x40, 0x00, ttl, 0x06, 0x00, 0x00, 198, 18, 0, 1,
+            dst[0], dst[1], dst[2], dst[3],
         ];
         let c = checksum(0, &h);
         h[10..12].copy_from_slice(&c.to_be_bytes());
@@ -145,7 +151,10 @@ mod tests {
             let mut old_addr = [0u8; 16];
             old_addr.copy_from_slice(&pkt[8..24]);
             d.bytes16(&old_addr, &new_addr);
-            d.word(u16::from_be_bytes([pkt[2], pkt[3]]), u16::from_be_bytes(new_port));
+            d.word(
+                u16::from_be_bytes([pkt[2], pkt[3]]),
+                u16::from_be_bytes(new_port),
+            );
             pkt[8..24].copy_from_slice(&new_addr);
             pkt[2..4].copy_from_slice(&new_port);
             let full = checksum(0, &pkt);

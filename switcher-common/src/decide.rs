@@ -48,7 +48,10 @@ pub const fn in_canary(share: u32, random: u32) -> bool {
 pub enum FlowWrite {
     None,
     /// Insert or overwrite the entry with this colour and state.
-    Put { color: u8, state: u8 },
+    Put {
+        color: u8,
+        state: u8,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -207,7 +210,13 @@ mod tests {
         let d = decide_tcp(SYN, None, &st(GREEN, None));
         assert_eq!(d.color, GREEN);
         assert!(d.new_flow && !d.pin_miss);
-        assert_eq!(d.write, FlowWrite::Put { color: GREEN, state: FLOW_OPEN });
+        assert_eq!(
+            d.write,
+            FlowWrite::Put {
+                color: GREEN,
+                state: FLOW_OPEN
+            }
+        );
     }
 
     #[test]
@@ -237,10 +246,19 @@ mod tests {
         for f in [FIN_ACK, RST] {
             let d = decide_tcp(f, Some(&e), &st(GREEN, None));
             assert_eq!(d.color, BLUE);
-            assert_eq!(d.write, FlowWrite::Put { color: BLUE, state: FLOW_CLOSING });
+            assert_eq!(
+                d.write,
+                FlowWrite::Put {
+                    color: BLUE,
+                    state: FLOW_CLOSING
+                }
+            );
         }
         let c = entry(BLUE, FLOW_CLOSING);
-        assert_eq!(decide_tcp(FIN_ACK, Some(&c), &st(GREEN, None)).write, FlowWrite::None);
+        assert_eq!(
+            decide_tcp(FIN_ACK, Some(&c), &st(GREEN, None)).write,
+            FlowWrite::None
+        );
     }
 
     #[test]
@@ -248,7 +266,13 @@ mod tests {
         let d = decide_tcp(ACK, None, &st(GREEN, Some(BLUE)));
         assert_eq!(d.color, BLUE);
         assert!(d.pin_miss && !d.new_flow);
-        assert_eq!(d.write, FlowWrite::Put { color: BLUE, state: FLOW_OPEN });
+        assert_eq!(
+            d.write,
+            FlowWrite::Put {
+                color: BLUE,
+                state: FLOW_OPEN
+            }
+        );
         let d = decide_tcp(ACK, None, &st(GREEN, None));
         assert_eq!(d.color, GREEN);
         assert!(d.pin_miss);
@@ -259,16 +283,31 @@ mod tests {
     #[test]
     fn color_state_drains_only_within_window_of_current_generation() {
         let active = ActiveWord::new(GREEN, 3);
-        let mark = FlipMark { generation: 3, _pad: 0, flip_ns: 1_000, first_ns: [0; 2] };
-        assert_eq!(ColorState::new(active, &mark, 500, 1_200).draining, Some(BLUE));
+        let mark = FlipMark {
+            generation: 3,
+            _pad: 0,
+            flip_ns: 1_000,
+            first_ns: [0; 2],
+        };
+        assert_eq!(
+            ColorState::new(active, &mark, 500, 1_200).draining,
+            Some(BLUE)
+        );
         assert_eq!(ColorState::new(active, &mark, 500, 1_500).draining, None);
-        let stale = FlipMark { generation: 2, ..mark };
+        let stale = FlipMark {
+            generation: 2,
+            ..mark
+        };
         assert_eq!(ColorState::new(active, &stale, 500, 1_200).draining, None);
     }
 
     #[test]
     fn canary_sends_new_flows_to_inactive_color() {
-        let s = ColorState { active: BLUE, draining: None, canary: true };
+        let s = ColorState {
+            active: BLUE,
+            draining: None,
+            canary: true,
+        };
         assert_eq!(decide_tcp(SYN, None, &s).color, GREEN);
         assert!(in_canary(0x8000, 0x7fff));
         assert!(!in_canary(0x8000, 0x8000));
@@ -293,7 +332,13 @@ mod tests {
         assert_eq!(d.write, FlowWrite::None, "fresh entries are not rewritten");
         let d = decide_udp(true, idle, Some(&e), &st(GREEN, None), 3_000_000_000);
         assert_eq!(d.color, BLUE);
-        assert_eq!(d.write, FlowWrite::Put { color: BLUE, state: FLOW_OPEN });
+        assert_eq!(
+            d.write,
+            FlowWrite::Put {
+                color: BLUE,
+                state: FLOW_OPEN
+            }
+        );
         let d = decide_udp(true, idle, Some(&e), &st(GREEN, None), 6_000_000_001);
         assert_eq!(d.color, GREEN);
         assert!(d.new_flow);

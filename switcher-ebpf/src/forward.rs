@@ -101,7 +101,10 @@ fn try_redirect(ctx: &XdpContext, f: &XdpFrame, p: &Parsed, flow: &FlowKey) -> O
     if p.family == FAMILY_V4 {
         let mut d = Delta::new();
         let proto = p.proto;
-        d.word(u16::from_be_bytes([ttl, proto]), u16::from_be_bytes([ttl - 1, proto]));
+        d.word(
+            u16::from_be_bytes([ttl, proto]),
+            u16::from_be_bytes([ttl - 1, proto]),
+        );
         let c = parse::be16(f.read::<2>(p.l3 + 10)?);
         f.write(p.l3 + 10, d.apply(c).to_be_bytes())?;
     }

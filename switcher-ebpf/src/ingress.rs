@@ -10,8 +10,8 @@ use switcher_common::{
     backend_index,
     csum::Delta,
     decide::{self, ColorState, Decision, FlowWrite, TcpFlags},
-    Backend, FlowKey, FlowValue, FragKey, FragValue, Reason, ServiceValue, FAMILY_V4,
-    FRAG_TTL_NS, PROTO_TCP, SVC_F_REDIRECT, SVC_F_UDP_AFFINITY,
+    Backend, FlowKey, FlowValue, FragKey, FragValue, Reason, ServiceValue, FAMILY_V4, FRAG_TTL_NS,
+    PROTO_TCP, SVC_F_REDIRECT, SVC_F_UDP_AFFINITY,
 };
 
 use crate::{

@@ -6,8 +6,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use switcher_common::{
-    ActiveWord, Backend, ColorCounters, Endpoint, FlipMark, FlowKey, FlowValue, FragKey,
-    FragValue, Reason, ReverseValue, ServiceValue, MAX_SERVICES,
+    ActiveWord, Backend, ColorCounters, Endpoint, FlipMark, FlowKey, FlowValue, FragKey, FragValue,
+    Reason, ReverseValue, ServiceValue, MAX_SERVICES,
 };
 
 /// Sized for a busy edge host; LRU evicts the least recently used flow when full.

@@ -83,6 +83,8 @@ pub fn call(socket: &Path, req: &Request) -> Result<serde_json::Value> {
     if resp.ok {
         Ok(resp.data.unwrap_or(serde_json::Value::Null))
     } else {
-        Err(anyhow!(resp.error.unwrap_or_else(|| "unknown error".into())))
+        Err(anyhow!(resp
+            .error
+            .unwrap_or_else(|| "unknown error".into())))
     }
 }

@@ -24,6 +24,8 @@ pub fn ensure_mounted(dir: &Path) -> Result<()> {
 
 fn is_bpffs(p: &Path) -> Result<bool> {
     match nix::sys::statfs::statfs(p) {
+        // The field's integer type differs between architectures.
+        #[allow(clippy::unnecessary_cast)]
         Ok(s) => Ok(s.filesystem_type().0 as i64 == BPF_FS_MAGIC),
         Err(nix::errno::Errno::ENOENT) => Ok(false),
         Err(e) => Err(e).with_context(|| format!("statfs {}", p.display())),

@@ -112,7 +112,7 @@ impl Color {
 
 impl fmt::Display for Color {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+        f.pad(match self {
             Color::Blue => "blue",
             Color::Green => "green",
         })
@@ -304,14 +304,23 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
         {
-            errs.push(at("name"), format!("{:?}: use letters, digits, - _ .", s.name));
+            errs.push(
+                at("name"),
+                format!("{:?}: use letters, digits, - _ .", s.name),
+            );
         } else if let Some(prev) = names.insert(s.name.clone(), i) {
-            errs.push(at("name"), format!("{:?} already used by service[{prev}]", s.name));
+            errs.push(
+                at("name"),
+                format!("{:?} already used by service[{prev}]", s.name),
+            );
         }
         let vip: Option<IpAddr> = match s.vip.parse() {
             Ok(v) => Some(v),
             Err(_) => {
-                errs.push(at("vip"), format!("{:?} is not an IPv4 or IPv6 address", s.vip));
+                errs.push(
+                    at("vip"),
+                    format!("{:?} is not an IPv4 or IPv6 address", s.vip),
+                );
                 None
             }
         };
@@ -326,7 +335,10 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
             "udp" => Some(Protocol::Udp),
             "tcp" => Some(Protocol::Tcp),
             other => {
-                errs.push(at("protocol"), format!("expected udp or tcp, got {other:?}"));
+                errs.push(
+                    at("protocol"),
+                    format!("expected udp or tcp, got {other:?}"),
+                );
                 None
             }
         };
@@ -385,7 +397,10 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
         }
         if let (Some(v), Some(p), Some(pr)) = (vip, port, protocol) {
             if let Some(prev) = keys.insert((v, p, pr), i) {
-                errs.push(at("vip"), format!("{v}:{p}/{pr} is already service[{prev}]"));
+                errs.push(
+                    at("vip"),
+                    format!("{v}:{p}/{pr} is already service[{prev}]"),
+                );
             }
         }
         let forward = match s.forward.as_deref() {
@@ -396,7 +411,10 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
             None | Some(0) => None,
             Some(ms) => {
                 if protocol == Some(Protocol::Tcp) {
-                    errs.push(at("udp_affinity_idle_ms"), "only for udp services (tcp is always pinned)");
+                    errs.push(
+                        at("udp_affinity_idle_ms"),
+                        "only for udp services (tcp is always pinned)",
+                    );
                 }
                 Some(Duration::from_millis(ms))
             }
@@ -515,13 +533,29 @@ forward = "pass"
         let text = GOOD
             .replace("name = \"syslog-tcp6\"", "name = \"syslog-udp\"")
             .replace("[2001:2:0:1::2]:601", "198.18.1.9:601")
-            .replace("active = \"blue\"", "active = \"green\"\nudp_affinity_idle_ms = 5")
+            .replace(
+                "active = \"blue\"",
+                "active = \"green\"\nudp_affinity_idle_ms = 5",
+            )
             .replace("green = { backend = \"198.18.2.2:514\" }", "");
         let e = errors(&text);
-        let msg = e.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n");
-        assert!(msg.contains("service[1].name: \"syslog-udp\" already used"), "{msg}");
-        assert!(msg.contains("service[1].blue.backend") && msg.contains("address family"), "{msg}");
-        assert!(msg.contains("service[0].active: green has no backend"), "{msg}");
+        let msg = e
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert!(
+            msg.contains("service[1].name: \"syslog-udp\" already used"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("service[1].blue.backend") && msg.contains("address family"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("service[0].active: green has no backend"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -530,19 +564,35 @@ forward = "pass"
             "{GOOD}\n[[service]]\nname = \"dup\"\nvip = \"198.18.0.10\"\nport = 514\nprotocol = \"udp\"\nblue = {{ backend = \"198.18.1.2:514\" }}\n"
         );
         let e = errors(&text);
-        let msg = e.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n");
-        assert!(msg.contains("service[2].vip: 198.18.0.10:514/udp is already service[0]"), "{msg}");
-        assert!(msg.contains("already the backend of service \"syslog-udp\""), "{msg}");
+        let msg = e
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert!(
+            msg.contains("service[2].vip: 198.18.0.10:514/udp is already service[0]"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("already the backend of service \"syslog-udp\""),
+            "{msg}"
+        );
     }
 
     #[test]
     fn unknown_keys_and_syntax_errors_are_rejected() {
-        let text = GOOD.replace("interfaces = [\"eth0\"]", "interfaces = [\"eth0\"]\ninterface = 1");
+        let text = GOOD.replace(
+            "interfaces = [\"eth0\"]",
+            "interfaces = [\"eth0\"]\ninterface = 1",
+        );
         match Config::parse(&text) {
             Err(ParseFailure::Syntax(m)) => assert!(m.contains("interface"), "{m}"),
             other => panic!("{other:?}"),
         }
-        assert!(matches!(Config::parse("[daemon"), Err(ParseFailure::Syntax(_))));
+        assert!(matches!(
+            Config::parse("[daemon"),
+            Err(ParseFailure::Syntax(_))
+        ));
     }
 
     #[test]

@@ -125,7 +125,9 @@ fn handle(state: &Mutex<State>, req: Request) -> Response {
         Err(_) => return Response::err("daemon state lock poisoned"),
     };
     let result = match req {
-        Request::Status => Status::collect(&st.dp, &st.cfg).and_then(|s| Ok(serde_json::to_value(s)?)),
+        Request::Status => {
+            Status::collect(&st.dp, &st.cfg).and_then(|s| Ok(serde_json::to_value(s)?))
+        }
         Request::Flip { service, to } => flip(&mut st, &service, to),
     };
     match result {

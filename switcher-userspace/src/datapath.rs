@@ -63,11 +63,18 @@ impl Datapath {
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&maps_dir)
             .load(EBPF_OBJECT)
-            .with_context(|| format!("loading the datapath (maps pinned in {})", maps_dir.display()))?;
+            .with_context(|| {
+                format!(
+                    "loading the datapath (maps pinned in {})",
+                    maps_dir.display()
+                )
+            })?;
         let xdp: &mut Xdp = program(&mut ebpf, names::XDP_PROG)?;
-        xdp.load().context("verifier rejected the XDP ingress program")?;
+        xdp.load()
+            .context("verifier rejected the XDP ingress program")?;
         let tc: &mut SchedClassifier = program(&mut ebpf, names::TC_PROG)?;
-        tc.load().context("verifier rejected the TC egress program")?;
+        tc.load()
+            .context("verifier rejected the TC egress program")?;
         Ok(Self { ebpf, dir })
     }
 
@@ -460,7 +467,9 @@ pub fn remove_pins(dir: &Path) -> Result<()> {
             Err(e) => return Err(e).with_context(|| format!("listing {}", d.display())),
         };
         for e in entries {
-            let p = e.with_context(|| format!("listing {}", d.display()))?.path();
+            let p = e
+                .with_context(|| format!("listing {}", d.display()))?
+                .path();
             std::fs::remove_file(&p).with_context(|| format!("unpinning {}", p.display()))?;
         }
         std::fs::remove_dir(&d).with_context(|| format!("removing {}", d.display()))?;

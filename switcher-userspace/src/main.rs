@@ -12,11 +12,15 @@ use switcher::{
 };
 
 #[derive(Parser)]
-#[command(name = "switcher", version, about = "Zero-downtime blue/green switching of log-ingest services (XDP)")]
+#[command(
+    name = "switcher",
+    version,
+    about = "Zero-downtime blue/green switching of log-ingest services (XDP)"
+)]
 struct Cli {
-    /// The daemon's API socket.
-    #[arg(long, global = true, default_value = DEFAULT_SOCKET)]
-    socket: PathBuf,
+    /// The daemon's API socket [default: the config's `daemon.socket`, else /run/switcher/switcher.sock].
+    #[arg(long, global = true)]
+    socket: Option<PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -64,31 +68,45 @@ fn main() -> ExitCode {
 fn run() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    let socket = cli
+        .socket
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET));
     match cli.cmd {
-        Cmd::Daemon { config, keep_attached } => {
+        Cmd::Daemon {
+            config,
+            keep_attached,
+        } => {
             let mut cfg = Config::load(&config)?;
-            // --socket overrides the file only when given explicitly.
-            if cli.socket != PathBuf::from(DEFAULT_SOCKET) {
-                cfg.daemon.socket = cli.socket;
+            if let Some(socket) = cli.socket {
+                cfg.daemon.socket = socket;
             }
             tokio::runtime::Runtime::new()
                 .context("starting the tokio runtime")?
                 .block_on(switcher::daemon::run(cfg, keep_attached))
         }
         Cmd::Flip { service, to, json } => {
-            let v = api::call(&cli.socket, &Request::Flip { service: service.clone(), to })?;
+            let v = api::call(
+                &socket,
+                &Request::Flip {
+                    service: service.clone(),
+                    to,
+                },
+            )?;
             if json {
                 println!("{v}");
             } else {
                 let out: FlipOutcome = serde_json::from_value(v).context("decoding flip reply")?;
                 if out.changed {
-                    println!("{service}: {} -> {} (generation {})", out.from, out.to, out.generation);
+                    println!(
+                        "{service}: {} -> {} (generation {})",
+                        out.from, out.to, out.generation
+                    );
                 } else {
                     println!("{service}: already {}", out.to);
                 }
@@ -96,7 +114,7 @@ fn run() -> Result<()> {
             Ok(())
         }
         Cmd::Status { json } => {
-            let v = api::call(&cli.socket, &Request::Status)?;
+            let v = api::call(&socket, &Request::Status)?;
             if json {
                 println!("{v}");
             } else {
@@ -119,7 +137,11 @@ fn run() -> Result<()> {
                     s.green.map_or("-".into(), |a| a.to_string())
                 );
             }
-            println!("config ok: {} service(s) on {:?}", cfg.services.len(), cfg.daemon.interfaces);
+            println!(
+                "config ok: {} service(s) on {:?}",
+                cfg.services.len(),
+                cfg.daemon.interfaces
+            );
             Ok(())
         }
     }

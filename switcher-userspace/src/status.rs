@@ -106,10 +106,14 @@ impl Status {
     pub fn render(&self) -> String {
         let mut out = String::new();
         for s in &self.services {
+            let vip = match s.vip.parse::<std::net::IpAddr>() {
+                Ok(ip) => std::net::SocketAddr::new(ip, s.port).to_string(),
+                Err(_) => format!("{}:{}", s.vip, s.port),
+            };
             let _ = writeln!(
                 out,
-                "{}  {}:{}/{}  active={} (generation {})",
-                s.name, s.vip, s.port, s.protocol, s.active, s.generation
+                "{}  {vip}/{}  active={} (generation {})",
+                s.name, s.protocol, s.active, s.generation
             );
             for (c, st) in [(Color::Blue, &s.blue), (Color::Green, &s.green)] {
                 let mark = if c == s.active { "*" } else { " " };
@@ -124,7 +128,9 @@ impl Status {
                 );
             }
             if let Some(f) = &s.last_flip {
-                let fmt = |v: Option<u64>| v.map_or("-".to_string(), |ns| format!("{:.1} µs", ns as f64 / 1e3));
+                let fmt = |v: Option<u64>| {
+                    v.map_or("-".to_string(), |ns| format!("{:.1} µs", ns as f64 / 1e3))
+                };
                 let _ = writeln!(
                     out,
                     "   last flip: generation {}, first packet after it: blue {}, green {}",
@@ -141,7 +147,15 @@ impl Status {
             .filter(|(_, n)| *n > 0)
             .map(|(r, n)| format!("{r}={n}"))
             .collect();
-        let _ = writeln!(out, "reasons: {}", if nonzero.is_empty() { "-".into() } else { nonzero.join(" ") });
+        let _ = writeln!(
+            out,
+            "reasons: {}",
+            if nonzero.is_empty() {
+                "-".into()
+            } else {
+                nonzero.join(" ")
+            }
+        );
         out
     }
 }

@@ -1,4 +1,5 @@
 //! Test support for switcher: the network-namespace lab and its helpers.
 
 pub mod lab;
+#[cfg(feature = "rig")]
 pub mod rig;

@@ -17,7 +17,9 @@ use switcher::{
     status::Status,
 };
 
-use crate::lab::{Host, Lab, Proc, BLUE_V4, BLUE_V6, EDGE_TO_CLIENT, GREEN_V4, GREEN_V6, VIP_V4, VIP_V6};
+use crate::lab::{
+    Host, Lab, Proc, BLUE_V4, BLUE_V6, EDGE_TO_CLIENT, GREEN_V4, GREEN_V6, VIP_V4, VIP_V6,
+};
 
 pub const UDP_PORT: u16 = 514;
 pub const TCP_PORT: u16 = 601;
@@ -30,7 +32,10 @@ pub fn bin(name: &str) -> Result<PathBuf> {
         Some(d) => PathBuf::from(d),
         None => {
             let exe = std::env::current_exe().context("locating the running executable")?;
-            let mut dir = exe.parent().context("executable has no folder")?.to_path_buf();
+            let mut dir = exe
+                .parent()
+                .context("executable has no folder")?
+                .to_path_buf();
             if dir.ends_with("deps") {
                 dir.pop();
             }
@@ -52,10 +57,38 @@ pub fn bin(name: &str) -> Result<PathBuf> {
 pub fn standard_services(forward: &str, extra: &str) -> String {
     let mut s = String::new();
     for (name, vip, proto, port, blue, green) in [
-        ("udp4", VIP_V4.to_string(), "udp", UDP_PORT, BLUE_V4.to_string(), GREEN_V4.to_string()),
-        ("tcp4", VIP_V4.to_string(), "tcp", TCP_PORT, BLUE_V4.to_string(), GREEN_V4.to_string()),
-        ("udp6", VIP_V6.to_string(), "udp", UDP_PORT, format!("[{BLUE_V6}]"), format!("[{GREEN_V6}]")),
-        ("tcp6", VIP_V6.to_string(), "tcp", TCP_PORT, format!("[{BLUE_V6}]"), format!("[{GREEN_V6}]")),
+        (
+            "udp4",
+            VIP_V4.to_string(),
+            "udp",
+            UDP_PORT,
+            BLUE_V4.to_string(),
+            GREEN_V4.to_string(),
+        ),
+        (
+            "tcp4",
+            VIP_V4.to_string(),
+            "tcp",
+            TCP_PORT,
+            BLUE_V4.to_string(),
+            GREEN_V4.to_string(),
+        ),
+        (
+            "udp6",
+            VIP_V6.to_string(),
+            "udp",
+            UDP_PORT,
+            format!("[{BLUE_V6}]"),
+            format!("[{GREEN_V6}]"),
+        ),
+        (
+            "tcp6",
+            VIP_V6.to_string(),
+            "tcp",
+            TCP_PORT,
+            format!("[{BLUE_V6}]"),
+            format!("[{GREEN_V6}]"),
+        ),
     ] {
         let _ = write!(
             s,
@@ -205,7 +238,12 @@ impl Rig {
 
     /// Waits until the sinks together hold `expected` lines of `stream` (or `timeout`), then
     /// returns the sequence numbers each colour received.
-    pub fn wait_stream(&self, stream: &str, expected: usize, timeout: Duration) -> Result<Received> {
+    pub fn wait_stream(
+        &self,
+        stream: &str,
+        expected: usize,
+        timeout: Duration,
+    ) -> Result<Received> {
         let deadline = Instant::now() + timeout;
         loop {
             let r = self.received(stream)?;
@@ -282,10 +320,7 @@ pub fn seqs(file: &Path, stream: &str) -> Result<Vec<u64>> {
         let Some(rest) = line.split_once(&tag).map(|(_, r)| r) else {
             continue;
         };
-        let Some(n) = rest
-            .split_whitespace()
-            .find_map(|t| t.strip_prefix("seq="))
-        else {
+        let Some(n) = rest.split_whitespace().find_map(|t| t.strip_prefix("seq=")) else {
             continue;
         };
         out.push(n.parse().with_context(|| format!("bad seq in {line:?}"))?);
@@ -300,6 +335,11 @@ pub fn sender_summary(p: &Proc) -> Result<serde_json::Value> {
         .into_iter()
         .rev()
         .find(|l| l.starts_with('{'))
-        .with_context(|| format!("log-sender printed no summary; stderr: {}", p.stderr_tail(10)))?;
+        .with_context(|| {
+            format!(
+                "log-sender printed no summary; stderr: {}",
+                p.stderr_tail(10)
+            )
+        })?;
     serde_json::from_str(&line).with_context(|| format!("bad summary {line:?}"))
 }

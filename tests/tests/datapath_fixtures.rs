@@ -102,8 +102,14 @@ fn table() -> Vec<Case> {
         ),
         rewritten(
             "udp with one 802.1Q tag",
-            with_vlans(&udp4("198.18.0.1", 40002, "198.18.10.10", 514, PAYLOAD), &[(0x8100, 7)]),
-            with_vlans(&udp4("198.18.0.1", 40002, "198.18.1.2", 5514, PAYLOAD), &[(0x8100, 7)]),
+            with_vlans(
+                &udp4("198.18.0.1", 40002, "198.18.10.10", 514, PAYLOAD),
+                &[(0x8100, 7)],
+            ),
+            with_vlans(
+                &udp4("198.18.0.1", 40002, "198.18.1.2", 5514, PAYLOAD),
+                &[(0x8100, 7)],
+            ),
         ),
         rewritten(
             "tcp with QinQ (802.1ad + 802.1Q)",
@@ -206,14 +212,39 @@ fn table() -> Vec<Case> {
         &[(0x88a8, 100), (0x8100, 7)],
     );
     for cut in 14..22 {
-        let name: &'static str = Box::leak(format!("QinQ frame truncated to {cut} bytes").into_boxed_str());
+        let name: &'static str =
+            Box::leak(format!("QinQ frame truncated to {cut} bytes").into_boxed_str());
         cases.push(untouched(name, tagged[..cut].to_vec(), Reason::TruncatedL2));
     }
     for (name, full, l3, l4, l4_len) in [
-        ("udp4", udp4("198.18.0.1", 41000, "198.18.10.10", 514, b""), 14, 34, 8),
-        ("tcp4", tcp4("198.18.0.1", 41001, "198.18.10.10", 601, "S", b""), 14, 34, 20),
-        ("udp6", udp6("2001:2::1", 41002, "2001:2:0:10::10", 514, b""), 14, 54, 8),
-        ("tcp6", tcp6("2001:2::1", 41003, "2001:2:0:10::10", 601, "S", b""), 14, 54, 20),
+        (
+            "udp4",
+            udp4("198.18.0.1", 41000, "198.18.10.10", 514, b""),
+            14,
+            34,
+            8,
+        ),
+        (
+            "tcp4",
+            tcp4("198.18.0.1", 41001, "198.18.10.10", 601, "S", b""),
+            14,
+            34,
+            20,
+        ),
+        (
+            "udp6",
+            udp6("2001:2::1", 41002, "2001:2:0:10::10", 514, b""),
+            14,
+            54,
+            8,
+        ),
+        (
+            "tcp6",
+            tcp6("2001:2::1", 41003, "2001:2:0:10::10", 601, "S", b""),
+            14,
+            54,
+            20,
+        ),
     ] {
         for cut in 14..l4 + l4_len {
             let reason = if cut < l3 {
@@ -222,7 +253,8 @@ fn table() -> Vec<Case> {
                 // The IP length field no longer fits the frame once anything is cut.
                 Reason::MalformedL3
             };
-            let name: &'static str = Box::leak(format!("{name} truncated to {cut} bytes").into_boxed_str());
+            let name: &'static str =
+                Box::leak(format!("{name} truncated to {cut} bytes").into_boxed_str());
             cases.push(untouched(name, full[..cut].to_vec(), reason));
         }
     }
@@ -292,7 +324,10 @@ fn fixture_table() {
         let (action, out) = t.xdp(&case.input);
         let want = case.output.as_ref().unwrap_or(&case.input);
         if action != case.action {
-            failures.push(format!("{}: action {action}, want {}", case.name, case.action));
+            failures.push(format!(
+                "{}: action {action}, want {}",
+                case.name, case.action
+            ));
         }
         if &out != want {
             failures.push(format!(
@@ -305,7 +340,11 @@ fn fixture_table() {
         if let (Some(r), Some(b)) = (case.reason, before) {
             let after = t.reason(r);
             if after != b + 1 {
-                failures.push(format!("{}: counter {} went {b} -> {after}", case.name, r.label()));
+                failures.push(format!(
+                    "{}: counter {} went {b} -> {after}",
+                    case.name,
+                    r.label()
+                ));
             }
         }
         if case.output.is_some() && out == *want {
@@ -313,7 +352,12 @@ fn fixture_table() {
             assert_checksums_valid(&untagged);
         }
     }
-    assert!(failures.is_empty(), "{} fixture(s) failed:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} fixture(s) failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 fn strip_vlans(p: &[u8]) -> Vec<u8> {
@@ -345,7 +389,11 @@ fn tcp_flow_stays_pinned_across_flips_and_new_syn_goes_to_active() {
     for to in [Color::Green, Color::Blue, Color::Green] {
         t.dp().flip(id, to).expect("flip");
         let (_, out) = t.xdp(&tcp4(c, 42000, "198.18.10.10", 601, "AP", b"x"));
-        assert_eq!(out, to_blue("AP"), "established flow must stay on blue after flip to {to}");
+        assert_eq!(
+            out,
+            to_blue("AP"),
+            "established flow must stay on blue after flip to {to}"
+        );
     }
     // Active is green now: a new connection goes there.
     let (_, out) = t.xdp(&tcp4(c, 42001, "198.18.10.10", 601, "S", b"x"));
@@ -356,7 +404,11 @@ fn tcp_flow_stays_pinned_across_flips_and_new_syn_goes_to_active() {
     let (_, out) = t.xdp(&tcp4(c, 42000, "198.18.10.10", 601, "FA", b"x"));
     assert_eq!(out, to_blue("FA"));
     let (_, out) = t.xdp(&tcp4(c, 42000, "198.18.10.10", 601, "A", b"x"));
-    assert_eq!(out, to_blue("A"), "last ACK of the closing flow still goes to blue");
+    assert_eq!(
+        out,
+        to_blue("A"),
+        "last ACK of the closing flow still goes to blue"
+    );
     let (_, out) = t.xdp(&tcp4(c, 42000, "198.18.10.10", 601, "S", b"x"));
     assert_eq!(out, tcp4(c, 42000, "198.18.2.2", 2601, "S", b"x"));
 
@@ -377,12 +429,28 @@ fn tcp_without_flow_entry_follows_drain_rule() {
     // Within the drain window (60 s default) an unknown mid-connection packet goes to the
     // colour that was active before the flip, and is pinned there.
     let (_, out) = t.xdp(&tcp6("2001:2::1", 43000, "2001:2:0:10::10", 601, "A", b"x"));
-    assert_eq!(out, tcp6("2001:2::1", 43000, "2001:2:0:1::2", 1601, "A", b"x"));
+    assert_eq!(
+        out,
+        tcp6("2001:2::1", 43000, "2001:2:0:1::2", 1601, "A", b"x")
+    );
     assert_eq!(t.reason(Reason::TcpPinMiss), 1);
     let (_, out) = t.xdp(&tcp6("2001:2::1", 43000, "2001:2:0:10::10", 601, "A", b"y"));
-    assert_eq!(out, tcp6("2001:2::1", 43000, "2001:2:0:1::2", 1601, "A", b"y"));
-    assert_eq!(t.reason(Reason::TcpPinMiss), 1, "second packet finds the entry");
-    assert_eq!(t.dp().color_counters(id, Color::Blue).expect("c").pin_misses, 1);
+    assert_eq!(
+        out,
+        tcp6("2001:2::1", 43000, "2001:2:0:1::2", 1601, "A", b"y")
+    );
+    assert_eq!(
+        t.reason(Reason::TcpPinMiss),
+        1,
+        "second packet finds the entry"
+    );
+    assert_eq!(
+        t.dp()
+            .color_counters(id, Color::Blue)
+            .expect("c")
+            .pin_misses,
+        1
+    );
 }
 
 #[test]
@@ -403,7 +471,10 @@ fn udp_follows_active_per_packet_and_flip_mark_records_cutover() {
     let mark = t.dp().flip_mark(id).expect("mark");
     assert_eq!(mark.generation, flip.generation);
     assert_eq!(mark.first_ns[0], 0, "blue got nothing after the flip");
-    assert!(mark.first_ns[1] >= flip.flip_ns, "green's first packet is after the flip write");
+    assert!(
+        mark.first_ns[1] >= flip.flip_ns,
+        "green's first packet is after the flip write"
+    );
     let again = t.dp().flip(id, Color::Green).expect("flip");
     assert!(!again.changed, "flipping to the active colour is a no-op");
 }
@@ -425,9 +496,17 @@ fn udp_affinity_keeps_a_source_on_its_color() {
     assert_eq!(out, udp4("198.18.0.1", 45000, "198.18.1.2", 5514, PAYLOAD));
     t.dp().flip(id, Color::Green).expect("flip");
     let (_, out) = t.xdp(&from(45000));
-    assert_eq!(out, udp4("198.18.0.1", 45000, "198.18.1.2", 5514, PAYLOAD), "source stays on blue");
+    assert_eq!(
+        out,
+        udp4("198.18.0.1", 45000, "198.18.1.2", 5514, PAYLOAD),
+        "source stays on blue"
+    );
     let (_, out) = t.xdp(&from(45001));
-    assert_eq!(out, udp4("198.18.0.1", 45001, "198.18.2.2", 6514, PAYLOAD), "new source goes green");
+    assert_eq!(
+        out,
+        udp4("198.18.0.1", 45001, "198.18.2.2", 6514, PAYLOAD),
+        "new source goes green"
+    );
 }
 
 #[test]
@@ -438,8 +517,16 @@ fn fragments_follow_their_first_fragment_across_a_flip() {
     let mut t = TestDatapath::new(SERVICES);
     let id = t.id("udp4");
     let big: Vec<u8> = (0..600u32).map(|i| (i % 251) as u8).collect();
-    let (f1, f2) = fragment_v4(&udp4("198.18.0.1", 46000, "198.18.10.10", 514, &big), 304, 0x4242);
-    let (e1, e2) = fragment_v4(&udp4("198.18.0.1", 46000, "198.18.1.2", 5514, &big), 304, 0x4242);
+    let (f1, f2) = fragment_v4(
+        &udp4("198.18.0.1", 46000, "198.18.10.10", 514, &big),
+        304,
+        0x4242,
+    );
+    let (e1, e2) = fragment_v4(
+        &udp4("198.18.0.1", 46000, "198.18.1.2", 5514, &big),
+        304,
+        0x4242,
+    );
     let (a, out) = t.xdp(&f1);
     assert_eq!((a, out), (XDP_PASS, e1));
     // Flip between the fragments: the second must still go to blue.
@@ -448,19 +535,35 @@ fn fragments_follow_their_first_fragment_across_a_flip() {
     assert_eq!((a, out), (XDP_PASS, e2));
     assert_eq!(t.reason(Reason::FragFollowed), 1);
     // A later fragment whose first fragment never came is left alone.
-    let (_, o2) = fragment_v4(&udp4("198.18.0.1", 46001, "198.18.10.10", 514, &big), 304, 0x4343);
+    let (_, o2) = fragment_v4(
+        &udp4("198.18.0.1", 46001, "198.18.10.10", 514, &big),
+        304,
+        0x4343,
+    );
     let (_, out) = t.xdp(&o2);
     assert_eq!(out, o2);
     assert_eq!(t.reason(Reason::FragNoEntry), 1);
 
     // IPv6: same rule through the Fragment extension header.
     let id6 = t.id("udp6");
-    let (f1, f2) = fragment_v6(&udp6("2001:2::1", 46002, "2001:2:0:10::10", 514, &big), 304, 77);
-    let (e1, e2) = fragment_v6(&udp6("2001:2::1", 46002, "2001:2:0:2::2", 6514, &big), 304, 77);
+    let (f1, f2) = fragment_v6(
+        &udp6("2001:2::1", 46002, "2001:2:0:10::10", 514, &big),
+        304,
+        77,
+    );
+    let (e1, e2) = fragment_v6(
+        &udp6("2001:2::1", 46002, "2001:2:0:2::2", 6514, &big),
+        304,
+        77,
+    );
     t.dp().flip(id6, Color::Green).expect("flip");
     assert_eq!(t.xdp(&f1).1, e1);
     t.dp().flip(id6, Color::Blue).expect("flip");
-    assert_eq!(t.xdp(&f2).1, e2, "second v6 fragment follows the first to green");
+    assert_eq!(
+        t.xdp(&f2).1,
+        e2,
+        "second v6 fragment follows the first to green"
+    );
 }
 
 #[test]

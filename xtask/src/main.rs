@@ -3,6 +3,7 @@
 //! One module per subcommand; add a variant to [`Cmd`] and a `run` in its module.
 
 mod lab;
+mod run;
 mod setup;
 mod util;
 
@@ -21,11 +22,26 @@ enum Cmd {
     Setup(setup::Args),
     /// Create or remove the network-namespace lab for manual experiments.
     Lab(lab::Args),
+    /// Release build of the `switcher` binary.
+    Build,
+    /// All tests; as root the privileged datapath and lab tests run too (required in CI).
+    Test(run::TestArgs),
+    /// rustfmt and clippy (-D warnings), the eBPF crate for its BPF target.
+    Lint,
+    /// The lab demo: live syslog traffic flipped blue → green → blue with zero loss.
+    Demo(run::DemoArgs),
+    /// Per-packet cost of the datapath (BPF_PROG_TEST_RUN), side by side.
+    Bench(run::BenchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
         Cmd::Setup(args) => setup::run(args),
         Cmd::Lab(args) => lab::run(args),
+        Cmd::Build => run::build(),
+        Cmd::Test(args) => run::test(args),
+        Cmd::Lint => run::lint(),
+        Cmd::Demo(args) => run::demo(args),
+        Cmd::Bench(args) => run::bench(args),
     }
 }

@@ -120,18 +120,26 @@ fn is_plain_stable(line: &str) -> bool {
     name == "stable" || name.starts_with("stable-")
 }
 
-/// Picks nightly if installed (else stable), makes sure it has rust-src (needed for
-/// `-Z build-std` of the BPF target) and records the choice in `target/ebpf-toolchain`.
-fn ebpf_toolchain() -> Result<String> {
-    let rustup = "rustup (https://rustup.rs)";
-    let list = output(Command::new("rustup").args(["toolchain", "list"]), rustup)?;
-    let toolchain = if list.lines().any(is_plain_nightly) {
-        "nightly"
+const RUSTUP: &str = "rustup (https://rustup.rs)";
+
+/// The toolchain that builds the eBPF crate: nightly if installed, else stable (with
+/// RUSTC_BOOTSTRAP=1). switcher-userspace/build.rs makes the same choice.
+pub fn chosen_toolchain() -> Result<&'static str> {
+    let list = output(Command::new("rustup").args(["toolchain", "list"]), RUSTUP)?;
+    if list.lines().any(is_plain_nightly) {
+        Ok("nightly")
     } else if list.lines().any(is_plain_stable) {
-        "stable"
+        Ok("stable")
     } else {
         bail!("neither a nightly nor a stable toolchain is installed; run `rustup toolchain install nightly --component rust-src`");
-    };
+    }
+}
+
+/// Picks the eBPF toolchain and makes sure it has rust-src (needed for `-Z build-std` of the
+/// BPF target).
+fn ebpf_toolchain() -> Result<String> {
+    let rustup = RUSTUP;
+    let toolchain = chosen_toolchain()?;
     println!("ok: eBPF toolchain {toolchain}");
     if toolchain == "stable" {
         println!(
@@ -160,17 +168,6 @@ fn ebpf_toolchain() -> Result<String> {
         ]))?;
     }
 
-    let target = workspace_root().join("target");
-    let marker = target.join("ebpf-toolchain");
-    let current = fs::read_to_string(&marker).unwrap_or_default();
-    if current.trim() == toolchain {
-        println!("ok: {} = {toolchain}", marker.display());
-    } else {
-        println!("installing: {} = {toolchain}", marker.display());
-        fs::create_dir_all(&target).with_context(|| format!("creating {}", target.display()))?;
-        fs::write(&marker, format!("{toolchain}\n"))
-            .with_context(|| format!("writing {}", marker.display()))?;
-    }
     Ok(toolchain.to_owned())
 }
 

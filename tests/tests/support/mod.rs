@@ -301,7 +301,11 @@ pub fn assert_checksums_valid(pkt: &[u8]) {
     let payload = h.payload.slice();
     match (&h.net, &h.transport) {
         (Some(etherparse::NetHeaders::Ipv4(ip, _)), t) => {
-            assert_eq!(ip.header_checksum, ip.calc_header_checksum(), "IPv4 header checksum");
+            assert_eq!(
+                ip.header_checksum,
+                ip.calc_header_checksum(),
+                "IPv4 header checksum"
+            );
             match t {
                 Some(TransportHeader::Udp(u)) if u.checksum != 0 => assert_eq!(
                     u.checksum,

@@ -1,0 +1,160 @@
+//! The subcommands that build and run the project: `build`, `test`, `lint`, `demo`, `bench`.
+//! Each first runs `setup`, so on a fresh machine one command installs what it needs.
+
+use std::process::Command;
+
+use anyhow::{bail, Result};
+
+use crate::{
+    setup,
+    util::{run_visible, workspace_root},
+};
+
+#[derive(clap::Args)]
+pub struct TestArgs {
+    /// Extra arguments for `cargo test` (e.g. a test name filter), after `--`.
+    #[arg(last = true)]
+    pub cargo_args: Vec<String>,
+}
+
+#[derive(clap::Args)]
+pub struct DemoArgs {
+    /// Arguments for the demo (`--seconds`, `--udp-rate`, `--forward`), after `--`.
+    #[arg(last = true)]
+    pub demo_args: Vec<String>,
+}
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// Arguments for the benchmark (`--repeat`, `--rounds`), after `--`.
+    #[arg(last = true)]
+    pub bench_args: Vec<String>,
+}
+
+fn cargo(args: &[&str]) -> Result<()> {
+    let mut c = Command::new(env_cargo());
+    c.current_dir(workspace_root()).args(args);
+    run_visible(&mut c)
+}
+
+fn env_cargo() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
+}
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// Release build of the `switcher` binary.
+pub fn build() -> Result<()> {
+    setup::run(setup::Args {})?;
+    cargo(&["build", "--release", "-p", "switcher-userspace"])?;
+    println!(
+        "built {}",
+        workspace_root().join("target/release/switcher").display()
+    );
+    Ok(())
+}
+
+/// Every test: host unit tests and, as root, the privileged datapath and lab tests. In CI
+/// (CI set) not being root is an error, so privileged tests can never be skipped there.
+pub fn test(args: TestArgs) -> Result<()> {
+    if !is_root() {
+        if std::env::var_os("CI").is_some() {
+            bail!("CI must run the tests as root: the datapath and lab tests load BPF programs");
+        }
+        println!("note: not root, the privileged tests will report SKIPPED");
+    }
+    setup::run(setup::Args {})?;
+    // The lab tests start these binaries; `cargo test` alone builds only the tests' own.
+    cargo(&[
+        "build",
+        "-p",
+        "switcher-userspace",
+        "-p",
+        "switcher-tests",
+        "--bins",
+    ])?;
+    let mut a = vec!["test", "--workspace", "--exclude", "switcher-ebpf"];
+    if !args.cargo_args.is_empty() {
+        a.push("--");
+        a.extend(args.cargo_args.iter().map(String::as_str));
+    }
+    cargo(&a)
+}
+
+/// Formatting and clippy, the eBPF crate linted for its own target.
+pub fn lint() -> Result<()> {
+    setup::run(setup::Args {})?;
+    cargo(&["fmt", "--all", "--check"])?;
+    cargo(&[
+        "clippy",
+        "--workspace",
+        "--exclude",
+        "switcher-ebpf",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ])?;
+    let toolchain = setup::chosen_toolchain()?;
+    let mut c = Command::new("cargo");
+    c.current_dir(workspace_root().join("switcher-ebpf"))
+        .arg(format!("+{toolchain}"))
+        .args([
+            "clippy",
+            "--release",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+            "--",
+            "-D",
+            "warnings",
+        ]);
+    if toolchain != "nightly" {
+        c.env("RUSTC_BOOTSTRAP", "1");
+    }
+    run_visible(&mut c)
+}
+
+pub fn demo(args: DemoArgs) -> Result<()> {
+    require_root("the demo builds network namespaces and loads BPF programs")?;
+    setup::run(setup::Args {})?;
+    cargo(&[
+        "build",
+        "--release",
+        "-p",
+        "switcher-userspace",
+        "-p",
+        "switcher-tests",
+        "--bins",
+    ])?;
+    let mut c = Command::new(workspace_root().join("target/release/switcher-demo"));
+    c.args(&args.demo_args);
+    run_visible(&mut c)
+}
+
+pub fn bench(args: BenchArgs) -> Result<()> {
+    require_root("the benchmark loads BPF programs")?;
+    setup::run(setup::Args {})?;
+    cargo(&[
+        "build",
+        "--release",
+        "-p",
+        "switcher-userspace",
+        "-p",
+        "switcher-tests",
+        "--bins",
+    ])?;
+    let mut c = Command::new(workspace_root().join("target/release/switcher-bench"));
+    c.args(&args.bench_args);
+    run_visible(&mut c)
+}
+
+fn require_root(why: &str) -> Result<()> {
+    if !is_root() {
+        bail!("run as root: {why}");
+    }
+    Ok(())
+}
