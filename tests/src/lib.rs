@@ -3,3 +3,4 @@
 pub mod lab;
 #[cfg(feature = "rig")]
 pub mod rig;
+pub mod services;

@@ -4,7 +4,6 @@
 
 use std::{
     collections::BTreeMap,
-    fmt::Write as _,
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -17,13 +16,9 @@ use switcher::{
     status::Status,
 };
 
-use crate::lab::{
-    Host, Lab, Proc, BLUE_V4, BLUE_V6, EDGE_TO_CLIENT, GREEN_V4, GREEN_V6, VIP_V4, VIP_V6,
-};
+use crate::lab::{Host, Lab, Proc, EDGE_TO_CLIENT};
 
-pub const UDP_PORT: u16 = 514;
-pub const TCP_PORT: u16 = 601;
-pub const HTTP_PORT: u16 = 8080;
+pub use crate::services::{standard_services, HTTP_PORT, TCP_PORT, UDP_PORT};
 
 /// Where the project's binaries are: next to the running executable (target/<profile>/, or
 /// its deps/ folder for tests), unless SWITCHER_BIN_DIR says otherwise.
@@ -52,54 +47,6 @@ pub fn bin(name: &str) -> Result<PathBuf> {
     Ok(p)
 }
 
-/// The four standard services: udp4/tcp4 on the IPv4 VIP, udp6/tcp6 on the IPv6 VIP, with
-/// the given forwarding mode and extra per-service lines.
-pub fn standard_services(forward: &str, extra: &str) -> String {
-    let mut s = String::new();
-    for (name, vip, proto, port, blue, green) in [
-        (
-            "udp4",
-            VIP_V4.to_string(),
-            "udp",
-            UDP_PORT,
-            BLUE_V4.to_string(),
-            GREEN_V4.to_string(),
-        ),
-        (
-            "tcp4",
-            VIP_V4.to_string(),
-            "tcp",
-            TCP_PORT,
-            BLUE_V4.to_string(),
-            GREEN_V4.to_string(),
-        ),
-        (
-            "udp6",
-            VIP_V6.to_string(),
-            "udp",
-            UDP_PORT,
-            format!("[{BLUE_V6}]"),
-            format!("[{GREEN_V6}]"),
-        ),
-        (
-            "tcp6",
-            VIP_V6.to_string(),
-            "tcp",
-            TCP_PORT,
-            format!("[{BLUE_V6}]"),
-            format!("[{GREEN_V6}]"),
-        ),
-    ] {
-        let _ = write!(
-            s,
-            "\n[[service]]\nname = \"{name}\"\nvip = \"{vip}\"\nport = {port}\nprotocol = \"{proto}\"\n\
-             active = \"blue\"\nforward = \"{forward}\"\n{extra}\
-             blue = {{ backend = \"{blue}:{port}\" }}\ngreen = {{ backend = \"{green}:{port}\" }}\n"
-        );
-    }
-    s
-}
-
 pub struct Rig {
     pub lab: Lab,
     pub dir: PathBuf,
@@ -119,11 +66,7 @@ impl Rig {
         let bpffs = PathBuf::from(format!("/sys/fs/bpf/switcher-{}", lab.prefix()));
         let socket = dir.join("switcher.sock");
         let config = dir.join("switcher.toml");
-        let text = format!(
-            "[daemon]\ninterfaces = [\"{EDGE_TO_CLIENT}\"]\nbpffs_dir = \"{}\"\nsocket = \"{}\"\n{services}",
-            bpffs.display(),
-            socket.display()
-        );
+        let text = crate::services::lab_config(EDGE_TO_CLIENT, &bpffs, &socket, services);
         std::fs::write(&config, text).with_context(|| format!("writing {}", config.display()))?;
         let mut rig = Rig {
             lab,
@@ -141,24 +84,7 @@ impl Rig {
     }
 
     fn start_sink(&self, host: Host) -> Result<Proc> {
-        let (v4, v6) = (host.v4(), host.v6());
-        let out = self.sink_file(host);
-        let args: Vec<String> = vec![
-            "--name".into(),
-            host.name().into(),
-            "--udp".into(),
-            format!("{v4}:{UDP_PORT}"),
-            "--udp".into(),
-            format!("[{v6}]:{UDP_PORT}"),
-            "--tcp".into(),
-            format!("{v4}:{TCP_PORT}"),
-            "--tcp".into(),
-            format!("[{v6}]:{TCP_PORT}"),
-            "--http".into(),
-            format!("{v4}:{HTTP_PORT}"),
-            "--out".into(),
-            out.display().to_string(),
-        ];
+        let args = crate::services::sink_args(host, &self.sink_file(host));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let sink = bin("ingest-sink")?;
         self.lab.spawn_ready(

@@ -1,0 +1,91 @@
+//! What runs in the lab, shared by the rig, the demo and `cargo xtask lab up`: the standard
+//! services (config text) and the reference sink's arguments. No switcher dependency here, so
+//! xtask can use it before bpf-linker exists.
+
+use std::{fmt::Write as _, path::Path};
+
+use crate::lab::{Host, BLUE_V4, BLUE_V6, GREEN_V4, GREEN_V6, VIP_V4, VIP_V6};
+
+pub const UDP_PORT: u16 = 514;
+pub const TCP_PORT: u16 = 601;
+pub const HTTP_PORT: u16 = 8080;
+
+/// The four standard services: udp4/tcp4 on the IPv4 VIP, udp6/tcp6 on the IPv6 VIP, with
+/// the given forwarding mode and extra per-service lines.
+pub fn standard_services(forward: &str, extra: &str) -> String {
+    let mut s = String::new();
+    for (name, vip, proto, port, blue, green) in [
+        (
+            "udp4",
+            VIP_V4.to_string(),
+            "udp",
+            UDP_PORT,
+            BLUE_V4.to_string(),
+            GREEN_V4.to_string(),
+        ),
+        (
+            "tcp4",
+            VIP_V4.to_string(),
+            "tcp",
+            TCP_PORT,
+            BLUE_V4.to_string(),
+            GREEN_V4.to_string(),
+        ),
+        (
+            "udp6",
+            VIP_V6.to_string(),
+            "udp",
+            UDP_PORT,
+            format!("[{BLUE_V6}]"),
+            format!("[{GREEN_V6}]"),
+        ),
+        (
+            "tcp6",
+            VIP_V6.to_string(),
+            "tcp",
+            TCP_PORT,
+            format!("[{BLUE_V6}]"),
+            format!("[{GREEN_V6}]"),
+        ),
+    ] {
+        let _ = write!(
+            s,
+            "\n[[service]]\nname = \"{name}\"\nvip = \"{vip}\"\nport = {port}\nprotocol = \"{proto}\"\n\
+             active = \"blue\"\nforward = \"{forward}\"\n{extra}\
+             blue = {{ backend = \"{blue}:{port}\" }}\ngreen = {{ backend = \"{green}:{port}\" }}\n"
+        );
+    }
+    s
+}
+
+/// A whole daemon config for the lab's edge host.
+pub fn lab_config(interface: &str, bpffs_dir: &Path, socket: &Path, services: &str) -> String {
+    format!(
+        "[daemon]\ninterfaces = [\"{interface}\"]\nbpffs_dir = \"{}\"\nsocket = \"{}\"\n{services}",
+        bpffs_dir.display(),
+        socket.display()
+    )
+}
+
+/// Arguments of `ingest-sink` on a backend host: UDP 514 and TCP 601 on both families,
+/// HTTP (/health, /metrics, /stats) on 8080, every line appended to `out`.
+pub fn sink_args(host: Host, out: &Path) -> Vec<String> {
+    let (v4, v6) = (host.v4(), host.v6());
+    [
+        "--name".to_string(),
+        host.name().into(),
+        "--udp".into(),
+        format!("{v4}:{UDP_PORT}"),
+        "--udp".into(),
+        format!("[{v6}]:{UDP_PORT}"),
+        "--tcp".into(),
+        format!("{v4}:{TCP_PORT}"),
+        "--tcp".into(),
+        format!("[{v6}]:{TCP_PORT}"),
+        "--http".into(),
+        format!("{v4}:{HTTP_PORT}"),
+        "--out".into(),
+        out.display().to_string(),
+    ]
+    .into()
+}
