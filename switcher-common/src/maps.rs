@@ -208,7 +208,8 @@ pub struct ReverseValue {
     pub vip: [u8; 16],
     pub vport_be: u16,
     pub family: u8,
-    pub _pad: u8,
+    /// The colour whose backend this is, for the per-colour reset counter.
+    pub color: u8,
     pub service_id: u32,
 }
 const _: () = assert!(size_of::<ReverseValue>() == 24);
@@ -222,8 +223,10 @@ pub struct ColorCounters {
     pub new_flows: u64,
     /// TCP packets with no flow entry that were steered by the drain rule.
     pub pin_misses: u64,
+    /// TCP resets this colour's backend sent to clients (counted on egress).
+    pub resets: u64,
 }
-const _: () = assert!(size_of::<ColorCounters>() == 32);
+const _: () = assert!(size_of::<ColorCounters>() == 40);
 
 impl ColorCounters {
     pub fn add(&mut self, other: &ColorCounters) {
@@ -231,6 +234,7 @@ impl ColorCounters {
         self.bytes = self.bytes.wrapping_add(other.bytes);
         self.new_flows = self.new_flows.wrapping_add(other.new_flows);
         self.pin_misses = self.pin_misses.wrapping_add(other.pin_misses);
+        self.resets = self.resets.wrapping_add(other.resets);
     }
 }
 

@@ -23,3 +23,12 @@ pub fn color(service_id: u32, color: u8, bytes: u64, new_flow: bool, pin_miss: b
         c.pin_misses += pin_miss as u64;
     }
 }
+
+/// A TCP reset sent by a backend of (service, colour).
+#[inline(always)]
+pub fn reset(service_id: u32, color: u8) {
+    if let Some(c) = COLOR_COUNTERS.get_ptr_mut(backend_index(service_id, color)) {
+        // SAFETY: per-CPU slot.
+        unsafe { (*c).resets += 1 };
+    }
+}

@@ -6,7 +6,9 @@ use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
     programs::TcContext,
 };
-use switcher_common::{Endpoint, FlowKey, Reason, FAMILY_V4, PROTO_UDP};
+use switcher_common::{Endpoint, FlowKey, Reason, FAMILY_V4, PROTO_TCP, PROTO_UDP};
+
+const TCP_RST: u8 = 0x04;
 
 use crate::{
     counters,
@@ -58,6 +60,9 @@ pub fn run(ctx: &TcContext) {
             .ok()?;
         ctx.store(p.l4, &rev.vport_be, 0).ok()
     });
+    if p.proto == PROTO_TCP && l4.tcp_flags & TCP_RST != 0 {
+        counters::reset(rev.service_id, rev.color);
+    }
     counters::reason(if ok.is_some() {
         Reason::EgressReversed
     } else {

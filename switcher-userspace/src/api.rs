@@ -17,8 +17,46 @@ use crate::config::Color;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
-    Status,
-    Flip { service: String, to: Color },
+    Status {
+        #[serde(default)]
+        service: Option<String>,
+    },
+    /// Puts a candidate backend into `color`'s slot (the idle one).
+    Deploy {
+        service: String,
+        color: Color,
+        backend: std::net::SocketAddr,
+        #[serde(default)]
+        version: Option<String>,
+    },
+    /// Validates the deployed candidate, flips when it passes, then watches it.
+    Promote {
+        service: String,
+        /// Reply only once the flip happened or validation failed.
+        #[serde(default)]
+        wait: bool,
+    },
+    Flip {
+        service: String,
+        to: Color,
+        #[serde(default)]
+        force: bool,
+        #[serde(default)]
+        reason: Option<String>,
+    },
+    Rollback {
+        service: String,
+    },
+    Abort {
+        service: String,
+    },
+    History {
+        service: String,
+    },
+    /// Streams events (one JSON line each) until the client disconnects.
+    Watch,
+    /// Re-reads the config file; an invalid one changes nothing.
+    Reload,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -52,7 +90,43 @@ impl Response {
 
 /// Sends one request to the daemon and returns its `data`, or its error.
 pub fn call(socket: &Path, req: &Request) -> Result<serde_json::Value> {
-    let mut stream = UnixStream::connect(socket).map_err(|e| match e.kind() {
+    call_with_timeout(socket, req, Duration::from_secs(30))
+}
+
+/// Like [`call`], for requests that may take long (`promote --wait`).
+pub fn call_with_timeout(
+    socket: &Path,
+    req: &Request,
+    timeout: Duration,
+) -> Result<serde_json::Value> {
+    let stream = connect(socket)?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .context("setting socket timeout")?;
+    send(&stream, req)?;
+    let mut reply = String::new();
+    BufReader::new(&stream)
+        .read_line(&mut reply)
+        .context("reading the daemon's reply")?;
+    decode(&reply)
+}
+
+/// Sends `Watch` and calls `on_event` for every event line until the daemon closes.
+pub fn watch(
+    socket: &Path,
+    mut on_event: impl FnMut(serde_json::Value) -> Result<()>,
+) -> Result<()> {
+    let stream = connect(socket)?;
+    send(&stream, &Request::Watch)?;
+    for line in BufReader::new(&stream).lines() {
+        let line = line.context("reading events from the daemon")?;
+        on_event(decode(&line)?)?;
+    }
+    Ok(())
+}
+
+fn connect(socket: &Path) -> Result<UnixStream> {
+    UnixStream::connect(socket).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => anyhow!(
             "the switcher daemon is not running (no socket at {}); start it with `switcher daemon --config FILE`",
             socket.display()
@@ -62,24 +136,23 @@ pub fn call(socket: &Path, req: &Request) -> Result<serde_json::Value> {
             socket.display()
         ),
         _ => anyhow!("connecting to {}: {e}", socket.display()),
-    })?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .context("setting socket timeout")?;
+    })
+}
+
+fn send(mut stream: &UnixStream, req: &Request) -> Result<()> {
     let mut line = serde_json::to_string(req).context("encoding request")?;
     line.push('\n');
     stream
         .write_all(line.as_bytes())
-        .context("sending request to the daemon")?;
-    let mut reply = String::new();
-    BufReader::new(&stream)
-        .read_line(&mut reply)
-        .context("reading the daemon's reply")?;
+        .context("sending request to the daemon")
+}
+
+fn decode(reply: &str) -> Result<serde_json::Value> {
     if reply.is_empty() {
         bail!("the daemon closed the connection without replying");
     }
     let resp: Response =
-        serde_json::from_str(&reply).with_context(|| format!("bad reply from daemon: {reply}"))?;
+        serde_json::from_str(reply).with_context(|| format!("bad reply from daemon: {reply}"))?;
     if resp.ok {
         Ok(resp.data.unwrap_or(serde_json::Value::Null))
     } else {

@@ -9,12 +9,13 @@ use std::{
     time::Duration,
 };
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use switcher_common::{BLUE, GREEN, MAX_SERVICES, PROTO_TCP, PROTO_UDP};
 
 pub const DEFAULT_BPFFS_DIR: &str = "/sys/fs/bpf/switcher";
 pub const DEFAULT_SOCKET: &str = "/run/switcher/switcher.sock";
 pub const DEFAULT_DRAIN_MS: u64 = 60_000;
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/switcher";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -60,6 +61,7 @@ struct RawDaemon {
     xdp_mode: Option<String>,
     bpffs_dir: Option<PathBuf>,
     socket: Option<PathBuf>,
+    state_dir: Option<PathBuf>,
     forward: Option<String>,
 }
 
@@ -76,6 +78,76 @@ struct RawService {
     forward: Option<String>,
     udp_affinity_idle_ms: Option<u64>,
     drain_ms: Option<u64>,
+    warm_ms: Option<u64>,
+    health: Option<RawHealth>,
+    load: Option<RawLoad>,
+    metrics: Option<RawMetrics>,
+    canary: Option<RawCanary>,
+    watch: Option<RawWatch>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealth {
+    tcp_port: Option<i64>,
+    http: Option<String>,
+    successes: Option<u32>,
+    interval_ms: Option<u64>,
+    deadline_ms: Option<u64>,
+    timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLoad {
+    protocol: Option<String>,
+    port: Option<i64>,
+    lines: Option<u64>,
+    rate: Option<u64>,
+    line_size: Option<usize>,
+    connections: Option<u32>,
+    ack: Option<bool>,
+    timeout_ms: Option<u64>,
+    max_p99_ms: Option<f64>,
+    min_throughput: Option<f64>,
+    max_error_ratio: Option<f64>,
+    max_p99_ratio: Option<f64>,
+    min_throughput_ratio: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    url: String,
+    timeout_ms: Option<u64>,
+    #[serde(default, rename = "check")]
+    checks: Vec<RawMetricCheck>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetricCheck {
+    name: String,
+    #[serde(default)]
+    labels: std::collections::BTreeMap<String, String>,
+    max_increase: Option<f64>,
+    min_rate: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCanary {
+    percent: f64,
+    duration_ms: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWatch {
+    window_ms: Option<u64>,
+    interval_ms: Option<u64>,
+    failures: Option<u32>,
+    max_resets: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -179,6 +251,7 @@ pub struct DaemonConfig {
     pub xdp_mode: XdpModeCfg,
     pub bpffs_dir: PathBuf,
     pub socket: PathBuf,
+    pub state_dir: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -194,6 +267,94 @@ pub struct Service {
     /// UDP only: per-source-flow affinity with this idle timeout.
     pub udp_affinity_idle: Option<Duration>,
     pub drain: Duration,
+    pub checks: Checks,
+}
+
+/// How a candidate is validated before the flip and watched after it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Checks {
+    pub health: Option<HealthCfg>,
+    pub load: Option<LoadCfg>,
+    pub metrics: Option<MetricsCfg>,
+    pub canary: Option<CanaryCfg>,
+    pub watch: WatchCfg,
+    /// How long the previous colour is kept warm (rollback target) after a promotion.
+    pub warm: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HealthCfg {
+    /// TCP connect to this port of the candidate's address.
+    pub tcp_port: Option<u16>,
+    /// `{addr}` and `{port}` are replaced with the candidate's address and port.
+    pub http: Option<String>,
+    pub successes: u32,
+    pub interval: Duration,
+    pub deadline: Duration,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LoadCfg {
+    pub protocol: Protocol,
+    /// Port on the backend's address that takes the load (default: the backend port).
+    pub port: Option<u16>,
+    pub lines: u64,
+    pub rate: u64,
+    pub line_size: usize,
+    pub connections: u32,
+    pub ack: bool,
+    pub timeout: Duration,
+    pub max_p99_ms: Option<f64>,
+    pub min_throughput: Option<f64>,
+    pub max_error_ratio: f64,
+    pub max_p99_ratio: Option<f64>,
+    pub min_throughput_ratio: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MetricsCfg {
+    pub url: String,
+    pub timeout: Duration,
+    pub checks: Vec<MetricCheck>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MetricCheck {
+    pub name: String,
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// The summed value may grow by at most this much over a check interval.
+    pub max_increase: Option<f64>,
+    /// The summed value must grow at least this fast (per second) over a check interval.
+    pub min_rate: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CanaryCfg {
+    /// Share of new flows sent to the candidate, in percent.
+    pub percent: f64,
+    pub duration: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WatchCfg {
+    pub window: Duration,
+    pub interval: Duration,
+    /// Consecutive failed rounds that trigger the automatic rollback.
+    pub failures: u32,
+    /// TCP resets the candidate may send during one interval.
+    pub max_resets: Option<u64>,
+}
+
+/// `{addr}` → the address (IPv6 in brackets), `{port}` → the port.
+pub fn expand_url(template: &str, backend: SocketAddr) -> String {
+    let addr = match backend.ip() {
+        IpAddr::V4(a) => a.to_string(),
+        IpAddr::V6(a) => format!("[{a}]"),
+    };
+    template
+        .replace("{addr}", &addr)
+        .replace("{port}", &backend.port().to_string())
 }
 
 impl Service {
@@ -296,7 +457,7 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
     let mut names: HashMap<String, usize> = HashMap::new();
     let mut keys: HashMap<(IpAddr, u16, Protocol), usize> = HashMap::new();
     let mut backends: HashMap<(SocketAddr, Protocol), String> = HashMap::new();
-    for (i, s) in raw.services.into_iter().enumerate() {
+    for (i, mut s) in raw.services.into_iter().enumerate() {
         let at = |f: &str| format!("service[{i}].{f}");
         if s.name.is_empty()
             || !s
@@ -386,8 +547,8 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
                 }
             }
         };
-        let blue = backend(s.blue, Color::Blue);
-        let green = backend(s.green, Color::Green);
+        let blue = backend(s.blue.take(), Color::Blue);
+        let green = backend(s.green.take(), Color::Green);
         let has_active = match active {
             Color::Blue => blue.is_some(),
             Color::Green => green.is_some(),
@@ -420,6 +581,7 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
             }
         };
         let drain = Duration::from_millis(s.drain_ms.unwrap_or(DEFAULT_DRAIN_MS));
+        let checks = checks(&s, protocol, &at, &mut errs);
         if let (Some(vip), Some(port), Some(protocol)) = (vip, port, protocol) {
             services.push(Service {
                 name: s.name,
@@ -432,6 +594,7 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
                 forward,
                 udp_affinity_idle,
                 drain,
+                checks,
             });
         }
     }
@@ -451,9 +614,182 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
                 .daemon
                 .socket
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET)),
+            state_dir: raw
+                .daemon
+                .state_dir
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
         },
         services,
     })
+}
+
+fn ms(v: Option<u64>, default: u64) -> Duration {
+    Duration::from_millis(v.unwrap_or(default))
+}
+
+fn port_field(v: Option<i64>, field: String, errs: &mut Errors) -> Option<u16> {
+    let v = v?;
+    match u16::try_from(v) {
+        Ok(p) if p != 0 => Some(p),
+        _ => {
+            errs.push(field, format!("{v} is not a port (1-65535)"));
+            None
+        }
+    }
+}
+
+fn url_field(v: &str, field: String, errs: &mut Errors) {
+    if !v.starts_with("http://") {
+        errs.push(field, format!("{v:?}: only http:// URLs are supported"));
+    }
+}
+
+/// Validation and watch settings of one service, with defaults: a TCP service is health
+/// checked by a TCP connect to its backend port; everything else must be configured.
+fn checks(
+    s: &RawService,
+    protocol: Option<Protocol>,
+    at: &dyn Fn(&str) -> String,
+    errs: &mut Errors,
+) -> Checks {
+    let health = match &s.health {
+        Some(h) => {
+            let tcp_port = port_field(h.tcp_port, at("health.tcp_port"), errs);
+            if let Some(u) = &h.http {
+                url_field(u, at("health.http"), errs);
+            }
+            if tcp_port.is_none() && h.http.is_none() && protocol != Some(Protocol::Tcp) {
+                errs.push(at("health"), "set tcp_port and/or http");
+            }
+            let successes = h.successes.unwrap_or(3);
+            if successes == 0 {
+                errs.push(at("health.successes"), "must be at least 1");
+            }
+            Some(HealthCfg {
+                tcp_port,
+                http: h.http.clone(),
+                successes,
+                interval: ms(h.interval_ms, 200),
+                deadline: ms(h.deadline_ms, 10_000),
+                timeout: ms(h.timeout_ms, 1_000),
+            })
+        }
+        None if protocol == Some(Protocol::Tcp) => Some(HealthCfg {
+            tcp_port: None,
+            http: None,
+            successes: 3,
+            interval: ms(None, 200),
+            deadline: ms(None, 10_000),
+            timeout: ms(None, 1_000),
+        }),
+        None => None,
+    };
+    let load = s.load.as_ref().map(|l| {
+        let proto = match l.protocol.as_deref() {
+            None => protocol.unwrap_or(Protocol::Tcp),
+            Some("udp") => Protocol::Udp,
+            Some("tcp") => Protocol::Tcp,
+            Some(other) => {
+                errs.push(
+                    at("load.protocol"),
+                    format!("expected udp or tcp, got {other:?}"),
+                );
+                Protocol::Tcp
+            }
+        };
+        let ack = l.ack.unwrap_or(false);
+        if ack && proto == Protocol::Udp {
+            errs.push(at("load.ack"), "acknowledgements need tcp");
+        }
+        let lines = l.lines.unwrap_or(1000);
+        if lines == 0 {
+            errs.push(at("load.lines"), "must be at least 1");
+        }
+        for (name, v) in [
+            ("max_p99_ratio", l.max_p99_ratio),
+            ("min_throughput_ratio", l.min_throughput_ratio),
+            ("max_p99_ms", l.max_p99_ms),
+            ("min_throughput", l.min_throughput),
+            ("max_error_ratio", l.max_error_ratio),
+        ] {
+            if v.is_some_and(|v| !(v.is_finite() && v >= 0.0)) {
+                errs.push(at(&format!("load.{name}")), "must be a finite number >= 0");
+            }
+        }
+        LoadCfg {
+            protocol: proto,
+            port: port_field(l.port, at("load.port"), errs),
+            lines,
+            rate: l.rate.unwrap_or(1000),
+            line_size: l.line_size.unwrap_or(200),
+            connections: l.connections.unwrap_or(1).max(1),
+            ack,
+            timeout: ms(l.timeout_ms, 30_000),
+            max_p99_ms: l.max_p99_ms,
+            min_throughput: l.min_throughput,
+            max_error_ratio: l.max_error_ratio.unwrap_or(0.0),
+            max_p99_ratio: l.max_p99_ratio,
+            min_throughput_ratio: l.min_throughput_ratio,
+        }
+    });
+    let metrics = s.metrics.as_ref().map(|m| {
+        url_field(&m.url, at("metrics.url"), errs);
+        if m.checks.is_empty() {
+            errs.push(
+                at("metrics.check"),
+                "at least one [[service.metrics.check]] is needed",
+            );
+        }
+        for (i, c) in m.checks.iter().enumerate() {
+            if c.max_increase.is_none() && c.min_rate.is_none() {
+                errs.push(
+                    at(&format!("metrics.check[{i}]")),
+                    "set max_increase and/or min_rate",
+                );
+            }
+        }
+        MetricsCfg {
+            url: m.url.clone(),
+            timeout: ms(m.timeout_ms, 2_000),
+            checks: m
+                .checks
+                .iter()
+                .map(|c| MetricCheck {
+                    name: c.name.clone(),
+                    labels: c.labels.clone(),
+                    max_increase: c.max_increase,
+                    min_rate: c.min_rate,
+                })
+                .collect(),
+        }
+    });
+    let canary = s.canary.as_ref().map(|c| {
+        if !(c.percent > 0.0 && c.percent <= 50.0) {
+            errs.push(
+                at("canary.percent"),
+                format!("{} is not in (0, 50]", c.percent),
+            );
+        }
+        CanaryCfg {
+            percent: c.percent,
+            duration: Duration::from_millis(c.duration_ms),
+        }
+    });
+    let w = s.watch.as_ref();
+    let watch = WatchCfg {
+        window: ms(w.and_then(|w| w.window_ms), 30_000),
+        interval: ms(w.and_then(|w| w.interval_ms), 1_000),
+        failures: w.and_then(|w| w.failures).unwrap_or(2).max(1),
+        max_resets: w.and_then(|w| w.max_resets),
+    };
+    Checks {
+        health,
+        load,
+        metrics,
+        canary,
+        watch,
+        warm: ms(s.warm_ms, 600_000),
+    }
 }
 
 fn parse_forward(v: Option<&str>, field: &str, errs: &mut Errors) -> Forward {
@@ -593,6 +929,53 @@ forward = "pass"
             Config::parse("[daemon"),
             Err(ParseFailure::Syntax(_))
         ));
+    }
+
+    #[test]
+    fn shipped_example_config_is_valid() {
+        let c = Config::parse(include_str!("../dist/switcher.toml")).expect("dist/switcher.toml");
+        let tcp = c.service("syslog-tcp").expect("tcp service");
+        let load = tcp.checks.load.as_ref().expect("load");
+        assert!(load.ack);
+        assert_eq!(load.max_p99_ratio, Some(1.5));
+        assert_eq!(tcp.checks.canary.as_ref().map(|c| c.percent), Some(10.0));
+        assert_eq!(tcp.checks.metrics.as_ref().map(|m| m.checks.len()), Some(1));
+        assert_eq!(
+            c.service("syslog-udp")
+                .and_then(|s| s.checks.health.as_ref())
+                .and_then(|h| h.tcp_port),
+            Some(601)
+        );
+    }
+
+    #[test]
+    fn check_settings_are_validated_with_their_path() {
+        let text = GOOD.replace(
+            "forward = \"pass\"",
+            "forward = \"pass\"\n[service.load]\nprotocol = \"udp\"\nack = true\nmax_p99_ratio = -1\n[service.canary]\npercent = 80\nduration_ms = 1\n[service.metrics]\nurl = \"https://x/metrics\"",
+        );
+        let e = errors(&text);
+        let msg = e
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n");
+        for want in [
+            "service[1].load.ack: acknowledgements need tcp",
+            "service[1].load.max_p99_ratio",
+            "service[1].canary.percent",
+            "service[1].metrics.url",
+            "service[1].metrics.check",
+        ] {
+            assert!(msg.contains(want), "missing {want}:\n{msg}");
+        }
+        // A udp service without a health section gets no default health check.
+        let c = Config::parse(GOOD).expect("valid");
+        assert!(c.services[0].checks.health.is_none());
+        assert_eq!(
+            c.services[1].checks.health.as_ref().map(|h| h.successes),
+            Some(3)
+        );
     }
 
     #[test]

@@ -1,12 +1,13 @@
-//! `switcher daemon`: loads or adopts the datapath, applies the config, serves the local API
-//! until SIGINT/SIGTERM. On exit it detaches everything, unless asked to leave the datapath
-//! pinned so the next daemon adopts it without a gap in traffic.
+//! `switcher daemon`: starts the controller (which loads or adopts the datapath), serves the
+//! local API on a root-only Unix socket, reloads on SIGHUP, and stops on SIGINT/SIGTERM. By
+//! default it detaches the datapath on exit; with `--keep-attached` (what the systemd unit
+//! uses) it leaves it pinned so a restart or upgrade never interrupts traffic.
 
 use std::{
-    collections::BTreeMap,
     os::unix::fs::{DirBuilderExt, PermissionsExt},
-    path::Path,
-    sync::{Arc, Mutex},
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, Instant},
 };
 
 use anyhow::{anyhow, bail, Context as _, Result};
@@ -19,68 +20,90 @@ use tracing::{info, warn};
 
 use crate::{
     api::{Request, Response},
-    config::{Color, Config},
-    datapath::Datapath,
-    status::Status,
+    config::Config,
+    controller::{self, Controller, Shared},
 };
 
-struct State {
-    dp: Datapath,
-    cfg: Config,
-    ids: BTreeMap<String, u32>,
-}
+/// How long `promote --wait` may take before the API gives up waiting (validation goes on).
+const PROMOTE_WAIT: Duration = Duration::from_secs(600);
 
-pub async fn run(cfg: Config, keep_attached: bool) -> Result<()> {
-    let mut dp = Datapath::load(&cfg.daemon.bpffs_dir)?;
-    let ids = dp.apply(&cfg.services)?;
-    dp.attach(&cfg.daemon.interfaces, cfg.daemon.xdp_mode)?;
-    for s in &cfg.services {
-        let id = ids.get(&s.name).copied().unwrap_or_default();
-        let active = Color::from_index(dp.active(id)?.color());
-        if active != s.active {
-            warn!(service = %s.name, %active, configured = %s.active,
-                "kept the active colour found in the pinned datapath");
-        }
-        info!(service = %s.name, vip = %s.vip, port = s.port, protocol = %s.protocol, %active, "service programmed");
-    }
-    info!(interfaces = ?cfg.daemon.interfaces, pins = %dp.dir().display(), "datapath attached");
-
-    let listener = bind_socket(&cfg.daemon.socket).await?;
+pub async fn run(cfg: Config, cfg_path: PathBuf, keep_attached: bool) -> Result<()> {
     let socket_path = cfg.daemon.socket.clone();
-    let state = Arc::new(Mutex::new(State { dp, cfg, ids }));
+    let shared = Controller::start(cfg, cfg_path).await?;
+    {
+        let c = shared.lock().await;
+        let st = c.status(None)?;
+        for s in &st.services {
+            info!(service = %s.name, vip = %s.vip, port = s.port, protocol = %s.protocol, active = %s.active, "service programmed");
+        }
+    }
+    let listener = bind_socket(&socket_path).await?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut sighup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
     println!("READY");
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    let state = state.clone();
+                    let shared = shared.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = serve(stream, state).await {
+                        if let Err(e) = serve(stream, shared).await {
                             warn!("api connection: {e:#}");
                         }
                     });
                 }
                 Err(e) => warn!("accept on API socket: {e}"),
             },
+            _ = sighup.recv() => {
+                let mut c = shared.lock().await;
+                match c.reload("signal:SIGHUP") {
+                    Ok(s) => info!("reloaded on SIGHUP: {s}"),
+                    Err(e) => warn!("reload on SIGHUP refused, nothing changed: {e:#}"),
+                }
+            }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
         }
     }
     let _ = std::fs::remove_file(&socket_path);
-    let state = Arc::try_unwrap(state)
-        .map_err(|_| anyhow!("API connections still running at shutdown"))?
-        .into_inner()
-        .map_err(|_| anyhow!("state lock poisoned"))?;
+    // Tasks hold clones; take the controller out from under them.
+    let c = shared.lock().await;
     if keep_attached {
-        info!(pins = %state.dp.dir().display(), "leaving the datapath attached and pinned");
-        Ok(())
-    } else {
-        let dir = state.dp.dir().to_path_buf();
-        state.dp.remove()?;
-        info!(pins = %dir.display(), "datapath detached and unpinned");
-        Ok(())
+        info!(pins = %c.dp.dir().display(), "leaving the datapath attached and pinned");
+        return Ok(());
+    }
+    let dir = c.dp.dir().to_path_buf();
+    drop(c);
+    let c = wait_unique(shared).await?;
+    c.dp.remove()?;
+    info!(pins = %dir.display(), "datapath detached and unpinned");
+    Ok(())
+}
+
+/// Background tasks are aborted with the runtime; give connections a moment to finish.
+async fn wait_unique(shared: Shared) -> Result<Controller> {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut shared = shared;
+    loop {
+        match Arc::try_unwrap(shared) {
+            Ok(m) => return Ok(m.into_inner()),
+            Err(s) if Instant::now() < deadline => {
+                shared = s;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(s) => {
+                // Validation/watch tasks still hold it: they die with the process anyway.
+                let mut c = s.lock().await;
+                let dir = c.dp.dir().to_path_buf();
+                c.abort_tasks();
+                drop(c);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                return Arc::try_unwrap(s).map(|m| m.into_inner()).map_err(|_| {
+                    anyhow!("could not detach {}: tasks still running", dir.display())
+                });
+            }
+        }
     }
 }
 
@@ -104,49 +127,134 @@ async fn bind_socket(path: &Path) -> Result<UnixListener> {
     Ok(l)
 }
 
-async fn serve(stream: UnixStream, state: Arc<Mutex<State>>) -> Result<()> {
+/// Who is asking: recorded as the actor of every transition the request causes.
+fn actor(stream: &UnixStream) -> String {
+    match stream.peer_cred() {
+        Ok(c) => {
+            let name = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(c.uid()))
+                .ok()
+                .flatten()
+                .map_or_else(|| format!("uid {}", c.uid()), |u| u.name);
+            match c.pid() {
+                Some(pid) => format!("cli:{name} (pid {pid})"),
+                None => format!("cli:{name}"),
+            }
+        }
+        Err(_) => "cli:unknown".into(),
+    }
+}
+
+async fn serve(stream: UnixStream, shared: Shared) -> Result<()> {
+    let actor = actor(&stream);
     let (r, mut w) = stream.into_split();
     let mut lines = BufReader::new(r).lines();
     while let Some(line) = lines.next_line().await? {
-        let resp = match serde_json::from_str::<Request>(&line) {
-            Ok(req) => handle(&state, req),
-            Err(e) => Response::err(format!("bad request: {e}")),
+        let accepted = Instant::now();
+        let req = match serde_json::from_str::<Request>(&line) {
+            Ok(req) => req,
+            Err(e) => {
+                write(&mut w, &Response::err(format!("bad request: {e}"))).await?;
+                continue;
+            }
         };
-        let mut out = serde_json::to_string(&resp)?;
-        out.push('\n');
-        w.write_all(out.as_bytes()).await?;
+        if let Request::Watch = req {
+            return stream_events(&shared, &mut w).await;
+        }
+        let resp = match handle(&shared, req, &actor, accepted).await {
+            Ok(v) => Response::ok(v),
+            Err(e) => Response::err(format!("{e:#}")),
+        };
+        write(&mut w, &resp).await?;
     }
     Ok(())
 }
 
-fn handle(state: &Mutex<State>, req: Request) -> Response {
-    let mut st = match state.lock() {
-        Ok(g) => g,
-        Err(_) => return Response::err("daemon state lock poisoned"),
-    };
-    let result = match req {
-        Request::Status => {
-            Status::collect(&st.dp, &st.cfg).and_then(|s| Ok(serde_json::to_value(s)?))
+async fn write(w: &mut tokio::net::unix::OwnedWriteHalf, resp: &Response) -> Result<()> {
+    let mut out = serde_json::to_string(resp)?;
+    out.push('\n');
+    w.write_all(out.as_bytes()).await?;
+    Ok(())
+}
+
+async fn stream_events(shared: &Shared, w: &mut tokio::net::unix::OwnedWriteHalf) -> Result<()> {
+    let mut rx = shared.lock().await.subscribe();
+    loop {
+        match rx.recv().await {
+            Ok(ev) => write(w, &Response::ok(ev)).await?,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                write(
+                    w,
+                    &Response::ok(serde_json::json!({ "kind": "lagged", "missed": n })),
+                )
+                .await?
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return Ok(()),
         }
-        Request::Flip { service, to } => flip(&mut st, &service, to),
-    };
-    match result {
-        Ok(v) => Response::ok(v),
-        Err(e) => Response::err(format!("{e:#}")),
     }
 }
 
-fn flip(st: &mut State, service: &str, to: Color) -> Result<serde_json::Value> {
-    let id = *st
-        .ids
-        .get(service)
-        .ok_or_else(|| anyhow!("no service named {service:?}"))?;
-    let out = st
-        .dp
-        .flip(id, to)
-        .with_context(|| format!("flipping {service} to {to}"))?;
-    if out.changed {
-        info!(service, from = %out.from, to = %out.to, generation = out.generation, "flipped");
-    }
-    Ok(serde_json::to_value(out)?)
+async fn handle(
+    shared: &Shared,
+    req: Request,
+    actor: &str,
+    accepted: Instant,
+) -> Result<serde_json::Value> {
+    Ok(match req {
+        Request::Status { service } => {
+            serde_json::to_value(shared.lock().await.status(service.as_deref())?)?
+        }
+        Request::Deploy {
+            service,
+            color,
+            backend,
+            version,
+        } => serde_json::to_value(
+            shared
+                .lock()
+                .await
+                .deploy(&service, color, backend, version, actor)?,
+        )?,
+        Request::Promote { service, wait } => {
+            let id = controller::promote(shared, &service, actor).await?;
+            if wait {
+                serde_json::to_value(
+                    controller::wait_promoted(shared, &service, id, PROMOTE_WAIT).await?,
+                )?
+            } else {
+                serde_json::json!({ "deployment": id, "phase": "validating" })
+            }
+        }
+        Request::Flip {
+            service,
+            to,
+            force,
+            reason,
+        } => {
+            let mut c = shared.lock().await;
+            let out = c.flip(&service, to, force, reason, actor)?;
+            let written = accepted.elapsed();
+            let promoted = c.is_promoted_unwatched(&service);
+            drop(c);
+            if promoted {
+                controller::watch_promoted(shared, &service).await;
+            }
+            let mut v = serde_json::to_value(out)?;
+            v["api_to_map_ns"] = serde_json::json!(written.as_nanos() as u64);
+            v
+        }
+        Request::Rollback { service } => serde_json::to_value(shared.lock().await.rollback(
+            &service,
+            actor,
+            "rollback requested",
+            None,
+        )?)?,
+        Request::Abort { service } => {
+            serde_json::to_value(shared.lock().await.abort(&service, actor)?)?
+        }
+        Request::History { service } => {
+            serde_json::to_value(shared.lock().await.history(&service)?)?
+        }
+        Request::Reload => shared.lock().await.reload(actor)?,
+        Request::Watch => bail!("watch is served as a stream"),
+    })
 }

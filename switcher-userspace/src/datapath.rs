@@ -228,7 +228,7 @@ impl Datapath {
                         vip: addr_bytes(s.vip),
                         vport_be: s.port.to_be(),
                         family: family(s.vip),
-                        _pad: 0,
+                        color: c.index(),
                         service_id: id,
                     };
                     self.hash_mut::<Endpoint, ReverseValue>(names::REVERSE)?
@@ -274,6 +274,19 @@ impl Datapath {
                 .context("clearing backend")?;
         }
         Ok(())
+    }
+
+    /// Sets the canary share (1/65536 of new flows to the inactive colour) of service `id`.
+    pub fn set_canary(&mut self, id: u32, share: u32) -> Result<()> {
+        let (key, mut v) = self
+            .services()?
+            .into_iter()
+            .find(|(_, v)| v.id == id)
+            .ok_or_else(|| anyhow!("service id {id} is not in the datapath"))?;
+        v.canary_share = share.min(0xffff);
+        self.hash_mut::<Endpoint, ServiceValue>(names::SERVICES)?
+            .insert(key, v, 0)
+            .context("writing the canary share")
     }
 
     /// All services in the maps: key → value.

@@ -4,6 +4,10 @@
 pub mod api;
 pub mod bpffs;
 pub mod config;
+pub mod controller;
 pub mod daemon;
 pub mod datapath;
+pub mod deploy;
+pub mod probe;
+pub mod state;
 pub mod status;

@@ -1,14 +1,15 @@
-//! `switcher`: daemon and CLI.
+//! `switcher`: the daemon and the CLI that talks to it.
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
-use anyhow::{Context as _, Result};
+use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand};
 use switcher::{
     api::{self, Request},
-    config::{Color, Config, DEFAULT_SOCKET},
+    config::{Color, Config, DEFAULT_BPFFS_DIR, DEFAULT_SOCKET},
+    controller::{Event, StatusView},
     datapath::FlipOutcome,
-    status::Status,
+    deploy::Deployment,
 };
 
 #[derive(Parser)]
@@ -18,40 +19,105 @@ use switcher::{
     about = "Zero-downtime blue/green switching of log-ingest services (XDP)"
 )]
 struct Cli {
-    /// The daemon's API socket [default: the config's `daemon.socket`, else /run/switcher/switcher.sock].
-    #[arg(long, global = true)]
-    socket: Option<PathBuf>,
+    /// The daemon's API socket.
+    #[arg(long, global = true, env = "SWITCHER_SOCKET", default_value = DEFAULT_SOCKET)]
+    socket: PathBuf,
     #[command(subcommand)]
     cmd: Cmd,
 }
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Load (or adopt) the datapath, apply the config and serve the API until SIGINT/SIGTERM.
+    /// Run the daemon: load or adopt the datapath, apply the config, serve the API.
     Daemon {
         #[arg(long, short)]
         config: PathBuf,
-        /// On exit leave the datapath attached and pinned, for a hitless restart.
+        /// On exit leave the datapath attached and pinned (hitless restart / upgrade).
         #[arg(long)]
         keep_attached: bool,
     },
-    /// Send new traffic of SERVICE to a colour (one map write; established TCP stays pinned).
+    /// Validate a config file; applies nothing.
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Services, colours, counters and the deployment in progress.
+    Status {
+        service: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put a new version into the idle colour's slot (no traffic goes to it yet).
+    Deploy {
+        service: String,
+        /// The candidate backend in the green slot.
+        #[arg(
+            long,
+            value_name = "ADDR:PORT",
+            conflicts_with = "blue",
+            required_unless_present = "blue"
+        )]
+        green: Option<SocketAddr>,
+        /// The candidate backend in the blue slot (when green is serving).
+        #[arg(long, value_name = "ADDR:PORT")]
+        blue: Option<SocketAddr>,
+        #[arg(long, value_name = "LABEL")]
+        version: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Validate the deployed version, then flip to it and watch it.
+    Promote {
+        service: String,
+        /// Wait for the flip (or the failed validation: exits non-zero with the reason).
+        #[arg(long)]
+        wait: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Flip by hand; an unvalidated colour needs --force --reason.
     Flip {
         service: String,
         #[arg(long)]
         to: Color,
         #[arg(long)]
-        json: bool,
-    },
-    /// Services, active colours, per-colour counters and datapath reasons.
-    Status {
+        force: bool,
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
         #[arg(long)]
         json: bool,
     },
-    /// Validate a config file and print what it defines; applies nothing.
-    Check {
-        #[arg(long, short)]
-        config: PathBuf,
+    /// Back to the previous colour (kept warm), at once.
+    Rollback {
+        service: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel a deployment that has not been flipped to.
+    Abort {
+        service: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every deployment of SERVICE with each transition, actor, reason (and, with --json,
+    /// the evidence).
+    History {
+        service: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Follow events as they happen.
+    Watch {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-read the daemon's config file; an invalid one changes nothing.
+    Reload,
+    /// Remove a datapath left attached and pinned (by --keep-attached or a crash): traffic
+    /// to the VIPs stops being switched. For uninstalling; refuses while a daemon runs.
+    Detach {
+        #[arg(long, default_value = DEFAULT_BPFFS_DIR)]
+        bpffs_dir: PathBuf,
     },
 }
 
@@ -65,6 +131,33 @@ fn main() -> ExitCode {
     }
 }
 
+fn print_json_or(
+    json: bool,
+    v: &serde_json::Value,
+    human: impl FnOnce() -> Result<String>,
+) -> Result<()> {
+    if json {
+        println!("{v}");
+    } else {
+        print!("{}", human()?);
+    }
+    Ok(())
+}
+
+fn deployment_line(v: &serde_json::Value) -> Result<String> {
+    let d: Deployment = serde_json::from_value(v.clone()).context("decoding deployment")?;
+    let last = d.last().map(|t| t.reason.clone()).unwrap_or_default();
+    Ok(format!(
+        "{}: deployment {} ({} {} {}) is {}: {last}\n",
+        d.service,
+        d.id,
+        d.color,
+        d.backend,
+        d.version.as_deref().unwrap_or(""),
+        d.phase
+    ))
+}
+
 fn run() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -73,55 +166,16 @@ fn run() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let socket = cli
-        .socket
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET));
+    let socket = cli.socket;
     match cli.cmd {
         Cmd::Daemon {
             config,
             keep_attached,
         } => {
-            let mut cfg = Config::load(&config)?;
-            if let Some(socket) = cli.socket {
-                cfg.daemon.socket = socket;
-            }
+            let cfg = Config::load(&config)?;
             tokio::runtime::Runtime::new()
                 .context("starting the tokio runtime")?
-                .block_on(switcher::daemon::run(cfg, keep_attached))
-        }
-        Cmd::Flip { service, to, json } => {
-            let v = api::call(
-                &socket,
-                &Request::Flip {
-                    service: service.clone(),
-                    to,
-                },
-            )?;
-            if json {
-                println!("{v}");
-            } else {
-                let out: FlipOutcome = serde_json::from_value(v).context("decoding flip reply")?;
-                if out.changed {
-                    println!(
-                        "{service}: {} -> {} (generation {})",
-                        out.from, out.to, out.generation
-                    );
-                } else {
-                    println!("{service}: already {}", out.to);
-                }
-            }
-            Ok(())
-        }
-        Cmd::Status { json } => {
-            let v = api::call(&socket, &Request::Status)?;
-            if json {
-                println!("{v}");
-            } else {
-                let s: Status = serde_json::from_value(v).context("decoding status reply")?;
-                print!("{}", s.render());
-            }
-            Ok(())
+                .block_on(switcher::daemon::run(cfg, config, keep_attached))
         }
         Cmd::Check { config } => {
             let cfg = Config::load(&config)?;
@@ -142,6 +196,143 @@ fn run() -> Result<()> {
                 cfg.services.len(),
                 cfg.daemon.interfaces
             );
+            Ok(())
+        }
+        Cmd::Status { service, json } => {
+            let v = api::call(&socket, &Request::Status { service })?;
+            print_json_or(json, &v, || {
+                let s: StatusView = serde_json::from_value(v.clone()).context("decoding status")?;
+                Ok(s.render())
+            })
+        }
+        Cmd::Deploy {
+            service,
+            green,
+            blue,
+            version,
+            json,
+        } => {
+            let (color, backend) = match (green, blue) {
+                (Some(a), None) => (Color::Green, a),
+                (None, Some(a)) => (Color::Blue, a),
+                _ => bail!("give exactly one of --green ADDR:PORT or --blue ADDR:PORT"),
+            };
+            let v = api::call(
+                &socket,
+                &Request::Deploy {
+                    service,
+                    color,
+                    backend,
+                    version,
+                },
+            )?;
+            print_json_or(json, &v, || deployment_line(&v))
+        }
+        Cmd::Promote {
+            service,
+            wait,
+            json,
+        } => {
+            let req = Request::Promote {
+                service: service.clone(),
+                wait,
+            };
+            let v = api::call_with_timeout(
+                &socket,
+                &req,
+                Duration::from_secs(if wait { 660 } else { 30 }),
+            )?;
+            print_json_or(json, &v, || {
+                if wait {
+                    deployment_line(&v)
+                } else {
+                    Ok(format!(
+                        "{service}: deployment {} is validating; follow it with `switcher watch` or `switcher status {service}`\n",
+                        v["deployment"]
+                    ))
+                }
+            })
+        }
+        Cmd::Flip {
+            service,
+            to,
+            force,
+            reason,
+            json,
+        } => {
+            let v = api::call(
+                &socket,
+                &Request::Flip {
+                    service: service.clone(),
+                    to,
+                    force,
+                    reason,
+                },
+            )?;
+            print_json_or(json, &v, || {
+                let out: FlipOutcome =
+                    serde_json::from_value(v.clone()).context("decoding flip reply")?;
+                Ok(if out.changed {
+                    format!(
+                        "{service}: {} -> {} (generation {})\n",
+                        out.from, out.to, out.generation
+                    )
+                } else {
+                    format!("{service}: already {}\n", out.to)
+                })
+            })
+        }
+        Cmd::Rollback { service, json } => {
+            let v = api::call(&socket, &Request::Rollback { service })?;
+            print_json_or(json, &v, || deployment_line(&v))
+        }
+        Cmd::Abort { service, json } => {
+            let v = api::call(&socket, &Request::Abort { service })?;
+            print_json_or(json, &v, || deployment_line(&v))
+        }
+        Cmd::History { service, json } => {
+            let v = api::call(&socket, &Request::History { service })?;
+            print_json_or(json, &v, || {
+                let ds: Vec<Deployment> =
+                    serde_json::from_value(v.clone()).context("decoding history")?;
+                Ok(switcher::controller::render_history(&ds))
+            })
+        }
+        Cmd::Watch { json } => api::watch(&socket, |v| {
+            if json {
+                println!("{v}");
+            } else if let Ok(ev) = serde_json::from_value::<Event>(v.clone()) {
+                println!(
+                    "{}  {:<12} {:<10} {}",
+                    switcher::controller::fmt_time(ev.at_ms),
+                    ev.service,
+                    ev.kind,
+                    ev.message
+                );
+            } else {
+                println!("{v}");
+            }
+            Ok(())
+        }),
+        Cmd::Reload => {
+            let v = api::call(&socket, &Request::Reload)?;
+            println!("reloaded: {v}");
+            Ok(())
+        }
+        Cmd::Detach { bpffs_dir } => {
+            if api::call(&socket, &Request::Status { service: None }).is_ok() {
+                bail!("a daemon is serving {}: stop it first", socket.display());
+            }
+            let entries = std::fs::read_dir(&bpffs_dir)
+                .with_context(|| format!("no datapath pinned at {}", bpffs_dir.display()))?;
+            for e in entries {
+                let dir = e
+                    .with_context(|| format!("listing {}", bpffs_dir.display()))?
+                    .path();
+                switcher::datapath::remove_pins(&dir)?;
+                println!("detached and unpinned {}", dir.display());
+            }
+            let _ = std::fs::remove_dir(&bpffs_dir);
             Ok(())
         }
     }

@@ -38,6 +38,7 @@ pub struct ColorStatus {
     pub bytes: u64,
     pub new_flows: u64,
     pub pin_misses: u64,
+    pub resets: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -67,6 +68,7 @@ impl Status {
                     bytes: k.bytes,
                     new_flows: k.new_flows,
                     pin_misses: k.pin_misses,
+                    resets: k.resets,
                 })
             };
             let after = |c: Color| {

@@ -12,8 +12,8 @@ use anyhow::{bail, Context as _, Result};
 use switcher::{
     api::{self, Request},
     config::Color,
+    controller::StatusView,
     datapath::{self, FlipOutcome},
-    status::Status,
 };
 
 use crate::lab::{Host, Lab, Proc, EDGE_TO_CLIENT};
@@ -66,7 +66,7 @@ impl Rig {
         let bpffs = PathBuf::from(format!("/sys/fs/bpf/switcher-{}", lab.prefix()));
         let socket = dir.join("switcher.sock");
         let config = dir.join("switcher.toml");
-        let text = crate::services::lab_config(EDGE_TO_CLIENT, &bpffs, &socket, services);
+        let text = crate::services::lab_config(EDGE_TO_CLIENT, &bpffs, &dir, services);
         std::fs::write(&config, text).with_context(|| format!("writing {}", config.display()))?;
         let mut rig = Rig {
             lab,
@@ -129,6 +129,20 @@ impl Rig {
         Ok(())
     }
 
+    /// `kill -9` of the daemon, as a crash would: nothing is cleaned up.
+    pub fn kill_daemon(&mut self) -> Result<()> {
+        if let Some(d) = self.daemon.take() {
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(d.pid() as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            )
+            .context("kill -9 daemon")?;
+            d.wait_timeout(Duration::from_secs(5))?
+                .context("daemon did not die after SIGKILL")?;
+        }
+        Ok(())
+    }
+
     pub fn daemon(&self) -> Option<&Proc> {
         self.daemon.as_ref()
     }
@@ -138,19 +152,50 @@ impl Rig {
     }
 
     pub fn flip(&self, service: &str, to: Color) -> Result<FlipOutcome> {
-        let v = api::call(
-            &self.socket,
-            &Request::Flip {
-                service: service.into(),
-                to,
-            },
-        )?;
+        let v = self.call(&Request::Flip {
+            service: service.into(),
+            to,
+            force: false,
+            reason: None,
+        })?;
         serde_json::from_value(v).context("decoding flip reply")
     }
 
-    pub fn status(&self) -> Result<Status> {
-        serde_json::from_value(api::call(&self.socket, &Request::Status)?)
+    pub fn status(&self) -> Result<StatusView> {
+        serde_json::from_value(self.call(&Request::Status { service: None })?)
             .context("decoding status")
+    }
+
+    /// Changes a sink's injected faults (POST /fault on its HTTP port), e.g.
+    /// `{"health_ok": false}`, `{"ack_delay_ms": 50}`, `{"errors_per_sec": 20}`.
+    pub fn fault(&self, host: Host, body: &str) -> Result<()> {
+        let addr = std::net::SocketAddr::new(host.v4().into(), HTTP_PORT);
+        let req = format!(
+            "POST /fault HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let reply = crate::lab::in_netns(self.lab.ns(Host::Edge), move || -> Result<String> {
+            use std::io::{Read as _, Write as _};
+            let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3))
+                .with_context(|| format!("connecting to {addr}"))?;
+            s.set_read_timeout(Some(Duration::from_secs(3)))?;
+            s.write_all(req.as_bytes())?;
+            let mut out = String::new();
+            s.read_to_string(&mut out)?;
+            Ok(out)
+        })??;
+        if !reply.starts_with("HTTP/1.1 200") {
+            bail!(
+                "POST /fault to {addr}: {}",
+                reply.lines().next().unwrap_or("no reply")
+            );
+        }
+        Ok(())
+    }
+
+    /// Any API request.
+    pub fn call(&self, req: &Request) -> Result<serde_json::Value> {
+        api::call_with_timeout(&self.socket, req, Duration::from_secs(120))
     }
 
     /// Starts log-sender on the client. `args` are its flags after the target.

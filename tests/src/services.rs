@@ -11,7 +11,8 @@ pub const TCP_PORT: u16 = 601;
 pub const HTTP_PORT: u16 = 8080;
 
 /// The four standard services: udp4/tcp4 on the IPv4 VIP, udp6/tcp6 on the IPv6 VIP, with
-/// the given forwarding mode and extra per-service lines.
+/// the given forwarding mode. `extra` is appended to each service: keys, then sub-tables such
+/// as `[service.health]`.
 pub fn standard_services(forward: &str, extra: &str) -> String {
     let mut s = String::new();
     for (name, vip, proto, port, blue, green) in [
@@ -51,19 +52,20 @@ pub fn standard_services(forward: &str, extra: &str) -> String {
         let _ = write!(
             s,
             "\n[[service]]\nname = \"{name}\"\nvip = \"{vip}\"\nport = {port}\nprotocol = \"{proto}\"\n\
-             active = \"blue\"\nforward = \"{forward}\"\n{extra}\
-             blue = {{ backend = \"{blue}:{port}\" }}\ngreen = {{ backend = \"{green}:{port}\" }}\n"
+             active = \"blue\"\nforward = \"{forward}\"\n\
+             blue = {{ backend = \"{blue}:{port}\" }}\ngreen = {{ backend = \"{green}:{port}\" }}\n{extra}\n"
         );
     }
     s
 }
 
-/// A whole daemon config for the lab's edge host.
-pub fn lab_config(interface: &str, bpffs_dir: &Path, socket: &Path, services: &str) -> String {
+/// A whole daemon config for the lab's edge host; `work` holds the socket and the state.
+pub fn lab_config(interface: &str, bpffs_dir: &Path, work: &Path, services: &str) -> String {
     format!(
-        "[daemon]\ninterfaces = [\"{interface}\"]\nbpffs_dir = \"{}\"\nsocket = \"{}\"\n{services}",
+        "[daemon]\ninterfaces = [\"{interface}\"]\nbpffs_dir = \"{}\"\nsocket = \"{}\"\nstate_dir = \"{}\"\n{services}",
         bpffs_dir.display(),
-        socket.display()
+        work.join("switcher.sock").display(),
+        work.join("state").display(),
     )
 }
 
@@ -86,6 +88,8 @@ pub fn sink_args(host: Host, out: &Path) -> Vec<String> {
         format!("{v4}:{HTTP_PORT}"),
         "--out".into(),
         out.display().to_string(),
+        // Acknowledge each TCP line: the controller's load check measures write-to-ack.
+        "--ack".into(),
     ]
     .into()
 }

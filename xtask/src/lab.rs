@@ -81,7 +81,7 @@ fn up(prefix: &str) -> Result<()> {
     let text = services::lab_config(
         lab::EDGE_TO_CLIENT,
         &bpffs_dir(prefix),
-        &dir.join("switcher.sock"),
+        &dir,
         &services::standard_services("redirect", ""),
     );
     fs::write(&config, text).with_context(|| format!("writing {}", config.display()))?;

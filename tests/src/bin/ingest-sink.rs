@@ -2,14 +2,25 @@
 //! "blue" or "green". It receives syslog over UDP and TCP (RFC 6587 framing),
 //! appends every message as one line to an output file, optionally acks each
 //! TCP message (latency probes) and serves health, Prometheus metrics and JSON
-//! stats over HTTP.
+//! stats over HTTP. Faults can be injected at runtime (`POST /fault`) so the
+//! deployment controller's checks can be shown to catch a bad backend: failing
+//! health, slow acks, errors reported in the metrics.
 
 use std::{
-    io::Write as _, net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc, time::Duration,
+    io::Write as _,
+    net::SocketAddr,
+    path::PathBuf,
+    process::ExitCode,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context, Result};
 use axum::{
+    body::Bytes,
     extract::State,
     http::{header, StatusCode},
     response::{IntoResponse, Response},
@@ -22,7 +33,7 @@ use prometheus_client::{
     metrics::{counter::Counter, family::Family, gauge::Gauge, info::Info},
     registry::Registry,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt, BufWriter},
@@ -47,6 +58,12 @@ const FLUSH_EVERY: Duration = Duration::from_millis(100);
 /// receivers wait; large enough to absorb a burst while the disk catches up.
 const WRITER_QUEUE: usize = 16 * 1024;
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// Bounds on injected faults: large enough for any test, small enough that a
+/// typo cannot wedge the sink (an ack delay of days) or spin it.
+const MAX_ACK_DELAY_MS: u64 = 600_000;
+const MAX_ERRORS_PER_SEC: u64 = 1_000_000;
+/// How often the injected-error ticker adds to the counter.
+const INJECT_TICK: Duration = Duration::from_millis(100);
 
 #[derive(Parser, Debug)]
 #[command(
@@ -75,6 +92,13 @@ struct Args {
     /// Write "ok\n" back to the TCP peer after every complete message.
     #[arg(long)]
     ack: bool,
+    /// Initial delay of every --ack acknowledgement (fault injection; see POST /fault).
+    #[arg(long, value_name = "N", default_value_t = 0,
+          value_parser = clap::value_parser!(u64).range(..=MAX_ACK_DELAY_MS))]
+    ack_delay_ms: u64,
+    /// Start with /health failing (503) until POST /fault sets health_ok.
+    #[arg(long)]
+    unhealthy: bool,
 }
 
 // ---------------------------------------------------------------------------
@@ -237,6 +261,156 @@ fn append_line(out: &mut Vec<u8>, msg: &[u8]) {
 }
 
 // ---------------------------------------------------------------------------
+// Fault injection
+
+/// The fault settings as `GET /fault` reports them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct FaultSettings {
+    /// false: /health answers 503.
+    health_ok: bool,
+    /// Every --ack acknowledgement waits this long.
+    ack_delay_ms: u64,
+    /// `ingest_errors_total{reason="injected"}` grows by this much per second.
+    errors_per_sec: u64,
+}
+
+impl Default for FaultSettings {
+    fn default() -> Self {
+        Self {
+            health_ok: true,
+            ack_delay_ms: 0,
+            errors_per_sec: 0,
+        }
+    }
+}
+
+/// A `POST /fault` body: every field optional, a missing one is left unchanged.
+/// Unknown fields are rejected so a typo is not silently a no-op.
+#[derive(Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FaultUpdate {
+    health_ok: Option<bool>,
+    ack_delay_ms: Option<u64>,
+    errors_per_sec: Option<u64>,
+}
+
+impl FaultUpdate {
+    fn parse(body: &[u8]) -> Result<Self, String> {
+        let update: Self =
+            serde_json::from_slice(body).map_err(|e| format!("invalid fault JSON: {e}"))?;
+        if update.ack_delay_ms.is_some_and(|ms| ms > MAX_ACK_DELAY_MS) {
+            return Err(format!("ack_delay_ms must be at most {MAX_ACK_DELAY_MS}"));
+        }
+        if update
+            .errors_per_sec
+            .is_some_and(|n| n > MAX_ERRORS_PER_SEC)
+        {
+            return Err(format!(
+                "errors_per_sec must be at most {MAX_ERRORS_PER_SEC}"
+            ));
+        }
+        Ok(update)
+    }
+
+    fn apply(&self, current: FaultSettings) -> FaultSettings {
+        FaultSettings {
+            health_ok: self.health_ok.unwrap_or(current.health_ok),
+            ack_delay_ms: self.ack_delay_ms.unwrap_or(current.ack_delay_ms),
+            errors_per_sec: self.errors_per_sec.unwrap_or(current.errors_per_sec),
+        }
+    }
+}
+
+/// Live fault settings, read on hot paths (every ack), hence atomics. An update
+/// is validated as a whole before any field is stored.
+struct Faults {
+    health_ok: AtomicBool,
+    ack_delay_ms: AtomicU64,
+    errors_per_sec: AtomicU64,
+}
+
+impl Faults {
+    fn new(initial: FaultSettings) -> Self {
+        Self {
+            health_ok: AtomicBool::new(initial.health_ok),
+            ack_delay_ms: AtomicU64::new(initial.ack_delay_ms),
+            errors_per_sec: AtomicU64::new(initial.errors_per_sec),
+        }
+    }
+
+    fn get(&self) -> FaultSettings {
+        FaultSettings {
+            health_ok: self.health_ok.load(Ordering::Relaxed),
+            ack_delay_ms: self.ack_delay_ms.load(Ordering::Relaxed),
+            errors_per_sec: self.errors_per_sec.load(Ordering::Relaxed),
+        }
+    }
+
+    fn set(&self, settings: FaultSettings) {
+        self.health_ok.store(settings.health_ok, Ordering::Relaxed);
+        self.ack_delay_ms
+            .store(settings.ack_delay_ms, Ordering::Relaxed);
+        self.errors_per_sec
+            .store(settings.errors_per_sec, Ordering::Relaxed);
+    }
+
+    fn ack_delay(&self) -> Duration {
+        Duration::from_millis(self.ack_delay_ms.load(Ordering::Relaxed))
+    }
+}
+
+/// Turns a rate into whole counter increments: after t seconds at rate r the
+/// counter has grown by exactly ⌊r·t⌋, however the ticks fall. A rate change
+/// starts a new count from that moment.
+#[derive(Debug)]
+struct ErrorPacer {
+    rate: u64,
+    since: Instant,
+    done: u64,
+}
+
+impl ErrorPacer {
+    fn new(now: Instant) -> Self {
+        Self {
+            rate: 0,
+            since: now,
+            done: 0,
+        }
+    }
+
+    /// Increments due at `now` under `rate` per second.
+    fn due(&mut self, rate: u64, now: Instant) -> u64 {
+        if rate != self.rate {
+            *self = Self {
+                rate,
+                since: now,
+                done: 0,
+            };
+        }
+        let ms = now.saturating_duration_since(self.since).as_millis();
+        let total = u64::try_from(u128::from(rate) * ms / 1000).unwrap_or(u64::MAX);
+        let add = total.saturating_sub(self.done);
+        self.done = total;
+        add
+    }
+}
+
+/// Background ticker behind `errors_per_sec`.
+async fn inject_errors(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(INJECT_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut pacer = ErrorPacer::new(Instant::now());
+    loop {
+        tick.tick().await;
+        let rate = shared.faults.errors_per_sec.load(Ordering::Relaxed);
+        let add = pacer.due(rate, Instant::now());
+        if add > 0 {
+            shared.injected_errors.inc_by(add);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
 // Metrics
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -260,11 +434,14 @@ struct Shared {
     udp: TransportCounters,
     tcp: TransportCounters,
     frame_errors: Counter,
+    /// Errors reported on purpose (`errors_per_sec` fault).
+    injected_errors: Counter,
     tcp_connections: Gauge,
+    faults: Faults,
 }
 
 impl Shared {
-    fn new(name: &str) -> Self {
+    fn new(name: &str, faults: FaultSettings) -> Self {
         let mut registry = Registry::default();
         let messages = Family::<Labels, Counter>::default();
         let bytes = Family::<Labels, Counter>::default();
@@ -292,13 +469,16 @@ impl Shared {
             bytes: bytes.get_or_create(&vec![("transport", transport)]).clone(),
         };
         let frame_errors = errors.get_or_create(&vec![("reason", "frame")]).clone();
+        let injected_errors = errors.get_or_create(&vec![("reason", "injected")]).clone();
         Self {
             name: name.to_owned(),
             udp: counters("udp"),
             tcp: counters("tcp"),
             frame_errors,
+            injected_errors,
             tcp_connections,
             registry,
+            faults: Faults::new(faults),
         }
     }
 
@@ -566,7 +746,7 @@ async fn handle_connection(
             Ok(messages) => (messages, None),
             Err(e) => (e.parsed, Some(e.kind)),
         };
-        if let Err(e) = deliver(&mut stream, &messages, &tx, ack).await {
+        if let Err(e) = deliver(&mut stream, &messages, &tx, ack, &shared.faults).await {
             debug!(%peer, "{e:#}");
             return;
         }
@@ -584,18 +764,20 @@ async fn handle_connection(
             None
         }
     };
-    if let Err(e) = deliver(&mut stream, tail.as_slice(), &tx, ack).await {
+    if let Err(e) = deliver(&mut stream, tail.as_slice(), &tx, ack, &shared.faults).await {
         debug!(%peer, "{e:#}");
     }
     debug!(%peer, "TCP connection closed");
 }
 
-/// Queues messages for the output file and, in ack mode, acks each one.
+/// Queues messages for the output file and, in ack mode, acks each one (after
+/// the injected ack delay, if any).
 async fn deliver(
     stream: &mut TcpStream,
     messages: &[Vec<u8>],
     tx: &mpsc::Sender<Batch>,
     ack: bool,
+    faults: &Faults,
 ) -> Result<()> {
     if messages.is_empty() {
         return Ok(());
@@ -608,6 +790,12 @@ async fn deliver(
         .await
         .map_err(|_| anyhow::anyhow!("output writer has stopped"))?;
     if ack {
+        // Sleeping here also stops reading this connection meanwhile: like a
+        // really slow ingest, the sender's writes back up too.
+        let delay = faults.ack_delay();
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
         stream
             .write_all(&b"ok\n".repeat(messages.len()))
             .await
@@ -630,10 +818,41 @@ struct Stats<'a> {
 
 fn router(shared: Arc<Shared>) -> Router {
     Router::new()
-        .route("/health", get(|| async { "ok" }))
+        .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/stats", get(stats))
+        .route("/fault", get(get_fault).post(post_fault))
         .with_state(shared)
+}
+
+async fn health(State(shared): State<Arc<Shared>>) -> Response {
+    if shared.faults.get().health_ok {
+        "ok".into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unhealthy (injected fault)\n",
+        )
+            .into_response()
+    }
+}
+
+async fn get_fault(State(shared): State<Arc<Shared>>) -> Response {
+    Json(shared.faults.get()).into_response()
+}
+
+/// The body is read raw (not with axum's `Json`) so a request without a JSON
+/// content type, e.g. `curl -d`, still works, and errors are plain text.
+async fn post_fault(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    match FaultUpdate::parse(&body) {
+        Ok(update) => {
+            let settings = update.apply(shared.faults.get());
+            shared.faults.set(settings);
+            info!(?settings, "fault settings changed");
+            Json(settings).into_response()
+        }
+        Err(e) => (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+    }
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
@@ -696,7 +915,12 @@ async fn run() -> Result<()> {
         bail!("nothing to receive on: give at least one --udp or --tcp address");
     }
 
-    let shared = Arc::new(Shared::new(&args.name));
+    let faults = FaultSettings {
+        health_ok: !args.unhealthy,
+        ack_delay_ms: args.ack_delay_ms,
+        ..FaultSettings::default()
+    };
+    let shared = Arc::new(Shared::new(&args.name, faults));
     let out = open_out(&args.out).await?;
     let udp = args
         .udp
@@ -733,6 +957,7 @@ async fn run() -> Result<()> {
         ));
     }
     drop(tx);
+    tokio::spawn(inject_errors(shared.clone()));
     let app = router(shared.clone());
     for (listener, addr) in http {
         let app = app.clone();
@@ -743,7 +968,7 @@ async fn run() -> Result<()> {
         });
     }
 
-    info!(name = %args.name, out = %args.out.display(), ack = args.ack, "listening");
+    info!(name = %args.name, out = %args.out.display(), ack = args.ack, ?faults, "listening");
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "READY").context("writing READY")?;
     stdout.flush().context("flushing stdout")?;
@@ -906,5 +1131,189 @@ mod tests {
         let mut out = Vec::new();
         append_line(&mut out, b"a\r\nb\nc");
         assert_eq!(out, b"a  b c\n");
+    }
+
+    #[test]
+    fn fault_update_parsing() -> Result<(), String> {
+        assert_eq!(FaultUpdate::parse(b"{}")?, FaultUpdate::default());
+        assert_eq!(
+            FaultUpdate::parse(br#"{"health_ok": false, "ack_delay_ms": 250}"#)?,
+            FaultUpdate {
+                health_ok: Some(false),
+                ack_delay_ms: Some(250),
+                errors_per_sec: None,
+            }
+        );
+        // null is "leave unchanged", like a missing field.
+        assert_eq!(
+            FaultUpdate::parse(br#"{"errors_per_sec": 5, "health_ok": null}"#)?,
+            FaultUpdate {
+                errors_per_sec: Some(5),
+                ..FaultUpdate::default()
+            }
+        );
+        for (body, want) in [
+            (&b""[..], "invalid fault JSON"),
+            (b"[]", "invalid fault JSON"),
+            (br#"{"health": false}"#, "unknown field `health`"),
+            (br#"{"health_ok": "no"}"#, "invalid type"),
+            (br#"{"ack_delay_ms": -1}"#, "invalid value"),
+            (br#"{"ack_delay_ms": 600001}"#, "at most 600000"),
+            (br#"{"errors_per_sec": 1000001}"#, "at most 1000000"),
+        ] {
+            match FaultUpdate::parse(body) {
+                Ok(u) => panic!("{:?} accepted: {u:?}", String::from_utf8_lossy(body)),
+                Err(e) => assert!(e.contains(want), "{e}"),
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn fault_update_leaves_missing_fields_alone() -> Result<(), String> {
+        let start = FaultSettings {
+            health_ok: false,
+            ack_delay_ms: 10,
+            errors_per_sec: 3,
+        };
+        assert_eq!(FaultUpdate::parse(b"{}")?.apply(start), start);
+        let got = FaultUpdate::parse(br#"{"health_ok": true}"#)?.apply(start);
+        assert_eq!(
+            got,
+            FaultSettings {
+                health_ok: true,
+                ..start
+            }
+        );
+        let faults = Faults::new(FaultSettings::default());
+        faults.set(got);
+        assert_eq!(faults.get(), got);
+        assert_eq!(faults.ack_delay(), Duration::from_millis(10));
+        Ok(())
+    }
+
+    #[test]
+    fn fault_settings_json_shape() -> Result<(), serde_json::Error> {
+        let json = serde_json::to_string(&FaultSettings::default())?;
+        assert_eq!(
+            json,
+            r#"{"health_ok":true,"ack_delay_ms":0,"errors_per_sec":0}"#
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn error_pacer_counts_exactly() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut p = ErrorPacer::new(t0);
+        assert_eq!(p.due(0, at(500)), 0);
+        // Rate 7/s from 1000 ms: ticks at uneven times still sum to ⌊7·t⌋.
+        assert_eq!(p.due(7, at(1000)), 0);
+        let mut total = 0;
+        for ms in [1100, 1250, 1333, 1700, 2000, 2999, 3000] {
+            total += p.due(7, at(ms));
+        }
+        assert_eq!(total, 14);
+        // A rate change restarts the count from that moment.
+        assert_eq!(p.due(1000, at(3000)), 0);
+        assert_eq!(p.due(1000, at(3100)), 100);
+        assert_eq!(p.due(0, at(4000)), 0);
+        assert_eq!(p.due(0, at(9000)), 0);
+    }
+
+    async fn body_text(resp: Response) -> String {
+        match axum::body::to_bytes(resp.into_body(), 1 << 16).await {
+            Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+            Err(e) => format!("<body error: {e}>"),
+        }
+    }
+
+    #[tokio::test]
+    async fn fault_endpoints_drive_health_and_metrics() {
+        let shared = Arc::new(Shared::new("blue", FaultSettings::default()));
+        let resp = health(State(shared.clone())).await;
+        assert_eq!(resp.status(), StatusCode::OK);
+
+        let resp = post_fault(
+            State(shared.clone()),
+            Bytes::from_static(br#"{"health_ok": false, "errors_per_sec": 50}"#),
+        )
+        .await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(
+            body_text(resp).await,
+            r#"{"health_ok":false,"ack_delay_ms":0,"errors_per_sec":50}"#
+        );
+        assert_eq!(
+            health(State(shared.clone())).await.status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+
+        let resp = post_fault(State(shared.clone()), Bytes::from_static(b"{\"bogus\": 1}")).await;
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+        assert!(body_text(resp).await.contains("unknown field"));
+        // A rejected update changes nothing.
+        let resp = get_fault(State(shared.clone())).await;
+        assert_eq!(
+            body_text(resp).await,
+            r#"{"health_ok":false,"ack_delay_ms":0,"errors_per_sec":50}"#
+        );
+
+        // The injected series exists from the start and carries what the ticker adds.
+        shared.injected_errors.inc_by(3);
+        let mut text = String::new();
+        assert!(encode(&mut text, &shared.registry).is_ok());
+        assert!(
+            text.contains("ingest_errors_total{reason=\"injected\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ingest_errors_total{reason=\"frame\"} 0"),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn ticker_injects_errors_at_the_rate() {
+        let shared = Arc::new(Shared::new(
+            "blue",
+            FaultSettings {
+                errors_per_sec: 100,
+                ..FaultSettings::default()
+            },
+        ));
+        let ticker = tokio::spawn(inject_errors(shared.clone()));
+        tokio::time::sleep(Duration::from_millis(450)).await;
+        ticker.abort();
+        // ≈ 100/s over the ticks that fell within 450 ms (the first at 0 adds nothing).
+        let got = shared.injected_errors.get();
+        assert!((10..=50).contains(&got), "{got}");
+    }
+
+    #[tokio::test]
+    async fn ack_delay_holds_back_acks() -> Result<()> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let mut client = TcpStream::connect(listener.local_addr()?).await?;
+        let (mut server, _) = listener.accept().await?;
+        let faults = Faults::new(FaultSettings {
+            ack_delay_ms: 80,
+            ..FaultSettings::default()
+        });
+        let (tx, mut rx) = mpsc::channel(4);
+        let start = Instant::now();
+        deliver(&mut server, &msgs(&["a", "b"]), &tx, true, &faults).await?;
+        assert!(start.elapsed() >= Duration::from_millis(80));
+        let mut acks = [0u8; 6];
+        tokio::time::timeout(Duration::from_secs(2), client.read_exact(&mut acks)).await??;
+        assert_eq!(&acks, b"ok\nok\n");
+        assert_eq!(rx.recv().await.map(|b| b.messages), Some(2));
+
+        // No delay configured: acked right away.
+        faults.set(FaultSettings::default());
+        let start = Instant::now();
+        deliver(&mut server, &msgs(&["c"]), &tx, true, &faults).await?;
+        assert!(start.elapsed() < Duration::from_millis(80));
+        Ok(())
     }
 }

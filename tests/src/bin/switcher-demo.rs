@@ -236,7 +236,7 @@ fn report_live(rig: &Rig) -> Result<()> {
     {
         parts.push(format!(
             "{} active={} blue={} green={}",
-            s.name, s.active, s.blue.packets, s.green.packets
+            s.name, s.active, s.blue.traffic.packets, s.green.traffic.packets
         ));
     }
     println!("    [live] {}", parts.join(" | "));

@@ -1,0 +1,422 @@
+//! The deployment controller in the lab, with real backends and real traffic: bad candidates
+//! are never promoted, a good one is promoted with zero lost lines, a candidate that degrades
+//! after the flip is rolled back automatically, kill -9 of the daemon loses nothing, and an
+//! invalid reload changes nothing. Needs root.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::privileged;
+use switcher::{
+    api::Request,
+    config::Color,
+    deploy::{Deployment, Phase},
+};
+use switcher_tests::{
+    lab::{Host, GREEN_V4, VIP_V4},
+    rig::{self, sender_summary, Rig, TCP_PORT, UDP_PORT},
+};
+
+/// Checks for every standard service: HTTP health of the sink, a short acknowledged load
+/// compared with blue, the sink's error counter, and a short watch.
+const CHECKS: &str = r#"
+[service.health]
+http = "http://{addr}:8080/health"
+successes = 2
+interval_ms = 100
+deadline_ms = 3000
+[service.load]
+protocol = "tcp"
+port = 601
+lines = 300
+rate = 1000
+ack = true
+timeout_ms = 5000
+max_p99_ms = 25
+[service.metrics]
+url = "http://{addr}:8080/metrics"
+[[service.metrics.check]]
+name = "ingest_errors_total"
+max_increase = 0
+[service.watch]
+window_ms = 3000
+interval_ms = 250
+failures = 2
+"#;
+
+/// Green's ingest address for a standard service.
+fn green_backend(service: &str) -> std::net::SocketAddr {
+    let port = if service.starts_with("udp") {
+        UDP_PORT
+    } else {
+        TCP_PORT
+    };
+    std::net::SocketAddr::new(GREEN_V4.into(), port)
+}
+
+fn deploy(rig: &Rig, service: &str, version: &str) -> Deployment {
+    let v = rig
+        .call(&Request::Deploy {
+            service: service.into(),
+            color: Color::Green,
+            backend: green_backend(service),
+            version: Some(version.into()),
+        })
+        .expect("deploy");
+    serde_json::from_value(v).expect("deployment")
+}
+
+fn promote_wait(rig: &Rig, service: &str) -> anyhow::Result<Deployment> {
+    let v = rig.call(&Request::Promote {
+        service: service.into(),
+        wait: true,
+    })?;
+    Ok(serde_json::from_value(v)?)
+}
+
+fn history(rig: &Rig, service: &str) -> Vec<Deployment> {
+    let v = rig
+        .call(&Request::History {
+            service: service.into(),
+        })
+        .expect("history");
+    serde_json::from_value(v).expect("history")
+}
+
+fn active(rig: &Rig, service: &str) -> Color {
+    rig.status()
+        .expect("status")
+        .services
+        .into_iter()
+        .find(|s| s.name == service)
+        .expect("service")
+        .active
+}
+
+/// A continuous TCP stream to the VIP and its expected line count.
+fn tcp_stream(rig: &Rig, stream: &str, count: u64, rate: u64) -> switcher_tests::lab::Proc {
+    rig.send(
+        &format!("{VIP_V4}:{TCP_PORT}"),
+        &[
+            "--proto",
+            "tcp",
+            "--count",
+            &count.to_string(),
+            "--rate",
+            &rate.to_string(),
+            "--stream",
+            stream,
+            "--max-seconds",
+            "60",
+        ],
+    )
+    .expect("sender")
+}
+
+fn udp_stream(rig: &Rig, stream: &str, count: u64, rate: u64) -> switcher_tests::lab::Proc {
+    rig.send(
+        &format!("{VIP_V4}:{UDP_PORT}"),
+        &[
+            "--proto",
+            "udp",
+            "--count",
+            &count.to_string(),
+            "--rate",
+            &rate.to_string(),
+            "--stream",
+            stream,
+            "--max-seconds",
+            "60",
+        ],
+    )
+    .expect("sender")
+}
+
+/// Waits for a sender and checks every line arrived exactly once; returns (blue, green).
+fn assert_no_loss(
+    rig: &Rig,
+    p: &switcher_tests::lab::Proc,
+    stream: &str,
+    count: u64,
+) -> (usize, usize) {
+    let st = p.wait_timeout(Duration::from_secs(70)).expect("wait");
+    assert!(
+        st.is_some_and(|s| s.success()),
+        "sender {stream} failed: {}",
+        p.stderr_tail(10)
+    );
+    let sent = sender_summary(p).expect("summary")["sent"]
+        .as_u64()
+        .unwrap_or(0);
+    assert_eq!(sent, count, "sender {stream} sent everything");
+    let got = rig
+        .wait_stream(stream, count as usize, Duration::from_secs(10))
+        .expect("sinks");
+    let (lost, dup) = got.loss_and_duplicates(count);
+    assert!(
+        lost.is_empty(),
+        "{stream}: {} lines lost: {:?}",
+        lost.len(),
+        &lost[..lost.len().min(10)]
+    );
+    assert!(
+        dup.is_empty(),
+        "{stream}: duplicated {:?}",
+        &dup[..dup.len().min(10)]
+    );
+    (got.blue.len(), got.green.len())
+}
+
+#[test]
+fn bad_candidates_are_rejected_and_a_good_one_is_promoted_without_loss() {
+    if !privileged() {
+        return;
+    }
+    let rig = Rig::up("dp", &rig::standard_services("redirect", CHECKS)).expect("rig");
+    let tcp = tcp_stream(&rig, "t", 6000, 300);
+    let udp = udp_stream(&rig, "u", 12000, 600);
+
+    // Unhealthy: /health answers 503.
+    rig.fault(Host::Green, r#"{"health_ok": false}"#)
+        .expect("fault");
+    deploy(&rig, "tcp4", "v2-unhealthy");
+    let e = promote_wait(&rig, "tcp4").expect_err("must be rejected");
+    assert!(e.to_string().contains("health"), "{e:#}");
+    assert_eq!(active(&rig, "tcp4"), Color::Blue);
+
+    // Slow: acknowledgements take 60 ms, over the 25 ms p99 threshold.
+    rig.fault(Host::Green, r#"{"health_ok": true, "ack_delay_ms": 60}"#)
+        .expect("fault");
+    deploy(&rig, "tcp4", "v2-slow");
+    let e = promote_wait(&rig, "tcp4").expect_err("must be rejected");
+    assert!(e.to_string().contains("p99"), "{e:#}");
+    assert_eq!(active(&rig, "tcp4"), Color::Blue);
+
+    // Reports errors in its own metrics.
+    rig.fault(Host::Green, r#"{"ack_delay_ms": 0, "errors_per_sec": 50}"#)
+        .expect("fault");
+    deploy(&rig, "tcp4", "v2-erroring");
+    let e = promote_wait(&rig, "tcp4").expect_err("must be rejected");
+    assert!(e.to_string().contains("ingest_errors_total"), "{e:#}");
+    assert_eq!(active(&rig, "tcp4"), Color::Blue);
+
+    // A good one: validated, flipped, watched, stable.
+    rig.fault(Host::Green, r#"{"errors_per_sec": 0}"#)
+        .expect("fault");
+    deploy(&rig, "udp4", "v2");
+    let d = promote_wait(&rig, "udp4").expect("promoted");
+    assert_eq!(d.phase, Phase::Promoted);
+    assert_eq!(active(&rig, "udp4"), Color::Green);
+    let evidence = d
+        .transitions
+        .iter()
+        .find(|t| t.to == Phase::Ready)
+        .and_then(|t| t.evidence.clone())
+        .expect("validation evidence recorded");
+    assert!(
+        evidence["load"]["candidate"]["latency"]["count"]
+            .as_u64()
+            .unwrap_or(0)
+            > 0,
+        "{evidence}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while history(&rig, "udp4").last().map(|d| d.phase) != Some(Phase::Stable)
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        history(&rig, "udp4").last().map(|d| d.phase),
+        Some(Phase::Stable)
+    );
+
+    let rejected: Vec<Phase> = history(&rig, "tcp4").iter().map(|d| d.phase).collect();
+    assert_eq!(
+        rejected,
+        [Phase::Rejected, Phase::Rejected, Phase::Rejected]
+    );
+    for d in history(&rig, "tcp4") {
+        let t = d.last().expect("transition");
+        assert_eq!(t.actor, "auto");
+        assert!(
+            t.evidence.is_some(),
+            "the evidence that decided is recorded"
+        );
+    }
+
+    let (blue, green) = assert_no_loss(&rig, &tcp, "t", 6000);
+    assert_eq!(
+        (blue, green),
+        (6000, 0),
+        "the established TCP connection never moved"
+    );
+    let (blue, green) = assert_no_loss(&rig, &udp, "u", 12000);
+    assert!(
+        blue > 0 && green > 0,
+        "udp moved to green after the promotion: {blue}/{green}"
+    );
+}
+
+#[test]
+fn a_candidate_that_degrades_after_the_flip_is_rolled_back() {
+    if !privileged() {
+        return;
+    }
+    let checks = CHECKS.replace("window_ms = 3000", "window_ms = 20000");
+    let rig = Rig::up("rb", &rig::standard_services("redirect", &checks)).expect("rig");
+    let udp = udp_stream(&rig, "u", 8000, 800);
+    deploy(&rig, "udp4", "v2");
+    promote_wait(&rig, "udp4").expect("promoted");
+    assert_eq!(active(&rig, "udp4"), Color::Green);
+    std::thread::sleep(Duration::from_millis(1500));
+    let broke = Instant::now();
+    rig.fault(Host::Green, r#"{"health_ok": false}"#)
+        .expect("fault");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while active(&rig, "udp4") != Color::Blue && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        active(&rig, "udp4"),
+        Color::Blue,
+        "rolled back within the watch window"
+    );
+    let took = broke.elapsed();
+    assert!(took < Duration::from_secs(5), "rollback took {took:?}");
+    let d = history(&rig, "udp4").pop().expect("deployment");
+    assert_eq!(d.phase, Phase::RolledBack);
+    let t = d.last().expect("transition");
+    assert_eq!(t.actor, "auto");
+    assert!(t.reason.contains("health"), "{}", t.reason);
+    let (blue, green) = assert_no_loss(&rig, &udp, "u", 8000);
+    assert!(blue > 0 && green > 0);
+    // A failed colour needs --force to get traffic again.
+    let e = rig.flip("udp4", Color::Green).expect_err("unvalidated");
+    assert!(e.to_string().contains("--force"), "{e:#}");
+}
+
+#[test]
+fn kill_9_during_traffic_and_deployment_loses_nothing() {
+    if !privileged() {
+        return;
+    }
+    let checks = CHECKS
+        .replace("lines = 300", "lines = 3000")
+        .replace("window_ms = 3000", "window_ms = 6000");
+    let mut rig = Rig::up("k9", &rig::standard_services("redirect", &checks)).expect("rig");
+    let udp = udp_stream(&rig, "u", 15000, 1000);
+
+    // Killed while validating (the load run takes ~3 s): the restarted daemon marks it aborted.
+    deploy(&rig, "udp4", "v2");
+    rig.call(&Request::Promote {
+        service: "udp4".into(),
+        wait: false,
+    })
+    .expect("promote");
+    std::thread::sleep(Duration::from_millis(800));
+    rig.kill_daemon().expect("kill -9");
+    std::thread::sleep(Duration::from_millis(500));
+    rig.start_daemon().expect("restart");
+    let d = history(&rig, "udp4").pop().expect("deployment");
+    assert_eq!(d.phase, Phase::Aborted);
+    assert!(d
+        .last()
+        .expect("t")
+        .reason
+        .contains("restarted during validation"));
+    assert_eq!(active(&rig, "udp4"), Color::Blue);
+
+    // Killed while watching: the restarted daemon resumes the watch and finishes it.
+    deploy(&rig, "udp4", "v2");
+    promote_wait(&rig, "udp4").expect("promoted");
+    rig.kill_daemon().expect("kill -9");
+    std::thread::sleep(Duration::from_millis(500));
+    rig.start_daemon().expect("restart");
+    assert_eq!(
+        active(&rig, "udp4"),
+        Color::Green,
+        "the flip survived the crash"
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while history(&rig, "udp4").last().map(|d| d.phase) != Some(Phase::Stable)
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let d = history(&rig, "udp4").pop().expect("deployment");
+    assert_eq!(d.phase, Phase::Stable, "{:?}", d.transitions);
+    let (blue, green) = assert_no_loss(&rig, &udp, "u", 15000);
+    assert!(blue > 0 && green > 0);
+}
+
+#[test]
+fn invalid_reload_changes_nothing_and_flip_refuses_unvalidated() {
+    if !privileged() {
+        return;
+    }
+    let rig = Rig::up("rl", &rig::standard_services("redirect", CHECKS)).expect("rig");
+    let good = std::fs::read_to_string(&rig.config).expect("config");
+    let before = rig.status().expect("status");
+
+    std::fs::write(&rig.config, good.replacen("port = 514", "port = 99999", 1)).expect("write");
+    let e = rig.call(&Request::Reload).expect_err("invalid");
+    assert!(e.to_string().contains("service[0].port"), "{e:#}");
+    // SIGHUP with the same bad file: logged, nothing changes, the daemon keeps serving.
+    let pid = rig.daemon().expect("daemon").pid();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .expect("hup");
+    std::thread::sleep(Duration::from_millis(300));
+    let after = rig.status().expect("status");
+    assert_eq!(before.services.len(), after.services.len());
+    assert!(
+        rig.daemon()
+            .expect("daemon")
+            .try_wait()
+            .expect("wait")
+            .is_none(),
+        "daemon alive"
+    );
+
+    // A valid reload applies (a fifth service appears).
+    let extra = "\n[[service]]\nname = \"extra\"\nvip = \"198.18.10.11\"\nport = 514\nprotocol = \"udp\"\nblue = { backend = \"198.18.1.2:1514\" }\n";
+    std::fs::write(&rig.config, format!("{good}{extra}")).expect("write");
+    rig.call(&Request::Reload).expect("reload");
+    assert_eq!(
+        rig.status().expect("status").services.len(),
+        before.services.len() + 1
+    );
+
+    // A deployed but unvalidated colour: flip refuses without --force, needs a reason with it.
+    deploy(&rig, "tcp4", "v2");
+    let e = rig.flip("tcp4", Color::Green).expect_err("refused");
+    assert!(e.to_string().contains("not been validated"), "{e:#}");
+    let e = rig
+        .call(&Request::Flip {
+            service: "tcp4".into(),
+            to: Color::Green,
+            force: true,
+            reason: None,
+        })
+        .expect_err("reason needed");
+    assert!(e.to_string().contains("--reason"), "{e:#}");
+    rig.call(&Request::Flip {
+        service: "tcp4".into(),
+        to: Color::Green,
+        force: true,
+        reason: Some("hotfix, validated by hand".into()),
+    })
+    .expect("forced flip");
+    let d = history(&rig, "tcp4").pop().expect("deployment");
+    assert_eq!(d.phase, Phase::Promoted);
+    assert_eq!(d.last().expect("t").reason, "hotfix, validated by hand");
+    rig.call(&Request::Rollback {
+        service: "tcp4".into(),
+    })
+    .expect("rollback");
+    assert_eq!(active(&rig, "tcp4"), Color::Blue);
+}
