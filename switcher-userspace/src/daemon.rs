@@ -232,7 +232,9 @@ async fn handle(
         } => {
             let mut c = shared.lock().await;
             let out = c.flip(&service, to, force, reason, actor)?;
-            let written = accepted.elapsed();
+            let written = c
+                .last_map_write
+                .map_or(Duration::ZERO, |t| t.saturating_duration_since(accepted));
             let promoted = c.is_promoted_unwatched(&service);
             drop(c);
             if promoted {

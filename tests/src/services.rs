@@ -10,6 +10,34 @@ pub const UDP_PORT: u16 = 514;
 pub const TCP_PORT: u16 = 601;
 pub const HTTP_PORT: u16 = 8080;
 
+/// Validation and watch settings for the standard services (append as `extra`): the sink's
+/// HTTP health, a short acknowledged load on its TCP port compared with the serving colour,
+/// its error counter, and a short watch window.
+pub const STANDARD_CHECKS: &str = r#"
+[service.health]
+http = "http://{addr}:8080/health"
+successes = 2
+interval_ms = 100
+deadline_ms = 3000
+[service.load]
+protocol = "tcp"
+port = 601
+lines = 300
+rate = 1000
+ack = true
+timeout_ms = 5000
+max_p99_ms = 25
+[service.metrics]
+url = "http://{addr}:8080/metrics"
+[[service.metrics.check]]
+name = "ingest_errors_total"
+max_increase = 0
+[service.watch]
+window_ms = 3000
+interval_ms = 250
+failures = 2
+"#;
+
 /// The four standard services: udp4/tcp4 on the IPv4 VIP, udp6/tcp6 on the IPv6 VIP, with
 /// the given forwarding mode. `extra` is appended to each service: keys, then sub-tables such
 /// as `[service.health]`.

@@ -600,4 +600,16 @@ fn egress_translates_replies_back_to_the_vip() {
     // A packet from a backend port that is not a service port passes untouched.
     let other = udp4("198.18.1.2", 9999, "198.18.0.1", 40000, b"x");
     assert_eq!(t.tc(&other).1, other);
+    // Resets a backend sends are counted per colour (the controller's watch uses them).
+    let id = t.id("tcp4");
+    let (_, out) = t.tc(&tcp4("198.18.2.2", 2601, "198.18.0.1", 42000, "R", b""));
+    assert_eq!(
+        out,
+        tcp4("198.18.10.10", 601, "198.18.0.1", 42000, "R", b"")
+    );
+    assert_eq!(
+        t.dp().color_counters(id, Color::Green).expect("c").resets,
+        1
+    );
+    assert_eq!(t.dp().color_counters(id, Color::Blue).expect("c").resets, 0);
 }

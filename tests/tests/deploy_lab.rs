@@ -18,32 +18,7 @@ use switcher_tests::{
     rig::{self, sender_summary, Rig, TCP_PORT, UDP_PORT},
 };
 
-/// Checks for every standard service: HTTP health of the sink, a short acknowledged load
-/// compared with blue, the sink's error counter, and a short watch.
-const CHECKS: &str = r#"
-[service.health]
-http = "http://{addr}:8080/health"
-successes = 2
-interval_ms = 100
-deadline_ms = 3000
-[service.load]
-protocol = "tcp"
-port = 601
-lines = 300
-rate = 1000
-ack = true
-timeout_ms = 5000
-max_p99_ms = 25
-[service.metrics]
-url = "http://{addr}:8080/metrics"
-[[service.metrics.check]]
-name = "ingest_errors_total"
-max_increase = 0
-[service.watch]
-window_ms = 3000
-interval_ms = 250
-failures = 2
-"#;
+use switcher_tests::services::STANDARD_CHECKS as CHECKS;
 
 /// Green's ingest address for a standard service.
 fn green_backend(service: &str) -> std::net::SocketAddr {

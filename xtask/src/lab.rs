@@ -82,7 +82,7 @@ fn up(prefix: &str) -> Result<()> {
         lab::EDGE_TO_CLIENT,
         &bpffs_dir(prefix),
         &dir,
-        &services::standard_services("redirect", ""),
+        &services::standard_services("redirect", services::STANDARD_CHECKS),
     );
     fs::write(&config, text).with_context(|| format!("writing {}", config.display()))?;
 

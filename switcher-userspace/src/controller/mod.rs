@@ -57,6 +57,8 @@ pub struct Controller {
     pub(crate) ids: BTreeMap<String, u32>,
     events: broadcast::Sender<Event>,
     tasks: HashMap<String, tokio::task::AbortHandle>,
+    /// When the last flip's map write returned: the API reports accepted → written.
+    pub last_map_write: Option<Instant>,
 }
 
 pub fn now_ms() -> u64 {
@@ -107,6 +109,7 @@ impl Controller {
             ids,
             events,
             tasks: HashMap::new(),
+            last_map_write: None,
         };
         c.reconcile(&services)?;
         c.dp.attach(&c.cfg.daemon.interfaces, c.cfg.daemon.xdp_mode)?;
@@ -297,6 +300,7 @@ impl Controller {
             .dp
             .flip(id, to)
             .with_context(|| format!("flipping {service} to {to}"))?;
+        self.last_map_write = Some(Instant::now());
         let st = self.svc_state(service)?;
         st.active = to;
         st.generation = out.generation;

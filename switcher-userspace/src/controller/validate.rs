@@ -413,3 +413,152 @@ async fn run_canary(
         json!({ "percent": percent, "packets": packets, "new_flows": flows, "resets": resets, "health_failures": health_failures }),
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::probe::Percentiles;
+
+    fn cfg() -> LoadCfg {
+        LoadCfg {
+            protocol: Protocol::Tcp,
+            port: None,
+            lines: 1000,
+            rate: 1000,
+            line_size: 100,
+            connections: 1,
+            ack: true,
+            timeout: Duration::from_secs(5),
+            max_p99_ms: Some(20.0),
+            min_throughput: Some(500.0),
+            max_error_ratio: 0.0,
+            max_p99_ratio: Some(1.5),
+            min_throughput_ratio: Some(0.8),
+        }
+    }
+
+    fn report(p99_ms: u64, lps: f64, errors: u64, samples: u64) -> LoadReport {
+        LoadReport {
+            target: "198.18.2.2:601".parse().expect("addr"),
+            sent: 1000,
+            acked: 1000 - errors,
+            errors,
+            first_error: (errors > 0).then(|| "reset".to_string()),
+            elapsed_ms: 1000,
+            throughput_lps: lps,
+            latency_kind: "write_to_ack".into(),
+            latency: Percentiles {
+                p50_us: p99_ms * 500,
+                p90_us: p99_ms * 900,
+                p99_us: p99_ms * 1000,
+                max_us: p99_ms * 1000,
+                count: samples,
+            },
+        }
+    }
+
+    #[test]
+    fn load_within_thresholds_passes() {
+        let f = judge_load(
+            &cfg(),
+            &report(5, 990.0, 0, 1000),
+            Some(&report(4, 1000.0, 0, 1000)),
+        );
+        assert!(f.is_empty(), "{f:?}");
+    }
+
+    #[test]
+    fn load_failures_name_the_threshold() {
+        let serving = report(4, 1000.0, 0, 1000);
+        let f = judge_load(&cfg(), &report(30, 990.0, 0, 1000), Some(&serving));
+        assert!(f.iter().any(|m| m.contains("> 20 ms")), "{f:?}");
+        assert!(f.iter().any(|m| m.contains("1.5 x serving")), "{f:?}");
+        let f = judge_load(&cfg(), &report(5, 400.0, 3, 1000), Some(&serving));
+        assert!(
+            f.iter()
+                .any(|m| m.contains("3 errors") && m.contains("reset")),
+            "{f:?}"
+        );
+        assert!(f.iter().any(|m| m.contains("< 500")), "{f:?}");
+        assert!(f.iter().any(|m| m.contains("0.8 x serving")), "{f:?}");
+    }
+
+    #[test]
+    fn load_without_data_fails() {
+        let f = judge_load(
+            &cfg(),
+            &report(0, 990.0, 0, 0),
+            Some(&report(4, 1000.0, 0, 1000)),
+        );
+        assert!(f.iter().any(|m| m.contains("no latency samples")), "{f:?}");
+        let f = judge_load(&cfg(), &report(5, 990.0, 0, 1000), None);
+        assert!(f.iter().any(|m| m.contains("no serving backend")), "{f:?}");
+    }
+
+    fn sample(name: &str, v: f64) -> Sample {
+        Sample {
+            name: name.into(),
+            labels: BTreeMap::new(),
+            value: v,
+        }
+    }
+
+    #[test]
+    fn metrics_checks_use_the_delta_and_missing_data_fails() {
+        let m = MetricsCfg {
+            url: "http://x/metrics".into(),
+            timeout: Duration::from_secs(1),
+            checks: vec![
+                crate::config::MetricCheck {
+                    name: "errors_total".into(),
+                    labels: BTreeMap::new(),
+                    max_increase: Some(0.0),
+                    min_rate: None,
+                },
+                crate::config::MetricCheck {
+                    name: "lines_total".into(),
+                    labels: BTreeMap::new(),
+                    max_increase: None,
+                    min_rate: Some(100.0),
+                },
+            ],
+        };
+        let secs = Duration::from_secs(2);
+        let ok = judge_metrics(
+            &m,
+            Ok(vec![
+                sample("errors_total", 7.0),
+                sample("lines_total", 0.0),
+            ]),
+            Ok(vec![
+                sample("errors_total", 7.0),
+                sample("lines_total", 400.0),
+            ]),
+            secs,
+        );
+        assert!(ok.0.is_empty(), "{:?}", ok.0);
+        let bad = judge_metrics(
+            &m,
+            Ok(vec![
+                sample("errors_total", 7.0),
+                sample("lines_total", 0.0),
+            ]),
+            Ok(vec![
+                sample("errors_total", 9.0),
+                sample("lines_total", 100.0),
+            ]),
+            secs,
+        );
+        assert_eq!(bad.0.len(), 2, "{:?}", bad.0);
+        let missing = judge_metrics(&m, Ok(vec![]), Ok(vec![]), secs);
+        assert!(
+            missing.0.iter().all(|f| f.contains("not exported")),
+            "{:?}",
+            missing.0
+        );
+        let down = judge_metrics(&m, Err("refused".into()), Ok(vec![]), secs);
+        assert!(down.0[0].contains("scraping"), "{:?}", down.0);
+    }
+}

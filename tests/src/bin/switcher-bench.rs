@@ -26,6 +26,9 @@ struct Args {
     /// Alternating rounds per case; the median is reported.
     #[arg(long, default_value_t = 7)]
     rounds: usize,
+    /// Flips through the daemon's API in the lab under continuous traffic (0: skip).
+    #[arg(long, default_value_t = 1000)]
+    flips: u32,
 }
 
 const SERVICES: &str = r#"
@@ -84,7 +87,108 @@ fn run() -> Result<()> {
     let pins = dp.dir().to_path_buf();
     drop(dp);
     datapath::remove_pins(&pins)?;
-    result
+    result?;
+    if args.flips > 0 {
+        flips(args.flips)?;
+    }
+    Ok(())
+}
+
+/// Flip latency as the controller sees it (API request accepted → map written) and as a
+/// client sees it (round trip), over `n` flips in the lab while a UDP stream runs through
+/// the switch; then every line of the stream must have arrived exactly once.
+fn flips(n: u32) -> Result<()> {
+    use switcher_tests::{
+        lab::VIP_V4,
+        rig::{self, Rig, UDP_PORT},
+    };
+    let rig = Rig::up("fb", &rig::standard_services("redirect", ""))?;
+    let rate = 2000u64;
+    // Enough traffic to cover the flips (20 ms apart) with margin; bounded by count and time.
+    let count = rate * (u64::from(n) / 50 + 5);
+    let sender = rig.send(
+        &format!("{VIP_V4}:{UDP_PORT}"),
+        &[
+            "--proto",
+            "udp",
+            "--count",
+            &count.to_string(),
+            "--rate",
+            &rate.to_string(),
+            "--stream",
+            "f",
+            "--max-seconds",
+            "60",
+        ],
+    )?;
+    std::thread::sleep(Duration::from_millis(500));
+    let mut api_to_map = Vec::with_capacity(n as usize);
+    let mut round_trip = Vec::with_capacity(n as usize);
+    let started = std::time::Instant::now();
+    // Spread the flips over the stream: a flip every 20 ms.
+    let pace = Duration::from_millis(20);
+    for i in 0..n {
+        let next = started + pace * i;
+        if let Some(d) = next.checked_duration_since(std::time::Instant::now()) {
+            std::thread::sleep(d);
+        }
+        let to = if i % 2 == 0 {
+            Color::Green
+        } else {
+            Color::Blue
+        };
+        let t0 = std::time::Instant::now();
+        let v = rig.call(&switcher::api::Request::Flip {
+            service: "udp4".into(),
+            to,
+            force: false,
+            reason: None,
+        })?;
+        round_trip.push(t0.elapsed().as_nanos() as f64);
+        let ns = v["api_to_map_ns"]
+            .as_f64()
+            .context("flip reply has no api_to_map_ns")?;
+        if v["changed"] != true {
+            bail!("flip {i} did not change the colour: {v}");
+        }
+        api_to_map.push(ns);
+    }
+    let flip_secs = started.elapsed().as_secs_f64();
+    let st = sender.wait_timeout(Duration::from_secs(70))?;
+    if !st.is_some_and(|s| s.success()) {
+        bail!("sender failed: {}", sender.stderr_tail(10));
+    }
+    let sent = rig::sender_summary(&sender)?["sent"].as_u64().unwrap_or(0);
+    let got = rig.wait_stream("f", sent as usize, Duration::from_secs(10))?;
+    let (lost, dup) = got.loss_and_duplicates(sent);
+    let pct = |v: &mut Vec<f64>, p: f64| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[((p / 100.0) * v.len() as f64).ceil().max(1.0) as usize - 1] / 1000.0
+    };
+    println!(
+        "\n{n} flips through the API in {flip_secs:.1} s under {rate} lines/s of UDP through the switch:"
+    );
+    println!(
+        "  API request accepted -> map written   p50 {:>8.1} µs   p99 {:>8.1} µs",
+        pct(&mut api_to_map, 50.0),
+        pct(&mut api_to_map, 99.0)
+    );
+    println!(
+        "  client round trip (incl. state fsync) p50 {:>8.1} µs   p99 {:>8.1} µs",
+        pct(&mut round_trip, 50.0),
+        pct(&mut round_trip, 99.0)
+    );
+    println!(
+        "  lines sent {sent}, blue {} green {}, lost {}, duplicated {}",
+        got.blue.len(),
+        got.green.len(),
+        lost.len(),
+        dup.len()
+    );
+    if !lost.is_empty() || !dup.is_empty() {
+        bail!("lines were lost or duplicated across the flips");
+    }
+    Ok(())
 }
 
 fn bench(dp: &mut Datapath, cfg: &Config, args: &Args) -> Result<()> {
