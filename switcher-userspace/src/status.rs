@@ -1,6 +1,5 @@
-//! What `switcher status` shows: built by the daemon from its maps, printed by the CLI.
-
-use std::fmt::Write as _;
+//! The datapath's view of the services (colours, counters, cutover times), read from its
+//! maps; the controller adds the deployment state on top (`controller::StatusView`).
 
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
@@ -102,62 +101,5 @@ impl Status {
             reasons,
             flows: dp.flow_count()?,
         })
-    }
-
-    /// Human-readable table.
-    pub fn render(&self) -> String {
-        let mut out = String::new();
-        for s in &self.services {
-            let vip = match s.vip.parse::<std::net::IpAddr>() {
-                Ok(ip) => std::net::SocketAddr::new(ip, s.port).to_string(),
-                Err(_) => format!("{}:{}", s.vip, s.port),
-            };
-            let _ = writeln!(
-                out,
-                "{}  {vip}/{}  active={} (generation {})",
-                s.name, s.protocol, s.active, s.generation
-            );
-            for (c, st) in [(Color::Blue, &s.blue), (Color::Green, &s.green)] {
-                let mark = if c == s.active { "*" } else { " " };
-                let _ = writeln!(
-                    out,
-                    "  {mark}{c:<6} {:<28} packets={:<10} bytes={:<12} new_flows={:<8} pin_misses={}",
-                    st.backend.as_deref().unwrap_or("-"),
-                    st.packets,
-                    st.bytes,
-                    st.new_flows,
-                    st.pin_misses
-                );
-            }
-            if let Some(f) = &s.last_flip {
-                let fmt = |v: Option<u64>| {
-                    v.map_or("-".to_string(), |ns| format!("{:.1} µs", ns as f64 / 1e3))
-                };
-                let _ = writeln!(
-                    out,
-                    "   last flip: generation {}, first packet after it: blue {}, green {}",
-                    f.generation,
-                    fmt(f.blue_first_after_ns),
-                    fmt(f.green_first_after_ns)
-                );
-            }
-        }
-        let _ = writeln!(out, "flows tracked: {}", self.flows);
-        let nonzero: Vec<String> = self
-            .reasons
-            .iter()
-            .filter(|(_, n)| *n > 0)
-            .map(|(r, n)| format!("{r}={n}"))
-            .collect();
-        let _ = writeln!(
-            out,
-            "reasons: {}",
-            if nonzero.is_empty() {
-                "-".into()
-            } else {
-                nonzero.join(" ")
-            }
-        );
-        out
     }
 }

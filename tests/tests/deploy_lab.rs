@@ -395,3 +395,90 @@ fn invalid_reload_changes_nothing_and_flip_refuses_unvalidated() {
     .expect("rollback");
     assert_eq!(active(&rig, "tcp4"), Color::Blue);
 }
+
+/// The canary sends a share of real traffic to the candidate before the flip; the datapath
+/// counters must show it arrived (no traffic at all is a failure, not a pass). Also checks
+/// that `switcher watch` streams the events.
+#[test]
+fn canary_share_reaches_the_candidate_and_silence_fails() {
+    if !privileged() {
+        return;
+    }
+    let checks = format!("{CHECKS}\n[service.canary]\npercent = 25\nduration_ms = 1500\n");
+    let rig = Rig::up("cn", &rig::standard_services("redirect", &checks)).expect("rig");
+    let sw = switcher_tests::rig::bin("switcher").expect("switcher binary");
+    let watcher = std::process::Command::new(&sw)
+        .args([
+            "--socket",
+            &rig.socket.display().to_string(),
+            "watch",
+            "--json",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("switcher watch");
+    let mut watcher = scopeguard(watcher);
+    std::thread::sleep(Duration::from_millis(200));
+
+    // No traffic: the canary sees nothing and the candidate is rejected.
+    deploy(&rig, "udp4", "v2");
+    let e = promote_wait(&rig, "udp4").expect_err("silent canary must fail");
+    assert!(e.to_string().contains("canary: no traffic"), "{e:#}");
+
+    // With traffic: about a quarter of the packets reach green during the canary, then the flip.
+    let udp = udp_stream(&rig, "u", 6000, 1000);
+    std::thread::sleep(Duration::from_millis(300));
+    deploy(&rig, "udp4", "v2");
+    let d = promote_wait(&rig, "udp4").expect("promoted");
+    let canary = d
+        .transitions
+        .iter()
+        .find(|t| t.to == Phase::Ready)
+        .and_then(|t| t.evidence.clone())
+        .expect("evidence")["canary"]
+        .clone();
+    let packets = canary["packets"].as_u64().unwrap_or(0);
+    assert!(
+        (100..=900).contains(&packets),
+        "canary packets {packets} of ~1500: {canary}"
+    );
+    assert_no_loss(&rig, &udp, "u", 6000);
+
+    // The watcher saw the transitions and the flip as JSON lines.
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(watcher.0.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let mut out = String::new();
+    if let Some(mut s) = watcher.0.stdout.take() {
+        use std::io::Read as _;
+        let _ = s.read_to_string(&mut out);
+    }
+    assert!(
+        out.lines().any(|l| l.contains("\"kind\":\"flip\"")),
+        "watch output:\n{out}"
+    );
+    assert!(
+        out.lines().any(|l| l.contains("\"phase\":\"rejected\"")),
+        "watch output:\n{out}"
+    );
+    let _ = watcher.0.wait();
+    watcher.1 = true;
+}
+
+/// Kills the child on drop unless marked done (a failed assertion must not leak it).
+struct Guard(std::process::Child, bool);
+
+fn scopeguard(c: std::process::Child) -> Guard {
+    Guard(c, false)
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if !self.1 {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}

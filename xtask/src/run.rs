@@ -120,23 +120,16 @@ pub fn lint() -> Result<()> {
 
 pub fn demo(args: DemoArgs) -> Result<()> {
     require_root("the demo builds network namespaces and loads BPF programs")?;
-    setup::run(setup::Args {})?;
-    cargo(&[
-        "build",
-        "--release",
-        "-p",
-        "switcher-userspace",
-        "-p",
-        "switcher-tests",
-        "--bins",
-    ])?;
-    let mut c = Command::new(workspace_root().join("target/release/switcher-demo"));
-    c.args(&args.demo_args);
-    run_visible(&mut c)
+    run_release_bin("switcher-demo", &args.demo_args)
 }
 
 pub fn bench(args: BenchArgs) -> Result<()> {
-    require_root("the benchmark loads BPF programs")?;
+    require_root("the benchmark loads BPF programs and builds network namespaces")?;
+    run_release_bin("switcher-bench", &args.bench_args)
+}
+
+/// Sets up, builds the release binaries and runs one of them.
+fn run_release_bin(name: &str, args: &[String]) -> Result<()> {
     setup::run(setup::Args {})?;
     cargo(&[
         "build",
@@ -147,8 +140,8 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         "switcher-tests",
         "--bins",
     ])?;
-    let mut c = Command::new(workspace_root().join("target/release/switcher-bench"));
-    c.args(&args.bench_args);
+    let mut c = Command::new(workspace_root().join("target/release").join(name));
+    c.args(args);
     run_visible(&mut c)
 }
 

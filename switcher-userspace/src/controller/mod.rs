@@ -561,6 +561,9 @@ impl Controller {
             )?;
             if step == (Step::Flip { forced: force }) {
                 self.start_watch_clock(service)?;
+            } else {
+                // Flipping back by hand is a rollback: the candidate is no longer trusted.
+                self.svc_state(service)?.slot_mut(to.other()).validated = false;
             }
             self.finish(service)?;
         }

@@ -1,7 +1,7 @@
 //! The README's main job (`cargo xtask demo`): a self-contained blue/green flip in the netns
-//! lab with real syslog traffic. UDP and TCP streams run continuously; the services flip to
-//! green while a TCP connection stays pinned to blue, a new connection lands on green, then
-//! everything flips back. At the end every line is accounted for. Ctrl-C tears down at once.
+//! lab with real syslog traffic. UDP and TCP streams run continuously; a new version is
+//! deployed to green, validated and promoted while a TCP connection stays pinned to blue, a new
+//! connection lands on green, then everything is rolled back to blue. At the end every line is accounted for. Ctrl-C tears down at once.
 
 use std::{
     sync::{
@@ -13,7 +13,11 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 use clap::Parser;
-use switcher::config::Color;
+use switcher::{
+    api::Request,
+    config::Color,
+    deploy::{Deployment, Phase},
+};
 use switcher_tests::{
     lab::{Host, BLUE_V4, CLIENT_V4, GREEN_V4, VIP_V4},
     rig::{self, sender_summary, Rig, TCP_PORT, UDP_PORT},
@@ -51,7 +55,10 @@ fn run() -> Result<()> {
     }
 
     say("bringing up the lab: client, edge (switcher), blue and green backends in 198.18.0.0/15");
-    let rig = Rig::up("demo", &rig::standard_services(&args.forward, ""))?;
+    let rig = Rig::up(
+        "demo",
+        &rig::standard_services(&args.forward, switcher_tests::services::STANDARD_CHECKS),
+    )?;
     println!(
         "    client {CLIENT_V4} → VIP {VIP_V4} (udp/{UDP_PORT}, tcp/{TCP_PORT}) → edge → blue {BLUE_V4} | green {GREEN_V4}"
     );
@@ -115,11 +122,7 @@ fn run() -> Result<()> {
         let t = start.elapsed();
         if !flipped && t >= flip_at {
             for s in ["udp4", "tcp4"] {
-                let f = rig.flip(s, Color::Green)?;
-                say(&format!(
-                    "switcher flip {s} --to green  (generation {})",
-                    f.generation
-                ));
+                promote(&rig, s)?;
             }
             flipped = true;
         }
@@ -149,10 +152,11 @@ fn run() -> Result<()> {
         }
         if !flipped_back && t >= back_at {
             for s in ["udp4", "tcp4"] {
-                let f = rig.flip(s, Color::Blue)?;
+                let v = rig.call(&Request::Rollback { service: s.into() })?;
+                let d: Deployment = serde_json::from_value(v)?;
                 say(&format!(
-                    "switcher flip {s} --to blue   (generation {})",
-                    f.generation
+                    "switcher rollback {s}  -> deployment {} {}; blue was kept warm, traffic is back on it",
+                    d.id, d.phase
                 ));
             }
             flipped_back = true;
@@ -224,6 +228,46 @@ fn run() -> Result<()> {
     } else {
         bail!("the demo saw lost, duplicated or misrouted lines (see above)")
     }
+}
+
+/// `switcher deploy S --green ...` then `switcher promote S --wait`, with what the
+/// validation measured.
+fn promote(rig: &Rig, service: &str) -> Result<()> {
+    let port = if service.starts_with("udp") {
+        UDP_PORT
+    } else {
+        TCP_PORT
+    };
+    let backend = std::net::SocketAddr::new(GREEN_V4.into(), port);
+    rig.call(&Request::Deploy {
+        service: service.into(),
+        color: Color::Green,
+        backend,
+        version: Some("v2".into()),
+    })?;
+    say(&format!(
+        "switcher deploy {service} --green {backend} --version v2"
+    ));
+    let v = rig.call(&Request::Promote {
+        service: service.into(),
+        wait: true,
+    })?;
+    let d: Deployment = serde_json::from_value(v)?;
+    let ev = d
+        .transitions
+        .iter()
+        .find(|t| t.to == Phase::Ready)
+        .and_then(|t| t.evidence.clone())
+        .unwrap_or_default();
+    let p99 = |who: &str| ev["load"][who]["latency"]["p99_us"].as_f64().unwrap_or(0.0) / 1000.0;
+    say(&format!(
+        "switcher promote {service} --wait  -> validated (health {} rounds; load p99 green {:.2} ms vs blue {:.2} ms; error counter flat), flipped: {}",
+        ev["health"]["consecutive"],
+        p99("candidate"),
+        p99("serving"),
+        d.phase
+    ));
+    Ok(())
 }
 
 fn report_live(rig: &Rig) -> Result<()> {
