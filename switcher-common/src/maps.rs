@@ -13,6 +13,8 @@ pub const FAMILY_V4: u8 = 4;
 pub const FAMILY_V6: u8 = 6;
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
+pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_ICMPV6: u8 = 58;
 
 pub const BLUE: u8 = 0;
 pub const GREEN: u8 = 1;
@@ -225,8 +227,10 @@ pub struct ColorCounters {
     pub pin_misses: u64,
     /// TCP resets this colour's backend sent to clients (counted on egress).
     pub resets: u64,
+    /// ICMP destination-unreachable errors about packets sent to this colour's backend.
+    pub unreachables: u64,
 }
-const _: () = assert!(size_of::<ColorCounters>() == 40);
+const _: () = assert!(size_of::<ColorCounters>() == 48);
 
 impl ColorCounters {
     pub fn add(&mut self, other: &ColorCounters) {
@@ -235,6 +239,7 @@ impl ColorCounters {
         self.new_flows = self.new_flows.wrapping_add(other.new_flows);
         self.pin_misses = self.pin_misses.wrapping_add(other.pin_misses);
         self.resets = self.resets.wrapping_add(other.resets);
+        self.unreachables = self.unreachables.wrapping_add(other.unreachables);
     }
 }
 

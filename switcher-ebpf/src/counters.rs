@@ -32,3 +32,12 @@ pub fn reset(service_id: u32, color: u8) {
         unsafe { (*c).resets += 1 };
     }
 }
+
+/// An ICMP unreachable about a packet sent to (service, colour)'s backend.
+#[inline(always)]
+pub fn unreachable(service_id: u32, color: u8) {
+    if let Some(c) = COLOR_COUNTERS.get_ptr_mut(backend_index(service_id, color)) {
+        // SAFETY: per-CPU slot.
+        unsafe { (*c).unreachables += 1 };
+    }
+}

@@ -6,13 +6,15 @@ use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
     programs::TcContext,
 };
-use switcher_common::{Endpoint, FlowKey, Reason, FAMILY_V4, PROTO_TCP, PROTO_UDP};
+use switcher_common::{
+    Endpoint, FlowKey, Reason, FAMILY_V4, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
+};
 
 const TCP_RST: u8 = 0x04;
 
 use crate::{
     counters,
-    frame::TcFrame,
+    frame::{Frame, TcFrame},
     maps::REVERSE,
     parse::{self, Frag},
 };
@@ -26,6 +28,10 @@ pub fn run(ctx: &TcContext) {
     };
     // Later fragments carry no ports; replies of log backends are small and never fragment.
     if let Frag::Later(_) = p.frag {
+        return;
+    }
+    if p.proto == PROTO_ICMP || p.proto == PROTO_ICMPV6 {
+        count_unreachable(&f, p.l4, p.family);
         return;
     }
     let Ok(l4) = parse::parse_l4(&f, &p) else {
@@ -111,4 +117,51 @@ fn reverse_v6(
         .ok()?;
     }
     ctx.store(l3 + 8, vip, 0).ok()
+}
+
+/// An ICMP "destination unreachable" leaving towards a client about a packet it sent to a
+/// backend (the quoted packet's destination is the backend): counted for that colour, so the
+/// controller's watch sees a backend that refuses traffic.
+#[inline(always)]
+fn count_unreachable(f: &TcFrame, l4: usize, family: u8) {
+    let Some(icmp) = f.read::<1>(l4) else {
+        return;
+    };
+    let (unreachable, quoted_l4, proto_off, dst_off, dst_len) = if family == FAMILY_V4 {
+        let Some(q) = f.read::<1>(l4 + 8) else {
+            return;
+        };
+        let ihl = ((q[0] & 0x0f) as usize) * 4;
+        (icmp[0] == 3, l4 + 8 + ihl, l4 + 8 + 9, l4 + 8 + 16, 4)
+    } else {
+        // The quoted IPv6 packet is assumed to have no extension headers (ours never do).
+        (icmp[0] == 1, l4 + 8 + 40, l4 + 8 + 6, l4 + 8 + 24, 16)
+    };
+    if !unreachable || quoted_l4 > l4 + 8 + 60 {
+        return;
+    }
+    let (Some(proto), Some(ports)) = (f.read::<1>(proto_off), f.read::<4>(quoted_l4)) else {
+        return;
+    };
+    let mut key = Endpoint {
+        addr: [0; 16],
+        port_be: u16::from_ne_bytes([ports[2], ports[3]]),
+        proto: proto[0],
+        family,
+    };
+    if dst_len == 4 {
+        let Some(a) = f.read::<4>(dst_off) else {
+            return;
+        };
+        key.addr[..4].copy_from_slice(&a);
+    } else {
+        let Some(a) = f.read::<16>(dst_off) else {
+            return;
+        };
+        key.addr = a;
+    }
+    // SAFETY: copied out.
+    if let Some(rev) = unsafe { REVERSE.get(&key) }.copied() {
+        counters::unreachable(rev.service_id, rev.color);
+    }
 }

@@ -11,7 +11,7 @@ use switcher_common::{
     csum::Delta,
     decide::{self, ColorState, Decision, FlowWrite, TcpFlags},
     Backend, FlowKey, FlowValue, FragKey, FragValue, Reason, ServiceValue, FAMILY_V4, FRAG_TTL_NS,
-    PROTO_TCP, SVC_F_REDIRECT, SVC_F_UDP_AFFINITY,
+    PROTO_TCP, PROTO_UDP, SVC_F_REDIRECT, SVC_F_UDP_AFFINITY,
 };
 
 use crate::{
@@ -31,6 +31,9 @@ pub fn run(ctx: &XdpContext) -> Option<u32> {
         Ok(p) => p,
         Err(r) => return Some(pass(r)),
     };
+    if p.proto != PROTO_TCP && p.proto != PROTO_UDP {
+        return Some(pass(Reason::NotService));
+    }
     if let Frag::Later(id) = p.frag {
         return Some(follow_fragment(&f, &p, s, id));
     }

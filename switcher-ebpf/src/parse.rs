@@ -2,7 +2,9 @@
 //! L4 ports. Any inconsistency yields the [`Reason`] to count; the caller then passes the packet
 //! untouched, so a malformed packet is never rewritten.
 
-use switcher_common::{FlowKey, Reason, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP};
+use switcher_common::{
+    FlowKey, Reason, FAMILY_V4, FAMILY_V6, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
+};
 
 use crate::frame::Frame;
 
@@ -75,7 +77,8 @@ fn parse_v4<F: Frame>(f: &F, l3: usize, vlans: u8, flow: &mut FlowKey) -> Result
         return Err(Reason::MalformedL3);
     }
     let proto = h[9];
-    if proto != PROTO_TCP && proto != PROTO_UDP {
+    // ICMP is parsed too: egress counts backends' unreachable errors; ingress passes it.
+    if proto != PROTO_TCP && proto != PROTO_UDP && proto != PROTO_ICMP {
         return Err(Reason::NotService);
     }
     let frag_word = be16([h[6], h[7]]);
@@ -150,7 +153,7 @@ fn parse_v6<F: Frame>(f: &F, l3: usize, vlans: u8, flow: &mut FlowKey) -> Result
             return Err(Reason::Ipv6ExtUnsupported);
         }
     }
-    if next != PROTO_TCP && next != PROTO_UDP {
+    if next != PROTO_TCP && next != PROTO_UDP && next != PROTO_ICMPV6 {
         return Err(match next {
             0 | 43 | 44 | 60 => Reason::Ipv6ExtUnsupported,
             _ => Reason::NotService,

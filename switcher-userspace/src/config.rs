@@ -148,6 +148,7 @@ struct RawWatch {
     interval_ms: Option<u64>,
     failures: Option<u32>,
     max_resets: Option<u64>,
+    max_unreachables: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -344,6 +345,8 @@ pub struct WatchCfg {
     pub failures: u32,
     /// TCP resets the candidate may send during one interval.
     pub max_resets: Option<u64>,
+    /// ICMP unreachables about packets to the candidate allowed during one interval.
+    pub max_unreachables: Option<u64>,
 }
 
 /// `{addr}` → the address (IPv6 in brackets), `{port}` → the port.
@@ -781,6 +784,7 @@ fn checks(
         interval: ms(w.and_then(|w| w.interval_ms), 1_000),
         failures: w.and_then(|w| w.failures).unwrap_or(2).max(1),
         max_resets: w.and_then(|w| w.max_resets),
+        max_unreachables: w.and_then(|w| w.max_unreachables),
     };
     Checks {
         health,

@@ -38,6 +38,7 @@ pub struct ColorStatus {
     pub new_flows: u64,
     pub pin_misses: u64,
     pub resets: u64,
+    pub unreachables: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -68,6 +69,7 @@ impl Status {
                     new_flows: k.new_flows,
                     pin_misses: k.pin_misses,
                     resets: k.resets,
+                    unreachables: k.unreachables,
                 })
             };
             let after = |c: Color| {

@@ -612,4 +612,26 @@ fn egress_translates_replies_back_to_the_vip() {
         1
     );
     assert_eq!(t.dp().color_counters(id, Color::Blue).expect("c").resets, 0);
+    // An ICMP port unreachable from blue about a datagram sent to its udp backend port.
+    let udp_id = t.id("udp4");
+    let quoted = udp4("198.18.0.1", 40000, "198.18.1.2", 5514, b"hello");
+    let mut icmp = Vec::new();
+    etherparse::PacketBuilder::ethernet2(MAC_EDGE, MAC_CLIENT)
+        .ipv4(v4("198.18.1.2"), v4("198.18.0.1"), 64)
+        .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(
+            etherparse::icmpv4::DestUnreachableHeader::Port,
+        ))
+        .write(&mut icmp, &quoted[14..])
+        .expect("build icmp");
+    let (action, out) = t.tc(&icmp);
+    assert_eq!((action, out), (0, icmp), "ICMP passes untouched");
+    let k = t.dp().color_counters(udp_id, Color::Blue).expect("c");
+    assert_eq!(k.unreachables, 1);
+    assert_eq!(
+        t.dp()
+            .color_counters(udp_id, Color::Green)
+            .expect("c")
+            .unreachables,
+        0
+    );
 }

@@ -408,9 +408,15 @@ async fn run_canary(
             "canary: the candidate reset {resets} TCP connections"
         ));
     }
+    let unreachables = after.unreachables - before.unreachables;
+    if unreachables > 0 {
+        failures.push(format!(
+            "canary: {unreachables} ICMP unreachables about the candidate"
+        ));
+    }
     Ok((
         failures,
-        json!({ "percent": percent, "packets": packets, "new_flows": flows, "resets": resets, "health_failures": health_failures }),
+        json!({ "percent": percent, "packets": packets, "new_flows": flows, "resets": resets, "unreachables": unreachables, "health_failures": health_failures }),
     ))
 }
 

@@ -145,14 +145,15 @@ impl StatusView {
                 let t = &slot.traffic;
                 let _ = writeln!(
                     out,
-                    "  {mark}{c:<6} {:<26} {:<10} {:<9} packets={:<9} new_flows={:<6} pin_misses={:<4} resets={}",
+                    "  {mark}{c:<6} {:<26} {:<10} {:<9} packets={:<9} new_flows={:<6} pin_misses={:<4} resets={:<4} unreachables={}",
                     t.backend.as_deref().unwrap_or("-"),
                     slot.version.as_deref().unwrap_or("-"),
                     if slot.validated { "validated" } else { "unproven" },
                     t.packets,
                     t.new_flows,
                     t.pin_misses,
-                    t.resets
+                    t.resets,
+                    t.unreachables
                 );
             }
             if let Some(f) = &s.last_flip {

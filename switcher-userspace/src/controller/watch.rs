@@ -139,13 +139,20 @@ async fn run(shared: &Shared, service: &str, resumed: bool) -> Result<()> {
             failures.extend(f);
             scrape_before = Some(after);
         }
-        let resets = counters(shared, &inp).await?;
-        let new_resets = resets - resets_before;
-        resets_before = resets;
+        let now = counters(shared, &inp).await?;
+        let (new_resets, new_unreachables) = (now.0 - resets_before.0, now.1 - resets_before.1);
+        resets_before = now;
         if let Some(max) = w.max_resets {
             if new_resets > max {
                 failures.push(format!(
                     "datapath: the candidate reset {new_resets} TCP connections (max {max})"
+                ));
+            }
+        }
+        if let Some(max) = w.max_unreachables {
+            if new_unreachables > max {
+                failures.push(format!(
+                    "datapath: {new_unreachables} ICMP unreachables about the candidate (max {max})"
                 ));
             }
         }
@@ -193,9 +200,11 @@ async fn run(shared: &Shared, service: &str, resumed: bool) -> Result<()> {
     }
 }
 
-async fn counters(shared: &Shared, inp: &Inputs) -> Result<u64> {
+/// The candidate's (resets, unreachables) so far.
+async fn counters(shared: &Shared, inp: &Inputs) -> Result<(u64, u64)> {
     let c = shared.lock().await;
-    Ok(c.dp.color_counters(inp.svc_id, inp.color)?.resets)
+    let k = c.dp.color_counters(inp.svc_id, inp.color)?;
+    Ok((k.resets, k.unreachables))
 }
 
 async fn finish_clean(
