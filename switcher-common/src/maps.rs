@@ -30,6 +30,7 @@ pub mod names {
     pub const REVERSE: &str = "REVERSE";
     pub const COLOR_COUNTERS: &str = "COLOR_COUNTERS";
     pub const REASON_COUNTERS: &str = "REASON_COUNTERS";
+    pub const REDIRECT_OK: &str = "REDIRECT_OK";
     pub const XDP_PROG: &str = "switcher_ingress";
     pub const TC_PROG: &str = "switcher_egress";
 }

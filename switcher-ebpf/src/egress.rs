@@ -124,7 +124,7 @@ fn reverse_v6(
 /// controller's watch sees a backend that refuses traffic.
 #[inline(always)]
 fn count_unreachable(f: &TcFrame, l4: usize, family: u8) {
-    let Some(icmp) = f.read::<1>(l4) else {
+    let Some(icmp) = f.read::<2>(l4) else {
         return;
     };
     let (unreachable, quoted_l4, proto_off, dst_off, dst_len) = if family == FAMILY_V4 {
@@ -132,7 +132,14 @@ fn count_unreachable(f: &TcFrame, l4: usize, family: u8) {
             return;
         };
         let ihl = ((q[0] & 0x0f) as usize) * 4;
-        (icmp[0] == 3, l4 + 8 + ihl, l4 + 8 + 9, l4 + 8 + 16, 4)
+        // Code 4 is "fragmentation needed": path MTU, not a backend refusing traffic.
+        (
+            icmp[0] == 3 && icmp[1] != 4,
+            l4 + 8 + ihl,
+            l4 + 8 + 9,
+            l4 + 8 + 16,
+            4,
+        )
     } else {
         // The quoted IPv6 packet is assumed to have no extension headers (ours never do).
         (icmp[0] == 1, l4 + 8 + 40, l4 + 8 + 6, l4 + 8 + 24, 16)

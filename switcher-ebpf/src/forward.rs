@@ -13,8 +13,8 @@ use switcher_common::{csum::Delta, FlowKey, Reason, FAMILY_V4};
 use crate::{
     counters,
     frame::{Frame, XdpFrame},
-    maps::FIB_SCRATCH,
-    parse::{self, Parsed},
+    maps::{FIB_SCRATCH, REDIRECT_OK},
+    parse::{self, Frag, Parsed},
 };
 
 const AF_INET: u8 = 2;
@@ -51,7 +51,9 @@ fn try_redirect(ctx: &XdpContext, f: &XdpFrame, p: &Parsed, flow: &FlowKey) -> O
     } else {
         f.read::<16>(p.l3 + 24)?
     };
-    if p.vlans != 0 {
+    // Fragments all take the kernel path: were the first redirected and the rest passed,
+    // a defragmenting netfilter on the edge would wait for a first fragment it never sees.
+    if p.vlans != 0 || p.frag != Frag::None {
         return None;
     }
     // The lookup struct lives in a per-CPU scratch slot: the 512-byte BPF stack is full.
@@ -94,6 +96,11 @@ fn try_redirect(ctx: &XdpContext, f: &XdpFrame, p: &Parsed, flow: &FlowKey) -> O
         )
     };
     if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
+        return None;
+    }
+    // Before any write: a device that cannot transmit XDP frames gets the packet via the kernel.
+    // SAFETY: the value is only tested for presence.
+    if unsafe { REDIRECT_OK.get(&fib.ifindex) }.is_none() {
         return None;
     }
     // We bypass the kernel's forwarding, so do its TTL / hop-limit decrement.

@@ -30,6 +30,10 @@ pub static FRAGS: LruHashMap<FragKey, FragValue> = LruHashMap::pinned(FRAG_TABLE
 pub static REVERSE: HashMap<Endpoint, ReverseValue> = HashMap::pinned(MAX_SERVICES * 2, 0);
 #[map]
 pub static COLOR_COUNTERS: PerCpuArray<ColorCounters> = PerCpuArray::pinned(MAX_SERVICES * 2, 0);
+/// Interfaces (ifindex → 1) that accept XDP_REDIRECTed frames, kept current by the daemon.
+/// A redirect anywhere else would be dropped after the program returned.
+#[map]
+pub static REDIRECT_OK: HashMap<u32, u32> = HashMap::pinned(1024, 0);
 #[map]
 pub static REASON_COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(Reason::COUNT, 0);
 

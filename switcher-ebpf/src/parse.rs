@@ -146,6 +146,10 @@ fn parse_v6<F: Frame>(f: &F, l3: usize, vlans: u8, flow: &mut FlowKey) -> Result
                     Frag::None
                 };
                 off += 8;
+                // A later fragment carries payload, not further headers.
+                if offset != 0 {
+                    break;
+                }
             }
             _ => break,
         }
@@ -196,7 +200,7 @@ pub fn parse_l4<F: Frame>(f: &F, p: &Parsed) -> Result<L4, Reason> {
     if p.proto == PROTO_TCP {
         let h = f.read::<20>(p.l4).ok_or(Reason::MalformedL4)?;
         let doff = (h[12] >> 4) as usize * 4;
-        if doff < 20 || p.l4 + 20 > ip_end {
+        if doff < 20 || p.l4 + doff > ip_end {
             return Err(Reason::MalformedL4);
         }
         Ok(L4 {

@@ -28,6 +28,9 @@ pub enum Request {
         backend: std::net::SocketAddr,
         #[serde(default)]
         version: Option<String>,
+        /// Replace the slot even while TCP connections are still pinned to it.
+        #[serde(default)]
+        force: bool,
     },
     /// Validates the deployed candidate, flips when it passes, then watches it.
     Promote {

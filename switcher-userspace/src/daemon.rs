@@ -6,11 +6,10 @@
 use std::{
     os::unix::fs::{DirBuilderExt, PermissionsExt},
     path::{Path, PathBuf},
-    sync::Arc,
     time::{Duration, Instant},
 };
 
-use anyhow::{anyhow, bail, Context as _, Result};
+use anyhow::{bail, Context as _, Result};
 use tokio::{
     io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
     net::{UnixListener, UnixStream},
@@ -42,8 +41,10 @@ pub async fn run(cfg: Config, cfg_path: PathBuf, keep_attached: bool) -> Result<
     let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut sighup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
     println!("READY");
+    let mut refresh = tokio::time::interval(Duration::from_secs(2));
     loop {
         tokio::select! {
+            _ = refresh.tick() => shared.lock().await.refresh_redirect_targets(),
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
                     let shared = shared.clone();
@@ -67,44 +68,19 @@ pub async fn run(cfg: Config, cfg_path: PathBuf, keep_attached: bool) -> Result<
         }
     }
     let _ = std::fs::remove_file(&socket_path);
-    // Tasks hold clones; take the controller out from under them.
-    let c = shared.lock().await;
+    let mut c = shared.lock().await;
+    c.abort_tasks();
+    // A canary share must never outlive the daemon that watches it.
+    c.clear_canaries()?;
+    let dir = c.dp.dir().to_path_buf();
     if keep_attached {
-        info!(pins = %c.dp.dir().display(), "leaving the datapath attached and pinned");
+        info!(pins = %dir.display(), "leaving the datapath attached and pinned");
         return Ok(());
     }
-    let dir = c.dp.dir().to_path_buf();
-    drop(c);
-    let c = wait_unique(shared).await?;
-    c.dp.remove()?;
+    // Our link handles were dropped after pinning: unpinning detaches the programs.
+    crate::datapath::remove_pins(&dir)?;
     info!(pins = %dir.display(), "datapath detached and unpinned");
     Ok(())
-}
-
-/// Background tasks are aborted with the runtime; give connections a moment to finish.
-async fn wait_unique(shared: Shared) -> Result<Controller> {
-    let deadline = Instant::now() + Duration::from_secs(2);
-    let mut shared = shared;
-    loop {
-        match Arc::try_unwrap(shared) {
-            Ok(m) => return Ok(m.into_inner()),
-            Err(s) if Instant::now() < deadline => {
-                shared = s;
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Err(s) => {
-                // Validation/watch tasks still hold it: they die with the process anyway.
-                let mut c = s.lock().await;
-                let dir = c.dp.dir().to_path_buf();
-                c.abort_tasks();
-                drop(c);
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                return Arc::try_unwrap(s).map(|m| m.into_inner()).map_err(|_| {
-                    anyhow!("could not detach {}: tasks still running", dir.display())
-                });
-            }
-        }
-    }
 }
 
 async fn bind_socket(path: &Path) -> Result<UnixListener> {
@@ -208,11 +184,12 @@ async fn handle(
             color,
             backend,
             version,
+            force,
         } => serde_json::to_value(
             shared
                 .lock()
                 .await
-                .deploy(&service, color, backend, version, actor)?,
+                .deploy(&service, color, backend, version, force, actor)?,
         )?,
         Request::Promote { service, wait } => {
             let id = controller::promote(shared, &service, actor).await?;

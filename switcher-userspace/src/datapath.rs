@@ -60,6 +60,7 @@ impl Datapath {
         for d in [&maps_dir, &dir.join("links")] {
             std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
         }
+        check_pinned_layouts(&maps_dir)?;
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&maps_dir)
             .load(EBPF_OBJECT)
@@ -245,9 +246,12 @@ impl Datapath {
                     .set(id, FlipMark::default(), 0)
                     .context("writing FLIP_MARKS")?;
             }
-            // Last: the service becomes visible only once its backends are in place.
+            // Last: the service becomes visible only once its backends are in place. A
+            // running canary keeps its share: only the controller starts and ends it.
+            let mut value = service_value(s, id);
+            value.canary_share = existing.get(&key).map_or(0, |v| v.canary_share);
             self.hash_mut::<Endpoint, ServiceValue>(names::SERVICES)?
-                .insert(key, service_value(s, id), 0)
+                .insert(key, value, 0)
                 .with_context(|| format!("writing service {}", s.name))?;
             ids.insert(s.name.clone(), id);
         }
@@ -388,6 +392,37 @@ impl Datapath {
             .collect()
     }
 
+    /// Makes `ifindexes` the interfaces the datapath may XDP_REDIRECT to.
+    pub fn set_redirect_targets(&mut self, ifindexes: &[u32]) -> Result<()> {
+        let mut m = self.hash_mut::<u32, u32>(names::REDIRECT_OK)?;
+        let stale: Vec<u32> = m
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| !ifindexes.contains(k))
+            .collect();
+        for i in ifindexes {
+            m.insert(i, 1, 0).context("writing REDIRECT_OK")?;
+        }
+        for k in stale {
+            m.remove(&k).context("updating REDIRECT_OK")?;
+        }
+        Ok(())
+    }
+
+    /// Open TCP flows (no FIN/RST seen) pinned to `color` of service `id`: connections that
+    /// would break if that colour's backend were replaced now. Walks the flow table.
+    pub fn open_flows(&self, id: u32, color: Color) -> Result<usize> {
+        Ok(self
+            .flows()?
+            .iter()
+            .filter(|(_, v)| {
+                v.service_id == id
+                    && v.color == color.index()
+                    && v.state == switcher_common::FLOW_OPEN
+            })
+            .count())
+    }
+
     /// Entries in the flow table (walks it: for status and tests, not hot paths).
     pub fn flow_count(&self) -> Result<usize> {
         let m: HashMap<&MapData, switcher_common::FlowKey, switcher_common::FlowValue> =
@@ -454,6 +489,52 @@ where
         .ok_or_else(|| anyhow!("program {name} missing from the datapath object"))?
         .try_into()
         .with_context(|| format!("program {name} has an unexpected type"))
+}
+
+/// Refuses to adopt pinned maps whose layout differs from this build's (the loader would
+/// reuse them as they are, and the programs would read them wrongly or fail to verify).
+fn check_pinned_layouts(maps_dir: &Path) -> Result<()> {
+    use std::mem::size_of;
+    use switcher_common::{FlowKey, FlowValue, FragKey, FragValue};
+    let expected: [(&str, usize, usize); 10] = [
+        (
+            names::SERVICES,
+            size_of::<Endpoint>(),
+            size_of::<ServiceValue>(),
+        ),
+        (names::BACKENDS, 4, size_of::<Backend>()),
+        (names::ACTIVE, 4, size_of::<ActiveWord>()),
+        (names::FLIP_MARKS, 4, size_of::<FlipMark>()),
+        (names::FLOWS, size_of::<FlowKey>(), size_of::<FlowValue>()),
+        (names::FRAGS, size_of::<FragKey>(), size_of::<FragValue>()),
+        (
+            names::REVERSE,
+            size_of::<Endpoint>(),
+            size_of::<ReverseValue>(),
+        ),
+        (names::COLOR_COUNTERS, 4, size_of::<ColorCounters>()),
+        (names::REASON_COUNTERS, 4, size_of::<u64>()),
+        (names::REDIRECT_OK, 4, 4),
+    ];
+    for (name, key, value) in expected {
+        let pin = maps_dir.join(name);
+        if !pin.exists() {
+            continue;
+        }
+        let info = aya::maps::MapInfo::from_pin(&pin)
+            .with_context(|| format!("reading pinned map {}", pin.display()))?;
+        if info.key_size() as usize != key || info.value_size() as usize != value {
+            bail!(
+                "pinned map {} has key/value sizes {}/{} but this switcher needs {key}/{value}: \
+                 it was made by an incompatible build. Stop the old daemon and run `switcher \
+                 detach` (this interrupts switching), then start this one",
+                pin.display(),
+                info.key_size(),
+                info.value_size()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// A link an earlier daemon pinned, or `None` if there is none.

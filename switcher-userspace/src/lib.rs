@@ -11,3 +11,4 @@ pub mod deploy;
 pub mod probe;
 pub mod state;
 pub mod status;
+pub mod xdp_features;

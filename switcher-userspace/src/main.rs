@@ -63,6 +63,9 @@ enum Cmd {
         blue: Option<SocketAddr>,
         #[arg(long, value_name = "LABEL")]
         version: Option<String>,
+        /// Replace the slot even while TCP connections are still pinned to it (breaks them).
+        #[arg(long)]
+        force: bool,
         #[arg(long)]
         json: bool,
     },
@@ -210,6 +213,7 @@ fn run() -> Result<()> {
             green,
             blue,
             version,
+            force,
             json,
         } => {
             let (color, backend) = match (green, blue) {
@@ -224,6 +228,7 @@ fn run() -> Result<()> {
                     color,
                     backend,
                     version,
+                    force,
                 },
             )?;
             print_json_or(json, &v, || deployment_line(&v))

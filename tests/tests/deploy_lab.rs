@@ -37,6 +37,7 @@ fn deploy(rig: &Rig, service: &str, version: &str) -> Deployment {
             color: Color::Green,
             backend: green_backend(service),
             version: Some(version.into()),
+            force: false,
         })
         .expect("deploy");
     serde_json::from_value(v).expect("deployment")
@@ -389,11 +390,27 @@ fn invalid_reload_changes_nothing_and_flip_refuses_unvalidated() {
     let d = history(&rig, "tcp4").pop().expect("deployment");
     assert_eq!(d.phase, Phase::Promoted);
     assert_eq!(d.last().expect("t").reason, "hotfix, validated by hand");
+    // A connection opened while green serves stays pinned to green after the rollback...
+    let pinned = tcp_stream(&rig, "p", 1000, 200);
+    std::thread::sleep(Duration::from_millis(500));
     rig.call(&Request::Rollback {
         service: "tcp4".into(),
     })
     .expect("rollback");
     assert_eq!(active(&rig, "tcp4"), Color::Blue);
+    // ... so replacing green's backend now would break it: refused without --force.
+    let e = rig
+        .call(&Request::Deploy {
+            service: "tcp4".into(),
+            color: Color::Green,
+            backend: green_backend("tcp4"),
+            version: Some("v3".into()),
+            force: false,
+        })
+        .expect_err("draining connection protects the slot");
+    assert!(e.to_string().contains("still pinned to green"), "{e:#}");
+    let (blue, green) = assert_no_loss(&rig, &pinned, "p", 1000);
+    assert_eq!((blue, green), (0, 1000), "the connection drained on green");
 }
 
 /// The canary sends a share of real traffic to the candidate before the flip; the datapath

@@ -455,3 +455,51 @@ fn restarted_daemon_adopts_the_pinned_datapath() {
         "counters survive the restart"
     );
 }
+
+/// XDP_REDIRECT into a veth whose peer has neither XDP nor GRO is dropped by the kernel after
+/// the program returns. The daemon tracks which interfaces can take redirected frames, and
+/// the datapath hands everything else to the kernel: nothing is lost.
+#[test]
+fn redirect_falls_back_to_the_kernel_when_the_target_cannot_take_xdp_frames() {
+    if !privileged() {
+        return;
+    }
+    let rig = Rig::up("gr", &rig::standard_services("redirect", "")).expect("rig up");
+    rig.lab
+        .run(Host::Green, &["ethtool", "-K", "eth0", "gro", "off"])
+        .expect("gro off");
+    // The daemon refreshes the redirect targets every 2 s.
+    std::thread::sleep(Duration::from_millis(2500));
+    rig.flip("udp4", Color::Green).expect("flip");
+    let before = rig.status().expect("status");
+    let s = rig
+        .send(
+            &target(false, UDP_PORT),
+            &[
+                "--proto", "udp", "--count", "2000", "--rate", "2000", "--stream", "g",
+            ],
+        )
+        .expect("sender");
+    assert!(s
+        .wait_timeout(Duration::from_secs(20))
+        .expect("wait")
+        .is_some_and(|s| s.success()));
+    let got = rig
+        .wait_stream("g", 2000, Duration::from_secs(10))
+        .expect("sinks");
+    assert_eq!(got.loss_and_duplicates(2000), (vec![], vec![]));
+    assert_eq!(got.green.len(), 2000);
+    let after = rig.status().expect("status");
+    let reason = |st: &switcher::controller::StatusView, label: &str| {
+        st.reasons
+            .iter()
+            .find(|(r, _)| r == label)
+            .map_or(0, |(_, n)| *n)
+    };
+    assert_eq!(
+        reason(&after, "redirected"),
+        reason(&before, "redirected"),
+        "no redirect to green"
+    );
+    assert!(reason(&after, "fib_fallback") - reason(&before, "fib_fallback") >= 2000);
+}

@@ -112,12 +112,23 @@ impl Controller {
             last_map_write: None,
         };
         c.reconcile(&services)?;
+        c.refresh_redirect_targets();
         c.dp.attach(&c.cfg.daemon.interfaces, c.cfg.daemon.xdp_mode)?;
         let mut resume = Vec::new();
+        let watch_windows: BTreeMap<String, u64> = c
+            .cfg
+            .services
+            .iter()
+            .map(|s| (s.name.clone(), s.checks.watch.window.as_millis() as u64))
+            .collect();
         for (name, st) in c.state.services.iter_mut() {
+            let active = st.active;
             let Some(d) = st.current.as_mut() else {
                 continue;
             };
+            // The datapath (already reconciled into `active`) shows what traffic saw; a crash
+            // between a map write and its save leaves the phase behind it.
+            let serving = d.color == active;
             match d.phase {
                 Phase::Validating => {
                     d.apply(
@@ -128,6 +139,29 @@ impl Controller {
                         now_ms(),
                     )?;
                     warn!(service = %name, deployment = d.id, "interrupted validation marked aborted");
+                }
+                Phase::Deployed | Phase::Ready if serving => {
+                    d.apply(
+                        Step::Flip { forced: true },
+                        AUTO,
+                        "the datapath shows this flip; the daemon stopped before recording it",
+                        None,
+                        now_ms(),
+                    )?;
+                    d.watch_until_ms =
+                        Some(now_ms() + watch_windows.get(name).copied().unwrap_or(0));
+                    resume.push(name.clone());
+                }
+                Phase::Promoted | Phase::Stable if !serving => {
+                    d.apply(
+                        Step::Rollback,
+                        AUTO,
+                        "the datapath shows a rollback; the daemon stopped before recording it",
+                        None,
+                        now_ms(),
+                    )?;
+                    let candidate = d.color;
+                    st.slot_mut(candidate).validated = false;
                 }
                 Phase::Promoted => resume.push(name.clone()),
                 _ => {}
@@ -333,6 +367,31 @@ impl Controller {
         }
     }
 
+    /// Re-reads which interfaces accept redirected XDP frames (it changes with drivers, XDP
+    /// programs and GRO settings) and tells the datapath. On failure redirect is disabled:
+    /// every packet takes the slower but safe kernel path.
+    pub fn refresh_redirect_targets(&mut self) {
+        let targets = match crate::xdp_features::redirect_targets() {
+            Ok(t) => t,
+            Err(e) => {
+                warn!("{e:#}");
+                Vec::new()
+            }
+        };
+        if let Err(e) = self.dp.set_redirect_targets(&targets) {
+            warn!("updating redirect targets: {e:#}");
+        }
+    }
+
+    /// Ends every canary share in the datapath (validations are being stopped).
+    pub(crate) fn clear_canaries(&mut self) -> Result<()> {
+        let ids: Vec<u32> = self.ids.values().copied().collect();
+        for id in ids {
+            self.dp.set_canary(id, 0)?;
+        }
+        Ok(())
+    }
+
     pub(crate) fn abort_tasks(&mut self) {
         for (_, t) in self.tasks.drain() {
             t.abort();
@@ -368,6 +427,7 @@ impl Controller {
         color: Color,
         backend: SocketAddr,
         version: Option<String>,
+        force: bool,
         actor: &str,
     ) -> Result<Deployment> {
         let cfg = self.service_cfg(service)?.clone();
@@ -401,6 +461,14 @@ impl Controller {
                     d.phase
                 );
             }
+        }
+        // Connections still draining on the idle colour would be sent to the new backend.
+        let open = self.dp.open_flows(self.id(service)?, color)?;
+        if open > 0 && !force {
+            bail!(
+                "{open} TCP connection(s) of {service} are still pinned to {color} and draining; \
+                 replacing its backend would break them: wait for them to close, or deploy with --force"
+            );
         }
         let id = self.state.allocate_id();
         let d = Deployment::new(
@@ -532,8 +600,11 @@ impl Controller {
             Some(d) if d.previous == to && d.phase.is_after_flip() && !d.phase.is_final() => {
                 Some(Step::Rollback)
             }
-            Some(d) if d.phase == Phase::Validating && !force => {
-                bail!("deployment {} of {service} is validating; abort it first, or flip with --force --reason", d.id)
+            Some(d) if d.phase == Phase::Validating => {
+                bail!(
+                    "deployment {} of {service} is validating; abort it first",
+                    d.id
+                )
             }
             _ => None,
         };

@@ -25,6 +25,27 @@ pub fn spawn(shared: &Shared, service: &str, id: u64) -> tokio::task::AbortHandl
     tokio::spawn(async move {
         if let Err(e) = run(&shared, &service, id).await {
             tracing::warn!(%service, deployment = id, "validation ended: {e:#}");
+            // An error is no verdict: reject explicitly rather than stay "validating".
+            let mut c = shared.lock().await;
+            let still = c
+                .state
+                .services
+                .get(&service)
+                .and_then(|s| s.current.as_ref())
+                .is_some_and(|d| d.id == id && d.phase == Phase::Validating);
+            if still {
+                let reason = format!("validation could not complete: {e:#}");
+                let cleanup = c
+                    .id(&service)
+                    .and_then(|svc| c.dp.set_canary(svc, 0))
+                    .and_then(|()| c.step(&service, Some(id), Step::ValidationFailed, AUTO, &reason, None))
+                    .and_then(|_| c.finish(&service))
+                    .and_then(|_| c.save());
+                if let Err(e) = cleanup {
+                    tracing::error!(%service, deployment = id, "recording the failed validation: {e:#}");
+                }
+                c.forget_task(&service);
+            }
         }
     })
     .abort_handle()

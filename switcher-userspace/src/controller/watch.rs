@@ -27,6 +27,21 @@ pub async fn spawn(shared: &Shared, service: &str, resumed: bool) {
         tokio::spawn(async move {
             if let Err(e) = run(&shared, &service, resumed).await {
                 tracing::warn!(%service, "watch ended: {e:#}");
+                // A watch that cannot watch is no data, and no data is a failure.
+                let mut c = shared.lock().await;
+                let promoted = c
+                    .state
+                    .services
+                    .get(&service)
+                    .and_then(|s| s.current.as_ref())
+                    .is_some_and(|d| d.phase == Phase::Promoted);
+                if promoted {
+                    c.forget_task(&service);
+                    let reason = format!("automatic rollback: the watch failed: {e:#}");
+                    if let Err(e) = c.rollback(&service, AUTO, &reason, None) {
+                        tracing::error!(%service, "rolling back after the watch failed: {e:#}");
+                    }
+                }
             }
         })
     };
@@ -233,13 +248,13 @@ async fn finish_clean(
         "watch window passed",
         Some(json!({ "rounds": rounds, "warm_until_ms": warm_until })),
     )?;
-    if let Some(d) = c
-        .state
-        .services
-        .get_mut(service)
-        .and_then(|s| s.current.as_mut())
-    {
-        d.warm_until_ms = Some(warm_until);
+    if let Some(st) = c.state.services.get_mut(service) {
+        if let Some(d) = st.current.as_mut() {
+            d.warm_until_ms = Some(warm_until);
+            // It served through the whole window: known good, even if it was forced in.
+            let color = d.color;
+            st.slot_mut(color).validated = true;
+        }
     }
     c.forget_task(service);
     c.save()

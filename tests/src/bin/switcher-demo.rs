@@ -244,6 +244,7 @@ fn promote(rig: &Rig, service: &str) -> Result<()> {
         color: Color::Green,
         backend,
         version: Some("v2".into()),
+        force: false,
     })?;
     say(&format!(
         "switcher deploy {service} --green {backend} --version v2"
