@@ -100,9 +100,7 @@ fn try_redirect(ctx: &XdpContext, f: &XdpFrame, p: &Parsed, flow: &FlowKey) -> O
     }
     // Before any write: a device that cannot transmit XDP frames gets the packet via the kernel.
     // SAFETY: the value is only tested for presence.
-    if unsafe { REDIRECT_OK.get(&fib.ifindex) }.is_none() {
-        return None;
-    }
+    unsafe { REDIRECT_OK.get(&fib.ifindex) }?;
     // We bypass the kernel's forwarding, so do its TTL / hop-limit decrement.
     f.write(ttl_off, [ttl - 1])?;
     if p.family == FAMILY_V4 {
