@@ -153,29 +153,29 @@ fn bad_candidates_are_rejected_and_a_good_one_is_promoted_without_loss() {
     let tcp = tcp_stream(&rig, "t", 6000, 300);
     let udp = udp_stream(&rig, "u", 12000, 600);
 
-    // Unhealthy: /health answers 503.
-    rig.fault(Host::Green, r#"{"health_ok": false}"#)
-        .expect("fault");
-    deploy(&rig, "tcp4", "v2-unhealthy");
-    let e = promote_wait(&rig, "tcp4").expect_err("must be rejected");
-    assert!(e.to_string().contains("health"), "{e:#}");
-    assert_eq!(active(&rig, "tcp4"), Color::Blue);
-
-    // Slow: acknowledgements take 60 ms, over the 25 ms p99 threshold.
-    rig.fault(Host::Green, r#"{"health_ok": true, "ack_delay_ms": 60}"#)
-        .expect("fault");
-    deploy(&rig, "tcp4", "v2-slow");
-    let e = promote_wait(&rig, "tcp4").expect_err("must be rejected");
-    assert!(e.to_string().contains("p99"), "{e:#}");
-    assert_eq!(active(&rig, "tcp4"), Color::Blue);
-
-    // Reports errors in its own metrics.
-    rig.fault(Host::Green, r#"{"ack_delay_ms": 0, "errors_per_sec": 50}"#)
-        .expect("fault");
-    deploy(&rig, "tcp4", "v2-erroring");
-    let e = promote_wait(&rig, "tcp4").expect_err("must be rejected");
-    assert!(e.to_string().contains("ingest_errors_total"), "{e:#}");
-    assert_eq!(active(&rig, "tcp4"), Color::Blue);
+    // Each fault makes one check reject the candidate; blue keeps serving.
+    for (fault, version, rejected_by) in [
+        // Unhealthy: /health answers 503.
+        (r#"{"health_ok": false}"#, "v2-unhealthy", "health"),
+        // Slow: acknowledgements take 60 ms, over the 25 ms p99 threshold.
+        (
+            r#"{"health_ok": true, "ack_delay_ms": 60}"#,
+            "v2-slow",
+            "p99",
+        ),
+        // Reports errors in its own metrics.
+        (
+            r#"{"ack_delay_ms": 0, "errors_per_sec": 50}"#,
+            "v2-erroring",
+            "ingest_errors_total",
+        ),
+    ] {
+        rig.fault(Host::Green, fault).expect("fault");
+        deploy(&rig, "tcp4", version);
+        let e = promote_wait(&rig, "tcp4").expect_err("must be rejected");
+        assert!(e.to_string().contains(rejected_by), "{version}: {e:#}");
+        assert_eq!(active(&rig, "tcp4"), Color::Blue);
+    }
 
     // A good one: validated, flipped, watched, stable.
     rig.fault(Host::Green, r#"{"errors_per_sec": 0}"#)

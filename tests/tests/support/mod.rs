@@ -8,7 +8,7 @@ use std::{
     sync::atomic::{AtomicU32, Ordering},
 };
 
-use aya::programs::{TestRun, TestRunOptions};
+use aya::programs::{TestRun, TestRunOptions, TestRunResult};
 use etherparse::{IpNumber, Ipv4Header, PacketBuilder, PacketHeaders, TransportHeader};
 use switcher::{
     config::Config,
@@ -77,36 +77,15 @@ impl TestDatapath {
 
     /// Runs the XDP program once on `pkt`: (action, output bytes).
     pub fn xdp(&mut self, pkt: &[u8]) -> (u32, Vec<u8>) {
-        let mut out = vec![0u8; pkt.len() + 256];
-        let res = self
-            .dp()
-            .xdp_program()
-            .expect("xdp program")
-            .test_run(TestRunOptions {
-                data_in: Some(pkt),
-                data_out: Some(&mut out),
-                ..TestRunOptions::default()
-            })
-            .expect("BPF_PROG_TEST_RUN");
-        out.truncate(res.data_size_out as usize);
-        (res.return_value, out)
+        let prog = self.dp().xdp_program().expect("xdp program");
+        run_once(pkt, |opts| prog.test_run(opts))
     }
 
     /// Runs the TC egress program once on `pkt`: (action, output bytes).
     pub fn tc(&mut self, pkt: &[u8]) -> (i32, Vec<u8>) {
-        let mut out = vec![0u8; pkt.len() + 256];
-        let res = self
-            .dp()
-            .tc_program()
-            .expect("tc program")
-            .test_run(TestRunOptions {
-                data_in: Some(pkt),
-                data_out: Some(&mut out),
-                ..TestRunOptions::default()
-            })
-            .expect("BPF_PROG_TEST_RUN");
-        out.truncate(res.data_size_out as usize);
-        (res.return_value as i32, out)
+        let prog = self.dp().tc_program().expect("tc program");
+        let (action, out) = run_once(pkt, |opts| prog.test_run(opts));
+        (action as i32, out)
     }
 
     pub fn reason(&mut self, r: Reason) -> u64 {
@@ -118,6 +97,22 @@ impl TestDatapath {
             .map(|(_, n)| n)
             .unwrap_or(0)
     }
+}
+
+/// One BPF_PROG_TEST_RUN of `pkt` through `run`: (return value, output bytes).
+fn run_once(
+    pkt: &[u8],
+    run: impl FnOnce(TestRunOptions<'_>) -> Result<TestRunResult, aya::programs::ProgramError>,
+) -> (u32, Vec<u8>) {
+    let mut out = vec![0u8; pkt.len() + 256];
+    let res = run(TestRunOptions {
+        data_in: Some(pkt),
+        data_out: Some(&mut out),
+        ..TestRunOptions::default()
+    })
+    .expect("BPF_PROG_TEST_RUN");
+    out.truncate(res.data_size_out as usize);
+    (res.return_value, out)
 }
 
 impl Drop for TestDatapath {
