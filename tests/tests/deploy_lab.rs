@@ -435,7 +435,7 @@ fn canary_share_reaches_the_candidate_and_silence_fails() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("switcher watch");
-    let mut watcher = scopeguard(watcher);
+    let mut watcher = KillOnDrop(watcher, false);
     std::thread::sleep(Duration::from_millis(200));
 
     // No traffic: the canary sees nothing and the candidate is rejected.
@@ -485,13 +485,9 @@ fn canary_share_reaches_the_candidate_and_silence_fails() {
 }
 
 /// Kills the child on drop unless marked done (a failed assertion must not leak it).
-struct Guard(std::process::Child, bool);
+struct KillOnDrop(std::process::Child, bool);
 
-fn scopeguard(c: std::process::Child) -> Guard {
-    Guard(c, false)
-}
-
-impl Drop for Guard {
+impl Drop for KillOnDrop {
     fn drop(&mut self) {
         if !self.1 {
             let _ = self.0.kill();

@@ -434,17 +434,15 @@ impl Controller {
         if backend.is_ipv4() != cfg.vip.is_ipv4() {
             bail!("{backend} is not the address family of the VIP {}", cfg.vip);
         }
-        for other in effective(&self.cfg, &self.state) {
-            if other.name != service
-                && other.protocol == cfg.protocol
-                && (other.blue == Some(backend) || other.green == Some(backend))
-            {
-                bail!(
-                    "{backend}/{} is already a backend of service {}",
-                    cfg.protocol,
-                    other.name
-                );
+        let mut planned = effective(&self.cfg, &self.state);
+        if let Some(s) = planned.iter_mut().find(|s| s.name == service) {
+            match color {
+                Color::Blue => s.blue = Some(backend),
+                Color::Green => s.green = Some(backend),
             }
+        }
+        if let Some(conflict) = backend_conflict(&planned) {
+            bail!("{conflict}");
         }
         let st = self.svc_state(service)?;
         if st.active == color {
@@ -673,6 +671,24 @@ impl Controller {
             }
         }
         let services = effective(&cfg, &self.state);
+        // Deployed backends count too: replies are translated back by backend address.
+        if let Some(conflict) = backend_conflict(&services) {
+            bail!("{conflict}; nothing applied");
+        }
+        // Services that go away take their validation or watch (and canary) with them.
+        let removed: Vec<String> = self
+            .cfg
+            .services
+            .iter()
+            .filter(|s| cfg.service(&s.name).is_none())
+            .map(|s| s.name.clone())
+            .collect();
+        for name in &removed {
+            self.stop_task(name);
+            if let Ok(id) = self.id(name) {
+                self.dp.set_canary(id, 0)?;
+            }
+        }
         let ids = self.dp.apply(&services)?;
         let old = std::mem::replace(&mut self.cfg, cfg);
         self.ids = ids;
@@ -796,6 +812,25 @@ pub async fn wait_promoted(
         // Any event may be ours; re-check the state after each.
         let _ = tokio::time::timeout(left.min(Duration::from_secs(1)), rx.recv()).await;
     }
+}
+
+/// Two services sharing a backend (address, port, protocol) would make reply translation
+/// ambiguous.
+fn backend_conflict(services: &[Service]) -> Option<String> {
+    let mut seen: HashMap<(SocketAddr, crate::config::Protocol), &str> = HashMap::new();
+    for s in services {
+        for b in [s.blue, s.green].into_iter().flatten() {
+            if let Some(other) = seen.insert((b, s.protocol), &s.name) {
+                if other != s.name {
+                    return Some(format!(
+                        "{b}/{} would be a backend of both {other} and {}",
+                        s.protocol, s.name
+                    ));
+                }
+            }
+        }
+    }
+    None
 }
 
 fn merge(a: Option<serde_json::Value>, b: serde_json::Value) -> serde_json::Value {
