@@ -149,6 +149,7 @@ struct RawWatch {
     failures: Option<u32>,
     max_resets: Option<u64>,
     max_unreachables: Option<u64>,
+    min_rate_ratio: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -347,6 +348,8 @@ pub struct WatchCfg {
     pub max_resets: Option<u64>,
     /// ICMP unreachables about packets to the candidate allowed during one interval.
     pub max_unreachables: Option<u64>,
+    /// Traffic to the candidate may not fall below this share of its best rate so far.
+    pub min_rate_ratio: Option<f64>,
 }
 
 /// `{addr}` → the address (IPv6 in brackets), `{port}` → the port.
@@ -785,7 +788,14 @@ fn checks(
         failures: w.and_then(|w| w.failures).unwrap_or(2).max(1),
         max_resets: w.and_then(|w| w.max_resets),
         max_unreachables: w.and_then(|w| w.max_unreachables),
+        min_rate_ratio: w.and_then(|w| w.min_rate_ratio),
     };
+    if watch
+        .min_rate_ratio
+        .is_some_and(|r| !(r.is_finite() && r > 0.0 && r <= 1.0))
+    {
+        errs.push(at("watch.min_rate_ratio"), "must be in (0, 1]");
+    }
     Checks {
         health,
         load,

@@ -495,3 +495,38 @@ impl Drop for KillOnDrop {
         }
     }
 }
+
+/// The watch notices when the traffic the switch delivers to the candidate suddenly drops
+/// (clients backing off from a broken backend) and rolls back.
+#[test]
+fn a_sudden_traffic_drop_after_the_flip_rolls_back() {
+    if !privileged() {
+        return;
+    }
+    let checks = CHECKS
+        .replace("window_ms = 3000", "window_ms = 15000")
+        .replace("failures = 2", "failures = 2\nmin_rate_ratio = 0.5");
+    let rig = Rig::up("td", &rig::standard_services("redirect", &checks)).expect("rig");
+    let udp = udp_stream(&rig, "u", 30000, 1000);
+    deploy(&rig, "udp4", "v2");
+    promote_wait(&rig, "udp4").expect("promoted");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        active(&rig, "udp4"),
+        Color::Green,
+        "steady traffic keeps it promoted"
+    );
+    udp.stop().expect("stop the sender");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while active(&rig, "udp4") != Color::Blue && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(active(&rig, "udp4"), Color::Blue);
+    let d = history(&rig, "udp4").pop().expect("deployment");
+    assert_eq!(d.phase, Phase::RolledBack);
+    assert!(
+        d.last().expect("t").reason.contains("fell to"),
+        "{:?}",
+        d.last()
+    );
+}

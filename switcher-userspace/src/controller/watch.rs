@@ -7,6 +7,7 @@ use std::{net::SocketAddr, time::Duration};
 
 use anyhow::{anyhow, Result};
 use serde_json::json;
+use switcher_common::ColorCounters;
 
 use super::{
     now_ms,
@@ -117,7 +118,8 @@ async fn run(shared: &Shared, service: &str, resumed: bool) -> Result<()> {
         .metrics
         .as_ref()
         .map(|m| expand_url(&m.url, inp.candidate));
-    let mut resets_before = counters(shared, &inp).await?;
+    let mut before = counters(shared, &inp).await?;
+    let mut best_rate = 0.0f64;
     let mut scrape_before = match (&inp.checks.metrics, &metrics_url) {
         (Some(m), Some(u)) => Some(
             metrics::scrape(u, m.timeout)
@@ -155,8 +157,10 @@ async fn run(shared: &Shared, service: &str, resumed: bool) -> Result<()> {
             scrape_before = Some(after);
         }
         let now = counters(shared, &inp).await?;
-        let (new_resets, new_unreachables) = (now.0 - resets_before.0, now.1 - resets_before.1);
-        resets_before = now;
+        let new_resets = now.resets - before.resets;
+        let new_unreachables = now.unreachables - before.unreachables;
+        let rate = (now.packets - before.packets) as f64 / t0.elapsed().as_secs_f64().max(0.001);
+        before = now;
         if let Some(max) = w.max_resets {
             if new_resets > max {
                 failures.push(format!(
@@ -171,6 +175,14 @@ async fn run(shared: &Shared, service: &str, resumed: bool) -> Result<()> {
                 ));
             }
         }
+        if let Some(ratio) = w.min_rate_ratio {
+            if traffic_dropped(rate, best_rate, ratio) {
+                failures.push(format!(
+                    "datapath: traffic to the candidate fell to {rate:.0} packets/s (< {ratio} x {best_rate:.0})"
+                ));
+            }
+        }
+        best_rate = best_rate.max(rate);
 
         if failures.is_empty() {
             consecutive = 0;
@@ -216,10 +228,17 @@ async fn run(shared: &Shared, service: &str, resumed: bool) -> Result<()> {
 }
 
 /// The candidate's (resets, unreachables) so far.
-async fn counters(shared: &Shared, inp: &Inputs) -> Result<(u64, u64)> {
+/// The candidate's counters so far.
+async fn counters(shared: &Shared, inp: &Inputs) -> Result<ColorCounters> {
     let c = shared.lock().await;
-    let k = c.dp.color_counters(inp.svc_id, inp.color)?;
-    Ok((k.resets, k.unreachables))
+    c.dp.color_counters(inp.svc_id, inp.color)
+}
+
+/// A sudden drop of the traffic the switch delivers to the candidate: this round's packet rate
+/// below `ratio` times the best rate of the earlier rounds (clients backing off, connections
+/// dying). Rounds before any traffic set no baseline.
+pub(super) fn traffic_dropped(rate: f64, best: f64, ratio: f64) -> bool {
+    best > 0.0 && rate < ratio * best
 }
 
 async fn finish_clean(
@@ -258,4 +277,20 @@ async fn finish_clean(
     }
     c.forget_task(service);
     c.save()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::traffic_dropped;
+
+    #[test]
+    fn a_sudden_drop_needs_a_baseline() {
+        assert!(
+            !traffic_dropped(0.0, 0.0, 0.5),
+            "no traffic yet: no baseline"
+        );
+        assert!(!traffic_dropped(900.0, 1000.0, 0.5));
+        assert!(traffic_dropped(400.0, 1000.0, 0.5));
+        assert!(traffic_dropped(0.0, 10.0, 0.5));
+    }
 }
