@@ -70,19 +70,20 @@ fn active(rig: &Rig, service: &str) -> Color {
         .active
 }
 
-/// A continuous TCP stream to the VIP and its expected line count.
-fn tcp_stream(rig: &Rig, stream: &str, count: u64, rate: u64) -> switcher_tests::lab::Proc {
+/// A continuous stream of `count` numbered lines to the IPv4 VIP over `proto` ("udp" or "tcp").
+fn stream(rig: &Rig, proto: &str, name: &str, count: u64, rate: u64) -> switcher_tests::lab::Proc {
+    let port = if proto == "udp" { UDP_PORT } else { TCP_PORT };
     rig.send(
-        &format!("{VIP_V4}:{TCP_PORT}"),
+        &format!("{VIP_V4}:{port}"),
         &[
             "--proto",
-            "tcp",
+            proto,
             "--count",
             &count.to_string(),
             "--rate",
             &rate.to_string(),
             "--stream",
-            stream,
+            name,
             "--max-seconds",
             "60",
         ],
@@ -90,23 +91,12 @@ fn tcp_stream(rig: &Rig, stream: &str, count: u64, rate: u64) -> switcher_tests:
     .expect("sender")
 }
 
-fn udp_stream(rig: &Rig, stream: &str, count: u64, rate: u64) -> switcher_tests::lab::Proc {
-    rig.send(
-        &format!("{VIP_V4}:{UDP_PORT}"),
-        &[
-            "--proto",
-            "udp",
-            "--count",
-            &count.to_string(),
-            "--rate",
-            &rate.to_string(),
-            "--stream",
-            stream,
-            "--max-seconds",
-            "60",
-        ],
-    )
-    .expect("sender")
+fn tcp_stream(rig: &Rig, name: &str, count: u64, rate: u64) -> switcher_tests::lab::Proc {
+    stream(rig, "tcp", name, count, rate)
+}
+
+fn udp_stream(rig: &Rig, name: &str, count: u64, rate: u64) -> switcher_tests::lab::Proc {
+    stream(rig, "udp", name, count, rate)
 }
 
 /// Waits for a sender and checks every line arrived exactly once; returns (blue, green).

@@ -342,12 +342,7 @@ impl Controller {
             self.emit(Event {
                 at_ms: now_ms(),
                 service: service.to_string(),
-                deployment: self
-                    .state
-                    .services
-                    .get(service)
-                    .and_then(|s| s.current.as_ref())
-                    .map(|d| d.id),
+                deployment: self.current(service).map(|d| d.id),
                 kind: "flip".into(),
                 phase: None,
                 actor: actor.to_string(),
@@ -400,13 +395,22 @@ impl Controller {
 
     /// A deployment flipped by hand that has no watch running yet.
     pub fn is_promoted_unwatched(&self, service: &str) -> bool {
-        !self.tasks.contains_key(service)
-            && self
-                .state
-                .services
-                .get(service)
-                .and_then(|s| s.current.as_ref())
-                .is_some_and(|d| d.phase == Phase::Promoted)
+        !self.tasks.contains_key(service) && self.is_current(service, None, Phase::Promoted)
+    }
+
+    /// The deployment in progress of `service`, if any.
+    pub(crate) fn current(&self, service: &str) -> Option<&Deployment> {
+        self.state
+            .services
+            .get(service)
+            .and_then(|s| s.current.as_ref())
+    }
+
+    /// Whether `service`'s current deployment is `id` (any id when `None`) in `phase`: a task
+    /// checks this before acting, since an operator may have moved the deployment meanwhile.
+    pub(crate) fn is_current(&self, service: &str, id: Option<u64>, phase: Phase) -> bool {
+        self.current(service)
+            .is_some_and(|d| d.phase == phase && id.is_none_or(|id| id == d.id))
     }
 
     /// Drops the handle of the task that is calling (it is finishing by itself).
@@ -726,12 +730,7 @@ impl Controller {
             bail!("no service named {service:?}");
         }
         let mut v: Vec<Deployment> = self.state.history.get(service).cloned().unwrap_or_default();
-        if let Some(d) = self
-            .state
-            .services
-            .get(service)
-            .and_then(|s| s.current.clone())
-        {
+        if let Some(d) = self.current(service).cloned() {
             v.push(d);
         }
         Ok(v)
@@ -781,11 +780,7 @@ pub async fn wait_promoted(
     loop {
         let (d, mut rx) = {
             let c = shared.lock().await;
-            let cur = c
-                .state
-                .services
-                .get(service)
-                .and_then(|s| s.current.clone());
+            let cur = c.current(service).cloned();
             let d = match cur {
                 Some(d) if d.id == id => d,
                 _ => c

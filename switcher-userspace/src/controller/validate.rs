@@ -27,12 +27,7 @@ pub fn spawn(shared: &Shared, service: &str, id: u64) -> tokio::task::AbortHandl
             tracing::warn!(%service, deployment = id, "validation ended: {e:#}");
             // An error is no verdict: reject explicitly rather than stay "validating".
             let mut c = shared.lock().await;
-            let still = c
-                .state
-                .services
-                .get(&service)
-                .and_then(|s| s.current.as_ref())
-                .is_some_and(|d| d.id == id && d.phase == Phase::Validating);
+            let still = c.is_current(&service, Some(id), Phase::Validating);
             if still {
                 let reason = format!("validation could not complete: {e:#}");
                 let cleanup = c
@@ -157,12 +152,7 @@ async fn run(shared: &Shared, service: &str, id: u64) -> Result<()> {
     let passed = failures.is_empty();
     {
         let mut c = shared.lock().await;
-        let still = c
-            .state
-            .services
-            .get(service)
-            .and_then(|s| s.current.as_ref())
-            .is_some_and(|d| d.id == id && d.phase == Phase::Validating);
+        let still = c.is_current(service, Some(id), Phase::Validating);
         if !still {
             return Ok(()); // aborted meanwhile: its transition is already recorded
         }
@@ -205,10 +195,8 @@ async fn run(shared: &Shared, service: &str, id: u64) -> Result<()> {
 pub async fn flip_after_validation(shared: &Shared, service: &str, id: u64) -> Result<()> {
     let mut c = shared.lock().await;
     let d = c
-        .state
-        .services
-        .get(service)
-        .and_then(|s| s.current.clone())
+        .current(service)
+        .cloned()
         .filter(|d| d.id == id && d.phase == Phase::Ready)
         .ok_or_else(|| anyhow!("deployment {id} is no longer ready"))?;
     let out = c.flip_datapath(service, d.color, AUTO, "validated: promoting")?;

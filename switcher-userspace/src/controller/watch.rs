@@ -30,12 +30,7 @@ pub async fn spawn(shared: &Shared, service: &str, resumed: bool) {
                 tracing::warn!(%service, "watch ended: {e:#}");
                 // A watch that cannot watch is no data, and no data is a failure.
                 let mut c = shared.lock().await;
-                let promoted = c
-                    .state
-                    .services
-                    .get(&service)
-                    .and_then(|s| s.current.as_ref())
-                    .is_some_and(|d| d.phase == Phase::Promoted);
+                let promoted = c.is_current(&service, None, Phase::Promoted);
                 if promoted {
                     c.forget_task(&service);
                     let reason = format!("automatic rollback: the watch failed: {e:#}");
@@ -207,12 +202,7 @@ async fn run(shared: &Shared, service: &str, resumed: bool) -> Result<()> {
             evidence: Some(evidence.clone()),
         });
         if consecutive >= w.failures {
-            let still = c
-                .state
-                .services
-                .get(service)
-                .and_then(|s| s.current.as_ref())
-                .is_some_and(|d| d.id == inp.id && d.phase == Phase::Promoted);
+            let still = c.is_current(service, Some(inp.id), Phase::Promoted);
             if still {
                 c.forget_task(service);
                 c.rollback(
@@ -249,12 +239,7 @@ async fn finish_clean(
     checks: &Checks,
 ) -> Result<()> {
     let mut c = shared.lock().await;
-    let still = c
-        .state
-        .services
-        .get(service)
-        .and_then(|s| s.current.as_ref())
-        .is_some_and(|d| d.id == id && d.phase == Phase::Promoted);
+    let still = c.is_current(service, Some(id), Phase::Promoted);
     if !still {
         return Ok(());
     }
