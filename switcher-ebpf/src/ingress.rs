@@ -9,9 +9,9 @@ use aya_ebpf::{
 use switcher_common::{
     backend_index,
     csum::Delta,
-    decide::{self, ColorState, Decision, FlowWrite, TcpFlags},
-    Backend, FlowKey, FlowValue, FragKey, FragValue, Reason, ServiceValue, FAMILY_V4, FRAG_TTL_NS,
-    PROTO_TCP, PROTO_UDP, SVC_F_REDIRECT, SVC_F_UDP_AFFINITY,
+    decide::{self, ColorState, FlowWrite, TcpFlags},
+    Backend, FlowKey, FlowValue, FragKey, FragValue, Reason, FAMILY_V4, FRAG_TTL_NS, PROTO_TCP,
+    PROTO_UDP, SVC_F_REDIRECT, SVC_F_UDP_AFFINITY,
 };
 
 use crate::{
@@ -53,23 +53,51 @@ pub fn run(ctx: &XdpContext) -> Option<u32> {
     let Some(svc) = (unsafe { SERVICES.get(&s.svc) }) else {
         return Some(pass(Reason::NotService));
     };
-    let now = unsafe { bpf_ktime_get_ns() };
     let active = *ACTIVE.get(svc.id)?;
     let mark = FLIP_MARKS.get_ptr_mut(svc.id)?;
-    // SAFETY: array slot; a concurrent userspace write can at worst make us misjudge the drain
-    // window for one packet, and the generation check below guards the timestamp.
-    let mut st = ColorState::new(active, unsafe { &*mark }, svc.drain_ns, now);
+    // bpf_ktime_get_ns costs more than the rest of an established-flow hit, so it is read only
+    // on the paths that use the time (pin misses, flow writes, UDP affinity, cutover marks).
+    let mut clock = Clock::new();
+    let tcp = p.proto == PROTO_TCP;
+    let affinity = svc.flags & SVC_F_UDP_AFFINITY != 0;
+    // UDP without affinity never consults the flow table: skip the lookup.
+    // SAFETY: the entry is copied out before any map write.
+    let entry = if tcp || affinity {
+        unsafe { FLOWS.get(&s.flow) }.copied()
+    } else {
+        None
+    };
+    // Only a TCP packet without a flow entry can be steered by the drain window; every other
+    // decision ignores it, so the window (and the time) is not computed for them.
+    let draining = if tcp && entry.is_none() {
+        // SAFETY: array slot; a concurrent userspace write can at worst make us misjudge the
+        // drain window for one packet, and the generation check guards the timestamp.
+        ColorState::new(active, unsafe { &*mark }, svc.drain_ns, clock.now()).draining
+    } else {
+        None
+    };
+    let mut st = ColorState {
+        active: active.color(),
+        draining,
+        canary: false,
+    };
     if svc.canary_share != 0 {
         st.canary = decide::in_canary(svc.canary_share, unsafe { bpf_get_prandom_u32() });
     }
-    let d = decide(svc, &s.flow, &l4, &st, now);
+    let d = if tcp {
+        decide::decide_tcp(TcpFlags::from_byte(l4.tcp_flags), entry.as_ref(), &st)
+    } else {
+        // Without affinity decide_udp returns before it reads the time.
+        let now = if affinity { clock.now() } else { 0 };
+        decide::decide_udp(affinity, svc.udp_idle_ns, entry.as_ref(), &st, now)
+    };
 
     let backend = BACKENDS.get(backend_index(svc.id, d.color))?;
     if backend.valid == 0 || backend.family != p.family {
         return Some(pass(Reason::NoBackend));
     }
     if let FlowWrite::Put { color, state } = d.write {
-        record_flow(&s.flow, svc.id, color, state, now);
+        record_flow(&s.flow, svc.id, color, state, clock.now());
     }
     if let Frag::First(id) = p.frag {
         remember_fragment(&p, s, id, svc.id, d.color);
@@ -86,24 +114,29 @@ pub fn run(ctx: &XdpContext) -> Option<u32> {
         let m = &mut *mark;
         let c = (d.color & 1) as usize;
         if m.generation == active.generation() && m.first_ns[c] == 0 {
-            m.first_ns[c] = now;
+            m.first_ns[c] = clock.now();
         }
     }
     let redirect = svc.flags & SVC_F_REDIRECT != 0;
     Some(forward::forward(ctx, &f, &p, &s.flow, redirect))
 }
 
-// Own frame: keeps the ingress stack under the 512-byte BPF limit.
-#[inline(never)]
-fn decide(svc: &ServiceValue, flow: &FlowKey, l4: &L4, st: &ColorState, now: u64) -> Decision {
-    // SAFETY: the entry is copied out before any map write.
-    let entry = unsafe { FLOWS.get(flow) }.copied();
-    if flow.proto == PROTO_TCP {
-        decide::decide_tcp(TcpFlags::from_byte(l4.tcp_flags), entry.as_ref(), st)
-    } else {
-        let affinity = svc.flags & SVC_F_UDP_AFFINITY != 0;
-        let entry = if affinity { entry } else { None };
-        decide::decide_udp(affinity, svc.udp_idle_ns, entry.as_ref(), st, now)
+/// The time of this packet, read from the kernel at most once and only if a path needs it.
+struct Clock(u64);
+
+impl Clock {
+    #[inline(always)]
+    fn new() -> Self {
+        Self(0)
+    }
+
+    #[inline(always)]
+    fn now(&mut self) -> u64 {
+        if self.0 == 0 {
+            // SAFETY: plain helper call.
+            self.0 = unsafe { bpf_ktime_get_ns() };
+        }
+        self.0
     }
 }
 

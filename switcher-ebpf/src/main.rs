@@ -8,6 +8,8 @@
 #![allow(clippy::needless_borrows_for_generic_args)]
 
 #[cfg(target_arch = "bpf")]
+mod bench;
+#[cfg(target_arch = "bpf")]
 mod counters;
 #[cfg(target_arch = "bpf")]
 mod egress;

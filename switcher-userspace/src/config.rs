@@ -14,6 +14,8 @@ use switcher_common::{BLUE, GREEN, MAX_SERVICES, PROTO_TCP, PROTO_UDP};
 
 pub const DEFAULT_BPFFS_DIR: &str = "/sys/fs/bpf/switcher";
 pub const DEFAULT_SOCKET: &str = "/run/switcher/switcher.sock";
+/// Metrics and dashboard: localhost only unless configured otherwise.
+pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:9477";
 pub const DEFAULT_DRAIN_MS: u64 = 60_000;
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/switcher";
 
@@ -50,6 +52,7 @@ impl fmt::Display for FieldError {
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     daemon: RawDaemon,
+    http: Option<RawHttp>,
     #[serde(default, rename = "service")]
     services: Vec<RawService>,
 }
@@ -63,6 +66,14 @@ struct RawDaemon {
     socket: Option<PathBuf>,
     state_dir: Option<PathBuf>,
     forward: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    enabled: Option<bool>,
+    listen: Option<String>,
+    token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -158,7 +169,9 @@ struct RawColor {
     backend: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Color {
     Blue,
@@ -375,7 +388,18 @@ impl Service {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub daemon: DaemonConfig,
+    pub http: HttpConfig,
     pub services: Vec<Service>,
+}
+
+/// The HTTP listener: `/metrics` and the dashboard.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpConfig {
+    /// None: no listener.
+    pub listen: Option<SocketAddr>,
+    /// Holds the token that mutating dashboard actions need. None: one is generated at start
+    /// into `<state_dir>/http.token` (0600).
+    pub token_file: Option<PathBuf>,
 }
 
 impl Config {
@@ -451,6 +475,7 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
         }
     };
     let default_forward = parse_forward(raw.daemon.forward.as_deref(), "daemon.forward", &mut errs);
+    let http = http_config(raw.http, &mut errs);
 
     if raw.services.len() > MAX_SERVICES as usize {
         errs.push(
@@ -625,8 +650,35 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
                 .state_dir
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
         },
+        http,
         services,
     })
+}
+
+fn http_config(raw: Option<RawHttp>, errs: &mut Errors) -> HttpConfig {
+    let raw = raw.unwrap_or(RawHttp {
+        enabled: None,
+        listen: None,
+        token_file: None,
+    });
+    let text = raw.listen.as_deref().unwrap_or(DEFAULT_HTTP_LISTEN);
+    let listen = match text.parse::<SocketAddr>() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            errs.push(
+                "http.listen",
+                format!("{text:?} is not an address:port (e.g. {DEFAULT_HTTP_LISTEN})"),
+            );
+            None
+        }
+    };
+    if raw.token_file.as_ref().is_some_and(|p| !p.is_absolute()) {
+        errs.push("http.token_file", "must be an absolute path");
+    }
+    HttpConfig {
+        listen: listen.filter(|_| raw.enabled.unwrap_or(true)),
+        token_file: raw.token_file,
+    }
 }
 
 fn ms(v: Option<u64>, default: u64) -> Duration {
@@ -946,8 +998,25 @@ forward = "pass"
     }
 
     #[test]
+    fn http_listener_defaults_to_localhost_and_rejects_bad_addresses() {
+        let c = Config::parse(GOOD).expect("good config");
+        assert_eq!(c.http.listen, DEFAULT_HTTP_LISTEN.parse().ok());
+        assert_eq!(c.http.token_file, None);
+        let off = GOOD.replace("[daemon]", "[http]\nenabled = false\n\n[daemon]");
+        assert_eq!(Config::parse(&off).expect("http off").http.listen, None);
+        let bad = GOOD.replace(
+            "[daemon]",
+            "[http]\nlisten = \"localhost\"\ntoken_file = \"relative\"\n\n[daemon]",
+        );
+        let e = errors(&bad);
+        assert!(e.iter().any(|e| e.field == "http.listen"), "{e:?}");
+        assert!(e.iter().any(|e| e.field == "http.token_file"), "{e:?}");
+    }
+
+    #[test]
     fn shipped_example_config_is_valid() {
         let c = Config::parse(include_str!("../dist/switcher.toml")).expect("dist/switcher.toml");
+        assert_eq!(c.http.listen, "127.0.0.1:9477".parse().ok());
         let tcp = c.service("syslog-tcp").expect("tcp service");
         let load = tcp.checks.load.as_ref().expect("load");
         assert!(load.ack);

@@ -28,6 +28,8 @@ const PROMOTE_WAIT: Duration = Duration::from_secs(600);
 
 pub async fn run(cfg: Config, cfg_path: PathBuf, keep_attached: bool) -> Result<()> {
     let socket_path = cfg.daemon.socket.clone();
+    let cfg_http = cfg.http.clone();
+    let state_dir = cfg.daemon.state_dir.clone();
     let shared = Controller::start(cfg, cfg_path).await?;
     {
         let c = shared.lock().await;
@@ -36,6 +38,31 @@ pub async fn run(cfg: Config, cfg_path: PathBuf, keep_attached: bool) -> Result<
             info!(service = %s.name, vip = %s.vip, port = s.port, protocol = %s.protocol, active = %s.active, "service programmed");
         }
     }
+    let web = match cfg_http.listen {
+        Some(addr) => {
+            let token =
+                crate::web::auth::load_or_generate(cfg_http.token_file.as_deref(), &state_dir)?;
+            let maps = shared.lock().await.dp.dir().join("maps");
+            let server =
+                crate::web::Server::bind(addr, shared.clone(), &maps, token.value.clone()).await?;
+            let addr = server.local_addr()?;
+            info!(%addr, "metrics at http://{addr}/metrics, dashboard at http://{addr}/");
+            if token.generated {
+                // Printed once; it also sits in the 0600 file for scripts run as root.
+                println!(
+                    "dashboard token (for promote/flip/rollback): {} (stored in {})",
+                    token.value,
+                    token.path.display()
+                );
+            }
+            Some(tokio::spawn(async move {
+                if let Err(e) = server.serve().await {
+                    warn!("{e:#}");
+                }
+            }))
+        }
+        None => None,
+    };
     let listener = bind_socket(&socket_path).await?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
@@ -68,6 +95,9 @@ pub async fn run(cfg: Config, cfg_path: PathBuf, keep_attached: bool) -> Result<
         }
     }
     let _ = std::fs::remove_file(&socket_path);
+    if let Some(web) = web {
+        web.abort();
+    }
     let mut c = shared.lock().await;
     c.abort_tasks();
     // A canary share must never outlive the daemon that watches it.
@@ -169,7 +199,8 @@ async fn stream_events(shared: &Shared, w: &mut tokio::net::unix::OwnedWriteHalf
     }
 }
 
-async fn handle(
+/// Carries out one API request; the dashboard's actions come through here too.
+pub(crate) async fn handle(
     shared: &Shared,
     req: Request,
     actor: &str,
@@ -212,6 +243,9 @@ async fn handle(
             let written = c
                 .last_map_write
                 .map_or(Duration::ZERO, |t| t.saturating_duration_since(accepted));
+            if out.changed {
+                c.recorded.flip_api.observe(written.as_secs_f64());
+            }
             let promoted = c.is_promoted_unwatched(&service);
             drop(c);
             if promoted {

@@ -91,6 +91,28 @@ impl Datapath {
             .context("XDP program type")
     }
 
+    /// One of the reference programs the benchmark compares against (`bench_floor`,
+    /// `bench_drop`), loaded on first use; the daemon never loads them.
+    pub fn bench_program(&mut self, name: &str) -> Result<&mut Xdp> {
+        let prog: &mut Xdp = program(&mut self.ebpf, name)?;
+        if prog.fd().is_err() {
+            prog.load()
+                .with_context(|| format!("verifier rejected {name}"))?;
+        }
+        Ok(prog)
+    }
+
+    /// Packets counted by the reference programs, summed over CPUs.
+    pub fn bench_packets(&self) -> Result<u64> {
+        let map: PerCpuArray<&MapData, u64> = self
+            .ebpf
+            .map("BENCH_PACKETS")
+            .ok_or_else(|| anyhow!("map BENCH_PACKETS missing"))?
+            .try_into()
+            .context("BENCH_PACKETS type")?;
+        Ok(map.get(&0, 0)?.iter().sum())
+    }
+
     pub fn tc_program(&self) -> Result<&SchedClassifier> {
         self.ebpf
             .program(names::TC_PROG)

@@ -11,4 +11,6 @@ pub mod deploy;
 pub mod probe;
 pub mod state;
 pub mod status;
+pub mod telemetry;
+pub mod web;
 pub mod xdp_features;

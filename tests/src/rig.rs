@@ -169,28 +169,79 @@ impl Rig {
     /// Changes a sink's injected faults (POST /fault on its HTTP port), e.g.
     /// `{"health_ok": false}`, `{"ack_delay_ms": 50}`, `{"errors_per_sec": 20}`.
     pub fn fault(&self, host: Host, body: &str) -> Result<()> {
-        let addr = std::net::SocketAddr::new(host.v4().into(), HTTP_PORT);
-        let req = format!(
-            "POST /fault HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        );
-        let reply = crate::lab::in_netns(self.lab.ns(Host::Edge), move || -> Result<String> {
-            use std::io::{Read as _, Write as _};
-            let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3))
-                .with_context(|| format!("connecting to {addr}"))?;
-            s.set_read_timeout(Some(Duration::from_secs(3)))?;
-            s.write_all(req.as_bytes())?;
-            let mut out = String::new();
-            s.read_to_string(&mut out)?;
-            Ok(out)
-        })??;
-        if !reply.starts_with("HTTP/1.1 200") {
-            bail!(
-                "POST /fault to {addr}: {}",
-                reply.lines().next().unwrap_or("no reply")
-            );
+        let url = format!("http://{}:{HTTP_PORT}/fault", host.v4());
+        let (status, reply) = self.http("POST", &url, None, Some(body))?;
+        if status != 200 {
+            bail!("POST {url}: {status} {reply}");
         }
         Ok(())
+    }
+
+    /// One HTTP request from the edge host (where the daemon's listener and the backends are
+    /// reachable): (status, body). Any status is returned; transport failures are errors.
+    pub fn http(
+        &self,
+        method: &str,
+        url: &str,
+        bearer: Option<&str>,
+        body: Option<&str>,
+    ) -> Result<(u16, String)> {
+        let (method, url) = (method.to_string(), url.to_string());
+        let auth = bearer.map(|t| format!("Bearer {t}"));
+        let body = body.map(str::to_string);
+        crate::lab::in_netns(self.lab.ns(Host::Edge), move || -> Result<(u16, String)> {
+            let agent: ureq::Agent = ureq::Agent::config_builder()
+                .timeout_global(Some(Duration::from_secs(10)))
+                .http_status_as_error(false)
+                .build()
+                .into();
+            let mut resp = match method.as_str() {
+                "GET" => {
+                    let mut r = agent.get(&url);
+                    if let Some(a) = &auth {
+                        r = r.header("Authorization", a);
+                    }
+                    r.call()
+                }
+                _ => {
+                    let mut r = agent.post(&url).header("Content-Type", "application/json");
+                    if let Some(a) = &auth {
+                        r = r.header("Authorization", a);
+                    }
+                    r.send(body.unwrap_or_default())
+                }
+            }
+            .with_context(|| format!("{method} {url}"))?;
+            let status = resp.status().as_u16();
+            let text = resp
+                .body_mut()
+                .read_to_string()
+                .with_context(|| format!("reading the reply to {method} {url}"))?;
+            Ok((status, text))
+        })?
+    }
+
+    /// The daemon's HTTP listener, as the edge host sees it.
+    pub fn web_url(&self, path: &str) -> String {
+        format!("http://{}{path}", crate::services::WEB_LISTEN)
+    }
+
+    /// `/metrics` of the daemon.
+    pub fn metrics(&self) -> Result<String> {
+        let (status, text) = self.http("GET", &self.web_url("/metrics"), None, None)?;
+        if status != 200 {
+            bail!("GET /metrics: {status} {text}");
+        }
+        Ok(text)
+    }
+
+    /// The token the daemon generated for the dashboard's actions.
+    pub fn web_token(&self) -> Result<String> {
+        let path = self.dir.join("state").join("http.token");
+        Ok(std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?
+            .trim()
+            .to_string())
     }
 
     /// Any API request.

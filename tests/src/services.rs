@@ -87,10 +87,13 @@ pub fn standard_services(forward: &str, extra: &str) -> String {
     s
 }
 
+/// The daemon's metrics and dashboard listener, inside the edge host's network namespace.
+pub const WEB_LISTEN: &str = "127.0.0.1:9477";
+
 /// A whole daemon config for the lab's edge host; `work` holds the socket and the state.
 pub fn lab_config(interface: &str, bpffs_dir: &Path, work: &Path, services: &str) -> String {
     format!(
-        "[daemon]\ninterfaces = [\"{interface}\"]\nbpffs_dir = \"{}\"\nsocket = \"{}\"\nstate_dir = \"{}\"\n{services}",
+        "[daemon]\ninterfaces = [\"{interface}\"]\nbpffs_dir = \"{}\"\nsocket = \"{}\"\nstate_dir = \"{}\"\n\n[http]\nlisten = \"{WEB_LISTEN}\"\n{services}",
         bpffs_dir.display(),
         work.join("switcher.sock").display(),
         work.join("state").display(),
@@ -114,6 +117,8 @@ pub fn sink_args(host: Host, out: &Path) -> Vec<String> {
         format!("[{v6}]:{TCP_PORT}"),
         "--http".into(),
         format!("{v4}:{HTTP_PORT}"),
+        "--http".into(),
+        format!("[{v6}]:{HTTP_PORT}"),
         "--out".into(),
         out.display().to_string(),
         // Acknowledge each TCP line: the controller's load check measures write-to-ack.

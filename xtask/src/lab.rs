@@ -122,6 +122,19 @@ fn up(prefix: &str) -> Result<()> {
         lab.ns(Host::Client),
         lab::VIP_V4
     );
+    println!(
+        "metrics:    nsenter --net=/run/netns/{} curl -s http://{}/metrics",
+        lab.ns(Host::Edge),
+        services::WEB_LISTEN
+    );
+    println!(
+        "dashboard:  socat TCP-LISTEN:9477,bind=127.0.0.1,fork,reuseaddr \\\n              \
+         \"EXEC:nsenter --net=/run/netns/{} socat STDIO TCP\\:{w}\"\n            \
+         then http://127.0.0.1:9477/ on this host (token for the buttons: {})",
+        lab.ns(Host::Edge),
+        dir.join("state/http.token").display(),
+        w = services::WEB_LISTEN.replace(':', "\\:")
+    );
     println!("remove it:  cargo xtask lab down --prefix {prefix}");
     lab.keep();
     Ok(())

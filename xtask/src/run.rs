@@ -26,7 +26,11 @@ pub struct DemoArgs {
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
-    /// Arguments for the benchmark (`--repeat`, `--rounds`), after `--`.
+    /// The short run (under 3 minutes), as CI's smoke step runs it.
+    #[arg(long)]
+    pub quick: bool,
+    /// Arguments for the benchmark (`--quick`, `--only datapath_cost,scale`, `--out DIR`,
+    /// `--repeat`, `--rounds`, `--flips`; `switcher-bench --help` lists them), after `--`.
     #[arg(last = true)]
     pub bench_args: Vec<String>,
 }
@@ -125,7 +129,11 @@ pub fn demo(args: DemoArgs) -> Result<()> {
 
 pub fn bench(args: BenchArgs) -> Result<()> {
     require_root("the benchmark loads BPF programs and builds network namespaces")?;
-    run_release_bin("switcher-bench", &args.bench_args)
+    let mut a = args.bench_args;
+    if args.quick {
+        a.push("--quick".into());
+    }
+    run_release_bin("switcher-bench", &a)
 }
 
 /// Sets up, builds the release binaries and runs one of them.

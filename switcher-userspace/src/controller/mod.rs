@@ -4,7 +4,7 @@
 //! lock only for short, checked transitions.
 
 mod validate;
-mod view;
+pub mod view;
 mod watch;
 
 use std::{
@@ -59,6 +59,12 @@ pub struct Controller {
     tasks: HashMap<String, tokio::task::AbortHandle>,
     /// When the last flip's map write returned: the API reports accepted → written.
     pub last_map_write: Option<Instant>,
+    /// Flips, rollbacks and validations as they happen, for `/metrics`.
+    pub recorded: crate::telemetry::recorded::Recorded,
+    /// The last catalog built and the change count it was built at (see [`Controller::catalog`]).
+    pub(crate) catalog_cache: std::sync::Mutex<Option<(u64, Arc<Vec<view::CatalogEntry>>)>>,
+    /// Bumped by every persisted change and every event: the catalog is stale when it moves.
+    pub(crate) changes: std::sync::atomic::AtomicU64,
 }
 
 pub fn now_ms() -> u64 {
@@ -110,6 +116,9 @@ impl Controller {
             events,
             tasks: HashMap::new(),
             last_map_write: None,
+            recorded: Default::default(),
+            catalog_cache: Default::default(),
+            changes: Default::default(),
         };
         c.reconcile(&services)?;
         c.refresh_redirect_targets();
@@ -246,6 +255,7 @@ impl Controller {
     }
 
     pub(crate) fn save(&self) -> Result<()> {
+        self.changed();
         self.state
             .save(&self.cfg.daemon.state_dir)
             .context("persisting state")
@@ -255,7 +265,14 @@ impl Controller {
         self.events.subscribe()
     }
 
+    /// Marks the catalog stale.
+    pub(crate) fn changed(&self) {
+        self.changes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
     pub(crate) fn emit(&self, ev: Event) {
+        self.changed();
         info!(service = %ev.service, kind = %ev.kind, actor = %ev.actor, "{}", ev.message);
         // No subscriber is fine.
         let _ = self.events.send(ev);
@@ -317,6 +334,12 @@ impl Controller {
         }
         let phase = d.apply(step, actor, reason, evidence, now_ms())?;
         let d = d.clone();
+        match step {
+            Step::ValidationPassed => self.recorded.validation(service, true),
+            Step::ValidationFailed => self.recorded.validation(service, false),
+            Step::Rollback => self.recorded.rollback(service, actor == AUTO),
+            _ => {}
+        }
         self.emit_transition(&d);
         Ok(phase)
     }
@@ -330,11 +353,20 @@ impl Controller {
         why: &str,
     ) -> Result<FlipOutcome> {
         let id = self.id(service)?;
+        let start = Instant::now();
         let out = self
             .dp
             .flip(id, to)
             .with_context(|| format!("flipping {service} to {to}"))?;
-        self.last_map_write = Some(Instant::now());
+        let written = Instant::now();
+        self.last_map_write = Some(written);
+        if out.changed {
+            self.recorded.flip(
+                service,
+                &to.to_string(),
+                written.duration_since(start).as_secs_f64(),
+            );
+        }
         let st = self.svc_state(service)?;
         st.active = to;
         st.generation = out.generation;

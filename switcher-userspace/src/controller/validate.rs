@@ -216,7 +216,7 @@ pub async fn flip_after_validation(shared: &Shared, service: &str, id: u64) -> R
     Ok(())
 }
 
-pub(super) fn health_spec(h: &HealthCfg, protocol: Protocol, backend: SocketAddr) -> HealthSpec {
+pub(crate) fn health_spec(h: &HealthCfg, protocol: Protocol, backend: SocketAddr) -> HealthSpec {
     // A TCP service's own port is the natural connect check.
     let tcp_port = h
         .tcp_port

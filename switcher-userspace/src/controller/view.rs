@@ -1,6 +1,6 @@
 //! What `status` and `history` show, built from the controller's state and the datapath.
 
-use std::fmt::Write as _;
+use std::{fmt::Write as _, sync::Arc};
 
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
@@ -253,5 +253,102 @@ mod tests {
         assert_eq!(fmt_time(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(fmt_time(951_782_400_123), "2000-02-29T00:00:00.123Z");
         assert_eq!(fmt_time(1_795_478_400_000), "2026-11-24T00:00:00.000Z");
+    }
+}
+
+/// What the metrics and the dashboard need to know of one service besides its maps.
+#[derive(Debug, Clone, Serialize)]
+pub struct CatalogEntry {
+    pub name: String,
+    pub id: u32,
+    pub vip: String,
+    pub port: u16,
+    pub protocol: String,
+    pub blue: SlotInfo,
+    pub green: SlotInfo,
+    /// How to probe each colour's backend (by colour index); None: nothing to probe.
+    #[serde(skip)]
+    pub health: [Option<crate::probe::health::HealthSpec>; 2],
+    pub current: Option<Deployment>,
+    /// The latest finished deployments, newest last.
+    pub recent: Vec<Deployment>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SlotInfo {
+    pub backend: Option<String>,
+    pub version: Option<String>,
+    pub validated: bool,
+}
+
+/// Finished deployments the dashboard shows per service.
+const RECENT: usize = 8;
+
+impl Controller {
+    /// The services as metrics and the dashboard see them. Built once per change and shared:
+    /// scrapes and dashboard samples hold the controller's lock only for an `Arc` clone
+    /// unless something changed since the last build.
+    pub fn catalog(&self) -> Arc<Vec<CatalogEntry>> {
+        let now = self.changes.load(std::sync::atomic::Ordering::Relaxed);
+        let mut cache = match self.catalog_cache.lock() {
+            Ok(c) => c,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some((at, c)) = cache.as_ref() {
+            if *at == now {
+                return c.clone();
+            }
+        }
+        let built = Arc::new(self.build_catalog());
+        *cache = Some((now, built.clone()));
+        built
+    }
+
+    fn build_catalog(&self) -> Vec<CatalogEntry> {
+        let mut out = Vec::new();
+        for s in super::effective(&self.cfg, &self.state) {
+            let (Some(&id), Some(st)) = (self.ids.get(&s.name), self.state.services.get(&s.name))
+            else {
+                continue;
+            };
+            let slot = |c: Color| SlotInfo {
+                backend: s.backend(c).map(|b| b.to_string()),
+                version: st.slot(c).version.clone(),
+                validated: st.slot(c).validated,
+            };
+            let probe = |c: Color| {
+                let backend = s.backend(c)?;
+                match &s.checks.health {
+                    Some(h) => Some(super::validate::health_spec(h, s.protocol, backend)),
+                    // A TCP service's own port answers a connect; UDP has nothing to ask.
+                    None => (s.protocol == crate::config::Protocol::Tcp).then(|| {
+                        crate::probe::health::HealthSpec {
+                            tcp: Some(backend),
+                            http_url: None,
+                            successes: 1,
+                            interval: std::time::Duration::from_secs(1),
+                            deadline: std::time::Duration::from_secs(1),
+                            timeout: std::time::Duration::from_secs(1),
+                        }
+                    }),
+                }
+            };
+            let history = self.state.history.get(&s.name);
+            let recent =
+                history.map_or(Vec::new(), |h| h[h.len().saturating_sub(RECENT)..].to_vec());
+            out.push(CatalogEntry {
+                id,
+                vip: s.vip.to_string(),
+                port: s.port,
+                protocol: s.protocol.to_string(),
+                blue: slot(Color::Blue),
+                green: slot(Color::Green),
+                health: [probe(Color::Blue), probe(Color::Green)],
+                current: st.current.clone(),
+                recent,
+                name: s.name,
+            });
+        }
+        out
     }
 }

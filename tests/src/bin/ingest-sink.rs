@@ -99,6 +99,20 @@ struct Args {
     /// Start with /health failing (503) until POST /fault sets health_ok.
     #[arg(long)]
     unhealthy: bool,
+    /// Prefix every output line with `t=NS ` (CLOCK_MONOTONIC at receipt, the clock of
+    /// bpf_ktime_get_ns and of every process on the host), for arrival-time measurements.
+    #[arg(long)]
+    stamp: bool,
+}
+
+/// Set once from --stamp before any receiver starts.
+static STAMP: AtomicBool = AtomicBool::new(false);
+
+fn monotonic_ns() -> u64 {
+    // CLOCK_MONOTONIC cannot fail on Linux; 0 marks the impossible case.
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+        .unwrap_or(0)
 }
 
 // ---------------------------------------------------------------------------
@@ -515,6 +529,8 @@ struct Batch {
     messages: u64,
     bytes: u64,
     data: Vec<u8>,
+    /// `t=NS ` put before every line (--stamp): one receive, one arrival time.
+    stamp: Option<String>,
 }
 
 impl Batch {
@@ -524,10 +540,16 @@ impl Batch {
             messages: 0,
             bytes: 0,
             data: Vec::new(),
+            stamp: STAMP
+                .load(Ordering::Relaxed)
+                .then(|| format!("t={} ", monotonic_ns())),
         }
     }
 
     fn add(&mut self, msg: &[u8]) {
+        if let Some(stamp) = &self.stamp {
+            self.data.extend_from_slice(stamp.as_bytes());
+        }
         append_line(&mut self.data, msg);
         self.messages += 1;
         self.bytes += msg.len() as u64;
@@ -911,6 +933,7 @@ async fn run() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
+    STAMP.store(args.stamp, Ordering::Relaxed);
     if args.udp.is_empty() && args.tcp.is_empty() {
         bail!("nothing to receive on: give at least one --udp or --tcp address");
     }

@@ -16,6 +16,8 @@ use switcher::{
 };
 use switcher_common::Reason;
 
+pub mod metrics;
+
 /// True when the test may run. Privileged tests must not silently pass: in CI (CI=true) a
 /// missing privilege fails the test; on a developer machine it is reported and skipped.
 pub fn privileged() -> bool {

@@ -1,0 +1,295 @@
+// switcher dashboard: renders the daemon's snapshots (server-sent events, ~2 per second and on
+// every controller event) and posts the operator's actions with the token.
+"use strict";
+
+const WINDOW_S = 300; // seconds of rate history kept per chart
+const COLORS = ["blue", "green"];
+const STROKE = { blue: "#1f6feb", green: "#1a7f37" };
+const HAPPY_PATH = ["deployed", "validating", "ready", "promoted", "stable"];
+const BAD_END = { rejected: "rejected", aborted: "aborted", rolled_back: "rolled back" };
+
+const cards = new Map(); // service name -> card state
+const stats = { snapshots: 0, lastAtMs: 0 };
+window.switcherDashboard = {
+  stats,
+  chartPoints: (name) => (cards.get(name) ? cards.get(name).t.length : 0),
+};
+
+function el(tag, attrs, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (k === "class") e.className = v;
+    else if (k === "text") e.textContent = v;
+    else e.setAttribute(k, v);
+  }
+  for (const c of children) if (c) e.append(c);
+  return e;
+}
+
+function fmtTime(ms) {
+  return ms ? new Date(ms).toLocaleTimeString([], { hour12: false }) : "–";
+}
+
+function fmtRate(v, unit) {
+  if (v == null || !isFinite(v)) return "–";
+  const k = [["G", 1e9], ["M", 1e6], ["k", 1e3]].find(([, d]) => Math.abs(v) >= d);
+  return k ? `${(v / k[1]).toFixed(1)} ${k[0]}${unit}` : `${v.toFixed(0)} ${unit}`;
+}
+
+function notice(text, ok) {
+  const n = document.getElementById("notice");
+  n.textContent = text;
+  n.className = ok ? "ok" : "err";
+}
+
+// ---- actions -------------------------------------------------------------------------------
+
+const tokenInput = document.getElementById("token");
+tokenInput.value = sessionStorage.getItem("switcher-token") || "";
+tokenInput.addEventListener("change", () => sessionStorage.setItem("switcher-token", tokenInput.value.trim()));
+document.getElementById("token-form").addEventListener("submit", (e) => e.preventDefault());
+
+async function act(service, action, body) {
+  const token = tokenInput.value.trim();
+  try {
+    const r = await fetch(`/api/services/${encodeURIComponent(service)}/${action}`, {
+      method: "POST",
+      headers: { "Content-Type": "application/json", Authorization: `Bearer ${token}` },
+      body: JSON.stringify(body || {}),
+    });
+    const v = await r.json();
+    if (v.ok) notice(`${service}: ${action} done`, true);
+    else notice(`${service}: ${action} refused (${r.status}): ${v.error}`, false);
+  } catch (e) {
+    notice(`${service}: ${action} failed: ${e}`, false);
+  }
+}
+
+// ---- one card per service ------------------------------------------------------------------
+
+function chart(parent, title, unit) {
+  const box = el("div", { class: "chart" });
+  parent.append(el("div", { class: "chart-title", text: title }), box);
+  const opts = {
+    width: Math.max(300, parent.clientWidth - 8),
+    height: 130,
+    legend: { show: true, live: false },
+    cursor: { drag: { x: false, y: false } },
+    scales: { x: { time: true }, y: { range: (u, min, max) => [0, Math.max(10, max * 1.1)] } },
+    axes: [{}, { size: 70, values: (u, vals) => vals.map((v) => fmtRate(v, unit)) }],
+    series: [
+      {},
+      { label: "blue", stroke: STROKE.blue, width: 2, points: { show: false } },
+      { label: "green", stroke: STROKE.green, width: 2, points: { show: false } },
+    ],
+  };
+  return { box, plot: new uPlot(opts, [[], [], []], box) };
+}
+
+function colorBox(color) {
+  const dl = el("dl");
+  const fields = {};
+  for (const [key, label] of [
+    ["backend", "backend"], ["version", "version"], ["health", "health"],
+    ["pps", "packets/s"], ["bps", "bytes/s"], ["pinned", "pinned flows"], ["packets", "packets"],
+  ]) {
+    fields[key] = el("dd", { "data-testid": `${color}-${key}` });
+    dl.append(el("dt", { text: label }), fields[key]);
+  }
+  const state = el("span", { class: "muted" });
+  const box = el("div", { class: `color ${color}` }, el("h3", {}, el("span", { text: color }), state), dl);
+  return { box, fields, state };
+}
+
+function makeCard(svc) {
+  const root = el("section", { class: "svc", "data-service": svc.name });
+  const active = el("span", { class: "badge", "data-testid": `active-${svc.name}` });
+  const phase = el("span", { class: "badge phase", "data-testid": `phase-${svc.name}` });
+  const gen = el("span", { class: "gen" });
+  root.append(el("h2", {}, el("span", { text: svc.name }),
+    el("span", { class: "addr", text: `${svc.vip}:${svc.port}/${svc.protocol}` }), active, phase, gen));
+  const colors = el("div", { class: "colors" });
+  const boxes = {};
+  for (const c of COLORS) {
+    boxes[c] = colorBox(c);
+    colors.append(boxes[c].box);
+  }
+  root.append(colors);
+  const actions = el("div", { class: "actions" });
+  const promote = el("button", { type: "button", text: "Promote", "data-action": "promote" });
+  const flip = el("button", { type: "button", "data-action": "flip" });
+  const rollback = el("button", { type: "button", class: "rollback", text: "Rollback", "data-action": "rollback" });
+  actions.append(promote, flip, rollback);
+  root.append(actions);
+  const charts = el("div");
+  root.append(charts);
+  const timelineTitle = el("h4", { text: "Deployment" });
+  const timeline = el("ol", { class: "timeline", "data-testid": `timeline-${svc.name}` });
+  const steps = el("ul", { class: "steps" });
+  const historyTitle = el("h4", { text: "History" });
+  const history = el("table", { class: "history", "data-testid": `history-${svc.name}` });
+  root.append(timelineTitle, timeline, steps, historyTitle, history);
+  document.getElementById("services").append(root);
+
+  const card = {
+    root, active, phase, gen, boxes, flip, timeline, steps, history,
+    t: [], pps: { blue: [], green: [] }, bps: { blue: [], green: [] }, prev: null,
+    lastDeployment: "", lastHistory: "",
+  };
+  card.pkts = chart(charts, "packets/s per colour", "pkt/s");
+  card.bytes = chart(charts, "bytes/s per colour", "B/s");
+  promote.addEventListener("click", () => act(svc.name, "promote"));
+  rollback.addEventListener("click", () => act(svc.name, "rollback"));
+  flip.addEventListener("click", () => act(svc.name, "flip", { to: flip.dataset.to }));
+  cards.set(svc.name, card);
+  return card;
+}
+
+function phaseClass(p) {
+  if (!p) return "";
+  if (p in BAD_END) return "bad";
+  if (p === "stable" || p === "ready") return "good";
+  return "busy";
+}
+
+function renderDeployment(card, d) {
+  const key = d ? JSON.stringify([d.id, d.phase, d.transitions.length]) : "";
+  if (key === card.lastDeployment) return;
+  card.lastDeployment = key;
+  card.timeline.replaceChildren();
+  card.steps.replaceChildren();
+  if (!d) {
+    card.timeline.append(el("li", { text: "no deployment in progress" }));
+    return;
+  }
+  const reached = new Set(d.transitions.map((t) => t.to));
+  const path = d.phase in BAD_END ? [...HAPPY_PATH.filter((p) => reached.has(p)), d.phase] : HAPPY_PATH;
+  for (const p of path) {
+    const cls = p === d.phase ? `current ${phaseClass(p)}` : reached.has(p) ? "done" : "";
+    card.timeline.append(el("li", { class: cls, text: BAD_END[p] || p }));
+  }
+  card.steps.append(el("li", { text: `deployment ${d.id}: ${d.color} ${d.backend}${d.version ? " " + d.version : ""}` }));
+  for (const t of d.transitions) {
+    const li = el("li", { text: `${fmtTime(t.at_ms)} ${t.from || "–"} → ${t.to} by ${t.actor}: ${t.reason}` });
+    if (t.evidence) {
+      li.append(el("details", {}, el("summary", { text: "evidence" }),
+        el("pre", { text: JSON.stringify(t.evidence, null, 2) })));
+    }
+    card.steps.append(li);
+  }
+}
+
+function renderHistory(card, recent) {
+  const key = JSON.stringify(recent.map((d) => [d.id, d.phase]));
+  if (key === card.lastHistory) return;
+  card.lastHistory = key;
+  card.history.replaceChildren(el("tr", {}, ...["id", "colour", "backend", "version", "outcome", "at"].map((h) => el("th", { text: h }))));
+  for (const d of [...recent].reverse()) {
+    const last = d.transitions[d.transitions.length - 1];
+    card.history.append(el("tr", {},
+      el("td", { text: String(d.id) }), el("td", { text: d.color }), el("td", { text: d.backend }),
+      el("td", { text: d.version || "–" }), el("td", { text: BAD_END[d.phase] || d.phase }),
+      el("td", { text: fmtTime(last ? last.at_ms : 0) })));
+  }
+}
+
+function renderService(svc, atMs) {
+  const card = cards.get(svc.name) || makeCard(svc);
+  const other = svc.active === "blue" ? "green" : "blue";
+  card.root.className = `svc active-${svc.active}`;
+  card.active.className = `badge ${svc.active}`;
+  card.active.textContent = svc.active;
+  const phase = svc.deployment ? svc.deployment.phase : null;
+  card.phase.textContent = phase ? (BAD_END[phase] || phase) : "idle";
+  card.phase.className = `badge phase ${phaseClass(phase)}`;
+  const cut = svc.last_flip && svc.last_flip.cutover_us != null ? `, cutover ${svc.last_flip.cutover_us} µs` : "";
+  card.gen.textContent = `generation ${svc.generation}` +
+    (svc.last_flip ? `, flipped ${fmtTime(svc.last_flip.at_ms)}${cut}` : "");
+  card.flip.textContent = `Flip to ${other}`;
+  card.flip.dataset.to = other;
+  card.flip.className = `flip-${other}`;
+
+  // Rates from the difference to the previous snapshot.
+  const t = atMs / 1000;
+  const rates = {};
+  for (const c of COLORS) {
+    const now = svc.colors[c];
+    const before = card.prev && card.prev.colors[c];
+    const dt = card.prev ? t - card.prev.t : 0;
+    rates[c] = dt > 0 && before
+      ? { pps: Math.max(0, (now.packets - before.packets) / dt), bps: Math.max(0, (now.bytes - before.bytes) / dt) }
+      : null;
+  }
+  card.prev = { t, colors: { blue: svc.colors.blue, green: svc.colors.green } };
+  if (rates.blue && rates.green) {
+    card.t.push(t);
+    for (const c of COLORS) {
+      card.pps[c].push(rates[c].pps);
+      card.bps[c].push(rates[c].bps);
+    }
+    while (card.t.length && card.t[0] < t - WINDOW_S) {
+      card.t.shift();
+      for (const c of COLORS) { card.pps[c].shift(); card.bps[c].shift(); }
+    }
+    card.pkts.plot.setData([card.t, card.pps.blue, card.pps.green]);
+    card.bytes.plot.setData([card.t, card.bps.blue, card.bps.green]);
+    card.pkts.box.dataset.points = String(card.t.length);
+  }
+
+  for (const c of COLORS) {
+    const v = svc.colors[c];
+    const f = card.boxes[c].fields;
+    const serving = svc.active === c;
+    card.boxes[c].box.classList.toggle("serving", serving);
+    card.boxes[c].state.textContent = serving ? "serving new flows" : (v.pinned > 0 ? "draining" : "idle");
+    f.backend.textContent = v.backend || "–";
+    f.version.textContent = `${v.version || "–"}${v.validated ? " ✓ validated" : ""}`;
+    f.health.replaceChildren();
+    if (v.health) {
+      f.health.append(el("span", { class: `dot ${v.health.up ? "up" : "down"}` }),
+        v.health.up ? `up, ${(v.health.latency_seconds * 1000).toFixed(2)} ms` : `down: ${v.health.error || ""}`);
+    } else {
+      f.health.textContent = "not probed";
+    }
+    f.pps.textContent = rates[c] ? fmtRate(rates[c].pps, "pkt/s") : "–";
+    f.bps.textContent = rates[c] ? fmtRate(rates[c].bps, "B/s") : "–";
+    f.pinned.textContent = String(v.pinned);
+    f.pinned.className = !serving && v.pinned > 0 ? "draining" : "";
+    f.packets.textContent = v.packets.toLocaleString();
+  }
+  renderDeployment(card, svc.deployment);
+  renderHistory(card, svc.recent || []);
+}
+
+function renderEvents(events) {
+  const ol = document.getElementById("events");
+  ol.replaceChildren(...[...events].reverse().map((e) =>
+    el("li", {}, el("span", { class: "muted", text: `${fmtTime(e.at_ms)} ` }),
+      el("span", { class: `k-${e.kind}`, text: `[${e.kind}] ` }), `${e.message} (${e.actor})`)));
+}
+
+function render(doc) {
+  stats.snapshots += 1;
+  stats.lastAtMs = doc.at_ms;
+  for (const svc of doc.services) renderService(svc, doc.at_ms);
+  renderEvents(doc.events || []);
+  document.getElementById("updated").textContent = `updated ${fmtTime(doc.at_ms)} · v${doc.version}`;
+}
+
+function connect() {
+  const conn = document.getElementById("conn");
+  const es = new EventSource("/api/events");
+  es.addEventListener("open", () => { conn.textContent = "live"; conn.className = "conn up"; });
+  es.addEventListener("error", () => { conn.textContent = "reconnecting…"; conn.className = "conn down"; });
+  es.addEventListener("snapshot", (e) => render(JSON.parse(e.data)));
+}
+
+window.addEventListener("resize", () => {
+  for (const card of cards.values()) {
+    const w = Math.max(300, card.root.clientWidth - 40);
+    card.pkts.plot.setSize({ width: w, height: 130 });
+    card.bytes.plot.setSize({ width: w, height: 130 });
+  }
+});
+
+connect();

@@ -1,0 +1,52 @@
+//! The dashboard's files, compiled into the binary: it works offline and needs no CDN. uPlot
+//! comes from npm (`dashboard/package-lock.json`, fetched by `cargo xtask setup`).
+
+use axum::{
+    extract::Path,
+    http::{header, StatusCode},
+    response::{IntoResponse, Response},
+};
+
+const INDEX: &str = include_str!("../../dashboard/index.html");
+
+/// (name, content type, body)
+const FILES: &[(&str, &str, &str)] = &[
+    (
+        "app.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../dashboard/app.js"),
+    ),
+    (
+        "app.css",
+        "text/css; charset=utf-8",
+        include_str!("../../dashboard/app.css"),
+    ),
+    (
+        "uPlot.iife.min.js",
+        "text/javascript; charset=utf-8",
+        include_str!(concat!(env!("OUT_DIR"), "/uPlot.iife.min.js")),
+    ),
+    (
+        "uPlot.min.css",
+        "text/css; charset=utf-8",
+        include_str!(concat!(env!("OUT_DIR"), "/uPlot.min.css")),
+    ),
+];
+
+pub async fn index() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        INDEX,
+    )
+        .into_response()
+}
+
+pub async fn file(Path(name): Path<String>) -> Response {
+    match FILES.iter().find(|(n, _, _)| *n == name) {
+        Some((_, ctype, body)) => ([(header::CONTENT_TYPE, *ctype)], *body).into_response(),
+        None => (StatusCode::NOT_FOUND, "no such asset").into_response(),
+    }
+}

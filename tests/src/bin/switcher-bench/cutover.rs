@@ -1,0 +1,669 @@
+//! Section 3, cutover under load: numbered syslog lines over UDP, over long-lived TCP
+//! connections and over a new TCP connection every few ms, while each contender that can flip
+//! is flipped blue -> green -> blue many times. The sinks stamp every line with its arrival
+//! time (CLOCK_MONOTONIC, the clock of the flip commands and of the kernel's flip marks), so
+//! every flip gets: time to the first line at the new colour, time to the last line at the old
+//! one, and the delivered rate per colour over time for the plot.
+
+use std::{
+    collections::BTreeMap,
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpStream},
+    path::Path,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+use serde_json::{json, Value};
+use switcher::{config::Color, datapath::monotonic_ns};
+use switcher_tests::{
+    lab::{in_netns, Host, Snmp},
+    rig,
+};
+
+use crate::{
+    contenders::{Kind, Stage, TCP_PORT, UDP_PORT},
+    plot, Opts,
+};
+
+const KINDS: [Kind; 3] = [Kind::SwitcherRedirect, Kind::Nft, Kind::Nginx];
+const UDP_RATE: u64 = 2000;
+const TCP_RATE: u64 = 1000;
+const TCP_CONNECTIONS: u64 = 4;
+/// A new TCP connection (one line each) every this often.
+const NEW_CONN_EVERY: Duration = Duration::from_millis(20);
+const BUCKET: Duration = Duration::from_millis(100);
+const WARMUP: Duration = Duration::from_secs(1);
+const TAIL: Duration = Duration::from_secs(1);
+
+struct Params {
+    flips: u32,
+    interval: Duration,
+}
+
+/// Which traffic a line belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Traffic {
+    Udp,
+    TcpLong,
+    TcpNew,
+}
+
+impl Traffic {
+    const ALL: [Traffic; 3] = [Traffic::Udp, Traffic::TcpLong, Traffic::TcpNew];
+
+    fn key(self) -> &'static str {
+        match self {
+            Traffic::Udp => "udp",
+            Traffic::TcpLong => "tcp_long_lived",
+            Traffic::TcpNew => "tcp_new_connections",
+        }
+    }
+
+    fn of_stream(stream: &str) -> Option<Traffic> {
+        match stream {
+            "u" => Some(Traffic::Udp),
+            "n" => Some(Traffic::TcpNew),
+            s if s.starts_with("t-c") || s == "t" => Some(Traffic::TcpLong),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Line {
+    t: u64,
+    color: Color,
+    traffic: Traffic,
+    seq: u64,
+}
+
+/// Every stamped line of one sink file.
+fn read_lines(file: &Path, color: Color) -> Result<Vec<Line>> {
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", file.display())),
+    };
+    let mut out = Vec::new();
+    for l in text.lines() {
+        let mut t = None;
+        let mut stream = None;
+        let mut seq = None;
+        for tok in l.split_whitespace() {
+            if let Some(v) = tok.strip_prefix("t=") {
+                t = Some(
+                    v.parse::<u64>()
+                        .with_context(|| format!("bad stamp in {l:?}"))?,
+                );
+            } else if let Some(v) = tok.strip_prefix("stream=") {
+                stream = Some(v);
+            } else if let Some(v) = tok.strip_prefix("seq=") {
+                seq = Some(
+                    v.parse::<u64>()
+                        .with_context(|| format!("bad seq in {l:?}"))?,
+                );
+            }
+        }
+        let (Some(t), Some(stream), Some(seq)) = (t, stream, seq) else {
+            bail!("{}: unstamped or unnumbered line {l:?}", file.display());
+        };
+        if let Some(traffic) = Traffic::of_stream(stream) {
+            out.push(Line {
+                t,
+                color,
+                traffic,
+                seq,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// What the new-connection client did.
+#[derive(Debug, Default, Clone, Copy)]
+struct NewConns {
+    sent: u64,
+    connect_failures: u64,
+    resets: u64,
+}
+
+/// Opens a new connection every [`NEW_CONN_EVERY`], writes one numbered line, closes; until
+/// `stop` or `deadline`. Runs in the client's namespace.
+fn new_connections(
+    ns: &str,
+    target: SocketAddr,
+    stop: &AtomicBool,
+    deadline: Instant,
+) -> Result<NewConns> {
+    in_netns(ns, || {
+        let mut r = NewConns::default();
+        let start = Instant::now();
+        let mut i = 0u64;
+        while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+            let due = start + NEW_CONN_EVERY * (i as u32);
+            if let Some(d) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(d);
+            }
+            let seq = i;
+            i += 1;
+            let mut s = match TcpStream::connect_timeout(&target, Duration::from_secs(1)) {
+                Ok(s) => s,
+                Err(e) => {
+                    if e.kind() == std::io::ErrorKind::ConnectionRefused {
+                        r.resets += 1;
+                    }
+                    r.connect_failures += 1;
+                    continue;
+                }
+            };
+            let line = format!("<14>1 - lab bench - - - stream=n seq={seq}\n");
+            if s.write_all(line.as_bytes()).is_err() {
+                r.resets += 1;
+                continue;
+            }
+            r.sent += 1;
+            // Wait for the peer's close, so a reset is seen and counted.
+            let _ = s.shutdown(std::net::Shutdown::Write);
+            let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+            let mut buf = [0u8; 64];
+            loop {
+                match s.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(_) => {}
+                    Err(e) => {
+                        if e.kind() == std::io::ErrorKind::ConnectionReset {
+                            r.resets += 1;
+                        }
+                        break;
+                    }
+                }
+            }
+        }
+        r
+    })
+}
+
+pub fn run(opts: &Opts) -> Result<Value> {
+    let p = if opts.quick {
+        Params {
+            flips: 6,
+            interval: Duration::from_millis(400),
+        }
+    } else {
+        Params {
+            flips: 20,
+            interval: Duration::from_millis(500),
+        }
+    };
+    println!(
+        "\nCutover under load: {} flips, {} ms apart; UDP {UDP_RATE} lines/s, {TCP_CONNECTIONS} long-lived TCP connections {TCP_RATE} lines/s, a new TCP connection every {} ms",
+        p.flips,
+        p.interval.as_millis(),
+        NEW_CONN_EVERY.as_millis()
+    );
+    let mut stage = Stage::up("cut")?;
+    let mut rows = Vec::new();
+    for kind in KINDS {
+        stage
+            .start(kind)
+            .with_context(|| format!("starting {}", kind.label()))?;
+        let row =
+            one(&mut stage, kind, &p).with_context(|| format!("cutover with {}", kind.label()));
+        stage.stop()?;
+        rows.push(row?);
+    }
+    drop(stage);
+    print_table(&rows);
+    let png = opts.out.join("cutover.png");
+    let panels: Vec<plot::Panel> = rows
+        .iter()
+        .map(plot::Panel::from_cutover)
+        .collect::<Result<_>>()?;
+    plot::cutover(&png, &panels)?;
+    println!("  plot: {}", png.display());
+    Ok(json!({
+        "flips": p.flips,
+        "interval_ms": p.interval.as_millis() as u64,
+        "udp_lines_per_s": UDP_RATE,
+        "tcp_long_lived": { "connections": TCP_CONNECTIONS, "lines_per_s": TCP_RATE },
+        "tcp_new_connection_every_ms": NEW_CONN_EVERY.as_millis() as u64,
+        "plot": png.display().to_string(),
+        "contenders": rows,
+    }))
+}
+
+fn one(stage: &mut Stage, kind: Kind, p: &Params) -> Result<Value> {
+    let [blue_file, green_file] = stage.start_sinks(kind.key())?;
+    let total = WARMUP + p.interval * p.flips + TAIL;
+    let secs = total.as_secs_f64();
+    let max_secs = (secs as u64 + 15).to_string();
+    let sender = rig::bin("log-sender")?.display().to_string();
+    let udp_t = stage.target(UDP_PORT).to_string();
+    let tcp_t = stage.target(TCP_PORT);
+    let client_snmp0 = stage.lab.snmp(Host::Client)?;
+    let backend_rsts0 = backend_rsts(stage)?;
+    let t_start = monotonic_ns()?;
+    let udp = stage.lab.spawn(
+        Host::Client,
+        &sender,
+        &[
+            "--target",
+            &udp_t,
+            "--proto",
+            "udp",
+            "--stream",
+            "u",
+            "--rate",
+            &UDP_RATE.to_string(),
+            "--count",
+            &((UDP_RATE as f64 * secs) as u64).to_string(),
+            "--max-seconds",
+            &max_secs,
+        ],
+    )?;
+    let tcp = stage.lab.spawn(
+        Host::Client,
+        &sender,
+        &[
+            "--target",
+            &tcp_t.to_string(),
+            "--proto",
+            "tcp",
+            "--stream",
+            "t",
+            "--connections",
+            &TCP_CONNECTIONS.to_string(),
+            "--rate",
+            &TCP_RATE.to_string(),
+            "--count",
+            &((TCP_RATE as f64 * secs) as u64).to_string(),
+            "--max-seconds",
+            &max_secs,
+        ],
+    )?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let prober = {
+        let ns = stage.lab.ns(Host::Client).to_owned();
+        let stop = Arc::clone(&stop);
+        let deadline = Instant::now() + total + Duration::from_secs(5);
+        std::thread::spawn(move || new_connections(&ns, tcp_t, &stop, deadline))
+    };
+
+    std::thread::sleep(WARMUP);
+    let mut flips: Vec<(Color, u64, Option<u64>)> = Vec::new();
+    let mut kernel_us: Vec<Option<f64>> = Vec::new();
+    let start = Instant::now();
+    let mut last = start - p.interval;
+    let result = (|| -> Result<()> {
+        for k in 0..p.flips {
+            // On schedule, but never closer than half an interval to the previous flip: a
+            // stalled loop must not bunch flips together.
+            let due = (start + p.interval * k).max(last + p.interval / 2);
+            if let Some(d) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(d);
+            }
+            if let Some(&(to, _, Some(kf))) = flips.last() {
+                kernel_us.push(stage.first_after_ns(kf, to)?.map(|ns| ns as f64 / 1000.0));
+            }
+            let to = if k % 2 == 0 {
+                Color::Green
+            } else {
+                Color::Blue
+            };
+            last = Instant::now();
+            let (t, kf) = stage.flip(to)?;
+            flips.push((to, t, kf));
+        }
+        std::thread::sleep(p.interval);
+        if let Some(&(to, _, Some(kf))) = flips.last() {
+            kernel_us.push(stage.first_after_ns(kf, to)?.map(|ns| ns as f64 / 1000.0));
+        }
+        Ok(())
+    })();
+    stop.store(true, Ordering::Relaxed);
+    let conns = match prober.join() {
+        Ok(r) => r,
+        Err(_) => bail!("new-connection client panicked"),
+    };
+    result?;
+    let conns = conns?;
+    let mut summaries = BTreeMap::new();
+    for (name, s) in [("udp", &udp), ("tcp", &tcp)] {
+        let st = s.wait_timeout(total + Duration::from_secs(20))?;
+        if st.is_none() {
+            bail!("log-sender ({name}) did not finish");
+        }
+        summaries.insert(name, rig::sender_summary(s)?);
+    }
+    // The sinks flush every 100 ms; SIGTERM flushes the rest.
+    std::thread::sleep(Duration::from_millis(300));
+    stage.stop_sinks()?;
+    let client_snmp1 = stage.lab.snmp(Host::Client)?;
+    let backend_rsts1 = backend_rsts(stage)?;
+    let t_end = monotonic_ns()?;
+
+    let mut lines = read_lines(&blue_file, Color::Blue)?;
+    lines.extend(read_lines(&green_file, Color::Green)?);
+    if lines.is_empty() {
+        bail!(
+            "{}: no line reached either sink: the measurement is invalid",
+            kind.label()
+        );
+    }
+    let sent = |t: Traffic| -> u64 {
+        match t {
+            Traffic::Udp => summaries["udp"]["sent"].as_u64().unwrap_or(0),
+            Traffic::TcpLong => summaries["tcp"]["sent"].as_u64().unwrap_or(0),
+            Traffic::TcpNew => conns.sent,
+        }
+    };
+    let mut accounting = serde_json::Map::new();
+    for t in Traffic::ALL {
+        let n = sent(t);
+        if n == 0 {
+            bail!("{}: the {} generator sent nothing", kind.label(), t.key());
+        }
+        let mut seen: BTreeMap<u64, u32> = BTreeMap::new();
+        let mut per_color = [0u64; 2];
+        for l in lines.iter().filter(|l| l.traffic == t) {
+            *seen.entry(l.seq).or_default() += 1;
+            per_color[l.color.index() as usize] += 1;
+        }
+        let lost = (0..n).filter(|s| !seen.contains_key(s)).count();
+        let dup: u64 = seen.values().map(|c| u64::from(c.saturating_sub(1))).sum();
+        accounting.insert(
+            t.key().into(),
+            json!({ "sent": n, "lost": lost, "duplicated": dup, "blue": per_color[0], "green": per_color[1] }),
+        );
+    }
+
+    let mut per_traffic = serde_json::Map::new();
+    for t in [Traffic::Udp, Traffic::TcpNew] {
+        per_traffic.insert(t.key().into(), per_flip(&lines, t, &flips, p.interval));
+    }
+
+    // Delivered lines per colour per bucket, for the plot.
+    let bucket = BUCKET.as_nanos() as u64;
+    let n_buckets = ((t_end.saturating_sub(t_start)) / bucket + 1) as usize;
+    let mut series = [vec![0u64; n_buckets], vec![0u64; n_buckets]];
+    for l in &lines {
+        if let Some(b) = l.t.checked_sub(t_start).map(|d| (d / bucket) as usize) {
+            if b < n_buckets {
+                series[l.color.index() as usize][b] += 1;
+            }
+        }
+    }
+    let per_s = 1e9 / bucket as f64;
+    let rate = |v: &Vec<u64>| v.iter().map(|&c| c as f64 * per_s).collect::<Vec<_>>();
+    let flip_s: Vec<f64> = flips.iter().map(|f| (f.1 - t_start) as f64 / 1e9).collect();
+
+    let resets = json!({
+        "client_estab_resets": client_snmp1.tcp_estab_resets.saturating_sub(client_snmp0.tcp_estab_resets),
+        "client_connect_fails": client_snmp1.tcp_attempt_fails.saturating_sub(client_snmp0.tcp_attempt_fails),
+        "backend_rsts_sent": backend_rsts1.saturating_sub(backend_rsts0),
+        "new_connection_client_resets": conns.resets,
+        "new_connection_connect_failures": conns.connect_failures,
+        "log_sender_tcp_errors": summaries["tcp"]["errors"],
+    });
+    let kernel: Vec<Option<f64>> = kernel_us;
+    Ok(json!({
+        "key": kind.key(),
+        "label": kind.label(),
+        "flip_method": kind.flip_method(),
+        "lines": Value::Object(accounting),
+        "tcp_resets": resets,
+        "per_flip": Value::Object(per_traffic),
+        "in_kernel_cutover_us": if kind == Kind::SwitcherRedirect { stats(&kernel) } else { Value::Null },
+        "series": {
+            "bucket_ms": BUCKET.as_millis() as u64,
+            "blue_lines_per_s": rate(&series[0]),
+            "green_lines_per_s": rate(&series[1]),
+            "flips_s": flip_s,
+        },
+    }))
+}
+
+/// The colour most lines of `t` reached in `[from, to)`, if any did.
+fn majority(lines: &[Line], t: Traffic, from: u64, to: u64) -> Option<Color> {
+    let mut n = [0u64; 2];
+    for l in lines
+        .iter()
+        .filter(|l| l.traffic == t && l.t >= from && l.t < to)
+    {
+        n[l.color.index() as usize] += 1;
+    }
+    match n {
+        [0, 0] => None,
+        [b, g] if b >= g => Some(Color::Blue),
+        _ => Some(Color::Green),
+    }
+}
+
+/// Per flip, within [flip, next flip): did the traffic end up at the new colour, the first
+/// line there and the last line at the old one. Only flips that had to move the traffic count
+/// for the times: a flip to blue while the flow never left blue (nftables' conntrack) moves
+/// nothing and would show a misleading 0 ms.
+fn per_flip(
+    lines: &[Line],
+    t: Traffic,
+    flips: &[(Color, u64, Option<u64>)],
+    interval: Duration,
+) -> Value {
+    let iv = interval.as_nanos() as u64;
+    let mut first_new = Vec::new();
+    let mut last_old = Vec::new();
+    let (mut had_to_move, mut moved) = (0u64, 0u64);
+    for (i, &(to, at, _)) in flips.iter().enumerate() {
+        let end = flips.get(i + 1).map_or(at + iv, |f| f.1);
+        let from = if to == Color::Green {
+            Color::Blue
+        } else {
+            Color::Green
+        };
+        // Where the traffic was just before the flip (200 ms, or since the previous flip).
+        let before = majority(lines, t, at.saturating_sub(iv.min(200_000_000)), at);
+        if before != Some(from) {
+            continue;
+        }
+        had_to_move += 1;
+        if majority(lines, t, at + (end - at) / 2, end) == Some(to) {
+            moved += 1;
+        }
+        let window = lines
+            .iter()
+            .filter(|l| l.traffic == t && l.t >= at && l.t < end);
+        first_new.push(
+            window
+                .clone()
+                .filter(|l| l.color == to)
+                .map(|l| l.t)
+                .min()
+                .map(|x| (x - at) as f64 / 1e6),
+        );
+        last_old.push(
+            window
+                .filter(|l| l.color == from)
+                .map(|l| l.t)
+                .max()
+                .map(|x| (x - at) as f64 / 1e6),
+        );
+    }
+    json!({
+        "flips_that_had_to_move_it": had_to_move,
+        "flips_that_moved_it": moved,
+        "first_line_at_new_colour_ms": stats(&first_new),
+        "last_line_at_old_colour_ms": stats(&last_old),
+    })
+}
+
+/// TCP RSTs the two backends sent.
+fn backend_rsts(stage: &Stage) -> Result<u64> {
+    let mut n = 0;
+    for h in [Host::Blue, Host::Green] {
+        let s: Snmp = stage.lab.snmp(h)?;
+        n += s.tcp_out_rsts;
+    }
+    Ok(n)
+}
+
+/// p50 and max over the flips that saw a line, and how many never did.
+fn stats(v: &[Option<f64>]) -> Value {
+    let mut seen: Vec<f64> = v.iter().flatten().copied().collect();
+    seen.sort_by(|a, b| a.total_cmp(b));
+    let p50 = (!seen.is_empty()).then(|| seen[(seen.len() - 1) / 2]);
+    json!({
+        "flips": v.len(),
+        "none": v.len() - seen.len(),
+        "p50": p50,
+        "max": seen.last(),
+    })
+}
+
+fn fmt_ms(s: &Value) -> String {
+    let none = s["none"].as_u64().unwrap_or(0);
+    let flips = s["flips"].as_u64().unwrap_or(0);
+    match (s["p50"].as_f64(), s["max"].as_f64()) {
+        (Some(p), Some(m)) if none == 0 => format!("{p:.1} / {m:.1}"),
+        (Some(p), Some(m)) => format!("{p:.1} / {m:.1} (none in {none}/{flips})"),
+        _ => format!("none in {none}/{flips}"),
+    }
+}
+
+fn moved(pf: &Value) -> String {
+    format!(
+        "{}/{}",
+        pf["flips_that_moved_it"], pf["flips_that_had_to_move_it"]
+    )
+}
+
+fn lost_dup(r: &Value, t: Traffic) -> String {
+    let a = &r["lines"][t.key()];
+    format!("{}/{}", a["lost"], a["duplicated"])
+}
+
+fn resets(r: &Value) -> u64 {
+    let x = &r["tcp_resets"];
+    [
+        "client_estab_resets",
+        "client_connect_fails",
+        "new_connection_client_resets",
+    ]
+    .iter()
+    .map(|k| x[*k].as_u64().unwrap_or(0))
+    .sum()
+}
+
+fn print_table(rows: &[Value]) {
+    println!(
+        "  {:<24} {:>9} {:>9} {:>14} {:>14} {:>14} {:>7} {:>26} {:>26} {:>26} {:>22}",
+        "contender",
+        "UDP moved",
+        "new TCP",
+        "UDP lost/dup",
+        "TCP-long l/d",
+        "TCP-new l/d",
+        "resets",
+        "UDP first new ms p50/max",
+        "UDP last old ms p50/max",
+        "new TCP first new ms",
+        "in-kernel µs p50/max"
+    );
+    for r in rows {
+        let pf = &r["per_flip"];
+        let k = &r["in_kernel_cutover_us"];
+        println!(
+            "  {:<24} {:>9} {:>9} {:>14} {:>14} {:>14} {:>7} {:>26} {:>26} {:>26} {:>22}",
+            r["label"].as_str().unwrap_or("?"),
+            moved(&pf["udp"]),
+            moved(&pf["tcp_new_connections"]),
+            lost_dup(r, Traffic::Udp),
+            lost_dup(r, Traffic::TcpLong),
+            lost_dup(r, Traffic::TcpNew),
+            resets(r),
+            fmt_ms(&pf["udp"]["first_line_at_new_colour_ms"]),
+            fmt_ms(&pf["udp"]["last_line_at_old_colour_ms"]),
+            fmt_ms(&pf["tcp_new_connections"]["first_line_at_new_colour_ms"]),
+            if k.is_null() {
+                "-".to_string()
+            } else {
+                fmt_ms(k)
+            },
+        );
+    }
+}
+
+/// Markdown tables of this section's results for results.md.
+pub fn markdown(v: &Value) -> String {
+    let mut s = format!(
+        "{} flips, {} ms apart, under UDP {} lines/s, {} long-lived TCP connections ({} lines/s), a new TCP connection every {} ms. \
+         Times are from the flip command to the line's arrival at the sink, p50 / max over the flips \
+         that had to move the traffic (a new connection starts every {} ms, which adds up to that much to its times).\n\n\
+         | contender | flip by | flips that moved UDP / new TCP | lines lost / duplicated (UDP, TCP long-lived, TCP new) | TCP resets | UDP: first line at new colour (ms) | UDP: last line at old colour (ms) | new TCP: first at new (ms) | new TCP: last at old (ms) | in-kernel cutover (µs) |\n\
+         |---|---|---|---|---:|---|---|---|---|---|\n",
+        v["flips"], v["interval_ms"], v["udp_lines_per_s"],
+        v["tcp_long_lived"]["connections"], v["tcp_long_lived"]["lines_per_s"],
+        v["tcp_new_connection_every_ms"],
+        v["tcp_new_connection_every_ms"],
+    );
+    for r in v["contenders"].as_array().into_iter().flatten() {
+        let pf = &r["per_flip"];
+        let k = &r["in_kernel_cutover_us"];
+        s += &format!(
+            "| {} | {} | {}, {} | {}, {}, {} | {} | {} | {} | {} | {} | {} |\n",
+            r["label"].as_str().unwrap_or("?"),
+            r["flip_method"].as_str().unwrap_or("?"),
+            moved(&pf["udp"]),
+            moved(&pf["tcp_new_connections"]),
+            lost_dup(r, Traffic::Udp),
+            lost_dup(r, Traffic::TcpLong),
+            lost_dup(r, Traffic::TcpNew),
+            resets(r),
+            fmt_ms(&pf["udp"]["first_line_at_new_colour_ms"]),
+            fmt_ms(&pf["udp"]["last_line_at_old_colour_ms"]),
+            fmt_ms(&pf["tcp_new_connections"]["first_line_at_new_colour_ms"]),
+            fmt_ms(&pf["tcp_new_connections"]["last_line_at_old_colour_ms"]),
+            if k.is_null() {
+                "-".to_string()
+            } else {
+                fmt_ms(k)
+            },
+        );
+    }
+    s += "\n![cutover](cutover.png)\n";
+    s
+}
+
+/// Headlines for the final summary.
+pub fn summary(v: &Value) -> Vec<[String; 2]> {
+    v["contenders"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| {
+            let pf = &r["per_flip"];
+            let k = &r["in_kernel_cutover_us"];
+            [
+                r["label"].as_str().unwrap_or("?").to_string(),
+                format!(
+                    "UDP moved {} flips, first line at new colour {} ms; lost/dup UDP {} TCP {} new TCP {}; resets {}{}",
+                    moved(&pf["udp"]),
+                    fmt_ms(&pf["udp"]["first_line_at_new_colour_ms"]),
+                    lost_dup(r, Traffic::Udp),
+                    lost_dup(r, Traffic::TcpLong),
+                    lost_dup(r, Traffic::TcpNew),
+                    resets(r),
+                    if k.is_null() {
+                        String::new()
+                    } else {
+                        format!("; in-kernel {} µs", fmt_ms(k))
+                    }
+                ),
+            ]
+        })
+        .collect()
+}

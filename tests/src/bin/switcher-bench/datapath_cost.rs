@@ -1,0 +1,425 @@
+//! Per-packet cost of the XDP datapath, measured with BPF_PROG_TEST_RUN loops in one process:
+//! every case and the floor (`bench_floor`: count and pass) alternate within each round, and
+//! the median round is reported (the machines are shared and noisy, so ratios to the floor from
+//! one run mean more than absolute numbers).
+//!
+//! BPF_PROG_TEST_RUN repeats on the same buffer, so a rewritten packet would stop hitting the
+//! service after the first iteration. The benchmark services therefore use the VIP:port itself
+//! as backend: every iteration does the full lookup, decision, rewrite and checksum work and
+//! hits again. Counters prove it after every call: a service case must add exactly `repeat`
+//! packets to its colour, a non-service case `repeat` not_service reasons, the floor `repeat`
+//! packets; anything else fails the run.
+//!
+//! A SYN that pins a new flow cannot be repeated on one buffer (the second iteration finds the
+//! pin). It is measured as single-iteration calls, each with a new source tuple, next to the
+//! floor measured the same way: the difference is the new-pin cost, the timer and call
+//! overhead of a single iteration cancel.
+
+use std::{collections::BTreeMap, path::PathBuf};
+
+use anyhow::{bail, Context as _, Result};
+use aya::programs::{TestRun, TestRunOptions};
+use etherparse::{PacketBuilder, VlanId};
+use serde_json::{json, Value};
+use switcher::{
+    config::{Color, Config},
+    datapath::{self, Datapath},
+};
+use switcher_common::Reason;
+
+use crate::{
+    report::{num, Table},
+    Opts,
+};
+
+/// The three services every case needs; scale.rs adds fillers after them.
+pub const SERVICES: &str = r#"
+[[service]]
+name = "bench-udp4"
+vip = "198.18.10.10"
+port = 514
+protocol = "udp"
+forward = "pass"
+blue = { backend = "198.18.10.10:514" }
+# Only for the flips of scale.rs; the cases measure blue.
+green = { backend = "198.18.10.11:514" }
+
+[[service]]
+name = "bench-tcp4"
+vip = "198.18.10.10"
+port = 601
+protocol = "tcp"
+forward = "pass"
+blue = { backend = "198.18.10.10:601" }
+
+[[service]]
+name = "bench-udp6"
+vip = "2001:2:0:10::10"
+port = 514
+protocol = "udp"
+forward = "pass"
+blue = { backend = "[2001:2:0:10::10]:514" }
+"#;
+
+const MAC_A: [u8; 6] = [2, 0, 0, 0, 0, 1];
+const MAC_B: [u8; 6] = [2, 0, 0, 0, 0, 2];
+const VIP4: [u8; 4] = [198, 18, 10, 10];
+const CLIENT4: [u8; 4] = [198, 18, 0, 1];
+const PAYLOAD: &[u8] = b"<14>1 2026-11-24T00:00:00Z host app - - - a typical short syslog line";
+const XDP_PASS: u32 = 2;
+
+/// A private datapath pinned under its own bpffs folder; the pins go when this is dropped,
+/// also when a measurement fails half-way.
+pub struct BenchDatapath {
+    dp: Option<Datapath>,
+    pub ids: BTreeMap<String, u32>,
+}
+
+impl BenchDatapath {
+    pub fn load(tag: &str) -> Result<Self> {
+        let dir = PathBuf::from(format!(
+            "/sys/fs/bpf/switcher-bench-{tag}-{}",
+            std::process::id()
+        ));
+        Ok(Self {
+            dp: Some(Datapath::load(&dir)?),
+            ids: BTreeMap::new(),
+        })
+    }
+
+    pub fn dp(&mut self) -> Result<&mut Datapath> {
+        self.dp.as_mut().context("datapath already released")
+    }
+
+    /// Programs `services` (`[[service]]` TOML) into the maps.
+    pub fn apply(&mut self, services: &str) -> Result<()> {
+        let text = format!("[daemon]\ninterfaces = [\"lo\"]\n{services}");
+        let cfg = Config::parse(&text).map_err(|e| anyhow::anyhow!("bench config: {e:?}"))?;
+        self.ids = self.dp()?.apply(&cfg.services)?;
+        Ok(())
+    }
+
+    pub fn id(&self, service: &str) -> Result<u32> {
+        self.ids
+            .get(service)
+            .copied()
+            .with_context(|| format!("service {service} is not configured"))
+    }
+
+    /// Folder holding the pinned maps (scale.rs fills the flow table through it).
+    pub fn maps_dir(&mut self) -> Result<PathBuf> {
+        Ok(self.dp()?.dir().join("maps"))
+    }
+}
+
+impl Drop for BenchDatapath {
+    fn drop(&mut self) {
+        if let Some(dp) = self.dp.take() {
+            let pins = dp.dir().to_path_buf();
+            drop(dp);
+            if let Err(e) = datapath::remove_pins(&pins) {
+                eprintln!("warning: could not remove {}: {e:#}", pins.display());
+            }
+        }
+    }
+}
+
+/// Which program a case runs and what its counters must show afterwards.
+#[derive(Clone, Copy)]
+pub enum Check {
+    /// `bench_floor`: BENCH_PACKETS grows by the repeat count.
+    Floor,
+    /// switcher_ingress hits this service's blue colour every iteration; `established`
+    /// also requires no new flow and no pin miss (the flow entry was found each time).
+    Hit {
+        service: &'static str,
+        established: bool,
+    },
+    /// switcher_ingress passes it as not_service every iteration.
+    NotService,
+}
+
+pub struct Case {
+    pub name: &'static str,
+    pub packet: Vec<u8>,
+    pub check: Check,
+}
+
+pub fn udp4(sport: u16, dport: u16, vlan: Option<u16>) -> Result<Vec<u8>> {
+    let mut v = Vec::new();
+    let eth = PacketBuilder::ethernet2(MAC_A, MAC_B);
+    match vlan {
+        Some(id) => eth
+            .single_vlan(VlanId::try_new(id).context("VLAN id")?)
+            .ipv4(CLIENT4, VIP4, 64)
+            .udp(sport, dport)
+            .write(&mut v, PAYLOAD)?,
+        None => eth
+            .ipv4(CLIENT4, VIP4, 64)
+            .udp(sport, dport)
+            .write(&mut v, PAYLOAD)?,
+    }
+    Ok(v)
+}
+
+pub fn udp6() -> Result<Vec<u8>> {
+    let mut v = Vec::new();
+    PacketBuilder::ethernet2(MAC_A, MAC_B)
+        .ipv6(
+            "2001:2::1".parse::<std::net::Ipv6Addr>()?.octets(),
+            "2001:2:0:10::10".parse::<std::net::Ipv6Addr>()?.octets(),
+            64,
+        )
+        .udp(40000, 514)
+        .write(&mut v, PAYLOAD)?;
+    Ok(v)
+}
+
+pub const TCP_CLIENT_PORT: u16 = 40001;
+
+pub fn tcp_ack() -> Result<Vec<u8>> {
+    let mut v = Vec::new();
+    PacketBuilder::ethernet2(MAC_A, MAC_B)
+        .ipv4(CLIENT4, VIP4, 64)
+        .tcp(TCP_CLIENT_PORT, 601, 1, 64240)
+        .ack(1)
+        .write(&mut v, PAYLOAD)?;
+    Ok(v)
+}
+
+/// A SYN from client number `k`: a distinct (address, port) per `k` inside 198.19.0.0/16.
+pub fn tcp_syn(k: u32) -> Result<Vec<u8>> {
+    let src = [198, 19, (k >> 16) as u8, (k >> 8) as u8];
+    let sport = 1024 + (k & 0xff) as u16;
+    let mut v = Vec::new();
+    PacketBuilder::ethernet2(MAC_A, MAC_B)
+        .ipv4(src, VIP4, 64)
+        .tcp(sport, 601, 0, 64240)
+        .syn()
+        .write(&mut v, b"")?;
+    Ok(v)
+}
+
+/// Pins the TCP flow the established case uses (one SYN from its tuple).
+pub fn pin_established(b: &mut BenchDatapath) -> Result<()> {
+    let mut syn = Vec::new();
+    PacketBuilder::ethernet2(MAC_A, MAC_B)
+        .ipv4(CLIENT4, VIP4, 64)
+        .tcp(TCP_CLIENT_PORT, 601, 0, 64240)
+        .syn()
+        .write(&mut syn, b"")?;
+    test_run(b.dp()?, None, &syn, 1)?;
+    Ok(())
+}
+
+/// The standard cases, floor first.
+pub fn cases() -> Result<Vec<Case>> {
+    let hit = |service, established| Check::Hit {
+        service,
+        established,
+    };
+    Ok(vec![
+        Case {
+            name: "floor (count + XDP_PASS)",
+            packet: udp4(40000, 514, None)?,
+            check: Check::Floor,
+        },
+        Case {
+            name: "udp4 service hit (rewrite)",
+            packet: udp4(40000, 514, None)?,
+            check: hit("bench-udp4", false),
+        },
+        Case {
+            name: "tcp4 established (pinned flow)",
+            packet: tcp_ack()?,
+            check: hit("bench-tcp4", true),
+        },
+        Case {
+            name: "udp6 service hit",
+            packet: udp6()?,
+            check: hit("bench-udp6", false),
+        },
+        Case {
+            name: "udp4 VLAN-tagged service hit",
+            packet: udp4(40000, 514, Some(10))?,
+            check: hit("bench-udp4", false),
+        },
+        Case {
+            name: "udp4 non-service (other port)",
+            packet: udp4(40000, 9999, None)?,
+            check: Check::NotService,
+        },
+    ])
+}
+
+/// One BPF_PROG_TEST_RUN call of switcher_ingress (`program` None) or a reference program;
+/// returns the kernel's mean time per iteration in ns.
+fn test_run(dp: &mut Datapath, program: Option<&str>, pkt: &[u8], repeat: u32) -> Result<f64> {
+    let mut out = vec![0u8; pkt.len() + 64];
+    let opts = TestRunOptions {
+        data_in: Some(pkt),
+        data_out: Some(&mut out),
+        repeat,
+        ..TestRunOptions::default()
+    };
+    let r = match program {
+        None => dp.xdp_program()?.test_run(opts),
+        Some(name) => dp.bench_program(name)?.test_run(opts),
+    }
+    .context("BPF_PROG_TEST_RUN")?;
+    if r.return_value != XDP_PASS {
+        bail!("unexpected XDP action {}", r.return_value);
+    }
+    Ok(r.duration.as_nanos() as f64)
+}
+
+/// The counter a case's check reads.
+fn counter(b: &mut BenchDatapath, check: Check) -> Result<(u64, u64)> {
+    let dp = b.dp()?;
+    Ok(match check {
+        Check::Floor => (dp.bench_packets()?, 0),
+        Check::NotService => {
+            let n = dp
+                .reason_counters()?
+                .into_iter()
+                .find(|(r, _)| *r == Reason::NotService)
+                .map_or(0, |(_, n)| n);
+            (n, 0)
+        }
+        Check::Hit { service, .. } => {
+            let id = b.id(service)?;
+            let c = b.dp()?.color_counters(id, Color::Blue)?;
+            (c.packets, c.new_flows + c.pin_misses)
+        }
+    })
+}
+
+/// Runs `case` once with `repeat` iterations and proves every iteration did what it should.
+pub fn measure(b: &mut BenchDatapath, case: &Case, repeat: u32) -> Result<f64> {
+    let before = counter(b, case.check)?;
+    let program = matches!(case.check, Check::Floor).then_some("bench_floor");
+    let ns = test_run(b.dp()?, program, &case.packet, repeat)?;
+    let after = counter(b, case.check)?;
+    let hits = after.0 - before.0;
+    if hits != u64::from(repeat) {
+        bail!(
+            "{}: {hits} of {repeat} iterations took the measured path: the measurement is invalid",
+            case.name
+        );
+    }
+    if let Check::Hit {
+        established: true, ..
+    } = case.check
+    {
+        if after.1 != before.1 {
+            bail!("{}: the pinned flow was not found every time", case.name);
+        }
+    }
+    Ok(ns)
+}
+
+/// Medians over `rounds` rounds in which every case runs once, in order.
+pub fn alternate(
+    b: &mut BenchDatapath,
+    cases: &[Case],
+    repeat: u32,
+    rounds: usize,
+) -> Result<Vec<f64>> {
+    let mut samples = vec![Vec::with_capacity(rounds); cases.len()];
+    for _ in 0..rounds {
+        for (i, c) in cases.iter().enumerate() {
+            samples[i].push(measure(b, c, repeat)?);
+        }
+    }
+    Ok(samples
+        .iter_mut()
+        .map(|s| crate::report::percentile(s, 50.0))
+        .collect())
+}
+
+/// Median ns of single-iteration SYN calls that each pin a new flow, and of the floor measured
+/// the same way in between. `next` numbers the clients, so later calls never reuse a tuple.
+pub fn syn_new_pin(b: &mut BenchDatapath, calls: u32, next: &mut u32) -> Result<(f64, f64)> {
+    let id = b.id("bench-tcp4")?;
+    let before = b.dp()?.color_counters(id, Color::Blue)?.new_flows;
+    let floor_pkt = udp4(40000, 514, None)?;
+    let (mut syn, mut floor) = (Vec::new(), Vec::new());
+    for _ in 0..calls {
+        let pkt = tcp_syn(*next)?;
+        *next += 1;
+        syn.push(test_run(b.dp()?, None, &pkt, 1)?);
+        floor.push(test_run(b.dp()?, Some("bench_floor"), &floor_pkt, 1)?);
+    }
+    let pinned = b.dp()?.color_counters(id, Color::Blue)?.new_flows - before;
+    if pinned != u64::from(calls) {
+        bail!("tcp4 SYN: {pinned} of {calls} calls pinned a new flow: the measurement is invalid");
+    }
+    Ok((
+        crate::report::percentile(&mut syn, 50.0),
+        crate::report::percentile(&mut floor, 50.0),
+    ))
+}
+
+pub fn run(opts: &Opts) -> Result<Value> {
+    let mut b = BenchDatapath::load("cost")?;
+    b.apply(SERVICES)?;
+    pin_established(&mut b)?;
+    let cases = cases()?;
+    let medians = alternate(&mut b, &cases, opts.repeat, opts.rounds)?;
+    let mut next = 0;
+    let (syn, syn_floor) = syn_new_pin(&mut b, opts.syn_calls, &mut next)?;
+    let floor = medians[0];
+    let mut rows: Vec<Value> = cases
+        .iter()
+        .zip(&medians)
+        .map(|(c, m)| json!({ "case": c.name, "ns": m, "x_floor": m / floor }))
+        .collect();
+    rows.push(json!({
+        "case": "tcp4 SYN, new pin (single-iteration calls)",
+        "ns": syn,
+        "x_floor": syn / syn_floor,
+        "floor_single_ns": syn_floor,
+        "new_pin_minus_floor_ns": syn - syn_floor,
+    }));
+    let v = json!({
+        "repeat": opts.repeat,
+        "rounds": opts.rounds,
+        "syn_calls": opts.syn_calls,
+        "cases": rows,
+    });
+    println!(
+        "\n== Datapath cost: BPF_PROG_TEST_RUN, {} iterations x {} alternating rounds (median) ==",
+        opts.repeat, opts.rounds
+    );
+    print!("{}", table(&v).text("  "));
+    println!(
+        "  (SYN: {} single-iteration calls, each a new tuple; its ratio is to the floor measured \
+         the same way, {syn_floor:.0} ns: the timer overhead of one iteration is in both)",
+        opts.syn_calls
+    );
+    Ok(v)
+}
+
+fn table(v: &Value) -> Table {
+    let mut t = Table::new(&["case", "ns/packet", "x floor"]);
+    for c in v["cases"].as_array().into_iter().flatten() {
+        t.row(vec![
+            c["case"].as_str().unwrap_or("?").to_string(),
+            num(&c["ns"], 1),
+            num(&c["x_floor"], 2),
+        ]);
+    }
+    t
+}
+
+pub fn markdown(v: &Value) -> String {
+    format!(
+        "BPF_PROG_TEST_RUN, {} iterations per call, {} alternating rounds, median. The SYN \
+         case is {} single-iteration calls (each pins a new tuple), its ratio is to the floor \
+         measured the same way.\n\n{}",
+        v["repeat"],
+        v["rounds"],
+        v["syn_calls"],
+        table(v).markdown()
+    )
+}

@@ -1,0 +1,140 @@
+//! Flip latency of switcher through its API, under traffic, in the lab.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context as _, Result};
+use serde_json::{json, Value};
+use switcher::config::Color;
+
+use crate::{
+    report::{latency_us, num, Table},
+    Opts,
+};
+
+/// Flip latency as the controller sees it (API request accepted → map written) and as a
+/// client sees it (round trip), over `n` flips in the lab while a UDP stream runs through
+/// the switch; then every line of the stream must have arrived exactly once.
+pub fn run(opts: &Opts) -> Result<Value> {
+    let n = opts.flips;
+    use switcher_tests::{
+        lab::VIP_V4,
+        rig::{self, Rig, UDP_PORT},
+    };
+    let rig = Rig::up("fb", &rig::standard_services("redirect", ""))?;
+    let rate = 2000u64;
+    // Enough traffic to cover the flips (20 ms apart) with margin; bounded by count and time.
+    let count = rate * (u64::from(n) / 50 + 5);
+    let sender = rig.send(
+        &format!("{VIP_V4}:{UDP_PORT}"),
+        &[
+            "--proto",
+            "udp",
+            "--count",
+            &count.to_string(),
+            "--rate",
+            &rate.to_string(),
+            "--stream",
+            "f",
+            "--max-seconds",
+            "60",
+        ],
+    )?;
+    std::thread::sleep(Duration::from_millis(500));
+    let mut api_to_map = Vec::with_capacity(n as usize);
+    let mut round_trip = Vec::with_capacity(n as usize);
+    let started = std::time::Instant::now();
+    // Spread the flips over the stream: a flip every 20 ms.
+    let pace = Duration::from_millis(20);
+    for i in 0..n {
+        let next = started + pace * i;
+        if let Some(d) = next.checked_duration_since(std::time::Instant::now()) {
+            std::thread::sleep(d);
+        }
+        let to = if i % 2 == 0 {
+            Color::Green
+        } else {
+            Color::Blue
+        };
+        let t0 = std::time::Instant::now();
+        let v = rig.call(&switcher::api::Request::Flip {
+            service: "udp4".into(),
+            to,
+            force: false,
+            reason: None,
+        })?;
+        round_trip.push(t0.elapsed().as_nanos() as f64);
+        let ns = v["api_to_map_ns"]
+            .as_f64()
+            .context("flip reply has no api_to_map_ns")?;
+        if v["changed"] != true {
+            bail!("flip {i} did not change the colour: {v}");
+        }
+        api_to_map.push(ns);
+    }
+    let flip_secs = started.elapsed().as_secs_f64();
+    let st = sender.wait_timeout(Duration::from_secs(70))?;
+    if !st.is_some_and(|s| s.success()) {
+        bail!("sender failed: {}", sender.stderr_tail(10));
+    }
+    let sent = rig::sender_summary(&sender)?["sent"].as_u64().unwrap_or(0);
+    let got = rig.wait_stream("f", sent as usize, Duration::from_secs(10))?;
+    let (lost, dup) = got.loss_and_duplicates(sent);
+    let api = latency_us(&mut api_to_map);
+    let rt = latency_us(&mut round_trip);
+    println!(
+        "\n== Flip latency: {n} flips through the API in {flip_secs:.1} s under {rate} lines/s of UDP through the switch =="
+    );
+    let v = json!({
+        "flips": n,
+        "udp_lines_per_s": rate,
+        "api_to_map_us": api,
+        "round_trip_us": rt,
+        "lines_sent": sent,
+        "lines_blue": got.blue.len(),
+        "lines_green": got.green.len(),
+        "lines_lost": lost.len(),
+        "lines_duplicated": dup.len(),
+    });
+    print!("{}", table(&v).text("  "));
+    println!(
+        "  lines sent {sent}, blue {} green {}, lost {}, duplicated {}",
+        got.blue.len(),
+        got.green.len(),
+        lost.len(),
+        dup.len()
+    );
+    if !lost.is_empty() || !dup.is_empty() {
+        bail!("lines were lost or duplicated across the flips");
+    }
+    Ok(v)
+}
+
+fn table(v: &Value) -> Table {
+    let mut t = Table::new(&["measured", "p50 µs", "p99 µs", "max µs"]);
+    for (label, key) in [
+        ("API request accepted -> map written", "api_to_map_us"),
+        ("client round trip (incl. state fsync)", "round_trip_us"),
+    ] {
+        let l = &v[key];
+        t.row(vec![
+            label.to_string(),
+            num(&l["p50"], 1),
+            num(&l["p99"], 1),
+            num(&l["max"], 1),
+        ]);
+    }
+    t
+}
+
+pub fn markdown(v: &Value) -> String {
+    format!(
+        "{} flips through the daemon's API, 20 ms apart, while {} UDP lines/s run through the \
+         switch: {} lines sent, {} lost, {} duplicated.\n\n{}",
+        v["flips"],
+        v["udp_lines_per_s"],
+        v["lines_sent"],
+        v["lines_lost"],
+        v["lines_duplicated"],
+        table(v).markdown()
+    )
+}

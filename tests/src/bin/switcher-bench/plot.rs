@@ -1,0 +1,134 @@
+//! The cutover plot: delivered lines per second per colour over time, one panel per
+//! contender, flips marked. A small PNG; text is drawn with DejaVu Sans read at run time
+//! (Debian's fonts-dejavu-core), so no fontconfig and no font in the repository.
+
+use std::path::Path;
+
+use anyhow::{anyhow, Context as _, Result};
+use plotters::prelude::*;
+use plotters::style::{register_font, FontStyle};
+use serde_json::Value;
+
+const FONT_FILE: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
+const FONT: &str = "sans-serif";
+const GREEN_LINE: RGBColor = RGBColor(0, 150, 60);
+const BLUE_LINE: RGBColor = RGBColor(30, 90, 220);
+
+pub struct Panel {
+    pub title: String,
+    pub bucket_s: f64,
+    pub blue: Vec<f64>,
+    pub green: Vec<f64>,
+    pub flips_s: Vec<f64>,
+}
+
+impl Panel {
+    /// From one contender's row of the cutover results.
+    pub fn from_cutover(row: &Value) -> Result<Panel> {
+        let s = &row["series"];
+        let nums = |k: &str| -> Result<Vec<f64>> {
+            s[k].as_array()
+                .with_context(|| format!("cutover series has no {k}"))?
+                .iter()
+                .map(|x| x.as_f64().with_context(|| format!("bad number in {k}")))
+                .collect()
+        };
+        Ok(Panel {
+            title: format!(
+                "{}: {}",
+                row["label"].as_str().unwrap_or("?"),
+                row["flip_method"].as_str().unwrap_or("?")
+            ),
+            bucket_s: s["bucket_ms"].as_f64().context("no bucket_ms")? / 1000.0,
+            blue: nums("blue_lines_per_s")?,
+            green: nums("green_lines_per_s")?,
+            flips_s: nums("flips_s")?,
+        })
+    }
+}
+
+fn load_font() -> Result<()> {
+    let bytes = std::fs::read(FONT_FILE).with_context(|| {
+        format!("reading {FONT_FILE} for the plot's text (Debian package fonts-dejavu-core)")
+    })?;
+    // plotters keeps registered fonts for the life of the process.
+    let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+    register_font(FONT, FontStyle::Normal, bytes)
+        .map_err(|_| anyhow!("{FONT_FILE} is no usable font"))
+}
+
+/// Draws `panels` stacked into `path`.
+pub fn cutover(path: &Path, panels: &[Panel]) -> Result<()> {
+    load_font()?;
+    let e = |e| anyhow!("drawing {}: {e:?}", path.display());
+    let height = 230 * panels.len().max(1) as u32;
+    let root = BitMapBackend::new(path, (900, height)).into_drawing_area();
+    root.fill(&WHITE).map_err(e)?;
+    for (area, p) in root
+        .split_evenly((panels.len().max(1), 1))
+        .iter()
+        .zip(panels)
+    {
+        let n = p.blue.len().max(p.green.len());
+        let x_max = (n as f64 * p.bucket_s).max(1.0);
+        let y_max = p
+            .blue
+            .iter()
+            .chain(&p.green)
+            .fold(0.0f64, |m, &v| m.max(v))
+            .max(1.0)
+            * 1.15;
+        let mut chart = ChartBuilder::on(area)
+            .caption(&p.title, (FONT, 15))
+            .margin(8)
+            .x_label_area_size(28)
+            .y_label_area_size(55)
+            .build_cartesian_2d(0.0..x_max, 0.0..y_max)
+            .map_err(e)?;
+        chart
+            .configure_mesh()
+            .disable_mesh()
+            .x_desc("seconds")
+            .y_desc("lines/s delivered")
+            .label_style((FONT, 12))
+            .x_label_formatter(&|v| format!("{v:.1}"))
+            .y_label_formatter(&|v| format!("{v:.0}"))
+            .draw()
+            .map_err(e)?;
+        for &f in &p.flips_s {
+            chart
+                .draw_series(LineSeries::new(
+                    [(f, 0.0), (f, y_max)],
+                    RGBColor(190, 190, 190),
+                ))
+                .map_err(e)?;
+        }
+        for (data, color, name) in [
+            (&p.blue, BLUE_LINE, "blue"),
+            (&p.green, GREEN_LINE, "green"),
+        ] {
+            // Each point at the middle of its bucket.
+            let pts = data
+                .iter()
+                .enumerate()
+                .map(|(i, &v)| ((i as f64 + 0.5) * p.bucket_s, v));
+            chart
+                .draw_series(LineSeries::new(pts, color.stroke_width(2)))
+                .map_err(e)?
+                .label(name)
+                .legend(move |(x, y)| {
+                    PathElement::new([(x, y), (x + 16, y)], color.stroke_width(2))
+                });
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .label_font((FONT, 12))
+            .draw()
+            .map_err(e)?;
+    }
+    root.present().map_err(e)?;
+    Ok(())
+}

@@ -1,0 +1,269 @@
+//! Datapath cost and flip latency as the maps grow: 1, 64 and 256 services, then (with 256
+//! services) the flow table filled from userspace to 10% and 100% of its capacity with
+//! synthetic TCP flows. One private datapath grows step by step, so each row adds to the last.
+//!
+//! Flip latency here is the map write alone, `Datapath::flip` timed in this process (read the
+//! active word, write the flip mark, write the active word), not through the daemon: the
+//! daemon's API path is the flip latency section's.
+
+use std::time::Instant;
+
+use anyhow::{bail, Context as _, Result};
+use aya::maps::{HashMap, Map, MapData};
+use serde_json::{json, Value};
+use switcher::config::Color;
+use switcher_common::{names, FlowKey, FlowValue, FAMILY_V4, FLOW_OPEN, PROTO_TCP};
+
+use crate::{
+    datapath_cost::{self as cost, BenchDatapath, Case, Check},
+    report::{latency_us, num, Table},
+    Opts,
+};
+
+/// The datapath's flow table size (switcher-ebpf maps.rs FLOW_TABLE_SIZE); checked against
+/// the loaded map's max_entries before filling.
+const FLOW_TABLE_SIZE: u32 = 262_144;
+
+/// `count` services: the three the cases use, then UDP fillers on other ports of the VIP.
+fn services(count: usize) -> String {
+    let mut s = String::new();
+    // With one service only the UDP case can hit; the TCP rows report "–".
+    let base: Vec<&str> = cost::SERVICES.split("[[service]]").skip(1).collect();
+    for b in base.iter().take(count) {
+        s += "[[service]]";
+        s += b;
+    }
+    for i in base.len()..count {
+        s += &format!(
+            "[[service]]\nname = \"fill-{i}\"\nvip = \"198.18.10.10\"\nport = {}\nprotocol = \"udp\"\n\
+             forward = \"pass\"\nblue = {{ backend = \"198.18.10.10:{}\" }}\n",
+            20_000 + i,
+            20_000 + i
+        );
+    }
+    s
+}
+
+struct Step {
+    label: String,
+    services: usize,
+    /// Target share of the flow table filled with synthetic flows, in %.
+    flow_fill_pct: u32,
+}
+
+pub fn run(opts: &Opts) -> Result<Value> {
+    let steps =
+        [(1, 0), (64, 0), (256, 0), (256, 10), (256, 100)].map(|(services, flow_fill_pct)| Step {
+            label: if services == 1 {
+                "1 service".to_string()
+            } else if flow_fill_pct == 0 {
+                format!("{services} services")
+            } else {
+                format!("{services} services, flows {flow_fill_pct}%")
+            },
+            services,
+            flow_fill_pct,
+        });
+    let mut b = BenchDatapath::load("scale")?;
+    let mut next_client = 0;
+    // Index of the next synthetic flow, so no key is written twice.
+    let mut next_synthetic = 0u32;
+    let mut rows = Vec::new();
+    for step in &steps {
+        b.apply(&services(step.services))?;
+        // Top up to the target: earlier steps' SYN cases left their pins in the table too.
+        let target = (FLOW_TABLE_SIZE / 100 * step.flow_fill_pct) as usize;
+        let have = flow_entries(&mut b)?;
+        if target > have {
+            let add = (target - have) as u32;
+            fill_flows(&mut b, next_synthetic, next_synthetic + add)?;
+            next_synthetic += add;
+        }
+        let tcp = step.services >= 2;
+        if tcp {
+            // Re-pin after filling: the LRU table may have evicted the established flow.
+            cost::pin_established(&mut b)?;
+        }
+        let mut cases: Vec<Case> = cost::cases()?
+            .into_iter()
+            .filter(|c| match c.check {
+                Check::Floor | Check::NotService => true,
+                Check::Hit { service, .. } => {
+                    service == "bench-udp4" || (tcp && service == "bench-tcp4")
+                }
+            })
+            .filter(|c| !c.name.contains("VLAN"))
+            .collect();
+        cases.sort_by_key(|c| matches!(c.check, Check::NotService));
+        let medians = cost::alternate(&mut b, &cases, opts.repeat, opts.rounds)?;
+        let floor = medians[0];
+        let mut row = json!({
+            "step": step.label,
+            "services": step.services,
+            "flow_fill_pct": step.flow_fill_pct,
+            "flow_entries": flow_entries(&mut b)?,
+            "floor_ns": floor,
+        });
+        for (c, m) in cases.iter().zip(&medians).skip(1) {
+            row[key(c)] = json!({ "ns": m, "x_floor": m / floor });
+        }
+        if tcp {
+            let (syn, syn_floor) = cost::syn_new_pin(&mut b, opts.syn_calls, &mut next_client)?;
+            row["tcp4_syn_new_pin"] = json!({
+                "ns": syn,
+                "x_floor": syn / syn_floor,
+                "floor_single_ns": syn_floor,
+            });
+        }
+        row["flip_us"] = flip_latency(&mut b, opts.scale_flips)?;
+        rows.push(row);
+    }
+    let v = json!({
+        "repeat": opts.repeat,
+        "rounds": opts.rounds,
+        "flow_table_size": FLOW_TABLE_SIZE,
+        "flips_per_step": opts.scale_flips,
+        "steps": rows,
+    });
+    println!(
+        "\n== Scale: ns/packet (x floor), {} iterations x {} rounds; flip = Datapath::flip map writes, {} flips ==",
+        opts.repeat, opts.rounds, opts.scale_flips
+    );
+    print!("{}", table(&v).text("  "));
+    Ok(v)
+}
+
+fn key(c: &Case) -> &'static str {
+    match c.check {
+        Check::Hit {
+            service: "bench-tcp4",
+            ..
+        } => "tcp4_established",
+        Check::Hit { .. } => "udp4_hit",
+        Check::NotService => "non_service",
+        Check::Floor => "floor",
+    }
+}
+
+/// Synthetic open TCP flows `from..to` towards the benchmark VIP (198.19.0.0/16 clients,
+/// one map update each), as a busy edge would hold them.
+fn fill_flows(b: &mut BenchDatapath, from: u32, to: u32) -> Result<()> {
+    let path = b.maps_dir()?.join(names::FLOWS);
+    let data = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
+    let max = data.info().context("FLOWS info")?.max_entries();
+    if max != FLOW_TABLE_SIZE {
+        bail!("the flow table holds {max} entries, the benchmark assumes {FLOW_TABLE_SIZE}");
+    }
+    let mut flows: HashMap<MapData, FlowKey, FlowValue> =
+        HashMap::try_from(Map::LruHashMap(data)).context("FLOWS as a hash map")?;
+    let service_id = b.id("bench-tcp4").unwrap_or(0);
+    let now = switcher::datapath::monotonic_ns()?;
+    let started = Instant::now();
+    for k in from..to {
+        let mut key = FlowKey {
+            sport_be: (10_000 + (k & 0x3fff) as u16).to_be(),
+            dport_be: 601u16.to_be(),
+            proto: PROTO_TCP,
+            family: FAMILY_V4,
+            ..FlowKey::default()
+        };
+        // 198.18.128.0/17 for the synthetic clients: never the SYN case's 198.19.0.0/16.
+        key.src[..4].copy_from_slice(&[198, 18, 128 | (k >> 22) as u8 & 0x7f, (k >> 14) as u8]);
+        key.dst[..4].copy_from_slice(&[198, 18, 10, 10]);
+        let value = FlowValue {
+            service_id,
+            color: 0,
+            state: FLOW_OPEN,
+            _pad: [0; 2],
+            last_seen_ns: now,
+        };
+        flows
+            .insert(key, value, 0)
+            .with_context(|| format!("inserting synthetic flow {k}"))?;
+    }
+    println!(
+        "  (filled the flow table with {} synthetic flows in {:.1} s)",
+        to - from,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn flow_entries(b: &mut BenchDatapath) -> Result<usize> {
+    b.dp()?.flow_count()
+}
+
+/// `n` flips of bench-udp4 back and forth, each timed around `Datapath::flip`.
+fn flip_latency(b: &mut BenchDatapath, n: u32) -> Result<Value> {
+    let id = b.id("bench-udp4")?;
+    let mut samples = Vec::with_capacity(n as usize);
+    for i in 0..n {
+        let to = if i % 2 == 0 {
+            Color::Green
+        } else {
+            Color::Blue
+        };
+        let t0 = Instant::now();
+        let out = b.dp()?.flip(id, to)?;
+        samples.push(t0.elapsed().as_nanos() as f64);
+        if !out.changed {
+            bail!("flip {i} did not change the colour");
+        }
+    }
+    // Back to blue, so the cases keep hitting the colour they check.
+    b.dp()?.flip(id, Color::Blue)?;
+    Ok(latency_us(&mut samples))
+}
+
+fn table(v: &Value) -> Table {
+    let mut t = Table::new(&[
+        "step",
+        "flows",
+        "floor",
+        "udp4 hit",
+        "tcp4 established",
+        "tcp4 SYN new pin",
+        "non-service",
+        "flip p50/p99/max µs",
+    ]);
+    let cell = |c: &Value| {
+        if c.is_null() {
+            "–".to_string()
+        } else {
+            format!("{} ({}x)", num(&c["ns"], 0), num(&c["x_floor"], 1))
+        }
+    };
+    for s in v["steps"].as_array().into_iter().flatten() {
+        let f = &s["flip_us"];
+        t.row(vec![
+            s["step"].as_str().unwrap_or("?").to_string(),
+            s["flow_entries"].to_string(),
+            num(&s["floor_ns"], 0),
+            cell(&s["udp4_hit"]),
+            cell(&s["tcp4_established"]),
+            cell(&s["tcp4_syn_new_pin"]),
+            cell(&s["non_service"]),
+            format!(
+                "{}/{}/{}",
+                num(&f["p50"], 1),
+                num(&f["p99"], 1),
+                num(&f["max"], 1)
+            ),
+        ]);
+    }
+    t
+}
+
+pub fn markdown(v: &Value) -> String {
+    format!(
+        "ns/packet (ratio to the floor of the same round), BPF_PROG_TEST_RUN {} iterations x {} \
+         rounds; the flow table ({} entries) is filled with synthetic TCP flows from userspace. \
+         Flip = `Datapath::flip` (map writes only, not through the daemon), {} flips per step.\
+         \n\n{}",
+        v["repeat"],
+        v["rounds"],
+        v["flow_table_size"],
+        v["flips_per_step"],
+        table(v).markdown()
+    )
+}

@@ -1,0 +1,167 @@
+//! Cost of a `/metrics` scrape with 256 services, and whether scraping stalls the controller:
+//! flip latency through the API measured side by side with and without a scraper hammering
+//! the endpoint. The datapath is not involved in a scrape (map reads from userspace never
+//! block the XDP program), so its packet counters are checked only for staying consistent.
+
+use std::{
+    fmt::Write as _,
+    sync::atomic::{AtomicBool, AtomicU64, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+use serde_json::{json, Value};
+use switcher::{api::Request, config::Color};
+use switcher_tests::rig::Rig;
+
+use crate::{
+    report::{latency_us, num, Table},
+    Opts,
+};
+
+const SERVICES: u16 = 256;
+const FIRST_PORT: u16 = 10_000;
+
+/// 256 UDP services on the IPv4 VIP, ports 10000.., blue and green on the lab's backends.
+fn services() -> String {
+    let mut s = String::new();
+    for i in 0..SERVICES {
+        let port = FIRST_PORT + i;
+        let _ = write!(
+            s,
+            "\n[[service]]\nname = \"svc{i}\"\nvip = \"198.18.10.10\"\nport = {port}\nprotocol = \"udp\"\n\
+             blue = {{ backend = \"198.18.1.2:{port}\" }}\ngreen = {{ backend = \"198.18.2.2:{port}\" }}\n"
+        );
+    }
+    s
+}
+
+/// `n` flips of svc0 through the API, alternating colours: API accepted → map written, in ns.
+fn flips(rig: &Rig, n: u32) -> Result<Vec<f64>> {
+    let mut out = Vec::with_capacity(n as usize);
+    for i in 0..n {
+        let to = if i % 2 == 0 {
+            Color::Green
+        } else {
+            Color::Blue
+        };
+        let v = rig.call(&Request::Flip {
+            service: "svc0".into(),
+            to,
+            force: false,
+            reason: None,
+        })?;
+        out.push(v["api_to_map_ns"].as_f64().context("flip reply")?);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(out)
+}
+
+pub fn run(opts: &Opts) -> Result<Value> {
+    let rig = Rig::up("sc", &services())?;
+    let scrapes = if opts.quick { 30 } else { 300 };
+    let n_flips = if opts.quick { 100 } else { 1000 };
+
+    let mut wall = Vec::with_capacity(scrapes);
+    let mut bytes = 0;
+    for _ in 0..scrapes {
+        let t0 = Instant::now();
+        let text = rig.metrics()?;
+        wall.push(t0.elapsed().as_nanos() as f64);
+        bytes = text.len();
+        let series = text
+            .lines()
+            .filter(|l| l.starts_with("switcher_service_packets_total{"))
+            .count();
+        if series != 2 * usize::from(SERVICES) {
+            bail!(
+                "a scrape showed {series} packet series, expected {}",
+                2 * SERVICES
+            );
+        }
+    }
+    // The daemon's own timing of its last scrape (catalog + map reads + encoding).
+    let text = rig.metrics()?;
+    let server_s: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("switcher_scrape_duration_seconds "))
+        .and_then(|v| v.trim().parse().ok())
+        .context("switcher_scrape_duration_seconds missing")?;
+
+    let mut idle = flips(&rig, n_flips)?;
+    // The same flips while a scraper runs back to back on another thread.
+    let stop = AtomicBool::new(false);
+    let during = AtomicU64::new(0);
+    let mut busy = std::thread::scope(|scope| -> Result<Vec<f64>> {
+        let scraper = scope.spawn(|| -> Result<()> {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                rig.metrics()?;
+                during.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(())
+        });
+        let r = flips(&rig, n_flips);
+        stop.store(true, Ordering::Relaxed);
+        scraper
+            .join()
+            .map_err(|_| anyhow::anyhow!("scraper thread panicked"))??;
+        r
+    })?;
+    let v = json!({
+        "services": SERVICES,
+        "scrapes": scrapes,
+        "response_bytes": bytes,
+        "scrape_us": latency_us(&mut wall),
+        "server_scrape_us": server_s * 1e6,
+        "flip_api_to_map_us": {
+            "idle": latency_us(&mut idle),
+            "while_scraping": latency_us(&mut busy),
+            "scrapes_during": during.load(Ordering::Relaxed),
+        },
+    });
+    print!("{}", table(&v).text("  "));
+    Ok(v)
+}
+
+fn table(v: &Value) -> Table {
+    let mut t = Table::new(&["with 256 services", "p50", "p99", "max"]);
+    let row = |t: &mut Table, what: &str, x: &Value| {
+        t.row(vec![
+            what.into(),
+            num(&x["p50"], 1),
+            num(&x["p99"], 1),
+            num(&x["max"], 1),
+        ]);
+    };
+    row(&mut t, "GET /metrics round trip (µs)", &v["scrape_us"]);
+    let f = &v["flip_api_to_map_us"];
+    row(&mut t, "flip API→map, no scraping (µs)", &f["idle"]);
+    row(
+        &mut t,
+        "flip API→map, scraping back to back (µs)",
+        &f["while_scraping"],
+    );
+    t
+}
+
+pub fn markdown(v: &Value) -> String {
+    format!(
+        "{} UDP services; {} scrapes of {} bytes each (the daemon timed its last one at {} µs). \
+         Flip latency side by side without and with a scraper running back to back \
+         ({} scrapes during the flips):\n\n{}",
+        v["services"],
+        v["scrapes"],
+        v["response_bytes"],
+        num(&v["server_scrape_us"], 0),
+        v["flip_api_to_map_us"]["scrapes_during"],
+        table(v).markdown()
+    )
+}
+
+pub fn summary(v: &Value) -> Vec<[String; 2]> {
+    vec![[
+        "scrape with 256 services, p50".into(),
+        format!("{} µs", num(&v["scrape_us"]["p50"], 0)),
+    ]]
+}

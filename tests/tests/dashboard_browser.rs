@@ -1,0 +1,304 @@
+//! The dashboard in a real browser: headless Chromium (Debian's) against a real daemon in the
+//! lab, driven over the DevTools protocol. The page loads without console errors, shows the
+//! active colour, its chart receives data, a flip made with the CLI is on the page within one
+//! second, and the rollback button is refused without the token and flips back with it. A
+//! screenshot is saved to target/test-artifacts/dashboard.png. Needs root.
+
+mod support;
+
+use std::{
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{bail, Context as _, Result};
+use chromiumoxide::{
+    browser::{Browser, BrowserConfig},
+    cdp::{
+        browser_protocol::log::EventEntryAdded,
+        js_protocol::runtime::{EventConsoleApiCalled, EventExceptionThrown},
+    },
+    page::ScreenshotParams,
+    Page,
+};
+use futures_util::StreamExt as _;
+use support::privileged;
+use switcher::{api::Request, config::Color};
+use switcher_tests::{
+    lab::{Host, BLUE_V4, VIP_V4},
+    rig::{self, Rig, UDP_PORT},
+};
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+
+fn now_ms() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+}
+
+fn artifacts() -> PathBuf {
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../target/test-artifacts"
+    ))
+}
+
+async fn eval<T: serde::de::DeserializeOwned>(page: &Page, js: &str) -> Result<T> {
+    page.evaluate(js)
+        .await
+        .with_context(|| format!("evaluating {js}"))?
+        .into_value()
+        .with_context(|| format!("result of {js}"))
+}
+
+/// Polls `js` (a boolean expression) until true; returns how long it took.
+async fn wait_for(page: &Page, js: &str, timeout: Duration) -> Result<Duration> {
+    let start = Instant::now();
+    loop {
+        if eval::<bool>(page, js).await.unwrap_or(false) {
+            return Ok(start.elapsed());
+        }
+        if start.elapsed() > timeout {
+            bail!("timed out after {timeout:?} waiting for {js}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn active_is(service: &str, color: &str) -> String {
+    format!(
+        "document.querySelector('[data-testid=\"active-{service}\"]')?.textContent === '{color}'"
+    )
+}
+
+/// Records in the page when the active badge of `service` first reads `color` (wall clock),
+/// so the test measures the flip's arrival without its own polling delay.
+fn watch_badge(service: &str, color: &str) -> String {
+    format!(
+        "(() => {{ window.__seen = null; const el = document.querySelector('[data-testid=\"active-{service}\"]');
+           const check = () => {{ if (window.__seen === null && el.textContent === '{color}') window.__seen = Date.now(); }};
+           new MutationObserver(check).observe(el, {{ childList: true, characterData: true, subtree: true }});
+           check(); return true; }})()"
+    )
+}
+
+/// Everything the browser side does; runs inside the edge host's network namespace, where
+/// the daemon's listener is.
+async fn drive(rig: &Rig, problems: Arc<Mutex<Vec<String>>>) -> Result<()> {
+    let profile = rig.dir.join("chromium-profile");
+    let config = BrowserConfig::builder()
+        .chrome_executable(CHROMIUM)
+        .no_sandbox()
+        .new_headless_mode()
+        .user_data_dir(&profile)
+        .window_size(1500, 1300)
+        .viewport(None)
+        .launch_timeout(Duration::from_secs(60))
+        .request_timeout(Duration::from_secs(30))
+        .arg("--disable-gpu")
+        .arg("--disable-dev-shm-usage")
+        .build()
+        .map_err(|e| anyhow::anyhow!("browser config: {e}"))?;
+    let (mut browser, mut handler) = Browser::launch(config)
+        .await
+        .context("launching chromium")?;
+    let events = tokio::spawn(async move { while handler.next().await.is_some() {} });
+    let result = async {
+        let page = browser.new_page("about:blank").await?;
+        let mut console = page.event_listener::<EventConsoleApiCalled>().await?;
+        let mut exceptions = page.event_listener::<EventExceptionThrown>().await?;
+        let mut logs = page.event_listener::<EventEntryAdded>().await?;
+        let p = problems.clone();
+        let collect = tokio::spawn(async move {
+            loop {
+                let line = tokio::select! {
+                    Some(e) = console.next() => {
+                        let kind = format!("{:?}", e.r#type).to_lowercase();
+                        if kind != "error" && kind != "warning" { continue; }
+                        format!("console.{kind}: {:?}", e.args.iter().map(|a| a.value.clone()).collect::<Vec<_>>())
+                    }
+                    Some(e) = exceptions.next() => {
+                        let d = &e.exception_details;
+                        let what = d.exception.as_ref().and_then(|x| x.description.clone()).unwrap_or_else(|| d.text.clone());
+                        format!("exception at {}:{}: {what}", d.url.clone().unwrap_or_default(), d.line_number + 1)
+                    }
+                    Some(e) = logs.next() => {
+                        let level = format!("{:?}", e.entry.level).to_lowercase();
+                        if level != "error" && level != "warning" { continue; }
+                        format!("log {level}: {} {}", e.entry.text, e.entry.url.clone().unwrap_or_default())
+                    }
+                    else => return,
+                };
+                if let Ok(mut v) = p.lock() {
+                    v.push(line);
+                }
+            }
+        });
+
+        page.goto(rig.web_url("/")).await?;
+        // The page renders the live view: active colour, then a chart with data.
+        wait_for(&page, &active_is("udp4", "blue"), Duration::from_secs(10)).await?;
+        wait_for(&page, "window.switcherDashboard.chartPoints('udp4') >= 4", Duration::from_secs(15)).await?;
+        wait_for(
+            &page,
+            "Number(document.querySelector('[data-service=\"udp4\"] .chart')?.dataset.points) >= 4",
+            Duration::from_secs(5),
+        )
+        .await?;
+        let pps: String = eval(&page, "document.querySelector('[data-service=\"udp4\"] [data-testid=\"blue-pps\"]').textContent").await?;
+        if !pps.contains("pkt/s") || pps.starts_with("0 ") {
+            bail!("blue's packet rate shows {pps:?} while traffic flows");
+        }
+
+        // A flip with the CLI shows within a second.
+        eval::<bool>(&page, &watch_badge("udp4", "green")).await?;
+        let asked = now_ms();
+        let out = std::process::Command::new(rig::bin("switcher")?)
+            .arg("--socket")
+            .arg(&rig.socket)
+            .args(["flip", "udp4", "--to", "green"])
+            .output()
+            .context("switcher flip")?;
+        if !out.status.success() {
+            bail!("switcher flip: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        wait_for(&page, "window.__seen !== null", Duration::from_secs(3)).await?;
+        let seen: f64 = eval(&page, "window.__seen").await?;
+        let shown_after = seen - asked;
+        eprintln!("CLI flip -> page shows green after {shown_after:.0} ms");
+        if shown_after > 1000.0 {
+            bail!("the flip took {shown_after:.0} ms to reach the page (limit 1000 ms)");
+        }
+
+        // A deployment to blue, promoted: the page shows the timeline with its evidence.
+        rig.call(&Request::Deploy {
+            service: "udp4".into(),
+            color: Color::Blue,
+            backend: std::net::SocketAddr::new(BLUE_V4.into(), UDP_PORT),
+            version: Some("v2.0.0".into()),
+            force: false,
+        })?;
+        rig.call(&Request::Promote { service: "udp4".into(), wait: true })?;
+        wait_for(&page, &active_is("udp4", "blue"), Duration::from_secs(2)).await?;
+        wait_for(
+            &page,
+            "/promoted|stable/.test(document.querySelector('[data-testid=\"phase-udp4\"]').textContent)",
+            Duration::from_secs(2),
+        )
+        .await?;
+        wait_for(
+            &page,
+            "document.querySelector('[data-service=\"udp4\"] .steps').textContent.includes('validation passed') || document.querySelector('[data-service=\"udp4\"] .steps details') !== null",
+            Duration::from_secs(2),
+        )
+        .await?;
+        // Let the chart show the flips, then keep the picture.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let png = page
+            .screenshot(ScreenshotParams::builder().full_page(true).build())
+            .await
+            .context("screenshot")?;
+        std::fs::create_dir_all(artifacts())?;
+        std::fs::write(artifacts().join("dashboard.png"), &png)?;
+
+        // Rollback without the token: refused, nothing changes.
+        page.find_element("[data-service=\"udp4\"] button[data-action=\"rollback\"]")
+            .await?
+            .click()
+            .await?;
+        wait_for(
+            &page,
+            "document.querySelector('[data-testid=\"notice\"]').textContent.includes('refused (401)')",
+            Duration::from_secs(3),
+        )
+        .await?;
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        if !eval::<bool>(&page, &active_is("udp4", "blue")).await? {
+            bail!("a refused rollback changed the active colour");
+        }
+
+        // With the token it flips back to green, on the page within a second.
+        let token = rig.web_token()?;
+        let set = format!(
+            "(() => {{ const t = document.getElementById('token'); t.value = '{token}'; t.dispatchEvent(new Event('change')); return true; }})()"
+        );
+        eval::<bool>(&page, &set).await?;
+        eval::<bool>(&page, &watch_badge("udp4", "green")).await?;
+        let clicked = now_ms();
+        page.find_element("[data-service=\"udp4\"] button[data-action=\"rollback\"]")
+            .await?
+            .click()
+            .await?;
+        wait_for(&page, "window.__seen !== null", Duration::from_secs(3)).await?;
+        let seen: f64 = eval(&page, "window.__seen").await?;
+        eprintln!("rollback button -> page shows green after {:.0} ms", seen - clicked);
+        if seen - clicked > 1000.0 {
+            bail!("the rollback took {:.0} ms to reach the page", seen - clicked);
+        }
+        collect.abort();
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    let _ = browser.close().await;
+    let _ = browser.wait().await;
+    events.abort();
+    result
+}
+
+#[test]
+fn dashboard_shows_live_state_and_guards_actions() {
+    if !privileged() {
+        return;
+    }
+    assert!(
+        std::path::Path::new(CHROMIUM).exists(),
+        "{CHROMIUM} missing: `cargo xtask setup` installs Debian's chromium"
+    );
+    let rig = Rig::up(
+        "db",
+        &rig::standard_services("redirect", switcher_tests::services::STANDARD_CHECKS),
+    )
+    .expect("rig");
+    // Traffic for the charts during the whole test, bounded: 300 lines/s for at most 60 s.
+    let sender = rig
+        .send(
+            &format!("{VIP_V4}:{UDP_PORT}"),
+            &[
+                "--proto",
+                "udp",
+                "--count",
+                "18000",
+                "--rate",
+                "300",
+                "--stream",
+                "d",
+                "--max-seconds",
+                "60",
+            ],
+        )
+        .expect("sender");
+    let problems = Arc::new(Mutex::new(Vec::new()));
+    let ns = rig.lab.ns(Host::Edge).to_string();
+    let result = switcher_tests::lab::in_netns(&ns, || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("tokio runtime")?;
+        rt.block_on(drive(&rig, problems.clone()))
+    })
+    .expect("netns");
+    let _ = sender.stop();
+    result.expect("dashboard in chromium");
+    let problems = problems.lock().map(|v| v.clone()).unwrap_or_default();
+    // The refused rollback is a 401 the browser logs as a failed resource load: expected.
+    let unexpected: Vec<&String> = problems
+        .iter()
+        .filter(|p| !(p.contains("401") && p.contains("/api/services/udp4/rollback")))
+        .collect();
+    assert!(
+        unexpected.is_empty(),
+        "console errors on the dashboard: {unexpected:#?}"
+    );
+}

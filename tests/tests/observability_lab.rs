@@ -1,0 +1,288 @@
+//! Observability in the lab with real traffic: `/metrics` parsed by a real OpenMetrics parser
+//! moves with traffic, flips, health and deployments; the dashboard's actions need the token;
+//! and headless Chromium shows the live dashboard (see dashboard_browser.rs). Needs root.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::{metrics, privileged};
+use switcher::{api::Request, config::Color};
+use switcher_tests::{
+    lab::{Host, VIP_V4},
+    rig::{self, sender_summary, Rig, TCP_PORT, UDP_PORT},
+};
+
+fn scrape(rig: &Rig) -> metrics::Scrape {
+    let text = rig.metrics().expect("GET /metrics");
+    metrics::parse(&text).expect("parse /metrics")
+}
+
+/// Scrapes until `ok` holds (or panics after `timeout` with `what`).
+fn scrape_until(
+    rig: &Rig,
+    timeout: Duration,
+    what: &str,
+    ok: impl Fn(&metrics::Scrape) -> bool,
+) -> metrics::Scrape {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let s = scrape(rig);
+        if ok(&s) {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn send(rig: &Rig, proto: &str, stream: &str, count: u64, rate: u64) -> switcher_tests::lab::Proc {
+    let port = if proto == "udp" { UDP_PORT } else { TCP_PORT };
+    rig.send(
+        &format!("{VIP_V4}:{port}"),
+        &[
+            "--proto",
+            proto,
+            "--count",
+            &count.to_string(),
+            "--rate",
+            &rate.to_string(),
+            "--stream",
+            stream,
+            "--max-seconds",
+            "60",
+        ],
+    )
+    .expect("sender")
+}
+
+fn finish(p: &switcher_tests::lab::Proc, count: u64) {
+    let st = p.wait_timeout(Duration::from_secs(70)).expect("wait");
+    assert!(
+        st.is_some_and(|s| s.success()),
+        "sender: {}",
+        p.stderr_tail(10)
+    );
+    let sent = sender_summary(p).expect("summary")["sent"]
+        .as_u64()
+        .unwrap_or(0);
+    assert_eq!(sent, count);
+}
+
+const UDP4_BLUE: [(&str, &str); 2] = [("service", "udp4"), ("color", "blue")];
+const UDP4_GREEN: [(&str, &str); 2] = [("service", "udp4"), ("color", "green")];
+const TCP4_BLUE: [(&str, &str); 2] = [("service", "tcp4"), ("color", "blue")];
+const TCP4_GREEN: [(&str, &str); 2] = [("service", "tcp4"), ("color", "green")];
+
+#[test]
+fn metrics_follow_traffic_flips_health_and_deployments() {
+    if !privileged() {
+        return;
+    }
+    let rig = Rig::up(
+        "ob",
+        &rig::standard_services("redirect", switcher_tests::services::STANDARD_CHECKS),
+    )
+    .expect("rig");
+
+    // Types and units as Prometheus expects them.
+    let s0 = scrape(&rig);
+    assert_eq!(s0.kind("switcher_service_packets"), Some("counter"));
+    assert_eq!(s0.kind("switcher_service_bytes"), Some("counter"));
+    assert_eq!(s0.kind("switcher_pinned_flows"), Some("gauge"));
+    assert_eq!(
+        s0.kind("switcher_flip_api_latency_seconds"),
+        Some("histogram")
+    );
+    assert_eq!(s0.get("switcher_active_color", &UDP4_BLUE), Some(1.0));
+    assert_eq!(s0.get("switcher_active_color", &UDP4_GREEN), Some(0.0));
+    assert_eq!(
+        s0.get(
+            "switcher_deployment_phase",
+            &[("service", "udp4"), ("phase", "none")]
+        ),
+        Some(1.0)
+    );
+
+    // Traffic moves the per-colour counters, read from the per-CPU maps at scrape time.
+    let udp = send(&rig, "udp", "m1", 400, 2000);
+    // A long-lived TCP connection: 20 lines/s for 6 s, pinned to blue.
+    let tcp = send(&rig, "tcp", "t1", 120, 20);
+    finish(&udp, 400);
+    let s1 = scrape_until(&rig, Duration::from_secs(5), "udp4 blue counters", |s| {
+        s.value("switcher_service_packets_total", &UDP4_BLUE)
+            - s0.value("switcher_service_packets_total", &UDP4_BLUE)
+            >= 400.0
+    });
+    assert!(
+        s1.value("switcher_service_bytes_total", &UDP4_BLUE)
+            - s0.value("switcher_service_bytes_total", &UDP4_BLUE)
+            >= 400.0 * 60.0,
+        "bytes follow packets"
+    );
+    assert_eq!(s1.value("switcher_service_packets_total", &UDP4_GREEN), 0.0);
+    assert!(
+        s1.value("switcher_pinned_flows", &TCP4_BLUE) >= 1.0,
+        "the TCP connection is pinned to blue"
+    );
+    assert!(
+        s1.value(
+            "switcher_datapath_packets_total",
+            &[("reason", "redirected")]
+        ) >= 400.0
+    );
+
+    // A flip through the CLI: colour, generation, flip counters, latency, flip time.
+    let before_flip = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs_f64();
+    for service in ["udp4", "tcp4"] {
+        let out = std::process::Command::new(rig::bin("switcher").expect("switcher binary"))
+            .arg("--socket")
+            .arg(&rig.socket)
+            .args(["flip", service, "--to", "green"])
+            .output()
+            .expect("switcher flip");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let s2 = scrape(&rig);
+    assert_eq!(s2.get("switcher_active_color", &UDP4_GREEN), Some(1.0));
+    assert_eq!(
+        s2.value("switcher_generation", &[("service", "udp4")]),
+        s1.value("switcher_generation", &[("service", "udp4")]) + 1.0
+    );
+    assert_eq!(
+        s2.value(
+            "switcher_flips_total",
+            &[("service", "udp4"), ("to", "green")]
+        ),
+        1.0
+    );
+    assert!(s2.value("switcher_flip_api_latency_seconds_count", &[]) >= 2.0);
+    let flipped_at = s2
+        .get(
+            "switcher_last_flip_timestamp_seconds",
+            &[("service", "udp4")],
+        )
+        .expect("last flip time");
+    assert!(
+        (flipped_at - before_flip).abs() < 5.0,
+        "flip time {flipped_at} is near {before_flip}"
+    );
+    // The open TCP connection keeps draining on blue; new UDP lines go to green, and the
+    // kernel records how long after the flip the first one came.
+    assert!(
+        s2.value("switcher_pinned_flows", &TCP4_BLUE) >= 1.0,
+        "blue drains"
+    );
+    assert_eq!(s2.value("switcher_pinned_flows", &TCP4_GREEN), 0.0);
+    let udp = send(&rig, "udp", "m2", 200, 2000);
+    finish(&udp, 200);
+    let s3 = scrape_until(&rig, Duration::from_secs(5), "udp4 green counters", |s| {
+        s.value("switcher_service_packets_total", &UDP4_GREEN) >= 200.0
+    });
+    let cutover = s3
+        .get("switcher_last_flip_cutover_seconds", &[("service", "udp4")])
+        .expect("cutover time after traffic reached green");
+    assert!((0.0..60.0).contains(&cutover), "cutover {cutover}");
+    finish(&tcp, 120);
+
+    // Health of every backend, and a failing one shows within a few probe rounds.
+    assert_eq!(
+        s3.get("switcher_backend_up", &UDP4_BLUE),
+        Some(1.0),
+        "blue healthy"
+    );
+    assert!(s3
+        .get("switcher_backend_probe_duration_seconds", &UDP4_BLUE)
+        .is_some());
+    rig.fault(Host::Blue, r#"{"health_ok": false}"#)
+        .expect("fault");
+    scrape_until(&rig, Duration::from_secs(5), "blue reported down", |s| {
+        s.get("switcher_backend_up", &UDP4_BLUE) == Some(0.0)
+            && s.value(
+                "switcher_backend_probes_total",
+                &[("service", "udp4"), ("color", "blue"), ("result", "failed")],
+            ) >= 1.0
+    });
+    rig.fault(Host::Blue, r#"{"health_ok": true}"#)
+        .expect("fault");
+
+    // A deployment: validation result, phase, then a rollback through the dashboard's API.
+    rig.call(&Request::Deploy {
+        service: "udp4".into(),
+        color: Color::Blue,
+        backend: std::net::SocketAddr::new(switcher_tests::lab::BLUE_V4.into(), UDP_PORT),
+        version: Some("v2".into()),
+        force: false,
+    })
+    .expect("deploy");
+    let s4 = scrape(&rig);
+    assert_eq!(
+        s4.get(
+            "switcher_deployment_phase",
+            &[("service", "udp4"), ("phase", "deployed")]
+        ),
+        Some(1.0)
+    );
+    rig.call(&Request::Promote {
+        service: "udp4".into(),
+        wait: true,
+    })
+    .expect("promote");
+    let s5 = scrape(&rig);
+    assert_eq!(
+        s5.value(
+            "switcher_validations_total",
+            &[("service", "udp4"), ("result", "passed")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        s5.get("switcher_last_validation_passed", &[("service", "udp4")]),
+        Some(1.0)
+    );
+    assert_eq!(s5.get("switcher_active_color", &UDP4_BLUE), Some(1.0));
+
+    let url = rig.web_url("/api/services/udp4/rollback");
+    let (status, body) = rig.http("POST", &url, None, Some("{}")).expect("post");
+    assert_eq!(status, 401, "rollback without a token is refused: {body}");
+    let (status, body) = rig
+        .http("POST", &url, Some("not-the-token-000000"), Some("{}"))
+        .expect("post");
+    assert_eq!(
+        status, 401,
+        "rollback with a wrong token is refused: {body}"
+    );
+    assert_eq!(
+        scrape(&rig).get("switcher_active_color", &UDP4_BLUE),
+        Some(1.0)
+    );
+    let token = rig.web_token().expect("token");
+    let (status, body) = rig
+        .http("POST", &url, Some(&token), Some("{}"))
+        .expect("post");
+    assert_eq!(status, 200, "rollback with the token: {body}");
+    let s6 = scrape(&rig);
+    assert_eq!(s6.get("switcher_active_color", &UDP4_GREEN), Some(1.0));
+    assert_eq!(
+        s6.value(
+            "switcher_rollbacks_total",
+            &[("service", "udp4"), ("trigger", "manual")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        s6.get(
+            "switcher_deployment_phase",
+            &[("service", "udp4"), ("phase", "none")]
+        ),
+        Some(1.0),
+        "the rolled-back deployment is archived"
+    );
+}
