@@ -258,6 +258,27 @@ impl Rig {
             .spawn(Host::Client, &sender.display().to_string(), &all)
     }
 
+    /// `count` numbered lines named `stream` at `rate` per second to the IPv4 VIP over `proto`
+    /// ("udp" or "tcp": one connection), from the client; bounded to 60 s.
+    pub fn stream(&self, proto: &str, stream: &str, count: u64, rate: u64) -> Result<Proc> {
+        let port = if proto == "udp" { UDP_PORT } else { TCP_PORT };
+        self.send(
+            &format!("{}:{port}", crate::lab::VIP_V4),
+            &[
+                "--proto",
+                proto,
+                "--count",
+                &count.to_string(),
+                "--rate",
+                &rate.to_string(),
+                "--stream",
+                stream,
+                "--max-seconds",
+                "60",
+            ],
+        )
+    }
+
     /// Waits until the sinks together hold `expected` lines of `stream` (or `timeout`), then
     /// returns the sequence numbers each colour received.
     pub fn wait_stream(

@@ -14,7 +14,7 @@ use switcher::{
     deploy::{Deployment, Phase},
 };
 use switcher_tests::{
-    lab::{Host, GREEN_V4, VIP_V4},
+    lab::{Host, GREEN_V4},
     rig::{self, sender_summary, Rig, TCP_PORT, UDP_PORT},
 };
 
@@ -72,23 +72,7 @@ fn active(rig: &Rig, service: &str) -> Color {
 
 /// A continuous stream of `count` numbered lines to the IPv4 VIP over `proto` ("udp" or "tcp").
 fn stream(rig: &Rig, proto: &str, name: &str, count: u64, rate: u64) -> switcher_tests::lab::Proc {
-    let port = if proto == "udp" { UDP_PORT } else { TCP_PORT };
-    rig.send(
-        &format!("{VIP_V4}:{port}"),
-        &[
-            "--proto",
-            proto,
-            "--count",
-            &count.to_string(),
-            "--rate",
-            &rate.to_string(),
-            "--stream",
-            name,
-            "--max-seconds",
-            "60",
-        ],
-    )
-    .expect("sender")
+    rig.stream(proto, name, count, rate).expect("sender")
 }
 
 fn tcp_stream(rig: &Rig, name: &str, count: u64, rate: u64) -> switcher_tests::lab::Proc {

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use support::{metrics, privileged};
 use switcher::{api::Request, config::Color};
 use switcher_tests::{
-    lab::{Host, VIP_V4},
-    rig::{self, sender_summary, Rig, TCP_PORT, UDP_PORT},
+    lab::Host,
+    rig::{self, sender_summary, Rig, UDP_PORT},
 };
 
 fn scrape(rig: &Rig) -> metrics::Scrape {
@@ -37,23 +37,7 @@ fn scrape_until(
 }
 
 fn send(rig: &Rig, proto: &str, stream: &str, count: u64, rate: u64) -> switcher_tests::lab::Proc {
-    let port = if proto == "udp" { UDP_PORT } else { TCP_PORT };
-    rig.send(
-        &format!("{VIP_V4}:{port}"),
-        &[
-            "--proto",
-            proto,
-            "--count",
-            &count.to_string(),
-            "--rate",
-            &rate.to_string(),
-            "--stream",
-            stream,
-            "--max-seconds",
-            "60",
-        ],
-    )
-    .expect("sender")
+    rig.stream(proto, stream, count, rate).expect("sender")
 }
 
 fn finish(p: &switcher_tests::lab::Proc, count: u64) {

@@ -27,7 +27,9 @@ use switcher_tests::{
 
 use crate::{
     contenders::{Kind, Stage, TCP_PORT, UDP_PORT},
-    plot, Opts,
+    plot,
+    report::Table,
+    Opts,
 };
 
 const KINDS: [Kind; 3] = [Kind::SwitcherRedirect, Kind::Nft, Kind::Nginx];
@@ -218,7 +220,7 @@ pub fn run(opts: &Opts) -> Result<Value> {
         rows.push(row?);
     }
     drop(stage);
-    print_table(&rows);
+    print!("{}", table(&rows).text("  "));
     let png = opts.out.join("cutover.png");
     let panels: Vec<plot::Panel> = rows
         .iter()
@@ -558,71 +560,38 @@ fn resets(r: &Value) -> u64 {
     .sum()
 }
 
-fn print_table(rows: &[Value]) {
-    println!(
-        "  {:<24} {:>9} {:>9} {:>14} {:>14} {:>14} {:>7} {:>26} {:>26} {:>26} {:>22}",
+/// One row per contender; the terminal and results.md show the same table.
+fn table(rows: &[Value]) -> Table {
+    let mut t = Table::new(&[
         "contender",
-        "UDP moved",
-        "new TCP",
-        "UDP lost/dup",
-        "TCP-long l/d",
-        "TCP-new l/d",
-        "resets",
-        "UDP first new ms p50/max",
-        "UDP last old ms p50/max",
-        "new TCP first new ms",
-        "in-kernel µs p50/max"
-    );
+        "flip by",
+        "flips that moved UDP / new TCP",
+        "lines lost / duplicated (UDP, TCP long-lived, TCP new)",
+        "TCP resets",
+        "UDP: first line at new colour (ms)",
+        "UDP: last line at old colour (ms)",
+        "new TCP: first at new (ms)",
+        "new TCP: last at old (ms)",
+        "in-kernel cutover (µs)",
+    ]);
     for r in rows {
         let pf = &r["per_flip"];
         let k = &r["in_kernel_cutover_us"];
-        println!(
-            "  {:<24} {:>9} {:>9} {:>14} {:>14} {:>14} {:>7} {:>26} {:>26} {:>26} {:>22}",
-            r["label"].as_str().unwrap_or("?"),
-            moved(&pf["udp"]),
-            moved(&pf["tcp_new_connections"]),
-            lost_dup(r, Traffic::Udp),
-            lost_dup(r, Traffic::TcpLong),
-            lost_dup(r, Traffic::TcpNew),
-            resets(r),
-            fmt_ms(&pf["udp"]["first_line_at_new_colour_ms"]),
-            fmt_ms(&pf["udp"]["last_line_at_old_colour_ms"]),
-            fmt_ms(&pf["tcp_new_connections"]["first_line_at_new_colour_ms"]),
-            if k.is_null() {
-                "-".to_string()
-            } else {
-                fmt_ms(k)
-            },
-        );
-    }
-}
-
-/// Markdown tables of this section's results for results.md.
-pub fn markdown(v: &Value) -> String {
-    let mut s = format!(
-        "{} flips, {} ms apart, under UDP {} lines/s, {} long-lived TCP connections ({} lines/s), a new TCP connection every {} ms. \
-         Times are from the flip command to the line's arrival at the sink, p50 / max over the flips \
-         that had to move the traffic (a new connection starts every {} ms, which adds up to that much to its times).\n\n\
-         | contender | flip by | flips that moved UDP / new TCP | lines lost / duplicated (UDP, TCP long-lived, TCP new) | TCP resets | UDP: first line at new colour (ms) | UDP: last line at old colour (ms) | new TCP: first at new (ms) | new TCP: last at old (ms) | in-kernel cutover (µs) |\n\
-         |---|---|---|---|---:|---|---|---|---|---|\n",
-        v["flips"], v["interval_ms"], v["udp_lines_per_s"],
-        v["tcp_long_lived"]["connections"], v["tcp_long_lived"]["lines_per_s"],
-        v["tcp_new_connection_every_ms"],
-        v["tcp_new_connection_every_ms"],
-    );
-    for r in v["contenders"].as_array().into_iter().flatten() {
-        let pf = &r["per_flip"];
-        let k = &r["in_kernel_cutover_us"];
-        s += &format!(
-            "| {} | {} | {}, {} | {}, {}, {} | {} | {} | {} | {} | {} | {} |\n",
-            r["label"].as_str().unwrap_or("?"),
-            r["flip_method"].as_str().unwrap_or("?"),
-            moved(&pf["udp"]),
-            moved(&pf["tcp_new_connections"]),
-            lost_dup(r, Traffic::Udp),
-            lost_dup(r, Traffic::TcpLong),
-            lost_dup(r, Traffic::TcpNew),
-            resets(r),
+        t.row(vec![
+            r["label"].as_str().unwrap_or("?").to_string(),
+            r["flip_method"].as_str().unwrap_or("?").to_string(),
+            format!(
+                "{}, {}",
+                moved(&pf["udp"]),
+                moved(&pf["tcp_new_connections"])
+            ),
+            format!(
+                "{}, {}, {}",
+                lost_dup(r, Traffic::Udp),
+                lost_dup(r, Traffic::TcpLong),
+                lost_dup(r, Traffic::TcpNew)
+            ),
+            resets(r).to_string(),
             fmt_ms(&pf["udp"]["first_line_at_new_colour_ms"]),
             fmt_ms(&pf["udp"]["last_line_at_old_colour_ms"]),
             fmt_ms(&pf["tcp_new_connections"]["first_line_at_new_colour_ms"]),
@@ -632,10 +601,26 @@ pub fn markdown(v: &Value) -> String {
             } else {
                 fmt_ms(k)
             },
-        );
+        ]);
     }
-    s += "\n![cutover](cutover.png)\n";
-    s
+    t
+}
+
+/// Markdown tables of this section's results for results.md.
+pub fn markdown(v: &Value) -> String {
+    format!(
+        "{} flips, {} ms apart, under UDP {} lines/s, {} long-lived TCP connections ({} lines/s), a new TCP connection every {} ms. \
+         Times are from the flip command to the line's arrival at the sink, p50 / max over the flips \
+         that had to move the traffic (a new connection starts every {} ms, which adds up to that much to its times).\n\n{}\n![cutover](cutover.png)\n",
+        v["flips"],
+        v["interval_ms"],
+        v["udp_lines_per_s"],
+        v["tcp_long_lived"]["connections"],
+        v["tcp_long_lived"]["lines_per_s"],
+        v["tcp_new_connection_every_ms"],
+        v["tcp_new_connection_every_ms"],
+        table(v["contenders"].as_array().map_or(&[][..], |a| a.as_slice())).markdown(),
+    )
 }
 
 /// Headlines for the final summary.
