@@ -5,6 +5,8 @@ use core::mem::size_of;
 
 /// Services the datapath can hold. The issue asks for at least 256.
 pub const MAX_SERVICES: u32 = 1024;
+/// Capacity of the flow table (an LRU hash: when full, inserts evict the least recently used).
+pub const FLOW_TABLE_SIZE: u32 = 262_144;
 /// Pinned-map ABI version: bumped whenever a layout below changes, so a new daemon never
 /// adopts maps it cannot read (it uses a fresh folder instead).
 pub const MAP_ABI_VERSION: u32 = 1;

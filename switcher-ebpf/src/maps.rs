@@ -7,11 +7,10 @@ use aya_ebpf::{
 };
 use switcher_common::{
     ActiveWord, Backend, ColorCounters, Endpoint, FlipMark, FlowKey, FlowValue, FragKey, FragValue,
-    Reason, ReverseValue, ServiceValue, MAX_SERVICES,
+    Reason, ReverseValue, ServiceValue, FLOW_TABLE_SIZE, MAX_SERVICES,
 };
 
 /// Sized for a busy edge host; LRU evicts the least recently used flow when full.
-pub const FLOW_TABLE_SIZE: u32 = 262_144;
 pub const FRAG_TABLE_SIZE: u32 = 16_384;
 
 #[map]

@@ -3,6 +3,7 @@
 "use strict";
 
 const WINDOW_S = 300; // seconds of rate history kept per chart
+const MIN_RATE_S = 0.4; // shortest interval a rate is computed over
 const COLORS = ["blue", "green"];
 const STROKE = { blue: "#1f6feb", green: "#1a7f37" };
 const HAPPY_PATH = ["deployed", "validating", "ready", "promoted", "stable"];
@@ -209,19 +210,22 @@ function renderService(svc, atMs) {
   card.flip.dataset.to = other;
   card.flip.className = `flip-${other}`;
 
-  // Rates from the difference to the previous snapshot.
+  // Rates over at least MIN_RATE_S: event-driven snapshots can be milliseconds apart.
   const t = atMs / 1000;
+  const dt = card.prev ? t - card.prev.t : 0;
   const rates = {};
   for (const c of COLORS) {
     const now = svc.colors[c];
     const before = card.prev && card.prev.colors[c];
-    const dt = card.prev ? t - card.prev.t : 0;
-    rates[c] = dt > 0 && before
+    rates[c] = dt >= MIN_RATE_S && before
       ? { pps: Math.max(0, (now.packets - before.packets) / dt), bps: Math.max(0, (now.bytes - before.bytes) / dt) }
-      : null;
+      : card.rates && card.rates[c];
   }
-  card.prev = { t, colors: { blue: svc.colors.blue, green: svc.colors.green } };
-  if (rates.blue && rates.green) {
+  if (!card.prev || dt >= MIN_RATE_S) {
+    card.prev = { t, colors: { blue: svc.colors.blue, green: svc.colors.green } };
+  }
+  card.rates = rates;
+  if (dt >= MIN_RATE_S && rates.blue && rates.green) {
     card.t.push(t);
     for (const c of COLORS) {
       card.pps[c].push(rates[c].pps);
@@ -272,6 +276,14 @@ function render(doc) {
   stats.snapshots += 1;
   stats.lastAtMs = doc.at_ms;
   for (const svc of doc.services) renderService(svc, doc.at_ms);
+  // A service removed by a reload leaves the page.
+  const live = new Set(doc.services.map((s) => s.name));
+  for (const [name, card] of cards) {
+    if (!live.has(name)) {
+      card.root.remove();
+      cards.delete(name);
+    }
+  }
   renderEvents(doc.events || []);
   document.getElementById("updated").textContent = `updated ${fmtTime(doc.at_ms)} · v${doc.version}`;
 }

@@ -15,7 +15,7 @@ use tokio::{
     net::{UnixListener, UnixStream},
     signal::unix::{signal, SignalKind},
 };
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::{
     api::{Request, Response},
@@ -39,28 +39,14 @@ pub async fn run(cfg: Config, cfg_path: PathBuf, keep_attached: bool) -> Result<
         }
     }
     let web = match cfg_http.listen {
-        Some(addr) => {
-            let token =
-                crate::web::auth::load_or_generate(cfg_http.token_file.as_deref(), &state_dir)?;
-            let maps = shared.lock().await.dp.dir().join("maps");
-            let server =
-                crate::web::Server::bind(addr, shared.clone(), &maps, token.value.clone()).await?;
-            let addr = server.local_addr()?;
-            info!(%addr, "metrics at http://{addr}/metrics, dashboard at http://{addr}/");
-            if token.generated {
-                // Printed once; it also sits in the 0600 file for scripts run as root.
-                println!(
-                    "dashboard token (for promote/flip/rollback): {} (stored in {})",
-                    token.value,
-                    token.path.display()
-                );
+        Some(addr) => match start_web(addr, &shared, &cfg_http, &state_dir).await {
+            Ok(task) => Some(task),
+            // The controller matters more than its dashboard: run on, loudly.
+            Err(e) => {
+                error!("metrics and dashboard are not served: {e:#}");
+                None
             }
-            Some(tokio::spawn(async move {
-                if let Err(e) = server.serve().await {
-                    warn!("{e:#}");
-                }
-            }))
-        }
+        },
         None => None,
     };
     let listener = bind_socket(&socket_path).await?;
@@ -111,6 +97,39 @@ pub async fn run(cfg: Config, cfg_path: PathBuf, keep_attached: bool) -> Result<
     crate::datapath::remove_pins(&dir)?;
     info!(pins = %dir.display(), "datapath detached and unpinned");
     Ok(())
+}
+
+/// Binds the HTTP listener, then sets up its token, and serves it in a task.
+async fn start_web(
+    addr: std::net::SocketAddr,
+    shared: &Shared,
+    http: &crate::config::HttpConfig,
+    state_dir: &Path,
+) -> Result<tokio::task::JoinHandle<()>> {
+    let maps = shared.lock().await.dp.dir().join("maps");
+    let mut server = crate::web::Server::bind(addr, shared.clone(), &maps).await?;
+    let token = crate::web::auth::load_or_generate(http.token_file.as_deref(), state_dir)?;
+    server.set_token(token.value.clone());
+    let addr = server.local_addr()?;
+    info!(%addr, "metrics at http://{addr}/metrics, dashboard at http://{addr}/");
+    if token.generated {
+        // On a terminal the token is shown once; under a service manager stdout goes to a
+        // journal others may read, so only its 0600 file is named.
+        if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+            println!(
+                "dashboard token (for promote/flip/rollback): {} (stored in {})",
+                token.value,
+                token.path.display()
+            );
+        } else {
+            info!(file = %token.path.display(), "dashboard token generated");
+        }
+    }
+    Ok(tokio::spawn(async move {
+        if let Err(e) = server.serve().await {
+            warn!("{e:#}");
+        }
+    }))
 }
 
 async fn bind_socket(path: &Path) -> Result<UnixListener> {

@@ -190,7 +190,7 @@ async fn drive(rig: &Rig, problems: Arc<Mutex<Vec<String>>>) -> Result<()> {
         .await?;
         wait_for(
             &page,
-            "document.querySelector('[data-service=\"udp4\"] .steps').textContent.includes('validation passed') || document.querySelector('[data-service=\"udp4\"] .steps details') !== null",
+            "(() => { const t = document.querySelector('[data-service=\"udp4\"] .steps'); return t.textContent.includes('validating → ready') && t.querySelectorAll('details').length >= 2; })()",
             Duration::from_secs(2),
         )
         .await?;

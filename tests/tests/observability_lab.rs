@@ -90,8 +90,8 @@ fn metrics_follow_traffic_flips_health_and_deployments() {
 
     // Traffic moves the per-colour counters, read from the per-CPU maps at scrape time.
     let udp = send(&rig, "udp", "m1", 400, 2000);
-    // A long-lived TCP connection: 20 lines/s for 6 s, pinned to blue.
-    let tcp = send(&rig, "tcp", "t1", 120, 20);
+    // A long-lived TCP connection: 20 lines/s for 15 s, pinned to blue.
+    let tcp = send(&rig, "tcp", "t1", 300, 20);
     finish(&udp, 400);
     let s1 = scrape_until(&rig, Duration::from_secs(5), "udp4 blue counters", |s| {
         s.value("switcher_service_packets_total", &UDP4_BLUE)
@@ -105,9 +105,12 @@ fn metrics_follow_traffic_flips_health_and_deployments() {
         "bytes follow packets"
     );
     assert_eq!(s1.value("switcher_service_packets_total", &UDP4_GREEN), 0.0);
-    assert!(
-        s1.value("switcher_pinned_flows", &TCP4_BLUE) >= 1.0,
-        "the TCP connection is pinned to blue"
+    // Pinned flows come from a walk of the flow table shared for CENSUS_MAX_AGE (5 s).
+    scrape_until(
+        &rig,
+        Duration::from_secs(8),
+        "the TCP connection pinned to blue",
+        |s| s.value("switcher_pinned_flows", &TCP4_BLUE) >= 1.0,
     );
     assert!(
         s1.value(
@@ -174,7 +177,7 @@ fn metrics_follow_traffic_flips_health_and_deployments() {
         .get("switcher_last_flip_cutover_seconds", &[("service", "udp4")])
         .expect("cutover time after traffic reached green");
     assert!((0.0..60.0).contains(&cutover), "cutover {cutover}");
-    finish(&tcp, 120);
+    finish(&tcp, 300);
 
     // Health of every backend, and a failing one shows within a few probe rounds.
     assert_eq!(

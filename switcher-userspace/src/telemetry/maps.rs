@@ -2,14 +2,24 @@
 //! scrape or a dashboard sample never waits for (or holds) the controller's lock. The kernel
 //! side is never slowed: these are plain map lookups, as `bpftool map dump` would do.
 
-use std::{collections::BTreeMap, path::Path};
+use std::{
+    collections::BTreeMap,
+    path::Path,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context as _, Result};
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
 use switcher_common::{
     backend_index, names, ActiveWord, ColorCounters, FlipMark, FlowKey, FlowValue, Reason, BLUE,
-    FLOW_OPEN, GREEN,
+    FLOW_OPEN, FLOW_TABLE_SIZE, GREEN,
 };
+
+/// How old a flow census may be before a sample walks the flow table again. A walk costs two
+/// syscalls per entry (up to half a second with a full table), so it is shared by every
+/// scrape and dashboard sample in this window; draining is followed in minutes, not seconds.
+pub const CENSUS_MAX_AGE: Duration = Duration::from_secs(5);
 
 pub struct MapReader {
     counters: PerCpuArray<MapData, ColorCounters>,
@@ -17,6 +27,15 @@ pub struct MapReader {
     active: Array<MapData, ActiveWord>,
     marks: Array<MapData, FlipMark>,
     flows: HashMap<MapData, FlowKey, FlowValue>,
+    census: Mutex<Option<(Instant, Census)>>,
+}
+
+/// What one walk of the flow table found.
+#[derive(Debug, Clone, Default)]
+struct Census {
+    /// Open TCP flows by service id and colour.
+    pinned: BTreeMap<u32, [u64; 2]>,
+    entries: u64,
 }
 
 /// One service as the datapath sees it at one moment.
@@ -57,6 +76,7 @@ impl MapReader {
             active: open(maps_dir, names::ACTIVE)?,
             marks: open(maps_dir, names::FLIP_MARKS)?,
             flows: open(maps_dir, names::FLOWS)?,
+            census: Mutex::new(None),
         })
     }
 
@@ -81,15 +101,11 @@ impl MapReader {
             }
             out.services.insert(id, s);
         }
-        for entry in self.flows.iter() {
-            // An entry evicted between two steps of the walk is simply not counted.
-            let Ok((_, v)) = entry else { continue };
-            out.flow_entries += 1;
-            if v.state != FLOW_OPEN {
-                continue;
-            }
-            if let Some(s) = out.services.get_mut(&v.service_id) {
-                s.pinned[(v.color & 1) as usize] += 1;
+        let census = self.census();
+        out.flow_entries = census.entries;
+        for (id, pinned) in &census.pinned {
+            if let Some(s) = out.services.get_mut(id) {
+                s.pinned = *pinned;
             }
         }
         for r in Reason::ALL {
@@ -100,5 +116,31 @@ impl MapReader {
             out.reasons.push((*r, per_cpu.iter().sum()));
         }
         Ok(out)
+    }
+
+    /// The flow census, walked again when older than [`CENSUS_MAX_AGE`]. Concurrent callers
+    /// wait for one walk instead of each doing their own.
+    fn census(&self) -> Census {
+        let mut cached = match self.census.lock() {
+            Ok(c) => c,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some((at, c)) = cached.as_ref() {
+            if at.elapsed() < CENSUS_MAX_AGE {
+                return c.clone();
+            }
+        }
+        let mut c = Census::default();
+        // Bounded: when the key the walk stands on is evicted, the kernel restarts it from the
+        // first key, so entries may be seen twice; never walk more than the table holds.
+        for entry in self.flows.iter().take(FLOW_TABLE_SIZE as usize) {
+            let Ok((_, v)) = entry else { continue };
+            c.entries += 1;
+            if v.state == FLOW_OPEN {
+                c.pinned.entry(v.service_id).or_default()[(v.color & 1) as usize] += 1;
+            }
+        }
+        *cached = Some((Instant::now(), c.clone()));
+        c
     }
 }

@@ -79,6 +79,9 @@ pub fn authorized(headers: &HeaderMap, token: &str) -> bool {
     else {
         return false;
     };
+    if token.is_empty() {
+        return false;
+    }
     let (a, b) = (given.trim().as_bytes(), token.as_bytes());
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
@@ -104,6 +107,10 @@ mod tests {
         assert!(!authorized(&headers("Bearer 0123456789abcdef0124"), t));
         assert!(!authorized(&headers(t), t));
         assert!(!authorized(&HeaderMap::new(), t));
+        assert!(
+            !authorized(&headers("Bearer "), ""),
+            "no token set: nothing passes"
+        );
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::{
     convert::Infallible,
     net::SocketAddr,
     sync::{
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
         Arc,
     },
     time::{Instant, SystemTime},
@@ -44,8 +44,12 @@ struct App {
     health: HealthBoard,
     token: Arc<String>,
     snapshots: watch::Receiver<Arc<String>>,
+    /// Open event streams: snapshots are built only while someone watches.
+    viewers: Arc<AtomicUsize>,
     /// f64 bits: how long the last scrape took.
     last_scrape: Arc<AtomicU64>,
+    /// Listening on a loopback address: requests must name a loopback host too.
+    loopback: bool,
 }
 
 /// A bound listener, ready to serve.
@@ -57,11 +61,11 @@ pub struct Server {
 impl Server {
     /// Binds `addr` and prepares the routes. The health monitor and the snapshot publisher
     /// start with [`Server::serve`].
+    /// Binds first, so that a second daemon fails here before touching the token file.
     pub async fn bind(
         addr: SocketAddr,
         shared: Shared,
         maps_dir: &std::path::Path,
-        token: String,
     ) -> Result<Self> {
         let reader = Arc::new(MapReader::open(maps_dir)?);
         let listener = tokio::net::TcpListener::bind(addr)
@@ -77,11 +81,18 @@ impl Server {
                 shared,
                 reader,
                 health: HealthBoard::default(),
-                token: Arc::new(token),
+                token: Arc::new(String::new()),
+                viewers: Arc::new(AtomicUsize::new(0)),
+                loopback: addr.ip().is_loopback(),
                 snapshots,
                 last_scrape: Arc::new(AtomicU64::new(0)),
             },
         })
+    }
+
+    /// The token mutating actions need; until it is set every action is refused.
+    pub fn set_token(&mut self, token: String) {
+        self.app.token = Arc::new(token);
     }
 
     pub fn local_addr(&self) -> Result<SocketAddr> {
@@ -104,6 +115,7 @@ impl Server {
                 app.reader.clone(),
                 app.health.clone(),
                 tx,
+                app.viewers.clone(),
             )),
         ]);
         let router = Router::new()
@@ -113,6 +125,7 @@ impl Server {
             .route("/api/snapshot", get(snapshot_json))
             .route("/api/events", get(events))
             .route("/api/services/:name/:action", post(action))
+            .layer(axum::middleware::from_fn_with_state(app.clone(), guard))
             .with_state(app);
         axum::serve(
             self.listener,
@@ -121,6 +134,45 @@ impl Server {
         .await
         .context("HTTP listener")
     }
+}
+
+/// Refuses requests for another host name on a loopback listener (a page on some web site
+/// that rebinds its DNS name to 127.0.0.1 must not read the dashboard), and keeps every page
+/// to its own origin's scripts.
+async fn guard(
+    State(app): State<App>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if app.loopback {
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(host_name);
+        if host.is_some_and(|h| !matches!(h, "localhost" | "127.0.0.1" | "::1")) {
+            return error(
+                StatusCode::FORBIDDEN,
+                "this listener answers only to localhost".into(),
+            );
+        }
+    }
+    let mut resp = next.run(req).await;
+    resp.headers_mut().insert(
+        header::CONTENT_SECURITY_POLICY,
+        axum::http::HeaderValue::from_static(
+            "default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:",
+        ),
+    );
+    resp
+}
+
+/// The name part of a Host header: `[::1]:9477` -> `::1`, `localhost:9477` -> `localhost`.
+fn host_name(h: &str) -> &str {
+    if let Some(rest) = h.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    h.split(':').next().unwrap_or(h)
 }
 
 struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
@@ -177,28 +229,51 @@ async fn metrics(State(app): State<App>) -> Response {
 }
 
 async fn snapshot_json(State(app): State<App>) -> Response {
-    let doc = app.snapshots.borrow().clone();
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        doc.to_string(),
-    )
-        .into_response()
+    // Built fresh: the published snapshot is stale while nobody watches the event stream.
+    match snapshot::build(&app.shared, &app.reader, &app.health, &Default::default()).await {
+        Ok(doc) => ([(header::CONTENT_TYPE, "application/json")], doc).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
+    }
+}
+
+/// Counts an open event stream for as long as it lives.
+struct Viewer(Arc<AtomicUsize>);
+
+impl Viewer {
+    fn new(n: &Arc<AtomicUsize>) -> Self {
+        n.fetch_add(1, Ordering::Relaxed);
+        Self(n.clone())
+    }
+}
+
+impl Drop for Viewer {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Server-sent events: the current snapshot at once, then every new one.
 async fn events(
     State(app): State<App>,
 ) -> Sse<impl futures_util::Stream<Item = Result<SseEvent, Infallible>>> {
-    let mut rx = app.snapshots.clone();
-    rx.mark_changed();
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.changed().await.ok()?;
-        let doc = rx.borrow_and_update().clone();
-        Some((
-            Ok(SseEvent::default().event("snapshot").data(doc.as_str())),
-            rx,
-        ))
-    });
+    let viewer = Viewer::new(&app.viewers);
+    // The first event is built now: the published snapshot may be old if nobody watched.
+    let first = snapshot::build(&app.shared, &app.reader, &app.health, &Default::default())
+        .await
+        .ok();
+    let rx = app.snapshots.clone();
+    let stream =
+        futures_util::stream::unfold((rx, first, viewer), |(mut rx, first, viewer)| async move {
+            let doc = match first {
+                Some(doc) => Arc::new(doc),
+                None => {
+                    rx.changed().await.ok()?;
+                    rx.borrow_and_update().clone()
+                }
+            };
+            let ev = SseEvent::default().event("snapshot").data(doc.as_str());
+            Some((Ok(ev), (rx, None, viewer)))
+        });
     Sse::new(stream).keep_alive(KeepAlive::default())
 }
 
@@ -222,6 +297,19 @@ async fn action(
         return error(
             StatusCode::UNAUTHORIZED,
             "this action needs the dashboard token (Authorization: Bearer ...)".into(),
+        );
+    }
+    if !app
+        .shared
+        .lock()
+        .await
+        .catalog()
+        .iter()
+        .any(|e| e.name == service)
+    {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("no service named {service:?}"),
         );
     }
     let body = body.map(|Json(b)| b).unwrap_or_default();
@@ -270,4 +358,16 @@ fn error(code: StatusCode, message: String) -> Response {
         Json(serde_json::json!({ "ok": false, "error": message })),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn host_names() {
+        assert_eq!(super::host_name("127.0.0.1:9477"), "127.0.0.1");
+        assert_eq!(super::host_name("localhost"), "localhost");
+        assert_eq!(super::host_name("[::1]:9477"), "::1");
+        assert_eq!(super::host_name("[::1]"), "::1");
+        assert_eq!(super::host_name("evil.example:9477"), "evil.example");
+    }
 }

@@ -100,7 +100,8 @@ pub fn document(
     })
 }
 
-async fn build(
+/// One snapshot document, as JSON text.
+pub async fn build(
     shared: &Shared,
     reader: &Arc<MapReader>,
     board: &HealthBoard,
@@ -118,12 +119,14 @@ async fn build(
     Ok(serde_json::to_string(&doc)?)
 }
 
-/// Publishes snapshots into `tx` until every receiver is gone.
+/// Publishes snapshots into `tx` while `viewers` (open event streams) is not zero, until
+/// every receiver is gone. Without viewers it only keeps the event log.
 pub async fn run(
     shared: Shared,
     reader: Arc<MapReader>,
     board: HealthBoard,
     tx: watch::Sender<Arc<String>>,
+    viewers: Arc<std::sync::atomic::AtomicUsize>,
 ) {
     let mut rx = shared.lock().await.subscribe();
     let mut events: VecDeque<Event> = VecDeque::with_capacity(EVENTS);
@@ -149,6 +152,9 @@ pub async fn run(
                 Err(broadcast::error::RecvError::Lagged(_)) => {}
                 Err(broadcast::error::RecvError::Closed) => return,
             },
+        }
+        if viewers.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+            continue;
         }
         match build(&shared, &reader, &board, &events).await {
             Ok(doc) => {

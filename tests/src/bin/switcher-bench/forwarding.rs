@@ -75,14 +75,15 @@ impl EdgeDrop {
             "/sys/fs/bpf/switcher-bench-fwd-{}",
             std::process::id()
         ));
-        let mut dp = Datapath::load(&dir)?;
-        let pins = dp.dir().to_path_buf();
-        dp.bench_program("bench_drop")?;
-        Ok(EdgeDrop {
+        let dp = Datapath::load(&dir)?;
+        // The guard first: its Drop unpins even if loading the program fails.
+        let mut guard = EdgeDrop {
+            pins: dp.dir().to_path_buf(),
             dp: Some(dp),
-            pins,
             ns: stage.lab.ns(Host::Edge).to_owned(),
-        })
+        };
+        guard.dp()?.bench_program("bench_drop")?;
+        Ok(guard)
     }
 
     fn dp(&mut self) -> Result<&mut Datapath> {

@@ -20,9 +20,7 @@ use crate::{
     Opts,
 };
 
-/// The datapath's flow table size (switcher-ebpf maps.rs FLOW_TABLE_SIZE); checked against
-/// the loaded map's max_entries before filling.
-const FLOW_TABLE_SIZE: u32 = 262_144;
+use switcher_common::FLOW_TABLE_SIZE;
 
 /// `count` services: the three the cases use, then UDP fillers on other ports of the VIP.
 fn services(count: usize) -> String {
@@ -145,7 +143,7 @@ fn key(c: &Case) -> &'static str {
     }
 }
 
-/// Synthetic open TCP flows `from..to` towards the benchmark VIP (198.19.0.0/16 clients,
+/// Synthetic open TCP flows `from..to` towards the benchmark VIP (198.18.128.0/17 clients,
 /// one map update each), as a busy edge would hold them.
 fn fill_flows(b: &mut BenchDatapath, from: u32, to: u32) -> Result<()> {
     let path = b.maps_dir()?.join(names::FLOWS);
@@ -167,7 +165,7 @@ fn fill_flows(b: &mut BenchDatapath, from: u32, to: u32) -> Result<()> {
             family: FAMILY_V4,
             ..FlowKey::default()
         };
-        // 198.18.128.0/17 for the synthetic clients: never the SYN case's 198.19.0.0/16.
+        // 198.18.128.0/17 for the synthetic clients: never the SYN case's 198.18.128.0/17.
         key.src[..4].copy_from_slice(&[198, 18, 128 | (k >> 22) as u8 & 0x7f, (k >> 14) as u8]);
         key.dst[..4].copy_from_slice(&[198, 18, 10, 10]);
         let value = FlowValue {
