@@ -66,6 +66,7 @@ struct RawDaemon {
     socket: Option<PathBuf>,
     state_dir: Option<PathBuf>,
     forward: Option<String>,
+    probe_interval_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -267,6 +268,9 @@ pub struct DaemonConfig {
     pub bpffs_dir: PathBuf,
     pub socket: PathBuf,
     pub state_dir: PathBuf,
+    /// How often every backend's health is probed for metrics and the dashboard (None: not
+    /// at all). Validation and the post-flip watch probe on their own schedule.
+    pub probe_interval: Option<Duration>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -476,6 +480,17 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
     };
     let default_forward = parse_forward(raw.daemon.forward.as_deref(), "daemon.forward", &mut errs);
     let http = http_config(raw.http, &mut errs);
+    let probe_interval = match raw.daemon.probe_interval_ms {
+        Some(0) => None,
+        Some(ms) if ms < 100 => {
+            errs.push(
+                "daemon.probe_interval_ms",
+                format!("{ms} ms would hammer the backends: 0 (off) or at least 100"),
+            );
+            None
+        }
+        ms => Some(Duration::from_millis(ms.unwrap_or(1000))),
+    };
 
     if raw.services.len() > MAX_SERVICES as usize {
         errs.push(
@@ -649,6 +664,7 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
                 .daemon
                 .state_dir
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
+            probe_interval,
         },
         http,
         services,
@@ -1002,6 +1018,20 @@ forward = "pass"
         let c = Config::parse(GOOD).expect("good config");
         assert_eq!(c.http.listen, DEFAULT_HTTP_LISTEN.parse().ok());
         assert_eq!(c.http.token_file, None);
+        assert_eq!(c.daemon.probe_interval, Some(Duration::from_secs(1)));
+        let quiet = GOOD.replace("[daemon]", "[daemon]\nprobe_interval_ms = 0");
+        assert_eq!(
+            Config::parse(&quiet)
+                .expect("probes off")
+                .daemon
+                .probe_interval,
+            None
+        );
+        let e = errors(&GOOD.replace("[daemon]", "[daemon]\nprobe_interval_ms = 5"));
+        assert!(
+            e.iter().any(|e| e.field == "daemon.probe_interval_ms"),
+            "{e:?}"
+        );
         let off = GOOD.replace("[daemon]", "[http]\nenabled = false\n\n[daemon]");
         assert_eq!(Config::parse(&off).expect("http off").http.listen, None);
         let bad = GOOD.replace(

@@ -15,9 +15,6 @@ use crate::{
     probe::health::check_once,
 };
 
-/// Time between two probe rounds.
-pub const PROBE_INTERVAL: Duration = Duration::from_secs(1);
-
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct BackendHealth {
     pub backend: String,
@@ -90,9 +87,9 @@ impl HealthBoard {
     }
 }
 
-/// Probes every backend once per [`PROBE_INTERVAL`], all concurrently, until aborted.
-pub async fn monitor(shared: Shared, board: HealthBoard) {
-    let mut tick = tokio::time::interval(PROBE_INTERVAL);
+/// Probes every backend once per `interval`, all concurrently, until aborted.
+pub async fn monitor(shared: Shared, board: HealthBoard, interval: Duration) {
+    let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;

@@ -4,6 +4,7 @@
 
 use std::{
     collections::BTreeMap,
+    os::fd::AsFd as _,
     path::Path,
     sync::Mutex,
     time::{Duration, Instant},
@@ -27,6 +28,8 @@ pub struct MapReader {
     active: Array<MapData, ActiveWord>,
     marks: Array<MapData, FlipMark>,
     flows: HashMap<MapData, FlowKey, FlowValue>,
+    /// The same map, for batch lookups (see `batch`).
+    flows_raw: MapData,
     census: Mutex<Option<(Instant, Census)>>,
 }
 
@@ -76,6 +79,10 @@ impl MapReader {
             active: open(maps_dir, names::ACTIVE)?,
             marks: open(maps_dir, names::FLIP_MARKS)?,
             flows: open(maps_dir, names::FLOWS)?,
+            flows_raw: {
+                let path = maps_dir.join(names::FLOWS);
+                MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?
+            },
             census: Mutex::new(None),
         })
     }
@@ -131,13 +138,30 @@ impl MapReader {
             }
         }
         let mut c = Census::default();
-        // Bounded: when the key the walk stands on is evicted, the kernel restarts it from the
-        // first key, so entries may be seen twice; never walk more than the table holds.
-        for entry in self.flows.iter().take(FLOW_TABLE_SIZE as usize) {
-            let Ok((_, v)) = entry else { continue };
+        let mut count = |v: &FlowValue| {
             c.entries += 1;
             if v.state == FLOW_OPEN {
                 c.pinned.entry(v.service_id).or_default()[(v.color & 1) as usize] += 1;
+            }
+        };
+        let batched = super::batch::for_each_flow(self.flows_raw.fd().as_fd(), &mut count);
+        if let Err(e) = batched {
+            static ONCE: std::sync::Once = std::sync::Once::new();
+            ONCE.call_once(|| {
+                tracing::warn!(
+                    "batch lookups on the flow table failed ({e}); walking it key by key"
+                )
+            });
+            c = Census::default();
+            // Key by key. Bounded: when the key the walk stands on is evicted, the kernel
+            // restarts it from the first key, so entries may be seen twice; never walk more
+            // than the table holds.
+            for entry in self.flows.iter().take(FLOW_TABLE_SIZE as usize) {
+                let Ok((_, v)) = entry else { continue };
+                c.entries += 1;
+                if v.state == FLOW_OPEN {
+                    c.pinned.entry(v.service_id).or_default()[(v.color & 1) as usize] += 1;
+                }
             }
         }
         *cached = Some((Instant::now(), c.clone()));

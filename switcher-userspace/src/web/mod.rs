@@ -105,19 +105,22 @@ impl Server {
         let (tx, rx) = watch::channel(Arc::new(String::from("{}")));
         app.snapshots = rx;
         // Aborted with this future: the daemon aborts the listener at shutdown.
-        let _tasks = AbortOnDrop(vec![
-            tokio::spawn(crate::telemetry::health::monitor(
+        let probe = app.shared.lock().await.cfg.daemon.probe_interval;
+        let mut tasks = vec![tokio::spawn(snapshot::run(
+            app.shared.clone(),
+            app.reader.clone(),
+            app.health.clone(),
+            tx,
+            app.viewers.clone(),
+        ))];
+        if let Some(interval) = probe {
+            tasks.push(tokio::spawn(crate::telemetry::health::monitor(
                 app.shared.clone(),
                 app.health.clone(),
-            )),
-            tokio::spawn(snapshot::run(
-                app.shared.clone(),
-                app.reader.clone(),
-                app.health.clone(),
-                tx,
-                app.viewers.clone(),
-            )),
-        ]);
+                interval,
+            )));
+        }
+        let _tasks = AbortOnDrop(tasks);
         let router = Router::new()
             .route("/", get(assets::index))
             .route("/assets/:file", get(assets::file))

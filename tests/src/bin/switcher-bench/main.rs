@@ -26,6 +26,7 @@ mod plot;
 mod report;
 mod scale;
 mod scrape_cost;
+mod synthetic;
 mod traffic;
 
 use std::path::PathBuf;

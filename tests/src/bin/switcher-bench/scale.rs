@@ -8,11 +8,9 @@
 
 use std::time::Instant;
 
-use anyhow::{bail, Context as _, Result};
-use aya::maps::{HashMap, Map, MapData};
+use anyhow::{bail, Result};
 use serde_json::{json, Value};
 use switcher::config::Color;
-use switcher_common::{names, FlowKey, FlowValue, FAMILY_V4, FLOW_OPEN, PROTO_TCP};
 
 use crate::{
     datapath_cost::{self as cost, BenchDatapath, Case, Check},
@@ -74,7 +72,13 @@ pub fn run(opts: &Opts) -> Result<Value> {
         let have = flow_entries(&mut b)?;
         if target > have {
             let add = (target - have) as u32;
-            fill_flows(&mut b, next_synthetic, next_synthetic + add)?;
+            let tcp4 = b.id("bench-tcp4")?;
+            crate::synthetic::fill_flows(
+                &b.maps_dir()?,
+                &[tcp4],
+                next_synthetic,
+                next_synthetic + add,
+            )?;
             next_synthetic += add;
         }
         let tcp = step.services >= 2;
@@ -141,50 +145,6 @@ fn key(c: &Case) -> &'static str {
         Check::NotService => "non_service",
         Check::Floor => "floor",
     }
-}
-
-/// Synthetic open TCP flows `from..to` towards the benchmark VIP (198.18.128.0/17 clients,
-/// one map update each), as a busy edge would hold them.
-fn fill_flows(b: &mut BenchDatapath, from: u32, to: u32) -> Result<()> {
-    let path = b.maps_dir()?.join(names::FLOWS);
-    let data = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
-    let max = data.info().context("FLOWS info")?.max_entries();
-    if max != FLOW_TABLE_SIZE {
-        bail!("the flow table holds {max} entries, the benchmark assumes {FLOW_TABLE_SIZE}");
-    }
-    let mut flows: HashMap<MapData, FlowKey, FlowValue> =
-        HashMap::try_from(Map::LruHashMap(data)).context("FLOWS as a hash map")?;
-    let service_id = b.id("bench-tcp4").unwrap_or(0);
-    let now = switcher::datapath::monotonic_ns()?;
-    let started = Instant::now();
-    for k in from..to {
-        let mut key = FlowKey {
-            sport_be: (10_000 + (k & 0x3fff) as u16).to_be(),
-            dport_be: 601u16.to_be(),
-            proto: PROTO_TCP,
-            family: FAMILY_V4,
-            ..FlowKey::default()
-        };
-        // 198.18.128.0/17 for the synthetic clients: never the SYN case's 198.18.128.0/17.
-        key.src[..4].copy_from_slice(&[198, 18, 128 | (k >> 22) as u8 & 0x7f, (k >> 14) as u8]);
-        key.dst[..4].copy_from_slice(&[198, 18, 10, 10]);
-        let value = FlowValue {
-            service_id,
-            color: 0,
-            state: FLOW_OPEN,
-            _pad: [0; 2],
-            last_seen_ns: now,
-        };
-        flows
-            .insert(key, value, 0)
-            .with_context(|| format!("inserting synthetic flow {k}"))?;
-    }
-    println!(
-        "  (filled the flow table with {} synthetic flows in {:.1} s)",
-        to - from,
-        started.elapsed().as_secs_f64()
-    );
-    Ok(())
 }
 
 fn flow_entries(b: &mut BenchDatapath) -> Result<usize> {

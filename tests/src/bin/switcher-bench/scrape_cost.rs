@@ -57,6 +57,17 @@ fn flips(rig: &Rig, n: u32) -> Result<Vec<f64>> {
     Ok(out)
 }
 
+/// Ids of every service programmed in the datapath pinned in `maps`.
+fn service_ids(maps: &std::path::Path) -> Result<Vec<u32>> {
+    use aya::maps::{HashMap, Map, MapData};
+    use switcher_common::{names, Endpoint, ServiceValue};
+    let path = maps.join(names::SERVICES);
+    let data = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
+    let m: HashMap<MapData, Endpoint, ServiceValue> =
+        HashMap::try_from(Map::HashMap(data)).context("SERVICES as a hash map")?;
+    Ok(m.iter().filter_map(|r| r.ok()).map(|(_, v)| v.id).collect())
+}
+
 pub fn run(opts: &Opts) -> Result<Value> {
     let rig = Rig::up("sc", &services())?;
     let scrapes = if opts.quick { 30 } else { 300 };
@@ -108,8 +119,39 @@ pub fn run(opts: &Opts) -> Result<Value> {
             .map_err(|_| anyhow::anyhow!("scraper thread panicked"))??;
         r
     })?;
+    // The same with the flow table full: the first scrape after the census expires walks all
+    // of it; the scrapes after that share the walk.
+    let maps = rig
+        .bpffs
+        .join(format!("v{}", switcher_common::MAP_ABI_VERSION))
+        .join("maps");
+    let ids = service_ids(&maps)?;
+    crate::synthetic::fill_flows(&maps, &ids, 0, switcher_common::FLOW_TABLE_SIZE)?;
+    std::thread::sleep(switcher::telemetry::maps::CENSUS_MAX_AGE + Duration::from_millis(500));
+    let t0 = Instant::now();
+    let text = rig.metrics()?;
+    let walk_us = t0.elapsed().as_secs_f64() * 1e6;
+    let entries: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("switcher_flow_table_entries "))
+        .and_then(|v| v.trim().parse().ok())
+        .context("switcher_flow_table_entries missing")?;
+    if entries < f64::from(switcher_common::FLOW_TABLE_SIZE) * 0.99 {
+        bail!("the scrape counted {entries} flows in a full table");
+    }
+    let mut full = Vec::with_capacity(scrapes);
+    for _ in 0..scrapes.min(50) {
+        let t0 = Instant::now();
+        rig.metrics()?;
+        full.push(t0.elapsed().as_nanos() as f64);
+    }
     let v = json!({
         "services": SERVICES,
+        "full_table": {
+            "flows": entries,
+            "scrape_with_walk_us": walk_us,
+            "scrape_us": latency_us(&mut full),
+        },
         "scrapes": scrapes,
         "response_bytes": bytes,
         "scrape_us": latency_us(&mut wall),
@@ -135,6 +177,11 @@ fn table(v: &Value) -> Table {
         ]);
     };
     row(&mut t, "GET /metrics round trip (µs)", &v["scrape_us"]);
+    row(
+        &mut t,
+        "same, flow table full, census shared (µs)",
+        &v["full_table"]["scrape_us"],
+    );
     let f = &v["flip_api_to_map_us"];
     row(&mut t, "flip API→map, no scraping (µs)", &f["idle"]);
     row(
@@ -149,19 +196,28 @@ pub fn markdown(v: &Value) -> String {
     format!(
         "{} UDP services; {} scrapes of {} bytes each (the daemon timed its last one at {} µs). \
          Flip latency side by side without and with a scraper running back to back \
-         ({} scrapes during the flips):\n\n{}",
+         ({} scrapes during the flips). Then the flow table filled with {} synthetic open \
+         flows: the scrape that walked it took {} µs; the walk is shared for 5 s.\n\n{}",
         v["services"],
         v["scrapes"],
         v["response_bytes"],
         num(&v["server_scrape_us"], 0),
         v["flip_api_to_map_us"]["scrapes_during"],
+        v["full_table"]["flows"],
+        num(&v["full_table"]["scrape_with_walk_us"], 0),
         table(v).markdown()
     )
 }
 
 pub fn summary(v: &Value) -> Vec<[String; 2]> {
-    vec![[
-        "scrape with 256 services, p50".into(),
-        format!("{} µs", num(&v["scrape_us"]["p50"], 0)),
-    ]]
+    vec![
+        [
+            "scrape with 256 services, p50".into(),
+            format!("{} µs", num(&v["scrape_us"]["p50"], 0)),
+        ],
+        [
+            "scrape that walks a full flow table".into(),
+            format!("{} µs", num(&v["full_table"]["scrape_with_walk_us"], 0)),
+        ],
+    ]
 }

@@ -1,0 +1,56 @@
+//! Synthetic flow-table entries, written from userspace through the pinned map: a busy edge's
+//! table without a busy edge. Only map writes; no packet is sent.
+
+use std::{path::Path, time::Instant};
+
+use anyhow::{bail, Context as _, Result};
+use aya::maps::{HashMap, Map, MapData};
+use switcher_common::{
+    names, FlowKey, FlowValue, FAMILY_V4, FLOW_OPEN, FLOW_TABLE_SIZE, PROTO_TCP,
+};
+
+/// Open TCP flows `from..to` towards 198.18.10.10:601 from 198.18.128.0/17 clients (never the
+/// SYN case's 198.19.0.0/16), spread over `service_ids` and alternating blue and green, in the
+/// flow table pinned in `maps_dir`.
+pub fn fill_flows(maps_dir: &Path, service_ids: &[u32], from: u32, to: u32) -> Result<()> {
+    if service_ids.is_empty() {
+        bail!("no service to pin synthetic flows to");
+    }
+    let path = maps_dir.join(names::FLOWS);
+    let data = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
+    let max = data.info().context("FLOWS info")?.max_entries();
+    if max != FLOW_TABLE_SIZE {
+        bail!("the flow table holds {max} entries, the benchmark assumes {FLOW_TABLE_SIZE}");
+    }
+    let mut flows: HashMap<MapData, FlowKey, FlowValue> =
+        HashMap::try_from(Map::LruHashMap(data)).context("FLOWS as a hash map")?;
+    let now = switcher::datapath::monotonic_ns()?;
+    let started = Instant::now();
+    for k in from..to {
+        let mut key = FlowKey {
+            sport_be: (10_000 + (k & 0x3fff) as u16).to_be(),
+            dport_be: 601u16.to_be(),
+            proto: PROTO_TCP,
+            family: FAMILY_V4,
+            ..FlowKey::default()
+        };
+        key.src[..4].copy_from_slice(&[198, 18, 128 | (k >> 22) as u8 & 0x7f, (k >> 14) as u8]);
+        key.dst[..4].copy_from_slice(&[198, 18, 10, 10]);
+        let value = FlowValue {
+            service_id: service_ids[k as usize % service_ids.len()],
+            color: (k & 1) as u8,
+            state: FLOW_OPEN,
+            _pad: [0; 2],
+            last_seen_ns: now,
+        };
+        flows
+            .insert(key, value, 0)
+            .with_context(|| format!("inserting synthetic flow {k}"))?;
+    }
+    println!(
+        "  (filled the flow table with {} synthetic flows in {:.1} s)",
+        to - from,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
