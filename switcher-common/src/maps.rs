@@ -33,6 +33,7 @@ pub mod names {
     pub const COLOR_COUNTERS: &str = "COLOR_COUNTERS";
     pub const REASON_COUNTERS: &str = "REASON_COUNTERS";
     pub const REDIRECT_OK: &str = "REDIRECT_OK";
+    pub const SERVICE_PORTS: &str = "SERVICE_PORTS";
     pub const XDP_PROG: &str = "switcher_ingress";
     pub const TC_PROG: &str = "switcher_egress";
 }

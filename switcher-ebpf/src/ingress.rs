@@ -17,7 +17,7 @@ use switcher_common::{
 use crate::{
     counters, forward,
     frame::{Frame, XdpFrame},
-    maps::{Scratch, ACTIVE, BACKENDS, FLIP_MARKS, FLOWS, FRAGS, SCRATCH, SERVICES},
+    maps::{Scratch, ACTIVE, BACKENDS, FLIP_MARKS, FLOWS, FRAGS, SCRATCH, SERVICES, SERVICE_PORTS},
     parse::{self, Frag, Parsed, L4},
 };
 
@@ -41,6 +41,9 @@ pub fn run(ctx: &XdpContext) -> Option<u32> {
         Ok(l4) => l4,
         Err(r) => return Some(pass(r)),
     };
+    if SERVICE_PORTS.get(u32::from(u16::from_be_bytes(l4.dport))) != Some(&1) {
+        return Some(pass(Reason::NotService));
+    }
     s.flow.sport_be = u16::from_ne_bytes(l4.sport);
     s.flow.dport_be = u16::from_ne_bytes(l4.dport);
     s.flow._pad = [0; 2];

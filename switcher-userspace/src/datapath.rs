@@ -233,9 +233,28 @@ impl Datapath {
         }
 
         let wanted: Vec<Endpoint> = resolved.iter().map(|(_, k, _, _)| *k).collect();
+        // Ports first: a service must never be visible while its port is still filtered out.
+        let ports: std::collections::BTreeSet<u16> =
+            resolved.iter().map(|(s, _, _, _)| s.port).collect();
+        let mut port_map = self.array_mut::<u32>(names::SERVICE_PORTS)?;
+        for p in &ports {
+            port_map
+                .set(u32::from(*p), 1, 0)
+                .context("writing SERVICE_PORTS")?;
+        }
         for (key, v) in &existing {
             if !wanted.contains(key) {
                 self.remove_service(key, v.id)?;
+            }
+        }
+        // Then the ports of removed services that no remaining service uses.
+        let mut port_map = self.array_mut::<u32>(names::SERVICE_PORTS)?;
+        for key in existing.keys() {
+            let p = u16::from_be(key.port_be);
+            if !ports.contains(&p) {
+                port_map
+                    .set(u32::from(p), 0, 0)
+                    .context("clearing SERVICE_PORTS")?;
             }
         }
         let mut reverse_wanted = Vec::new();
@@ -518,7 +537,7 @@ where
 fn check_pinned_layouts(maps_dir: &Path) -> Result<()> {
     use std::mem::size_of;
     use switcher_common::{FlowKey, FlowValue, FragKey, FragValue};
-    let expected: [(&str, usize, usize); 10] = [
+    let expected: [(&str, usize, usize); 11] = [
         (
             names::SERVICES,
             size_of::<Endpoint>(),
@@ -537,6 +556,7 @@ fn check_pinned_layouts(maps_dir: &Path) -> Result<()> {
         (names::COLOR_COUNTERS, 4, size_of::<ColorCounters>()),
         (names::REASON_COUNTERS, 4, size_of::<u64>()),
         (names::REDIRECT_OK, 4, 4),
+        (names::SERVICE_PORTS, 4, 4),
     ];
     for (name, key, value) in expected {
         let pin = maps_dir.join(name);

@@ -635,3 +635,62 @@ fn egress_translates_replies_back_to_the_vip() {
         0
     );
 }
+
+/// The `[[service]]` blocks of SERVICES whose name is in `names`, as a full config.
+fn services_named(names: &[&str]) -> switcher::config::Config {
+    let blocks: Vec<&str> = SERVICES
+        .split("[[service]]")
+        .filter(|b| names.iter().any(|n| b.contains(&format!("name = \"{n}\""))))
+        .collect();
+    let text = format!(
+        "[daemon]\ninterfaces = [\"lo\"]\n[[service]]{}",
+        blocks.join("[[service]]")
+    );
+    switcher::config::Config::parse(&text).expect("subset config")
+}
+
+#[test]
+fn port_prefilter_follows_the_configured_services() {
+    if !privileged() {
+        return;
+    }
+    let mut t = TestDatapath::new(SERVICES);
+    let ports = t
+        .dp()
+        .dir()
+        .join("maps")
+        .join(switcher_common::names::SERVICE_PORTS);
+    let port_flag = |port: u32| -> u32 {
+        let data = aya::maps::MapData::from_pin(&ports).expect("SERVICE_PORTS pin");
+        let m: aya::maps::Array<_, u32> =
+            aya::maps::Array::try_from(aya::maps::Map::Array(data)).expect("array");
+        m.get(&port, 0).expect("read SERVICE_PORTS")
+    };
+    let v4 = udp4("198.18.0.1", 44000, "198.18.10.10", 514, PAYLOAD);
+    let v6 = udp6("2001:2::1", 44000, "2001:2:0:10::10", 514, PAYLOAD);
+    assert_eq!((port_flag(514), port_flag(601), port_flag(515)), (1, 1, 0));
+
+    // udp4 goes; udp6 still uses port 514, so the port stays open for it.
+    let cfg = services_named(&["tcp4", "tcp6", "udp6"]);
+    t.dp().apply(&cfg.services).expect("apply");
+    assert_eq!(port_flag(514), 1);
+    let before = t.reason(Reason::NotService);
+    assert_eq!(t.xdp(&v4).1, v4, "udp4 is no service any more");
+    assert_eq!(t.reason(Reason::NotService), before + 1);
+    assert_ne!(t.xdp(&v6).1, v6, "udp6 is still steered");
+
+    // No service on 514 left: the port is closed.
+    let cfg = services_named(&["tcp4", "tcp6"]);
+    t.dp().apply(&cfg.services).expect("apply");
+    assert_eq!((port_flag(514), port_flag(601)), (0, 1));
+    assert_eq!(t.xdp(&v6).1, v6);
+
+    // Back: steered again.
+    let cfg = services_named(&["udp4", "tcp4", "udp6", "tcp6"]);
+    t.dp().apply(&cfg.services).expect("apply");
+    assert_eq!(port_flag(514), 1);
+    assert_eq!(
+        t.xdp(&v4).1,
+        udp4("198.18.0.1", 44000, "198.18.1.2", 5514, PAYLOAD)
+    );
+}
