@@ -6,7 +6,7 @@
 //! one, and the delivered rate per colour over time for the plot.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpStream},
     path::Path,
@@ -127,9 +127,10 @@ fn read_lines(file: &Path, color: Color) -> Result<Vec<Line>> {
 }
 
 /// What the new-connection client did.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 struct NewConns {
-    sent: u64,
+    /// Seqs whose line was written; a failed connect or write consumes a seq without sending.
+    sent: BTreeSet<u64>,
     connect_failures: u64,
     resets: u64,
 }
@@ -168,7 +169,7 @@ fn new_connections(
                 r.resets += 1;
                 continue;
             }
-            r.sent += 1;
+            r.sent.insert(seq);
             // Wait for the peer's close, so a reset is seen and counted.
             let _ = s.shutdown(std::net::Shutdown::Write);
             let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
@@ -357,17 +358,20 @@ fn one(stage: &mut Stage, kind: Kind, p: &Params) -> Result<Value> {
             kind.label()
         );
     }
-    let sent = |t: Traffic| -> u64 {
+    // The seqs each generator sent: log-sender numbers its lines 0..sent; the new-connection
+    // client keeps the seqs it actually wrote.
+    let count = |name: &str| summaries[name]["sent"].as_u64().unwrap_or(0);
+    let sent_seqs = |t: Traffic| -> BTreeSet<u64> {
         match t {
-            Traffic::Udp => summaries["udp"]["sent"].as_u64().unwrap_or(0),
-            Traffic::TcpLong => summaries["tcp"]["sent"].as_u64().unwrap_or(0),
-            Traffic::TcpNew => conns.sent,
+            Traffic::Udp => (0..count("udp")).collect(),
+            Traffic::TcpLong => (0..count("tcp")).collect(),
+            Traffic::TcpNew => conns.sent.clone(),
         }
     };
     let mut accounting = serde_json::Map::new();
     for t in Traffic::ALL {
-        let n = sent(t);
-        if n == 0 {
+        let sent = sent_seqs(t);
+        if sent.is_empty() {
             bail!("{}: the {} generator sent nothing", kind.label(), t.key());
         }
         let mut seen: BTreeMap<u64, u32> = BTreeMap::new();
@@ -376,11 +380,13 @@ fn one(stage: &mut Stage, kind: Kind, p: &Params) -> Result<Value> {
             *seen.entry(l.seq).or_default() += 1;
             per_color[l.color.index() as usize] += 1;
         }
-        let lost = (0..n).filter(|s| !seen.contains_key(s)).count();
+        let lost = sent.iter().filter(|s| !seen.contains_key(s)).count();
         let dup: u64 = seen.values().map(|c| u64::from(c.saturating_sub(1))).sum();
+        // Arrived although the sender saw it fail (a write error after the data left).
+        let unexpected = seen.keys().filter(|s| !sent.contains(s)).count();
         accounting.insert(
             t.key().into(),
-            json!({ "sent": n, "lost": lost, "duplicated": dup, "blue": per_color[0], "green": per_color[1] }),
+            json!({ "sent": sent.len(), "lost": lost, "duplicated": dup, "unexpected": unexpected, "blue": per_color[0], "green": per_color[1] }),
         );
     }
 

@@ -3,9 +3,12 @@
 //!
 //! On 2 vCPUs the generator saturates first, so packets per second barely separate the
 //! contenders. CPU time does: the host's busy time (/proc/stat) over a run at a fixed offered
-//! rate, minus a baseline run in which the edge drops every packet at XDP ingress
-//! (`bench_drop`: generator and veth cost only), divided by the packets the backend got. Each
-//! contender's baseline is measured right before it, to follow drifting background load.
+//! rate, minus a baseline run in which the edge drops every packet at the earliest hook of the
+//! contender's own receive path (generator and delivery cost only), divided by the packets the
+//! backend got. An XDP program changes veth's receive path (each skb becomes an xdp_buff, maybe
+//! copied), which only the XDP contenders pay: their baseline drops in XDP (`bench_drop`); the
+//! others' drops at netdev ingress (nft) with no XDP program attached. Each contender's
+//! baseline is measured right before it, to follow drifting background load.
 //! Then the highest offered rate with zero loss, by binary search (RFC 2544 style), up to what
 //! the generator can offer.
 
@@ -15,12 +18,13 @@ use anyhow::{bail, Context as _, Result};
 use aya::programs::{xdp::XdpLinkId, XdpMode};
 use serde_json::{json, Value};
 use switcher::datapath::{self, Datapath};
-use switcher_tests::lab::{in_netns, Host, BLUE_V4, EDGE_TO_CLIENT, HOST_IF, VIP_V4};
+use switcher_tests::lab::{in_netns, Host, BLUE_V4, EDGE_TO_CLIENT, VIP_V4};
 
 use crate::{
-    contenders::{Kind, Stage},
+    contenders::{Kind, Stage, UDP_PORT},
     traffic::{
-        backend_packets, install_backend_counters, link_packets, netns_pids, Cpu, Generator,
+        backend_packets, install_backend_counters, install_offered_counter, netns_pids,
+        nft_counter, nft_load, offered_packets, Cpu, Generator, Window,
     },
     Opts,
 };
@@ -122,19 +126,103 @@ impl Drop for EdgeDrop {
     }
 }
 
+/// Where a baseline drops the test traffic on the edge: the earliest hook of the contender's
+/// own receive path, so the baseline pays for that path's receive work and nothing more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DropAt {
+    /// `bench_drop` attached in XDP: the path the XDP contenders' packets take.
+    Xdp,
+    /// An nft netdev ingress hook, no XDP program: the plain skb path of everyone else.
+    NetdevIngress,
+}
+
+impl DropAt {
+    fn of(kind: Kind) -> DropAt {
+        match kind {
+            Kind::SwitcherRedirect | Kind::SwitcherPass => DropAt::Xdp,
+            Kind::Nft | Kind::Nginx | Kind::Direct => DropAt::NetdevIngress,
+        }
+    }
+
+    fn key(self) -> &'static str {
+        match self {
+            DropAt::Xdp => "xdp_drop",
+            DropAt::NetdevIngress => "netdev_ingress_drop",
+        }
+    }
+
+    fn describe(self) -> String {
+        match self {
+            DropAt::Xdp => format!("bench_drop (XDP, driver mode) on the edge's {EDGE_TO_CLIENT}"),
+            DropAt::NetdevIngress => format!(
+                "nft netdev ingress hook on the edge's {EDGE_TO_CLIENT} dropping udp dport {UDP_PORT}, no XDP program attached"
+            ),
+        }
+    }
+}
+
+const EDGE_DROP_TABLE: &str = "switcher_bench_drop";
+
+/// The netdev ingress drop on the edge, present only while a baseline runs; deleted on drop,
+/// also when the run fails.
+struct NftDrop<'a> {
+    stage: &'a Stage,
+    armed: bool,
+}
+
+impl<'a> NftDrop<'a> {
+    fn install(stage: &'a Stage) -> Result<NftDrop<'a>> {
+        let rules = format!(
+            "table netdev {EDGE_DROP_TABLE} {{\n  counter dropped {{}}\n  chain in {{\n    type filter hook ingress device \"{EDGE_TO_CLIENT}\" priority -500; policy accept;\n    ip protocol udp udp dport {UDP_PORT} counter name \"dropped\" drop\n  }}\n}}\n"
+        );
+        // `nft -f` is one transaction: if it fails there is nothing to delete.
+        nft_load(&stage.lab, Host::Edge, &stage.dir, "edge-drop.nft", &rules)?;
+        Ok(NftDrop { stage, armed: true })
+    }
+
+    fn packets(&self) -> Result<u64> {
+        nft_counter(&self.stage.lab, Host::Edge, EDGE_DROP_TABLE, "dropped")
+    }
+
+    fn delete(&self) -> Result<()> {
+        self.stage.lab.run(
+            Host::Edge,
+            &["nft", "delete", "table", "netdev", EDGE_DROP_TABLE],
+        )?;
+        Ok(())
+    }
+
+    fn remove(mut self) -> Result<()> {
+        self.armed = false;
+        self.delete()
+    }
+}
+
+impl Drop for NftDrop<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            if let Err(e) = self.delete() {
+                eprintln!("bench: removing the edge's nft drop: {e:#}");
+            }
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Trial {
+    /// Test-flow datagrams counted leaving the client.
     offered: u64,
     forwarded: u64,
-    /// Seen by bench_drop on the edge (baselines only).
+    /// Seen by the edge's drop (baselines only).
     edge: u64,
-    secs: f64,
+    /// Steady sending, timed from the client's counters (not trafgen's start, exit or idle).
+    window: Window,
     cpu: Cpu,
 }
 
 impl Trial {
     fn pps(&self) -> f64 {
-        self.offered as f64 / self.secs.max(1e-9)
+        self.window.pps()
     }
 
     fn lost(&self) -> u64 {
@@ -142,11 +230,14 @@ impl Trial {
     }
 }
 
+/// Packets the edge's baseline drop has seen so far.
+type EdgeCount<'a> = &'a dyn Fn() -> Result<u64>;
+
 /// One generator run: counters and CPU around it.
 fn trial(
     stage: &Stage,
     gen: &Generator,
-    edge: Option<&mut EdgeDrop>,
+    edge: Option<EdgeCount<'_>>,
     pps: Option<u64>,
     secs: f64,
 ) -> Result<Trial> {
@@ -157,55 +248,71 @@ fn trial(
         None => (2_000_000.0 * secs) as u64,
     };
     let limit = Duration::from_secs_f64(secs * 1.5 + 1.0);
-    let e0 = match &edge {
-        Some(e) => e.dp.as_ref().map(|d| d.bench_packets()).transpose()?,
-        None => None,
-    };
-    let tx0 = link_packets(lab, Host::Client, HOST_IF, "tx")?;
+    let e0 = edge.map(|f| f()).transpose()?;
+    let tx0 = offered_packets(lab)?;
     let fwd0 = backend_packets(lab)?;
     let pids = netns_pids(lab, Host::Edge)?;
     let cpu0 = Cpu::now(&pids)?;
-    let t0 = std::time::Instant::now();
-    gen.send(lab, count, pps, limit)?;
+    let window = gen.send(lab, count, pps, limit)?;
     // In the window: what the contender still has queued (nginx) is work for these packets.
     std::thread::sleep(Duration::from_millis(100));
-    let secs = t0.elapsed().as_secs_f64() - 0.1;
     let cpu1 = Cpu::now(&pids)?;
-    let tx1 = link_packets(lab, Host::Client, HOST_IF, "tx")?;
+    let tx1 = offered_packets(lab)?;
     let fwd1 = backend_packets(lab)?;
-    let e1 = match &edge {
-        Some(e) => e.dp.as_ref().map(|d| d.bench_packets()).transpose()?,
-        None => None,
-    };
+    let e1 = edge.map(|f| f()).transpose()?;
     let offered = tx1.saturating_sub(tx0);
     if offered == 0 {
-        bail!("trafgen offered nothing (client {HOST_IF} tx counter did not move)");
+        bail!("trafgen offered nothing (the client's test-flow counter did not move)");
     }
+    let Some(window) = window else {
+        bail!("could not time the generator: it sent {offered} packets in too short a burst");
+    };
     Ok(Trial {
         offered,
         forwarded: fwd1.saturating_sub(fwd0),
         edge: e1.unwrap_or(0).saturating_sub(e0.unwrap_or(0)),
-        secs,
+        window,
         cpu: cpu1.since(cpu0),
     })
 }
 
-/// A run with the edge dropping everything at XDP ingress.
+/// A run with the edge dropping everything at `at`.
 fn baseline(
     stage: &Stage,
     gen: &Generator,
     edge: &mut EdgeDrop,
+    at: DropAt,
     pps: Option<u64>,
     secs: f64,
 ) -> Result<Trial> {
-    let link = edge.attach()?;
-    let t = trial(stage, gen, Some(&mut *edge), pps, secs);
-    let d = edge.detach(link);
-    let t = t?;
-    d?;
+    let t = match at {
+        DropAt::Xdp => {
+            let link = edge.attach()?;
+            let dp = edge.dp.as_ref();
+            let count = || -> Result<u64> {
+                dp.context("bench datapath already released")?
+                    .bench_packets()
+            };
+            let t = trial(stage, gen, Some(&count), pps, secs);
+            let d = edge.detach(link);
+            let t = t?;
+            d?;
+            t
+        }
+        DropAt::NetdevIngress => {
+            let drop = NftDrop::install(stage)?;
+            let count = || drop.packets();
+            let t = trial(stage, gen, Some(&count), pps, secs);
+            let r = drop.remove();
+            let t = t?;
+            r?;
+            t
+        }
+    };
     if t.edge < t.offered / 2 {
         bail!(
-            "baseline invalid: the edge's bench_drop saw {} of {} offered packets",
+            "baseline invalid: the edge's {} saw {} of {} offered packets",
+            at.key(),
             t.edge,
             t.offered
         );
@@ -217,14 +324,23 @@ pub fn run(opts: &Opts) -> Result<Value> {
     let p = Params::new(opts.quick);
     let mut stage = Stage::up("fwd")?;
     install_backend_counters(&stage.lab, &stage.dir)?;
+    install_offered_counter(&stage.lab, &stage.dir)?;
     let mut edge = EdgeDrop::load(&stage)?;
     let via_vip = Generator::new(&stage.lab, &stage.dir, VIP_V4)?;
     let direct = Generator::new(&stage.lab, &stage.dir, BLUE_V4)?;
 
-    let gmax = baseline(&stage, &via_vip, &mut edge, None, p.secs.min(2.0))?;
+    // What the generator alone can offer; into XDP, the cheapest receive path.
+    let gmax = baseline(
+        &stage,
+        &via_vip,
+        &mut edge,
+        DropAt::Xdp,
+        None,
+        p.secs.min(2.0),
+    )?;
     let gen_max = gmax.pps() as u64;
     println!(
-        "\nForwarding: one UDP flow from trafgen, {} kpps offered for {:.1} s per run; the generator alone reaches {:.0} kpps",
+        "\nForwarding: one UDP flow from trafgen, {} kpps asked for {:.1} s per run (trafgen sends each second's packets in one burst); the generator alone reaches {:.0} kpps",
         p.pps / 1000,
         p.secs,
         gmax.pps() / 1000.0
@@ -236,7 +352,14 @@ pub fn run(opts: &Opts) -> Result<Value> {
         } else {
             &via_vip
         };
-        let base = baseline(&stage, gen, &mut edge, Some(p.pps), p.secs)?;
+        let base = baseline(
+            &stage,
+            gen,
+            &mut edge,
+            DropAt::of(kind),
+            Some(p.pps),
+            p.secs,
+        )?;
         stage
             .start(kind)
             .with_context(|| format!("starting {}", kind.label()))?;
@@ -247,11 +370,13 @@ pub fn run(opts: &Opts) -> Result<Value> {
     drop(stage);
     print_table(&rows);
     Ok(json!({
-        "method": "host busy CPU (/proc/stat) over a run at a fixed offered rate, minus the same run with the edge dropping at XDP ingress (bench_drop), per packet counted at the backend (nft netdev ingress counter, dropped there); *_kernel_and_lab: the same with only the host's kernel time plus the user time of the lab's processes (trafgen, nginx, the daemon), less sensitive to other users of a shared machine",
+        "method": "host busy CPU (/proc/stat) over a run at a fixed offered rate, minus the same run with the edge dropping every packet at the earliest hook of the contender's own receive path (baseline.drop_at: xdp_drop = bench_drop in XDP for switcher; netdev_ingress_drop = nft netdev ingress with no XDP program for the others), per packet counted at the backend (nft netdev ingress counter, dropped there); *_kernel_and_lab: the same with only the host's kernel time plus the user time of the lab's processes (trafgen, nginx, the daemon), less sensitive to other users of a shared machine",
+        "offered_counted": "test-flow datagrams leaving the client (nft netdev egress counter on udp sport/dport), not the interface's tx counter (which counts ARP and ND too); offered_pps is the rate while trafgen was sending, timed from the client's tx counter sampled every 5 ms, its start, exit and idle time left out. trafgen -b paces per second: it sends each second's packets in one burst as fast as the path takes them, then sleeps; so offered_pps is that burst rate, above asked_pps, and loss and the loss-free search reflect such bursts",
         "offered_pps_target": p.pps,
         "run_seconds": p.secs,
         "generator": "trafgen -P 1, one UDP flow, 142-byte frames",
         "generator_max_pps": gen_max,
+        "generator_max_drop_at": DropAt::Xdp.key(),
         "contenders": rows,
     }))
 }
@@ -264,8 +389,9 @@ fn measure(
     base: &Trial,
     gen_max: u64,
 ) -> Result<Value> {
-    // A few packets to warm caches, conntrack, nginx's session and the flow table.
-    trial(stage, gen, None, Some(10_000), 0.1)?;
+    // A few packets to warm caches, conntrack, nginx's session and the flow table; untimed
+    // (trafgen sends so few in a burst too short to time).
+    gen.send(&stage.lab, 1000, Some(10_000), Duration::from_secs(2))?;
     let t = trial(stage, gen, None, Some(p.pps), p.secs)?;
     if t.forwarded == 0 {
         bail!(
@@ -312,6 +438,8 @@ fn measure(
         "label": kind.label(),
         "offered": t.offered,
         "offered_pps": t.pps(),
+        "asked_pps": p.pps,
+        "window_seconds": t.window.secs,
         "forwarded": t.forwarded,
         "lost": t.lost(),
         "loss_pct": 100.0 * t.lost() as f64 / t.offered as f64,
@@ -319,6 +447,8 @@ fn measure(
         "cpu_ns_per_forwarded_kernel_and_lab": cpu_lab,
         "busy_ms": t.cpu.host_ns as f64 / 1e6,
         "baseline": {
+            "drop_at": DropAt::of(kind).key(),
+            "hook": DropAt::of(kind).describe(),
             "offered": base.offered,
             "offered_pps": base.pps(),
             "edge_dropped": base.edge,
@@ -374,12 +504,16 @@ fn print_table(rows: &[Value]) {
 /// Markdown table of this section's results for results.md.
 pub fn markdown(v: &Value) -> String {
     let mut s = format!(
-        "One UDP flow from trafgen (the generator alone reaches {:.0} kpps). CPU per forwarded packet = host busy CPU over the run minus a baseline run where the edge \
-         drops at XDP ingress, divided by packets counted at the backend; \"kernel + lab\" counts only \
+        "One UDP flow from trafgen (the generator alone reaches {:.0} kpps). CPU per forwarded packet = host busy CPU over the run minus a baseline run, \
+         divided by packets counted at the backend; each contender's generator + delivery baseline is a drop at the earliest hook of its own receive path: \
+         XDP for switcher, netdev ingress (nft, no XDP program attached) for the others, since attaching XDP changes veth's receive path. \
+         Offered packets are the test flow's, counted leaving the client; rates are timed over steady sending. trafgen paces per second \
+         (each second's packets leave in one burst at the path's speed), so offered rates are burst rates, above the {:.0} kpps asked. \"kernel + lab\" counts only \
          the host's kernel time and the lab processes' user time.\n\n\
          | contender | offered | loss | CPU per forwarded packet (host) | (kernel + lab) | highest loss-free rate |\n\
          |---|---:|---:|---:|---:|---:|\n",
-        f(v, "generator_max_pps") / 1000.0
+        f(v, "generator_max_pps") / 1000.0,
+        f(v, "offered_pps_target") / 1000.0
     );
     for r in v["contenders"].as_array().into_iter().flatten() {
         s += &format!(
