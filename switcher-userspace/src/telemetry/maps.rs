@@ -41,6 +41,15 @@ struct Census {
     entries: u64,
 }
 
+impl Census {
+    fn add(&mut self, v: &FlowValue) {
+        self.entries += 1;
+        if v.state == FLOW_OPEN {
+            self.pinned.entry(v.service_id).or_default()[(v.color & 1) as usize] += 1;
+        }
+    }
+}
+
 /// One service as the datapath sees it at one moment.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ServiceSample {
@@ -138,13 +147,7 @@ impl MapReader {
             }
         }
         let mut c = Census::default();
-        let mut count = |v: &FlowValue| {
-            c.entries += 1;
-            if v.state == FLOW_OPEN {
-                c.pinned.entry(v.service_id).or_default()[(v.color & 1) as usize] += 1;
-            }
-        };
-        let batched = super::batch::for_each_flow(self.flows_raw.fd().as_fd(), &mut count);
+        let batched = super::batch::for_each_flow(self.flows_raw.fd().as_fd(), |v| c.add(v));
         if let Err(e) = batched {
             static ONCE: std::sync::Once = std::sync::Once::new();
             ONCE.call_once(|| {
@@ -156,12 +159,13 @@ impl MapReader {
             // Key by key. Bounded: when the key the walk stands on is evicted, the kernel
             // restarts it from the first key, so entries may be seen twice; never walk more
             // than the table holds.
-            for entry in self.flows.iter().take(FLOW_TABLE_SIZE as usize) {
-                let Ok((_, v)) = entry else { continue };
-                c.entries += 1;
-                if v.state == FLOW_OPEN {
-                    c.pinned.entry(v.service_id).or_default()[(v.color & 1) as usize] += 1;
-                }
+            for (_, v) in self
+                .flows
+                .iter()
+                .take(FLOW_TABLE_SIZE as usize)
+                .filter_map(|r| r.ok())
+            {
+                c.add(&v);
             }
         }
         *cached = Some((Instant::now(), c.clone()));
