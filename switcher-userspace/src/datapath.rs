@@ -466,24 +466,16 @@ impl Datapath {
 
     /// Entries in the flow table (walks it: for status and tests, not hot paths).
     pub fn flow_count(&self) -> Result<usize> {
-        let m: HashMap<&MapData, switcher_common::FlowKey, switcher_common::FlowValue> =
-            HashMap::try_from(
-                self.ebpf
-                    .map(names::FLOWS)
-                    .ok_or_else(|| anyhow!("map {} missing", names::FLOWS))?,
-            )?;
-        Ok(m.keys().filter(|k| k.is_ok()).count())
+        let mut n = 0;
+        crate::flow_table::for_each(&self.hash(names::FLOWS)?, |_, _| n += 1)?;
+        Ok(n)
     }
 
-    /// Flow table entries for one service: (key, value).
+    /// Every flow table entry: (key, value).
     pub fn flows(&self) -> Result<Vec<(switcher_common::FlowKey, switcher_common::FlowValue)>> {
-        let m: HashMap<&MapData, switcher_common::FlowKey, switcher_common::FlowValue> =
-            HashMap::try_from(
-                self.ebpf
-                    .map(names::FLOWS)
-                    .ok_or_else(|| anyhow!("map {} missing", names::FLOWS))?,
-            )?;
-        Ok(m.iter().filter_map(|r| r.ok()).collect())
+        let mut all = Vec::new();
+        crate::flow_table::for_each(&self.hash(names::FLOWS)?, |k, v| all.push((*k, *v)))?;
+        Ok(all)
     }
 
     fn array<T: aya::Pod>(&self, name: &str) -> Result<Array<&MapData, T>> {

@@ -8,6 +8,7 @@ pub mod controller;
 pub mod daemon;
 pub mod datapath;
 pub mod deploy;
+pub mod flow_table;
 pub mod probe;
 pub mod state;
 pub mod status;

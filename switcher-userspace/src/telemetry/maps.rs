@@ -4,7 +4,6 @@
 
 use std::{
     collections::BTreeMap,
-    os::fd::AsFd as _,
     path::Path,
     sync::Mutex,
     time::{Duration, Instant},
@@ -14,12 +13,12 @@ use anyhow::{Context as _, Result};
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
 use switcher_common::{
     backend_index, names, ActiveWord, ColorCounters, FlipMark, FlowKey, FlowValue, Reason, BLUE,
-    FLOW_OPEN, FLOW_TABLE_SIZE, GREEN,
+    FLOW_OPEN, GREEN,
 };
 
-/// How old a flow census may be before a sample walks the flow table again. A walk costs two
-/// syscalls per entry (up to half a second with a full table), so it is shared by every
-/// scrape and dashboard sample in this window; draining is followed in minutes, not seconds.
+/// How old a flow census may be before a sample walks the flow table again. Even batched, a
+/// walk of a full table takes about 0.1 s, so it is shared by every scrape and dashboard
+/// sample in this window; draining is followed in minutes, not seconds.
 pub const CENSUS_MAX_AGE: Duration = Duration::from_secs(5);
 
 pub struct MapReader {
@@ -28,8 +27,6 @@ pub struct MapReader {
     active: Array<MapData, ActiveWord>,
     marks: Array<MapData, FlipMark>,
     flows: HashMap<MapData, FlowKey, FlowValue>,
-    /// The same map, for batch lookups (see `batch`).
-    flows_raw: MapData,
     census: Mutex<Option<(Instant, Census)>>,
 }
 
@@ -88,10 +85,6 @@ impl MapReader {
             active: open(maps_dir, names::ACTIVE)?,
             marks: open(maps_dir, names::FLIP_MARKS)?,
             flows: open(maps_dir, names::FLOWS)?,
-            flows_raw: {
-                let path = maps_dir.join(names::FLOWS);
-                MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?
-            },
             census: Mutex::new(None),
         })
     }
@@ -117,7 +110,7 @@ impl MapReader {
             }
             out.services.insert(id, s);
         }
-        let census = self.census();
+        let census = self.census()?;
         out.flow_entries = census.entries;
         for (id, pinned) in &census.pinned {
             if let Some(s) = out.services.get_mut(id) {
@@ -136,39 +129,19 @@ impl MapReader {
 
     /// The flow census, walked again when older than [`CENSUS_MAX_AGE`]. Concurrent callers
     /// wait for one walk instead of each doing their own.
-    fn census(&self) -> Census {
+    fn census(&self) -> Result<Census> {
         let mut cached = match self.census.lock() {
             Ok(c) => c,
             Err(poisoned) => poisoned.into_inner(),
         };
         if let Some((at, c)) = cached.as_ref() {
             if at.elapsed() < CENSUS_MAX_AGE {
-                return c.clone();
+                return Ok(c.clone());
             }
         }
         let mut c = Census::default();
-        let batched = super::batch::for_each_flow(self.flows_raw.fd().as_fd(), |v| c.add(v));
-        if let Err(e) = batched {
-            static ONCE: std::sync::Once = std::sync::Once::new();
-            ONCE.call_once(|| {
-                tracing::warn!(
-                    "batch lookups on the flow table failed ({e}); walking it key by key"
-                )
-            });
-            c = Census::default();
-            // Key by key. Bounded: when the key the walk stands on is evicted, the kernel
-            // restarts it from the first key, so entries may be seen twice; never walk more
-            // than the table holds.
-            for (_, v) in self
-                .flows
-                .iter()
-                .take(FLOW_TABLE_SIZE as usize)
-                .filter_map(|r| r.ok())
-            {
-                c.add(&v);
-            }
-        }
+        crate::flow_table::for_each(&self.flows, |_, v| c.add(v))?;
         *cached = Some((Instant::now(), c.clone()));
-        c
+        Ok(c)
     }
 }

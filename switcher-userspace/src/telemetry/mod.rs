@@ -2,7 +2,6 @@
 //! maps, the controller's catalog and the health board, plus the metrics the controller
 //! records as things happen. The dashboard's snapshots come from the same sources.
 
-mod batch;
 pub mod exposition;
 pub mod health;
 pub mod maps;
