@@ -371,6 +371,18 @@ pub fn seqs(file: &Path, stream: &str) -> Result<Vec<u64>> {
     Ok(out)
 }
 
+/// Waits up to `timeout` for a log-sender to end; fails unless it exited successfully, and
+/// returns how many lines it sent.
+pub fn finish_sender(p: &Proc, timeout: Duration) -> Result<u64> {
+    let st = p.wait_timeout(timeout)?;
+    if !st.is_some_and(|s| s.success()) {
+        bail!("log-sender failed: {}", p.stderr_tail(10));
+    }
+    sender_summary(p)?["sent"]
+        .as_u64()
+        .context("log-sender summary has no sent count")
+}
+
 /// The sender's closing JSON summary line.
 pub fn sender_summary(p: &Proc) -> Result<serde_json::Value> {
     let line = p

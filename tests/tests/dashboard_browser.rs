@@ -26,7 +26,7 @@ use futures_util::StreamExt as _;
 use support::privileged;
 use switcher::{api::Request, config::Color};
 use switcher_tests::{
-    lab::{Host, BLUE_V4, VIP_V4},
+    lab::{Host, BLUE_V4},
     rig::{self, Rig, UDP_PORT},
 };
 
@@ -262,23 +262,7 @@ fn dashboard_shows_live_state_and_guards_actions() {
     )
     .expect("rig");
     // Traffic for the charts during the whole test, bounded: 300 lines/s for at most 60 s.
-    let sender = rig
-        .send(
-            &format!("{VIP_V4}:{UDP_PORT}"),
-            &[
-                "--proto",
-                "udp",
-                "--count",
-                "18000",
-                "--rate",
-                "300",
-                "--stream",
-                "d",
-                "--max-seconds",
-                "60",
-            ],
-        )
-        .expect("sender");
+    let sender = rig.stream("udp", "d", 18_000, 300).expect("sender");
     let problems = Arc::new(Mutex::new(Vec::new()));
     let ns = rig.lab.ns(Host::Edge).to_string();
     let result = switcher_tests::lab::in_netns(&ns, || {

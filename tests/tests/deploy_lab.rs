@@ -15,7 +15,7 @@ use switcher::{
 };
 use switcher_tests::{
     lab::{Host, GREEN_V4},
-    rig::{self, sender_summary, Rig, TCP_PORT, UDP_PORT},
+    rig::{self, Rig, TCP_PORT, UDP_PORT},
 };
 
 use switcher_tests::services::STANDARD_CHECKS as CHECKS;
@@ -90,15 +90,8 @@ fn assert_no_loss(
     stream: &str,
     count: u64,
 ) -> (usize, usize) {
-    let st = p.wait_timeout(Duration::from_secs(70)).expect("wait");
-    assert!(
-        st.is_some_and(|s| s.success()),
-        "sender {stream} failed: {}",
-        p.stderr_tail(10)
-    );
-    let sent = sender_summary(p).expect("summary")["sent"]
-        .as_u64()
-        .unwrap_or(0);
+    let sent = rig::finish_sender(p, Duration::from_secs(70))
+        .unwrap_or_else(|e| panic!("sender {stream}: {e:#}"));
     assert_eq!(sent, count, "sender {stream} sent everything");
     let got = rig
         .wait_stream(stream, count as usize, Duration::from_secs(10))

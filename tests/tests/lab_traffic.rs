@@ -9,7 +9,7 @@ use support::privileged;
 use switcher::config::Color;
 use switcher_tests::{
     lab::{Host, VIP_V4, VIP_V6},
-    rig::{self, sender_summary, Rig, TCP_PORT, UDP_PORT},
+    rig::{self, Rig, TCP_PORT, UDP_PORT},
 };
 
 fn target(v6: bool, port: u16) -> String {
@@ -60,14 +60,8 @@ fn udp_stream_across_flips(tag: &str, v6: bool, forward: &str) {
     assert!(rig.flip(svc, Color::Green).expect("flip").changed);
     at(start, Duration::from_millis(2000));
     assert!(rig.flip(svc, Color::Blue).expect("flip back").changed);
-    let st = sender.wait_timeout(Duration::from_secs(40)).expect("wait");
-    assert!(
-        st.is_some_and(|s| s.success()),
-        "sender failed: {}",
-        sender.stderr_tail(10)
-    );
-    let summary = sender_summary(&sender).expect("summary");
-    assert_eq!(summary["sent"], count, "{summary}");
+    let sent = rig::finish_sender(&sender, Duration::from_secs(40)).expect("sender");
+    assert_eq!(sent, count);
 
     let got = rig
         .wait_stream("u", count as usize, Duration::from_secs(10))

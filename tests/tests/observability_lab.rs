@@ -10,7 +10,7 @@ use support::{metrics, privileged};
 use switcher::{api::Request, config::Color};
 use switcher_tests::{
     lab::Host,
-    rig::{self, sender_summary, Rig, UDP_PORT},
+    rig::{self, Rig, UDP_PORT},
 };
 
 fn scrape(rig: &Rig) -> metrics::Scrape {
@@ -41,15 +41,7 @@ fn send(rig: &Rig, proto: &str, stream: &str, count: u64, rate: u64) -> switcher
 }
 
 fn finish(p: &switcher_tests::lab::Proc, count: u64) {
-    let st = p.wait_timeout(Duration::from_secs(70)).expect("wait");
-    assert!(
-        st.is_some_and(|s| s.success()),
-        "sender: {}",
-        p.stderr_tail(10)
-    );
-    let sent = sender_summary(p).expect("summary")["sent"]
-        .as_u64()
-        .unwrap_or(0);
+    let sent = rig::finish_sender(p, Duration::from_secs(70)).expect("sender");
     assert_eq!(sent, count);
 }
 

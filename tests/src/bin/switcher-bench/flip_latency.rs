@@ -72,11 +72,7 @@ pub fn run(opts: &Opts) -> Result<Value> {
         api_to_map.push(ns);
     }
     let flip_secs = started.elapsed().as_secs_f64();
-    let st = sender.wait_timeout(Duration::from_secs(70))?;
-    if !st.is_some_and(|s| s.success()) {
-        bail!("sender failed: {}", sender.stderr_tail(10));
-    }
-    let sent = rig::sender_summary(&sender)?["sent"].as_u64().unwrap_or(0);
+    let sent = rig::finish_sender(&sender, Duration::from_secs(70))?;
     let got = rig.wait_stream("f", sent as usize, Duration::from_secs(10))?;
     let (lost, dup) = got.loss_and_duplicates(sent);
     let api = latency_us(&mut api_to_map);
