@@ -10,7 +10,7 @@ use switcher_common::{
     Reason, ReverseValue, ServiceValue, FLOW_TABLE_SIZE, MAX_SERVICES,
 };
 
-/// Sized for a busy edge host; LRU evicts the least recently used flow when full.
+/// Datagrams being reassembled at once; LRU evicts the oldest when full.
 pub const FRAG_TABLE_SIZE: u32 = 16_384;
 
 #[map]
