@@ -56,12 +56,14 @@ struct App {
 pub struct Server {
     listener: tokio::net::TcpListener,
     app: App,
+    /// Where the snapshot publisher sends; `app.snapshots` receives.
+    snapshots: watch::Sender<Arc<String>>,
 }
 
 impl Server {
-    /// Binds `addr` and prepares the routes. The health monitor and the snapshot publisher
-    /// start with [`Server::serve`].
-    /// Binds first, so that a second daemon fails here before touching the token file.
+    /// Binds `addr` (before anything else, so that a second daemon fails here without
+    /// touching the token file). The health monitor and the snapshot publisher start with
+    /// [`Server::serve`].
     pub async fn bind(
         addr: SocketAddr,
         shared: Shared,
@@ -74,9 +76,10 @@ impl Server {
         if !addr.ip().is_loopback() {
             warn!(%addr, "metrics and dashboard listen beyond localhost");
         }
-        let (_, snapshots) = watch::channel(Arc::new(String::from("{}")));
+        let (tx, snapshots) = watch::channel(Arc::new(String::from("{}")));
         Ok(Self {
             listener,
+            snapshots: tx,
             app: App {
                 shared,
                 reader,
@@ -101,16 +104,14 @@ impl Server {
 
     /// Serves until the task is aborted.
     pub async fn serve(self) -> Result<()> {
-        let mut app = self.app;
-        let (tx, rx) = watch::channel(Arc::new(String::from("{}")));
-        app.snapshots = rx;
-        // Aborted with this future: the daemon aborts the listener at shutdown.
+        let app = self.app;
         let probe = app.shared.lock().await.cfg.daemon.probe_interval;
+        // Aborted with this future: the daemon aborts the listener at shutdown.
         let mut tasks = vec![tokio::spawn(snapshot::run(
             app.shared.clone(),
             app.reader.clone(),
             app.health.clone(),
-            tx,
+            self.snapshots,
             app.viewers.clone(),
         ))];
         if let Some(interval) = probe {
