@@ -231,7 +231,15 @@ async fn drive(rig: &Rig, problems: Arc<Mutex<Vec<String>>>) -> Result<()> {
             .await?
             .click()
             .await?;
-        wait_for(&page, "window.__seen !== null", Duration::from_secs(3)).await?;
+        if let Err(e) = wait_for(&page, "window.__seen !== null", Duration::from_secs(3)).await {
+            let notice: String = eval(
+                &page,
+                "document.querySelector('[data-testid=\"notice\"]').textContent",
+            )
+            .await
+            .unwrap_or_default();
+            bail!("{e:#}; the page says: {notice:?}");
+        }
         let seen: f64 = eval(&page, "window.__seen").await?;
         eprintln!("rollback button -> page shows green after {:.0} ms", seen - clicked);
         if seen - clicked > 1000.0 {
