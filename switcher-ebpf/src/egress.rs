@@ -7,17 +7,13 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use switcher_common::{
+    parse::{self, Frag, Frame},
     Endpoint, FlowKey, Reason, FAMILY_V4, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
 };
 
 const TCP_RST: u8 = 0x04;
 
-use crate::{
-    counters,
-    frame::{Frame, TcFrame},
-    maps::REVERSE,
-    parse::{self, Frag},
-};
+use crate::{counters, frame::TcFrame, maps::REVERSE};
 
 #[inline(always)]
 pub fn run(ctx: &TcContext) {

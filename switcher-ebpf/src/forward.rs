@@ -8,13 +8,16 @@ use aya_ebpf::{
     helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect},
     programs::XdpContext,
 };
-use switcher_common::{csum::Delta, FlowKey, Reason, FAMILY_V4};
+use switcher_common::{
+    csum::Delta,
+    parse::{self, Frag, Frame, Parsed},
+    FlowKey, Reason, FAMILY_V4,
+};
 
 use crate::{
     counters,
-    frame::{Frame, XdpFrame},
+    frame::XdpFrame,
     maps::{FIB_SCRATCH, REDIRECT_OK},
-    parse::{self, Frag, Parsed},
 };
 
 const AF_INET: u8 = 2;

@@ -1,16 +1,10 @@
-//! Bounds-checked byte access to a packet, the same for XDP (direct access) and TC
-//! (bpf_skb_load_bytes), so both directions share one parser.
+//! Bounds-checked byte access to a packet for XDP (direct access) and TC (bpf_skb_load_bytes):
+//! both implement switcher-common's [`Frame`], so both directions share its parser.
 
 use core::mem::size_of;
 
 use aya_ebpf::programs::{TcContext, XdpContext};
-
-pub trait Frame {
-    /// Copies `N` bytes at `off`, or `None` if the packet is shorter.
-    fn read<const N: usize>(&self, off: usize) -> Option<[u8; N]>;
-    /// Length of the whole frame in bytes.
-    fn len(&self) -> usize;
-}
+use switcher_common::parse::Frame;
 
 pub struct XdpFrame {
     start: usize,

@@ -10,15 +10,15 @@ use switcher_common::{
     backend_index,
     csum::Delta,
     decide::{self, ColorState, FlowWrite, TcpFlags},
+    parse::{self, Frag, Frame, Parsed, L4},
     Backend, FlowKey, FlowValue, FragKey, FragValue, Reason, FAMILY_V4, FRAG_TTL_NS, PROTO_TCP,
     PROTO_UDP, SVC_F_REDIRECT, SVC_F_UDP_AFFINITY,
 };
 
 use crate::{
     counters, forward,
-    frame::{Frame, XdpFrame},
+    frame::XdpFrame,
     maps::{Scratch, ACTIVE, BACKENDS, FLIP_MARKS, FLOWS, FRAGS, SCRATCH, SERVICES, SERVICE_PORTS},
-    parse::{self, Frag, Parsed, L4},
 };
 
 #[inline(always)]

@@ -21,8 +21,6 @@ mod frame;
 mod ingress;
 #[cfg(target_arch = "bpf")]
 mod maps;
-#[cfg(target_arch = "bpf")]
-mod parse;
 
 #[cfg(target_arch = "bpf")]
 mod programs {

@@ -1,12 +1,16 @@
 //! Ethernet (up to two VLAN tags) → IPv4 (with options) / IPv6 (with extension headers) → the
 //! L4 ports. Any inconsistency yields the [`Reason`] to count; the caller then passes the packet
 //! untouched, so a malformed packet is never rewritten.
+//!
+//! The parser reads the packet only through [`Frame`], so XDP (direct access), TC
+//! (bpf_skb_load_bytes) and host tests (a byte slice) share one implementation. Everything here
+//! is `#[inline(always)]` and generic over the frame, so it is monomorphised in the eBPF crate
+//! and inlined into each program: the verifier checks every read in place against the packet
+//! bounds, and no call is paid per packet.
 
-use switcher_common::{
+use crate::{
     FlowKey, Reason, FAMILY_V4, FAMILY_V6, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
 };
-
-use crate::frame::Frame;
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -16,7 +20,34 @@ const ETH_P_8021AD: u16 = 0x88a8;
 /// Upper bound on the L4 offset; keeps offsets small and visible to the verifier.
 const MAX_L4_OFF: usize = 512;
 
-#[derive(Clone, Copy, PartialEq, Eq)]
+/// Bounds-checked byte access to a packet.
+pub trait Frame {
+    /// Copies `N` bytes at `off`, or `None` if the packet is shorter.
+    fn read<const N: usize>(&self, off: usize) -> Option<[u8; N]>;
+    /// Length of the whole frame in bytes.
+    fn len(&self) -> usize;
+
+    /// `len`'s usual companion; the parser itself never needs it.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A packet held in memory: host tests and userspace tools parse exactly as the datapath does.
+impl Frame for [u8] {
+    #[inline(always)]
+    fn read<const N: usize>(&self, off: usize) -> Option<[u8; N]> {
+        let b = self.get(off..off.checked_add(N)?)?;
+        <[u8; N]>::try_from(b).ok()
+    }
+
+    #[inline(always)]
+    fn len(&self) -> usize {
+        <[u8]>::len(self)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Frag {
     None,
     /// First fragment: carries the L4 header.
@@ -25,6 +56,7 @@ pub enum Frag {
     Later(u32),
 }
 
+#[derive(Debug, PartialEq, Eq)]
 pub struct Parsed {
     pub family: u8,
     pub proto: u8,
@@ -42,7 +74,7 @@ pub struct Parsed {
 /// live in a map: the BPF stack is too small to copy them around).
 /// `Err(Reason::NotIp | NotService)` are ordinary pass-throughs.
 #[inline(always)]
-pub fn parse<F: Frame>(f: &F, flow: &mut FlowKey) -> Result<Parsed, Reason> {
+pub fn parse<F: Frame + ?Sized>(f: &F, flow: &mut FlowKey) -> Result<Parsed, Reason> {
     let mut off = ETH_HLEN;
     let mut ethertype = be16(f.read::<2>(12).ok_or(Reason::TruncatedL2)?);
     let mut vlans = 0u8;
@@ -62,7 +94,12 @@ pub fn parse<F: Frame>(f: &F, flow: &mut FlowKey) -> Result<Parsed, Reason> {
 }
 
 #[inline(always)]
-fn parse_v4<F: Frame>(f: &F, l3: usize, vlans: u8, flow: &mut FlowKey) -> Result<Parsed, Reason> {
+fn parse_v4<F: Frame + ?Sized>(
+    f: &F,
+    l3: usize,
+    vlans: u8,
+    flow: &mut FlowKey,
+) -> Result<Parsed, Reason> {
     let h = f.read::<20>(l3).ok_or(Reason::MalformedL3)?;
     if h[0] >> 4 != 4 {
         return Err(Reason::MalformedL3);
@@ -111,7 +148,12 @@ fn parse_v4<F: Frame>(f: &F, l3: usize, vlans: u8, flow: &mut FlowKey) -> Result
 }
 
 #[inline(always)]
-fn parse_v6<F: Frame>(f: &F, l3: usize, vlans: u8, flow: &mut FlowKey) -> Result<Parsed, Reason> {
+fn parse_v6<F: Frame + ?Sized>(
+    f: &F,
+    l3: usize,
+    vlans: u8,
+    flow: &mut FlowKey,
+) -> Result<Parsed, Reason> {
     let h = f.read::<8>(l3).ok_or(Reason::MalformedL3)?;
     if h[0] >> 4 != 6 {
         return Err(Reason::MalformedL3);
@@ -180,6 +222,7 @@ fn parse_v6<F: Frame>(f: &F, l3: usize, vlans: u8, flow: &mut FlowKey) -> Result
 }
 
 /// The L4 fields the datapath needs.
+#[derive(Debug, PartialEq, Eq)]
 pub struct L4 {
     pub sport: [u8; 2],
     pub dport: [u8; 2],
@@ -192,7 +235,7 @@ pub struct L4 {
 
 /// Reads the TCP or UDP header at `p.l4`, which must lie inside the IP packet.
 #[inline(always)]
-pub fn parse_l4<F: Frame>(f: &F, p: &Parsed) -> Result<L4, Reason> {
+pub fn parse_l4<F: Frame + ?Sized>(f: &F, p: &Parsed) -> Result<L4, Reason> {
     if p.l4 > MAX_L4_OFF {
         return Err(Reason::MalformedL4);
     }
@@ -238,3 +281,6 @@ pub fn parse_l4<F: Frame>(f: &F, p: &Parsed) -> Result<L4, Reason> {
 pub fn be16(b: [u8; 2]) -> u16 {
     u16::from_be_bytes(b)
 }
+
+#[cfg(test)]
+mod tests;
