@@ -1,0 +1,43 @@
+//! The lab: four network namespaces wired with veth pairs, built with iproute2.
+//!
+//! ```text
+//! client ns  eth0 198.18.0.1/24, 2001:2::1/64      ──veth── edge ns  to-client 198.18.0.254/24, 2001:2::fe/64
+//! blue ns    eth0 198.18.1.2/24, 2001:2:0:1::2/64  ──veth── edge ns  to-blue   198.18.1.1/24,   2001:2:0:1::1/64
+//! green ns   eth0 198.18.2.2/24, 2001:2:0:2::2/64  ──veth── edge ns  to-green  198.18.2.1/24,   2001:2:0:2::1/64
+//! ```
+//!
+//! The client reaches the VIP nets (198.18.10.0/24, 2001:2:0:10::/64) and the backend nets via
+//! the edge; the backends default-route via the edge; the edge forwards (v4 and v6) with
+//! `rp_filter` off. Namespaces are named `{prefix}-client`, `{prefix}-edge`, `{prefix}-blue` and
+//! `{prefix}-green`, so labs with different prefixes can coexist (tests run in parallel; use
+//! [`Lab::unique_prefix`]).
+//!
+//! Everything a [`Lab`] starts ([`Lab::spawn`], [`Lab::spawn_ready`], [`Lab::start_rsyslog`]) is
+//! tracked and killed, and the namespaces deleted, by [`Lab::down`] or when the `Lab` is dropped
+//! (also while a test panics).
+//!
+//! ```no_run
+//! use switcher_tests::lab::{Host, Lab, EDGE_CLIENT_V4};
+//! # fn main() -> anyhow::Result<()> {
+//! let mut lab = Lab::up(&Lab::unique_prefix("ex"))?;
+//! lab.run(Host::Client, &["ping", "-c1", "-W1", &EDGE_CLIENT_V4.to_string()])?;
+//! let sink = lab.spawn_ready(Host::Blue, "sh", &["-c", "echo READY; exec sleep 60"], "READY",
+//!     std::time::Duration::from_secs(5))?;
+//! println!("sink pid {}", sink.pid());
+//! lab.down()?;
+//! # Ok(()) }
+//! ```
+
+mod addr;
+mod command;
+mod netns;
+mod proc;
+mod rsyslog;
+mod snmp;
+mod topology;
+
+pub use addr::*;
+pub use netns::{cleanup_stale, in_netns, netns_list, require_root};
+pub use proc::Proc;
+pub use snmp::Snmp;
+pub use topology::{Host, Lab};
