@@ -1,5 +1,5 @@
 //! Builds the eBPF datapath (switcher-ebpf) for bpfel-unknown-none and leaves the object in
-//! OUT_DIR, where src/datapath.rs embeds it; copies the dashboard's uPlot files from npm's
+//! OUT_DIR, where src/datapath/loader.rs embeds it; copies the dashboard's uPlot files from npm's
 //! node_modules next to it. `cargo xtask setup` installs what this needs.
 
 use std::process::Command;

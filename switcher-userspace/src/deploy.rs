@@ -2,10 +2,11 @@
 //!
 //! ```text
 //! deployed ──promote──► validating ──pass──► ready ──flip──► promoted (watching) ──window ok──► stable
-//!    │                      │                  │                  │                              │
-//!    └──────abort───────────┴──────abort───────┘             rollback (auto/manual)        rollback (while warm)
-//!                           └──fail──► rejected                   ▼                              ▼
-//!                                                            rolled_back ◄───────────────────────┘
+//!    │  │                   │                  │                  │                              │
+//!    │  └──abort────────────┴──────abort───────┘             rollback (auto/manual)        rollback (while warm)
+//!    │                      └──fail──► rejected                   ▼                              ▼
+//!    │                                                       rolled_back ◄───────────────────────┘
+//!    └──flip --force --reason (no validation) ──────────────► promoted (watching)
 //! ```
 //! `abort` is possible before the flip, `rollback` after it. Every transition is recorded with
 //! its time, actor, reason and the evidence that decided it.
@@ -14,7 +15,7 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::Color;
+use crate::domain::Color;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -40,7 +41,8 @@ impl Phase {
         matches!(self, Phase::Rejected | Phase::Aborted | Phase::RolledBack)
     }
 
-    /// Whether the candidate colour serves traffic in this phase.
+    /// Whether the flip to the candidate happened before this phase (it serves now, or served
+    /// until it was rolled back).
     pub fn is_after_flip(self) -> bool {
         matches!(self, Phase::Promoted | Phase::Stable | Phase::RolledBack)
     }
@@ -137,7 +139,8 @@ pub struct Transition {
     pub at_ms: u64,
     pub from: Option<Phase>,
     pub to: Phase,
-    /// `cli:uid=0 pid=1234`, or `auto` for the controller itself.
+    /// Who: `cli:root (pid 1234)`, `dashboard:127.0.0.1:50312`, `signal:SIGHUP`, or `auto`
+    /// for the controller itself.
     pub actor: String,
     pub reason: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]

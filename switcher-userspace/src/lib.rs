@@ -1,17 +1,29 @@
 //! switcher: zero-downtime blue/green switching of log-ingest services with an XDP datapath.
-//! The binary (`src/main.rs`) is a thin CLI over these modules.
+//!
+//! Layers, top to bottom; a module calls only modules below it:
+//!
+//! ```text
+//! cli        the command line; talks to the daemon through `api` (wire types + client)
+//! daemon     `switcher daemon`: the API socket, signals, lifecycle; starts `web`
+//! web        HTTP: /metrics, the dashboard, its actions
+//! telemetry  OpenMetrics text from the catalog, the maps and the recorded metrics
+//! controller the one entry point for every operation; tasks, recovery, health monitor
+//! judge      pure verdicts on measurements      deploy, state: state machine, durable state
+//! datapath   the adapter trait and its aya implementation (load, program, read, encode)
+//! probe      health, load and metrics probes    config: the file    domain: shared words
+//! ```
+//! The binary (`src/main.rs`) only calls [`cli::main`].
 
 pub mod api;
-pub mod bpffs;
+pub mod cli;
 pub mod config;
 pub mod controller;
 pub mod daemon;
 pub mod datapath;
 pub mod deploy;
-pub mod flow_table;
+pub mod domain;
+pub mod judge;
 pub mod probe;
 pub mod state;
-pub mod status;
 pub mod telemetry;
 pub mod web;
-pub mod xdp_features;

@@ -13,7 +13,13 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::{config::Color, deploy::Deployment};
+use tracing::warn;
+
+use crate::{
+    config::{Config, Service},
+    deploy::Deployment,
+    domain::Color,
+};
 
 /// How many finished deployments are kept per service.
 pub const HISTORY_LIMIT: usize = 200;
@@ -46,9 +52,11 @@ pub enum StateError {
 pub struct Slot {
     pub backend: Option<SocketAddr>,
     pub version: Option<String>,
-    /// Known good: passed validation, served without being rolled back, or came from the
-    /// config. A manual flip to a slot that is not needs --force.
-    pub validated: bool,
+    /// Known good: passed validation, served a whole watch window, or came from the config.
+    /// A manual flip to a slot that is not trusted needs --force. (Stored and shown as
+    /// `validated`, the name earlier releases wrote.)
+    #[serde(rename = "validated")]
+    pub trusted: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -142,10 +150,46 @@ impl State {
         Ok(())
     }
 
+    /// The config's services with what the state knows layered on top: deployed backends and
+    /// the active colour survive restarts and reloads.
+    pub fn effective(&self, cfg: &Config) -> Vec<Service> {
+        cfg.services
+            .iter()
+            .map(|s| {
+                let mut s = s.clone();
+                if let Some(st) = self.services.get(&s.name) {
+                    for c in Color::BOTH {
+                        let (configured, deployed) = (s.backend(c), st.slot(c).backend);
+                        if deployed != configured && configured.is_some() && deployed.is_some() {
+                            warn!(service = %s.name, color = %c, config = ?configured, kept = ?deployed,
+                                "backend differs from the deployed one; keeping the deployed one");
+                        }
+                        *s.backend_mut(c) = deployed.or(configured);
+                    }
+                    s.active = st.active;
+                }
+                s
+            })
+            .collect()
+    }
+
     pub fn allocate_id(&mut self) -> u64 {
         let id = self.next_deployment;
         self.next_deployment += 1;
         id
+    }
+
+    /// Moves final deployments out of `current` into the history.
+    pub fn archive_finished(&mut self) {
+        let mut done = Vec::new();
+        for st in self.services.values_mut() {
+            if st.current.as_ref().is_some_and(|d| d.phase.is_final()) {
+                done.extend(st.current.take());
+            }
+        }
+        for d in done {
+            self.archive(d);
+        }
     }
 
     /// Moves a finished or replaced deployment into the history.
@@ -201,7 +245,7 @@ mod tests {
                 blue: Slot {
                     backend: Some("198.18.1.2:514".parse().expect("addr")),
                     version: None,
-                    validated: true,
+                    trusted: true,
                 },
                 green: Slot::default(),
                 current: Some(d),

@@ -2,5 +2,7 @@
 
 pub mod lab;
 #[cfg(feature = "rig")]
+pub mod loaded;
+#[cfg(feature = "rig")]
 pub mod rig;
 pub mod services;

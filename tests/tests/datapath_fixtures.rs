@@ -412,8 +412,8 @@ fn tcp_flow_stays_pinned_across_flips_and_new_syn_goes_to_active() {
     let (_, out) = t.xdp(&tcp4(c, 42000, "198.18.10.10", 601, "S", b"x"));
     assert_eq!(out, tcp4(c, 42000, "198.18.2.2", 2601, "S", b"x"));
 
-    let blue = t.dp().color_counters(id, Color::Blue).expect("counters");
-    let green = t.dp().color_counters(id, Color::Green).expect("counters");
+    let blue = t.counters(id, Color::Blue);
+    let green = t.counters(id, Color::Green);
     assert_eq!((blue.packets, blue.new_flows), (7, 1));
     assert_eq!((green.packets, green.new_flows), (2, 2));
 }
@@ -444,13 +444,7 @@ fn tcp_without_flow_entry_follows_drain_rule() {
         1,
         "second packet finds the entry"
     );
-    assert_eq!(
-        t.dp()
-            .color_counters(id, Color::Blue)
-            .expect("c")
-            .pin_misses,
-        1
-    );
+    assert_eq!(t.counters(id, Color::Blue).pin_misses, 1);
 }
 
 #[test]
@@ -465,10 +459,10 @@ fn udp_follows_active_per_packet_and_flip_mark_records_cutover() {
     assert_eq!(out, udp4("198.18.0.1", 44000, "198.18.1.2", 5514, PAYLOAD));
     let flip = t.dp().flip(id, Color::Green).expect("flip");
     assert!(flip.changed);
-    assert_eq!(t.dp().flip_mark(id).expect("mark").first_ns, [0, 0]);
+    assert_eq!(t.mark(id).first_ns, [0, 0]);
     let (_, out) = t.xdp(&pkt);
     assert_eq!(out, udp4("198.18.0.1", 44000, "198.18.2.2", 6514, PAYLOAD));
-    let mark = t.dp().flip_mark(id).expect("mark");
+    let mark = t.mark(id);
     assert_eq!(mark.generation, flip.generation);
     assert_eq!(mark.first_ns[0], 0, "blue got nothing after the flip");
     assert!(
@@ -607,11 +601,8 @@ fn egress_translates_replies_back_to_the_vip() {
         out,
         tcp4("198.18.10.10", 601, "198.18.0.1", 42000, "R", b"")
     );
-    assert_eq!(
-        t.dp().color_counters(id, Color::Green).expect("c").resets,
-        1
-    );
-    assert_eq!(t.dp().color_counters(id, Color::Blue).expect("c").resets, 0);
+    assert_eq!(t.counters(id, Color::Green).resets, 1);
+    assert_eq!(t.counters(id, Color::Blue).resets, 0);
     // An ICMP port unreachable from blue about a datagram sent to its udp backend port.
     let udp_id = t.id("udp4");
     let quoted = udp4("198.18.0.1", 40000, "198.18.1.2", 5514, b"hello");
@@ -625,15 +616,9 @@ fn egress_translates_replies_back_to_the_vip() {
         .expect("build icmp");
     let (action, out) = t.tc(&icmp);
     assert_eq!((action, out), (0, icmp), "ICMP passes untouched");
-    let k = t.dp().color_counters(udp_id, Color::Blue).expect("c");
+    let k = t.counters(udp_id, Color::Blue);
     assert_eq!(k.unreachables, 1);
-    assert_eq!(
-        t.dp()
-            .color_counters(udp_id, Color::Green)
-            .expect("c")
-            .unreachables,
-        0
-    );
+    assert_eq!(t.counters(udp_id, Color::Green).unreachables, 0);
 }
 
 /// The `[[service]]` blocks of SERVICES whose name is in `names`, as a full config.

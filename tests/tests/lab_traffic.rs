@@ -117,12 +117,12 @@ fn udp_stream_across_flips(tag: &str, v6: bool, forward: &str) {
         .find(|s| s.name == svc)
         .expect("service in status");
     assert_eq!(
-        s.blue.traffic.packets,
+        s.blue.packets,
         got.blue.len() as u64,
         "blue counter vs blue backend"
     );
     assert_eq!(
-        s.green.traffic.packets,
+        s.green.packets,
         got.green.len() as u64,
         "green counter vs green backend"
     );
@@ -271,11 +271,8 @@ fn tcp_pinned_across_flips(tag: &str, v6: bool, forward: &str) {
         .iter()
         .find(|s| s.name == svc)
         .expect("service");
-    assert_eq!(
-        (s.blue.traffic.new_flows, s.green.traffic.new_flows),
-        (1, 1)
-    );
-    assert_eq!(s.blue.traffic.pin_misses + s.green.traffic.pin_misses, 0);
+    assert_eq!((s.blue.new_flows, s.green.new_flows), (1, 1));
+    assert_eq!(s.blue.pin_misses + s.green.pin_misses, 0);
 }
 
 #[test]
@@ -444,10 +441,7 @@ fn restarted_daemon_adopts_the_pinned_datapath() {
         Color::Green,
         "active colour survives the restart"
     );
-    assert_eq!(
-        svc.green.traffic.packets, 500,
-        "counters survive the restart"
-    );
+    assert_eq!(svc.green.packets, 500, "counters survive the restart");
 }
 
 /// XDP_REDIRECT into a veth whose peer has neither XDP nor GRO is dropped by the kernel after

@@ -1,6 +1,8 @@
 //! `cargo xtask <cmd>`: project automation for switcher.
 //!
-//! One module per subcommand; add a variant to [`Cmd`] and a `run` in its module.
+//! `setup` and `lab` have a module each; the subcommands that build and run the project
+//! (`build`, `test`, `lint`, `demo`, `bench`) share `run`. A new subcommand is a variant of
+//! [`Cmd`] and a function in the module it belongs with.
 
 mod lab;
 mod run;

@@ -43,13 +43,10 @@ pub async fn http_get(url: &str, timeout: Duration) -> Result<HttpResult, ProbeE
     })
 }
 
-/// What to check and how long to keep trying.
-#[derive(Serialize, Deserialize, Clone, Debug)]
-pub struct HealthSpec {
-    /// Must accept a TCP connection.
-    pub tcp: Option<SocketAddr>,
-    /// Must answer a GET with 2xx.
-    pub http_url: Option<String>,
+/// How often and how long to probe, and how much passing is enough: the same for every
+/// backend a health check applies to (the config's `[service.health]` holds one).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct HealthRounds {
     /// Consecutive passing rounds required (0 is treated as 1: passing needs data).
     pub successes: u32,
     /// Time between the starts of two rounds.
@@ -58,6 +55,28 @@ pub struct HealthSpec {
     pub deadline: Duration,
     /// Per check (each TCP connect, each GET).
     pub timeout: Duration,
+}
+
+impl Default for HealthRounds {
+    fn default() -> Self {
+        Self {
+            successes: 3,
+            interval: Duration::from_millis(200),
+            deadline: Duration::from_secs(10),
+            timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+/// What to check on one backend, and on what schedule.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct HealthSpec {
+    /// Must accept a TCP connection.
+    pub tcp: Option<SocketAddr>,
+    /// Must answer a GET with 2xx.
+    pub http_url: Option<String>,
+    #[serde(flatten)]
+    pub rounds: HealthRounds,
 }
 
 /// What `until_healthy` saw, for the controller's decision and its record.
@@ -91,9 +110,9 @@ pub async fn until_healthy(spec: &HealthSpec) -> HealthEvidence {
         evidence.last_error = Some(NOTHING_CONFIGURED.to_owned());
         return evidence;
     }
-    let needed = spec.successes.max(1);
-    let interval = spec.interval.max(MIN_INTERVAL);
-    let deadline = tokio::time::Instant::from_std(start) + spec.deadline;
+    let needed = spec.rounds.successes.max(1);
+    let interval = spec.rounds.interval.max(MIN_INTERVAL);
+    let deadline = tokio::time::Instant::from_std(start) + spec.rounds.deadline;
     loop {
         let round_start = tokio::time::Instant::now();
         evidence.attempts = evidence.attempts.saturating_add(1);
@@ -103,7 +122,7 @@ pub async fn until_healthy(spec: &HealthSpec) -> HealthEvidence {
             .unwrap_or_else(|_| {
                 Err(format!(
                     "deadline of {} ms reached during a round",
-                    spec.deadline.as_millis()
+                    spec.rounds.deadline.as_millis()
                 ))
             });
         match result {
@@ -129,7 +148,7 @@ pub async fn until_healthy(spec: &HealthSpec) -> HealthEvidence {
         // Only passing rounds, but too few of them before the deadline.
         evidence.last_error = Some(format!(
             "deadline of {} ms reached after {} of {needed} consecutive successes",
-            spec.deadline.as_millis(),
+            spec.rounds.deadline.as_millis(),
             evidence.consecutive
         ));
     }
@@ -143,12 +162,12 @@ pub async fn check_once(spec: &HealthSpec) -> Result<(), String> {
         return Err(NOTHING_CONFIGURED.to_owned());
     }
     if let Some(addr) = spec.tcp {
-        tcp_connect(addr, spec.timeout)
+        tcp_connect(addr, spec.rounds.timeout)
             .await
             .map_err(|e| format!("tcp {addr}: {e}"))?;
     }
     if let Some(url) = &spec.http_url {
-        let result = http_get(url, spec.timeout)
+        let result = http_get(url, spec.rounds.timeout)
             .await
             .map_err(|e| format!("http: {e}"))?;
         if !(200..300).contains(&result.status) {
@@ -222,10 +241,12 @@ mod tests {
         HealthSpec {
             tcp,
             http_url,
-            successes,
-            interval: Duration::from_millis(20),
-            deadline: Duration::from_secs(2),
-            timeout: Duration::from_secs(1),
+            rounds: HealthRounds {
+                successes,
+                interval: Duration::from_millis(20),
+                deadline: Duration::from_secs(2),
+                timeout: Duration::from_secs(1),
+            },
         }
     }
 
@@ -295,7 +316,7 @@ mod tests {
     async fn until_healthy_fails_when_http_turns_503() -> TestResult {
         let (addr, _, task) = http_server(2).await?;
         let mut s = spec(None, Some(format!("http://{addr}/health")), 3);
-        s.deadline = Duration::from_millis(300);
+        s.rounds.deadline = Duration::from_millis(300);
         let start = Instant::now();
         let ev = until_healthy(&s).await;
         assert!(!ev.passed, "{ev:?}");
@@ -311,7 +332,7 @@ mod tests {
     #[tokio::test]
     async fn until_healthy_fails_on_closed_port_within_deadline() -> TestResult {
         let mut s = spec(Some(closed_port().await?), None, 1);
-        s.deadline = Duration::from_millis(200);
+        s.rounds.deadline = Duration::from_millis(200);
         let ev = until_healthy(&s).await;
         assert!(!ev.passed);
         assert!(ev.attempts >= 2, "{ev:?}");
@@ -325,7 +346,7 @@ mod tests {
     async fn deadline_too_short_for_the_streak() -> TestResult {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let mut s = spec(Some(listener.local_addr()?), None, 1000);
-        s.deadline = Duration::from_millis(100);
+        s.rounds.deadline = Duration::from_millis(100);
         let ev = until_healthy(&s).await;
         assert!(!ev.passed);
         assert!(ev.consecutive >= 1, "{ev:?}");

@@ -15,12 +15,12 @@ use prometheus_client::{
     registry::{Registry, Unit},
 };
 
-use super::{
-    health::BackendHealth,
-    maps::{Sample, ServiceSample},
-    recorded::Recorded,
+use crate::{
+    controller::{BackendHealth, CatalogEntry, Recorded},
+    datapath::read::{Readings, ServiceReading},
+    deploy::Phase,
+    domain::Color,
 };
-use crate::{config::Color, controller::view::CatalogEntry, deploy::Phase};
 
 /// Phases the `deployment_phase` state set reports; `none` when no deployment is open.
 const PHASES: &[(Option<Phase>, &str)] = &[
@@ -35,13 +35,13 @@ const PHASES: &[(Option<Phase>, &str)] = &[
     (Some(Phase::RolledBack), "rolled_back"),
 ];
 
-const COLORS: [Color; 2] = [Color::Blue, Color::Green];
+const COLORS: [Color; 2] = Color::BOTH;
 
 /// Everything one scrape shows that is not a recorded metric.
 #[derive(Debug)]
 pub struct ScrapeData {
     pub catalog: std::sync::Arc<Vec<CatalogEntry>>,
-    pub sample: Sample,
+    pub readings: Readings,
     pub health: BTreeMap<(String, Color), BackendHealth>,
     /// CLOCK_MONOTONIC and wall clock at the sample, to date kernel timestamps.
     pub mono_ns: u64,
@@ -96,10 +96,10 @@ impl Family<'_> {
 }
 
 impl ScrapeData {
-    fn services(&self) -> impl Iterator<Item = (&CatalogEntry, &ServiceSample)> {
+    fn services(&self) -> impl Iterator<Item = (&CatalogEntry, &ServiceReading)> {
         self.catalog
             .iter()
-            .filter_map(|e| self.sample.services.get(&e.id).map(|s| (e, s)))
+            .filter_map(|e| self.readings.services.get(&e.id).map(|s| (e, s)))
     }
 
     /// Wall-clock seconds of a CLOCK_MONOTONIC kernel timestamp.
@@ -186,12 +186,12 @@ impl Collector for ScrapeData {
             None,
             MetricType::Gauge,
         )?;
-        for (e, s) in self.services() {
+        for (e, _) in self.services() {
             for c in COLORS {
                 let color = c.to_string();
                 f.gauge(
                     &[("service", &e.name), ("color", &color)],
-                    s.pinned[c.index() as usize] as i64,
+                    self.readings.census.pinned(e.id, c) as i64,
                 )?;
             }
         }
@@ -202,7 +202,7 @@ impl Collector for ScrapeData {
             None,
             MetricType::Gauge,
         )?;
-        f.single(self.sample.flow_entries as i64)?;
+        f.single(self.readings.census.entries as i64)?;
 
         let mut f = family(
             &mut enc,
@@ -211,7 +211,7 @@ impl Collector for ScrapeData {
             None,
             MetricType::Counter,
         )?;
-        for (r, n) in &self.sample.reasons {
+        for (r, n) in &self.readings.reasons {
             f.counter(&[("reason", r.label())], *n)?;
         }
 

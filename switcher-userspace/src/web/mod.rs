@@ -31,17 +31,16 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::{
-    api::Request,
-    config::Color,
-    controller::Shared,
-    telemetry::{exposition, health::HealthBoard, maps::MapReader},
+    controller::Controller,
+    datapath::{monotonic_ns, MapReader},
+    domain::Color,
+    telemetry::exposition,
 };
 
 #[derive(Clone)]
 struct App {
-    shared: Shared,
+    ctl: Controller,
     reader: Arc<MapReader>,
-    health: HealthBoard,
     token: Arc<String>,
     snapshots: watch::Receiver<Arc<String>>,
     /// Open event streams: snapshots are built only while someone watches.
@@ -62,11 +61,12 @@ pub struct Server {
 
 impl Server {
     /// Binds `addr` (before anything else, so that a second daemon fails here without
-    /// touching the token file). The health monitor and the snapshot publisher start with
+    /// touching the token file). `maps_dir` is where the datapath's maps are pinned: scrapes
+    /// read them through their own handles. The snapshot publisher starts with
     /// [`Server::serve`].
     pub async fn bind(
         addr: SocketAddr,
-        shared: Shared,
+        ctl: Controller,
         maps_dir: &std::path::Path,
     ) -> Result<Self> {
         let reader = Arc::new(MapReader::open(maps_dir)?);
@@ -81,9 +81,8 @@ impl Server {
             listener,
             snapshots: tx,
             app: App {
-                shared,
+                ctl,
                 reader,
-                health: HealthBoard::default(),
                 token: Arc::new(String::new()),
                 viewers: Arc::new(AtomicUsize::new(0)),
                 loopback: addr.ip().is_loopback(),
@@ -105,23 +104,13 @@ impl Server {
     /// Serves until the task is aborted.
     pub async fn serve(self) -> Result<()> {
         let app = self.app;
-        let probe = app.shared.lock().await.cfg.daemon.probe_interval;
         // Aborted with this future: the daemon aborts the listener at shutdown.
-        let mut tasks = vec![tokio::spawn(snapshot::run(
-            app.shared.clone(),
+        let _publisher = AbortOnDrop(tokio::spawn(snapshot::run(
+            app.ctl.clone(),
             app.reader.clone(),
-            app.health.clone(),
             self.snapshots,
             app.viewers.clone(),
-        ))];
-        if let Some(interval) = probe {
-            tasks.push(tokio::spawn(crate::telemetry::health::monitor(
-                app.shared.clone(),
-                app.health.clone(),
-                interval,
-            )));
-        }
-        let _tasks = AbortOnDrop(tasks);
+        )));
         let router = Router::new()
             .route("/", get(assets::index))
             .route("/assets/:file", get(assets::file))
@@ -179,34 +168,29 @@ fn host_name(h: &str) -> &str {
     h.split(':').next().unwrap_or(h)
 }
 
-struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
-        for t in &self.0 {
-            t.abort();
-        }
+        self.0.abort();
     }
 }
 
 async fn metrics(State(app): State<App>) -> Response {
     let started = Instant::now();
-    let (catalog, recorded) = {
-        let c = app.shared.lock().await;
-        (c.catalog(), c.recorded.clone())
-    };
+    let catalog = app.ctl.catalog().await;
+    let recorded = app.ctl.recorded().clone();
     let reader = app.reader.clone();
-    let health = app.health.snapshot();
+    let health = app.ctl.health().snapshot();
     let previous = f64::from_bits(app.last_scrape.load(Ordering::Relaxed));
     // Map reads are syscalls: keep them off the async workers.
     let body = tokio::task::spawn_blocking(move || -> Result<String> {
         let ids: Vec<u32> = catalog.iter().map(|e| e.id).collect();
-        let sample = reader.sample(&ids)?;
         let data = exposition::ScrapeData {
+            readings: reader.readings(&ids)?,
             catalog,
-            sample,
             health,
-            mono_ns: crate::datapath::monotonic_ns()?,
+            mono_ns: monotonic_ns()?,
             wall: SystemTime::now(),
             previous_scrape_seconds: previous,
         };
@@ -234,7 +218,7 @@ async fn metrics(State(app): State<App>) -> Response {
 
 async fn snapshot_json(State(app): State<App>) -> Response {
     // Built fresh: the published snapshot is stale while nobody watches the event stream.
-    match snapshot::build(&app.shared, &app.reader, &app.health, &Default::default()).await {
+    match snapshot::build(&app.ctl, &app.reader, &Default::default()).await {
         Ok(doc) => ([(header::CONTENT_TYPE, "application/json")], doc).into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
     }
@@ -262,7 +246,7 @@ async fn events(
 ) -> Sse<impl futures_util::Stream<Item = Result<SseEvent, Infallible>>> {
     let viewer = Viewer::new(&app.viewers);
     // The first event is built now: the published snapshot may be old if nobody watched.
-    let first = snapshot::build(&app.shared, &app.reader, &app.health, &Default::default())
+    let first = snapshot::build(&app.ctl, &app.reader, &Default::default())
         .await
         .ok();
     let rx = app.snapshots.clone();
@@ -303,28 +287,25 @@ async fn action(
             "this action needs the dashboard token (Authorization: Bearer ...)".into(),
         );
     }
-    if !app
-        .shared
-        .lock()
-        .await
-        .catalog()
-        .iter()
-        .any(|e| e.name == service)
-    {
+    if !app.ctl.catalog().await.iter().any(|e| e.name == service) {
         return error(
             StatusCode::NOT_FOUND,
             format!("no service named {service:?}"),
         );
     }
     let body = body.map(|Json(b)| b).unwrap_or_default();
-    let req = match action.as_str() {
-        "promote" => Request::Promote {
-            service: service.clone(),
-            wait: false,
-        },
-        "rollback" => Request::Rollback {
-            service: service.clone(),
-        },
+    let actor = format!("dashboard:{peer}");
+    let result = match action.as_str() {
+        "promote" => app
+            .ctl
+            .promote(&service, &actor, None)
+            .await
+            .and_then(|p| Ok(serde_json::to_value(p)?)),
+        "rollback" => app
+            .ctl
+            .rollback(&service, &actor)
+            .await
+            .and_then(|d| Ok(serde_json::to_value(d)?)),
         "flip" => {
             let Some(to) = body.to else {
                 return error(
@@ -332,12 +313,10 @@ async fn action(
                     "flip needs {\"to\": \"blue\"|\"green\"}".into(),
                 );
             };
-            Request::Flip {
-                service: service.clone(),
-                to,
-                force: body.force,
-                reason: body.reason,
-            }
+            app.ctl
+                .flip(&service, to, body.force, body.reason, &actor, accepted)
+                .await
+                .and_then(|r| Ok(serde_json::to_value(r)?))
         }
         other => {
             return error(
@@ -346,8 +325,7 @@ async fn action(
             )
         }
     };
-    let actor = format!("dashboard:{peer}");
-    match crate::daemon::handle(&app.shared, req, &actor, accepted).await {
+    match result {
         Ok(v) => {
             info!(%service, %action, %actor, "dashboard action");
             Json(serde_json::json!({ "ok": true, "result": v })).into_response()

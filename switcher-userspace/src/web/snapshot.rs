@@ -5,42 +5,24 @@
 use std::{collections::VecDeque, sync::Arc, time::Duration};
 
 use anyhow::{Context as _, Result};
-use serde::Serialize;
 use serde_json::{json, Value};
 use tokio::sync::{broadcast, watch};
 use tracing::warn;
 
 use crate::{
-    config::Color,
-    controller::{now_ms, view::CatalogEntry, Event, Shared},
-    telemetry::{
-        health::{BackendHealth, HealthBoard},
-        maps::{MapReader, Sample},
-    },
+    controller::{BackendHealth, CatalogEntry, ColorView, Controller, Event},
+    datapath::{monotonic_ns, read::Readings, MapReader},
+    domain::{now_ms, Color},
 };
 
 pub const PERIOD: Duration = Duration::from_millis(500);
 /// Controller events kept for the page's event log.
 const EVENTS: usize = 60;
 
-#[derive(Serialize)]
-struct ColorView<'a> {
-    backend: &'a Option<String>,
-    version: &'a Option<String>,
-    validated: bool,
-    packets: u64,
-    bytes: u64,
-    new_flows: u64,
-    pinned: u64,
-    resets: u64,
-    unreachables: u64,
-    health: Option<&'a BackendHealth>,
-}
-
-/// Builds the snapshot document from one catalog + sample + health reading.
+/// Builds the snapshot document from one catalog + readings + health board.
 pub fn document(
     catalog: &[CatalogEntry],
-    sample: &Sample,
+    readings: &Readings,
     health: &std::collections::BTreeMap<(String, Color), BackendHealth>,
     events: &VecDeque<Event>,
     mono_ns: u64,
@@ -49,27 +31,17 @@ pub fn document(
     let services: Vec<Value> = catalog
         .iter()
         .filter_map(|e| {
-            let s = sample.services.get(&e.id)?;
+            let s = readings.services.get(&e.id)?;
             let color = |c: Color| {
-                let i = c.index() as usize;
-                let slot = match c {
-                    Color::Blue => &e.blue,
-                    Color::Green => &e.green,
-                };
-                ColorView {
-                    backend: &slot.backend,
-                    version: &slot.version,
-                    validated: slot.validated,
-                    packets: s.counters[i].packets,
-                    bytes: s.counters[i].bytes,
-                    new_flows: s.counters[i].new_flows,
-                    pinned: s.pinned[i],
-                    resets: s.counters[i].resets,
-                    unreachables: s.counters[i].unreachables,
-                    health: health.get(&(e.name.clone(), c)),
-                }
+                ColorView::new(
+                    e.slot(c),
+                    s,
+                    c,
+                    readings.census.pinned(e.id, c),
+                    health.get(&(e.name.clone(), c)).cloned(),
+                )
             };
-            let active = Color::from_index(s.active.color());
+            let active = s.active_color();
             let last_flip = (s.mark.flip_ns != 0).then(|| {
                 let first = s.mark.first_ns[active.index() as usize];
                 json!({
@@ -96,39 +68,43 @@ pub fn document(
         "version": env!("CARGO_PKG_VERSION"),
         "services": services,
         "events": events,
-        "flow_entries": sample.flow_entries,
+        "flow_entries": readings.census.entries,
     })
 }
 
 /// One snapshot document, as JSON text.
 pub async fn build(
-    shared: &Shared,
+    ctl: &Controller,
     reader: &Arc<MapReader>,
-    board: &HealthBoard,
     events: &VecDeque<Event>,
 ) -> Result<String> {
-    let catalog = shared.lock().await.catalog();
+    let catalog = ctl.catalog().await;
     let ids: Vec<u32> = catalog.iter().map(|e| e.id).collect();
     let reader = reader.clone();
-    let (sample, mono_ns) = tokio::task::spawn_blocking(move || -> Result<(Sample, u64)> {
-        Ok((reader.sample(&ids)?, crate::datapath::monotonic_ns()?))
+    let (readings, mono_ns) = tokio::task::spawn_blocking(move || -> Result<(Readings, u64)> {
+        Ok((reader.readings(&ids)?, monotonic_ns()?))
     })
     .await
     .context("sampling task")??;
-    let doc = document(&catalog, &sample, &board.snapshot(), events, mono_ns);
+    let doc = document(
+        &catalog,
+        &readings,
+        &ctl.health().snapshot(),
+        events,
+        mono_ns,
+    );
     Ok(serde_json::to_string(&doc)?)
 }
 
 /// Publishes snapshots into `tx` while `viewers` (open event streams) is not zero, until
 /// every receiver is gone. Without viewers it only keeps the event log.
 pub async fn run(
-    shared: Shared,
+    ctl: Controller,
     reader: Arc<MapReader>,
-    board: HealthBoard,
     tx: watch::Sender<Arc<String>>,
     viewers: Arc<std::sync::atomic::AtomicUsize>,
 ) {
-    let mut rx = shared.lock().await.subscribe();
+    let mut rx = ctl.subscribe();
     let mut events: VecDeque<Event> = VecDeque::with_capacity(EVENTS);
     let mut tick = tokio::time::interval(PERIOD);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -156,7 +132,7 @@ pub async fn run(
         if viewers.load(std::sync::atomic::Ordering::Relaxed) == 0 {
             continue;
         }
-        match build(&shared, &reader, &board, &events).await {
+        match build(&ctl, &reader, &events).await {
             Ok(doc) => {
                 if tx.send(Arc::new(doc)).is_err() {
                     return;

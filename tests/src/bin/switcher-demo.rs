@@ -221,7 +221,7 @@ fn run() -> Result<()> {
         );
     }
     say("switcher status");
-    print!("{}", rig.status()?.render());
+    print!("{}", switcher::cli::render::status(&rig.status()?));
     if ok {
         say("zero lines lost, zero duplicated, pinned connection never moved");
         Ok(())
@@ -281,7 +281,7 @@ fn report_live(rig: &Rig) -> Result<()> {
     {
         parts.push(format!(
             "{} active={} blue={} green={}",
-            s.name, s.active, s.blue.traffic.packets, s.green.traffic.packets
+            s.name, s.active, s.blue.packets, s.green.packets
         ));
     }
     println!("    [live] {}", parts.join(" | "));

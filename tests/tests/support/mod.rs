@@ -3,18 +3,13 @@
 //! from scratch, so comparing bytes checks our incremental updates independently.
 #![allow(dead_code)]
 
-use std::{
-    path::PathBuf,
-    sync::atomic::{AtomicU32, Ordering},
-};
-
-use aya::programs::{TestRun, TestRunOptions, TestRunResult};
 use etherparse::{IpNumber, Ipv4Header, PacketBuilder, PacketHeaders, TransportHeader};
 use switcher::{
-    config::Config,
-    datapath::{self, Datapath},
+    config::{Color, Config},
+    datapath::BpfDatapath,
 };
-use switcher_common::Reason;
+use switcher_common::{ColorCounters, FlipMark, Reason};
+use switcher_tests::loaded::{LoadedDatapath, Program};
 
 pub mod metrics;
 
@@ -31,13 +26,11 @@ pub fn privileged() -> bool {
     false
 }
 
-static NEXT: AtomicU32 = AtomicU32::new(0);
-
-/// A datapath loaded (not attached) with its own pin folder, removed on drop.
+/// The shared [`LoadedDatapath`] with the fixtures' services, where any failure fails the
+/// test at once.
 pub struct TestDatapath {
-    pub dp: Option<Datapath>,
+    pub loaded: LoadedDatapath,
     pub cfg: Config,
-    dir: PathBuf,
 }
 
 pub const MAC_CLIENT: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
@@ -46,87 +39,47 @@ pub const MAC_EDGE: [u8; 6] = [0x02, 0, 0, 0, 0, 0xfe];
 impl TestDatapath {
     /// `services` is the `[[service]]` part of a config.
     pub fn new(services: &str) -> Self {
-        let dir = PathBuf::from(format!(
-            "/sys/fs/bpf/switcher-test-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        let text = format!(
-            "[daemon]\ninterfaces = [\"lo\"]\nbpffs_dir = \"{}\"\n{services}",
-            dir.display()
-        );
-        let cfg = match Config::parse(&text) {
-            Ok(c) => c,
-            Err(e) => panic!("test config invalid: {e:?}"),
-        };
-        let mut dp = Datapath::load(&dir).expect("load datapath");
-        dp.apply(&cfg.services).expect("apply services");
-        Self {
-            dp: Some(dp),
-            cfg,
-            dir,
-        }
+        let mut loaded = LoadedDatapath::load("test").expect("load datapath");
+        let cfg = loaded.apply(services).expect("apply services");
+        Self { loaded, cfg }
     }
 
-    pub fn dp(&mut self) -> &mut Datapath {
-        self.dp.as_mut().expect("datapath present")
+    pub fn dp(&mut self) -> &mut BpfDatapath {
+        self.loaded.dp().expect("datapath present")
     }
 
     pub fn id(&mut self, name: &str) -> u32 {
-        let key = datapath::service_key(self.cfg.service(name).expect("service"));
-        self.dp().services().expect("services")[&key].id
+        self.loaded.id(name).expect("service id")
     }
 
     /// Runs the XDP program once on `pkt`: (action, output bytes).
     pub fn xdp(&mut self, pkt: &[u8]) -> (u32, Vec<u8>) {
-        let prog = self.dp().xdp_program().expect("xdp program");
-        run_once(pkt, |opts| prog.test_run(opts))
+        let r = self
+            .loaded
+            .run(Program::Ingress, pkt, 0)
+            .expect("BPF_PROG_TEST_RUN");
+        (r.action, r.out)
     }
 
     /// Runs the TC egress program once on `pkt`: (action, output bytes).
     pub fn tc(&mut self, pkt: &[u8]) -> (i32, Vec<u8>) {
-        let prog = self.dp().tc_program().expect("tc program");
-        let (action, out) = run_once(pkt, |opts| prog.test_run(opts));
-        (action as i32, out)
+        let r = self
+            .loaded
+            .run(Program::Egress, pkt, 0)
+            .expect("BPF_PROG_TEST_RUN");
+        (r.action as i32, r.out)
     }
 
     pub fn reason(&mut self, r: Reason) -> u64 {
-        self.dp()
-            .reason_counters()
-            .expect("reasons")
-            .into_iter()
-            .find(|(x, _)| *x == r)
-            .map(|(_, n)| n)
-            .unwrap_or(0)
+        self.loaded.reason(r).expect("reasons")
     }
-}
 
-/// One BPF_PROG_TEST_RUN of `pkt` through `run`: (return value, output bytes).
-fn run_once(
-    pkt: &[u8],
-    run: impl FnOnce(TestRunOptions<'_>) -> Result<TestRunResult, aya::programs::ProgramError>,
-) -> (u32, Vec<u8>) {
-    let mut out = vec![0u8; pkt.len() + 256];
-    let res = run(TestRunOptions {
-        data_in: Some(pkt),
-        data_out: Some(&mut out),
-        ..TestRunOptions::default()
-    })
-    .expect("BPF_PROG_TEST_RUN");
-    out.truncate(res.data_size_out as usize);
-    (res.return_value, out)
-}
+    pub fn counters(&mut self, id: u32, c: Color) -> ColorCounters {
+        self.loaded.counters(id, c).expect("counters")
+    }
 
-impl Drop for TestDatapath {
-    fn drop(&mut self) {
-        if let Some(dp) = self.dp.take() {
-            let dir = dp.dir().to_path_buf();
-            drop(dp);
-            if let Err(e) = datapath::remove_pins(&dir) {
-                eprintln!("cleanup {}: {e:#}", dir.display());
-            }
-        }
-        let _ = std::fs::remove_dir(&self.dir);
+    pub fn mark(&mut self, id: u32) -> FlipMark {
+        self.loaded.read(id).expect("flip mark").mark
     }
 }
 

@@ -15,17 +15,12 @@
 //! floor measured the same way: the difference is the new-pin cost, the timer and call
 //! overhead of a single iteration cancel.
 
-use std::{collections::BTreeMap, path::PathBuf};
-
 use anyhow::{bail, Context as _, Result};
-use aya::programs::{TestRun, TestRunOptions};
 use etherparse::{PacketBuilder, VlanId};
 use serde_json::{json, Value};
-use switcher::{
-    config::{Color, Config},
-    datapath::{self, Datapath},
-};
+use switcher::config::Color;
 use switcher_common::Reason;
+use switcher_tests::loaded::{LoadedDatapath, Program};
 
 use crate::{
     report::{num, Table},
@@ -67,62 +62,6 @@ const VIP4: [u8; 4] = [198, 18, 10, 10];
 const CLIENT4: [u8; 4] = [198, 18, 0, 1];
 const PAYLOAD: &[u8] = b"<14>1 2026-11-24T00:00:00Z host app - - - a typical short syslog line";
 const XDP_PASS: u32 = 2;
-
-/// A private datapath pinned under its own bpffs folder; the pins go when this is dropped,
-/// also when a measurement fails half-way.
-pub struct BenchDatapath {
-    dp: Option<Datapath>,
-    pub ids: BTreeMap<String, u32>,
-}
-
-impl BenchDatapath {
-    pub fn load(tag: &str) -> Result<Self> {
-        let dir = PathBuf::from(format!(
-            "/sys/fs/bpf/switcher-bench-{tag}-{}",
-            std::process::id()
-        ));
-        Ok(Self {
-            dp: Some(Datapath::load(&dir)?),
-            ids: BTreeMap::new(),
-        })
-    }
-
-    pub fn dp(&mut self) -> Result<&mut Datapath> {
-        self.dp.as_mut().context("datapath already released")
-    }
-
-    /// Programs `services` (`[[service]]` TOML) into the maps.
-    pub fn apply(&mut self, services: &str) -> Result<()> {
-        let text = format!("[daemon]\ninterfaces = [\"lo\"]\n{services}");
-        let cfg = Config::parse(&text).map_err(|e| anyhow::anyhow!("bench config: {e:?}"))?;
-        self.ids = self.dp()?.apply(&cfg.services)?;
-        Ok(())
-    }
-
-    pub fn id(&self, service: &str) -> Result<u32> {
-        self.ids
-            .get(service)
-            .copied()
-            .with_context(|| format!("service {service} is not configured"))
-    }
-
-    /// Folder holding the pinned maps (scale.rs fills the flow table through it).
-    pub fn maps_dir(&mut self) -> Result<PathBuf> {
-        Ok(self.dp()?.dir().join("maps"))
-    }
-}
-
-impl Drop for BenchDatapath {
-    fn drop(&mut self) {
-        if let Some(dp) = self.dp.take() {
-            let pins = dp.dir().to_path_buf();
-            drop(dp);
-            if let Err(e) = datapath::remove_pins(&pins) {
-                eprintln!("warning: could not remove {}: {e:#}", pins.display());
-            }
-        }
-    }
-}
 
 /// Which program a case runs and what its counters must show afterwards.
 #[derive(Clone, Copy)]
@@ -201,14 +140,14 @@ pub fn tcp_syn(k: u32) -> Result<Vec<u8>> {
 }
 
 /// Pins the TCP flow the established case uses (one SYN from its tuple).
-pub fn pin_established(b: &mut BenchDatapath) -> Result<()> {
+pub fn pin_established(b: &mut LoadedDatapath) -> Result<()> {
     let mut syn = Vec::new();
     PacketBuilder::ethernet2(MAC_A, MAC_B)
         .ipv4(CLIENT4, VIP4, 64)
         .tcp(TCP_CLIENT_PORT, 601, 0, 64240)
         .syn()
         .write(&mut syn, b"")?;
-    test_run(b.dp()?, None, &syn, 1)?;
+    test_run(b, None, &syn, 1)?;
     Ok(())
 }
 
@@ -254,51 +193,32 @@ pub fn cases() -> Result<Vec<Case>> {
 
 /// One BPF_PROG_TEST_RUN call of switcher_ingress (`program` None) or a reference program;
 /// returns the kernel's mean time per iteration in ns.
-fn test_run(dp: &mut Datapath, program: Option<&str>, pkt: &[u8], repeat: u32) -> Result<f64> {
-    let mut out = vec![0u8; pkt.len() + 64];
-    let opts = TestRunOptions {
-        data_in: Some(pkt),
-        data_out: Some(&mut out),
-        repeat,
-        ..TestRunOptions::default()
-    };
-    let r = match program {
-        None => dp.xdp_program()?.test_run(opts),
-        Some(name) => dp.bench_program(name)?.test_run(opts),
-    }
-    .context("BPF_PROG_TEST_RUN")?;
-    if r.return_value != XDP_PASS {
-        bail!("unexpected XDP action {}", r.return_value);
+fn test_run(b: &mut LoadedDatapath, program: Option<&str>, pkt: &[u8], repeat: u32) -> Result<f64> {
+    let program = program.map_or(Program::Ingress, Program::Reference);
+    let r = b.run(program, pkt, repeat)?;
+    if r.action != XDP_PASS {
+        bail!("unexpected XDP action {}", r.action);
     }
     Ok(r.duration.as_nanos() as f64)
 }
 
 /// The counter a case's check reads.
-fn counter(b: &mut BenchDatapath, check: Check) -> Result<(u64, u64)> {
-    let dp = b.dp()?;
+fn counter(b: &mut LoadedDatapath, check: Check) -> Result<(u64, u64)> {
     Ok(match check {
-        Check::Floor => (dp.bench_packets()?, 0),
-        Check::NotService => {
-            let n = dp
-                .reason_counters()?
-                .into_iter()
-                .find(|(r, _)| *r == Reason::NotService)
-                .map_or(0, |(_, n)| n);
-            (n, 0)
-        }
+        Check::Floor => (b.reference_packets()?, 0),
+        Check::NotService => (b.reason(Reason::NotService)?, 0),
         Check::Hit { service, .. } => {
-            let id = b.id(service)?;
-            let c = b.dp()?.color_counters(id, Color::Blue)?;
+            let c = b.counters(b.id(service)?, Color::Blue)?;
             (c.packets, c.new_flows + c.pin_misses)
         }
     })
 }
 
 /// Runs `case` once with `repeat` iterations and proves every iteration did what it should.
-pub fn measure(b: &mut BenchDatapath, case: &Case, repeat: u32) -> Result<f64> {
+pub fn measure(b: &mut LoadedDatapath, case: &Case, repeat: u32) -> Result<f64> {
     let before = counter(b, case.check)?;
     let program = matches!(case.check, Check::Floor).then_some("bench_floor");
-    let ns = test_run(b.dp()?, program, &case.packet, repeat)?;
+    let ns = test_run(b, program, &case.packet, repeat)?;
     let after = counter(b, case.check)?;
     let hits = after.0 - before.0;
     if hits != u64::from(repeat) {
@@ -320,7 +240,7 @@ pub fn measure(b: &mut BenchDatapath, case: &Case, repeat: u32) -> Result<f64> {
 
 /// Medians over `rounds` rounds in which every case runs once, in order.
 pub fn alternate(
-    b: &mut BenchDatapath,
+    b: &mut LoadedDatapath,
     cases: &[Case],
     repeat: u32,
     rounds: usize,
@@ -339,18 +259,18 @@ pub fn alternate(
 
 /// Median ns of single-iteration SYN calls that each pin a new flow, and of the floor measured
 /// the same way in between. `next` numbers the clients, so later calls never reuse a tuple.
-pub fn syn_new_pin(b: &mut BenchDatapath, calls: u32, next: &mut u32) -> Result<(f64, f64)> {
+pub fn syn_new_pin(b: &mut LoadedDatapath, calls: u32, next: &mut u32) -> Result<(f64, f64)> {
     let id = b.id("bench-tcp4")?;
-    let before = b.dp()?.color_counters(id, Color::Blue)?.new_flows;
+    let before = b.counters(id, Color::Blue)?.new_flows;
     let floor_pkt = udp4(40000, 514, None)?;
     let (mut syn, mut floor) = (Vec::new(), Vec::new());
     for _ in 0..calls {
         let pkt = tcp_syn(*next)?;
         *next += 1;
-        syn.push(test_run(b.dp()?, None, &pkt, 1)?);
-        floor.push(test_run(b.dp()?, Some("bench_floor"), &floor_pkt, 1)?);
+        syn.push(test_run(b, None, &pkt, 1)?);
+        floor.push(test_run(b, Some("bench_floor"), &floor_pkt, 1)?);
     }
-    let pinned = b.dp()?.color_counters(id, Color::Blue)?.new_flows - before;
+    let pinned = b.counters(id, Color::Blue)?.new_flows - before;
     if pinned != u64::from(calls) {
         bail!("tcp4 SYN: {pinned} of {calls} calls pinned a new flow: the measurement is invalid");
     }
@@ -361,7 +281,7 @@ pub fn syn_new_pin(b: &mut BenchDatapath, calls: u32, next: &mut u32) -> Result<
 }
 
 pub fn run(opts: &Opts) -> Result<Value> {
-    let mut b = BenchDatapath::load("cost")?;
+    let mut b = LoadedDatapath::load("bench-cost")?;
     b.apply(SERVICES)?;
     pin_established(&mut b)?;
     let cases = cases()?;

@@ -12,13 +12,15 @@
 //! Then the highest offered rate with zero loss, by binary search (RFC 2544 style), up to what
 //! the generator can offer.
 
-use std::{path::PathBuf, time::Duration};
+use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
 use aya::programs::{xdp::XdpLinkId, XdpMode};
 use serde_json::{json, Value};
-use switcher::datapath::{self, Datapath};
-use switcher_tests::lab::{in_netns, Host, BLUE_V4, EDGE_TO_CLIENT, VIP_V4};
+use switcher_tests::{
+    lab::{in_netns, Host, BLUE_V4, EDGE_TO_CLIENT, VIP_V4},
+    loaded::LoadedDatapath,
+};
 
 use crate::{
     contenders::{Kind, Stage, UDP_PORT},
@@ -66,37 +68,25 @@ impl Params {
 }
 
 /// `bench_drop` from a private copy of the datapath, attached to the edge's client side only
-/// while a baseline runs.
+/// while a baseline runs. Its pins go with it.
 struct EdgeDrop {
-    dp: Option<Datapath>,
-    pins: PathBuf,
+    loaded: LoadedDatapath,
     ns: String,
 }
 
 impl EdgeDrop {
     fn load(stage: &Stage) -> Result<EdgeDrop> {
-        let dir = PathBuf::from(format!(
-            "/sys/fs/bpf/switcher-bench-fwd-{}",
-            std::process::id()
-        ));
-        let dp = Datapath::load(&dir)?;
-        // The guard first: its Drop unpins even if loading the program fails.
-        let mut guard = EdgeDrop {
-            pins: dp.dir().to_path_buf(),
-            dp: Some(dp),
+        let mut loaded = LoadedDatapath::load("bench-fwd")?;
+        loaded.dp()?.bench_program("bench_drop")?;
+        Ok(EdgeDrop {
+            loaded,
             ns: stage.lab.ns(Host::Edge).to_owned(),
-        };
-        guard.dp()?.bench_program("bench_drop")?;
-        Ok(guard)
-    }
-
-    fn dp(&mut self) -> Result<&mut Datapath> {
-        self.dp.as_mut().context("bench datapath already released")
+        })
     }
 
     fn attach(&mut self) -> Result<XdpLinkId> {
         let ns = self.ns.clone();
-        let dp = self.dp()?;
+        let dp = self.loaded.dp()?;
         // The interface name resolves in the namespace of the attaching thread.
         in_netns(&ns, || -> Result<XdpLinkId> {
             dp.bench_program("bench_drop")?
@@ -107,22 +97,12 @@ impl EdgeDrop {
 
     fn detach(&mut self, link: XdpLinkId) -> Result<()> {
         let ns = self.ns.clone();
-        let dp = self.dp()?;
+        let dp = self.loaded.dp()?;
         in_netns(&ns, || -> Result<()> {
             dp.bench_program("bench_drop")?
                 .detach(link)
                 .context("detaching bench_drop")
         })?
-    }
-}
-
-impl Drop for EdgeDrop {
-    fn drop(&mut self) {
-        // Dropping the programs detaches them; then the maps can be unpinned.
-        self.dp.take();
-        if let Err(e) = datapath::remove_pins(&self.pins) {
-            eprintln!("bench: {e:#}");
-        }
     }
 }
 
@@ -288,11 +268,8 @@ fn baseline(
     let t = match at {
         DropAt::Xdp => {
             let link = edge.attach()?;
-            let dp = edge.dp.as_ref();
-            let count = || -> Result<u64> {
-                dp.context("bench datapath already released")?
-                    .bench_packets()
-            };
+            let loaded = &edge.loaded;
+            let count = || -> Result<u64> { loaded.reference_packets() };
             let t = trial(stage, gen, Some(&count), pps, secs);
             let d = edge.detach(link);
             let t = t?;

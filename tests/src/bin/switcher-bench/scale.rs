@@ -2,7 +2,7 @@
 //! services) the flow table filled from userspace to 10% and 100% of its capacity with
 //! synthetic TCP flows. One private datapath grows step by step, so each row adds to the last.
 //!
-//! Flip latency here is the map write alone, `Datapath::flip` timed in this process (read the
+//! Flip latency here is the map write alone, `BpfDatapath::flip` timed in this process (read the
 //! active word, write the flip mark, write the active word), not through the daemon: the
 //! daemon's API path is the flip latency section's.
 
@@ -13,12 +13,13 @@ use serde_json::{json, Value};
 use switcher::config::Color;
 
 use crate::{
-    datapath_cost::{self as cost, BenchDatapath, Case, Check},
+    datapath_cost::{self as cost, Case, Check},
     report::{latency_us, num, Table},
     Opts,
 };
 
 use switcher_common::FLOW_TABLE_SIZE;
+use switcher_tests::loaded::LoadedDatapath;
 
 /// `count` services: the three the cases use, then UDP fillers on other ports of the VIP.
 fn services(count: usize) -> String {
@@ -60,7 +61,7 @@ pub fn run(opts: &Opts) -> Result<Value> {
             services,
             flow_fill_pct,
         });
-    let mut b = BenchDatapath::load("scale")?;
+    let mut b = LoadedDatapath::load("bench-scale")?;
     let mut next_client = 0;
     // Index of the next synthetic flow, so no key is written twice.
     let mut next_synthetic = 0u32;
@@ -74,7 +75,7 @@ pub fn run(opts: &Opts) -> Result<Value> {
             let add = (target - have) as u32;
             let tcp4 = b.id("bench-tcp4")?;
             crate::synthetic::fill_flows(
-                &b.maps_dir()?,
+                &b.maps_dir(),
                 &[tcp4],
                 next_synthetic,
                 next_synthetic + add,
@@ -147,12 +148,12 @@ fn key(c: &Case) -> &'static str {
     }
 }
 
-fn flow_entries(b: &mut BenchDatapath) -> Result<usize> {
-    b.dp()?.flow_count()
+fn flow_entries(b: &mut LoadedDatapath) -> Result<usize> {
+    Ok(b.dp()?.reader().census_now()?.entries as usize)
 }
 
-/// `n` flips of bench-udp4 back and forth, each timed around `Datapath::flip`.
-fn flip_latency(b: &mut BenchDatapath, n: u32) -> Result<Value> {
+/// `n` flips of bench-udp4 back and forth, each timed around `BpfDatapath::flip`.
+fn flip_latency(b: &mut LoadedDatapath, n: u32) -> Result<Value> {
     let id = b.id("bench-udp4")?;
     let mut samples = Vec::with_capacity(n as usize);
     for i in 0..n {
@@ -216,7 +217,7 @@ pub fn markdown(v: &Value) -> String {
     format!(
         "ns/packet (ratio to the floor of the same round), BPF_PROG_TEST_RUN {} iterations x {} \
          rounds; the flow table ({} entries) is filled with synthetic TCP flows from userspace. \
-         Flip = `Datapath::flip` (map writes only, not through the daemon), {} flips per step.\
+         Flip = `BpfDatapath::flip` (map writes only, not through the daemon), {} flips per step.\
          \n\n{}",
         v["repeat"],
         v["rounds"],

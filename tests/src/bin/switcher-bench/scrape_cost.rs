@@ -127,7 +127,7 @@ pub fn run(opts: &Opts) -> Result<Value> {
         .join("maps");
     let ids = service_ids(&maps)?;
     crate::synthetic::fill_flows(&maps, &ids, 0, switcher_common::FLOW_TABLE_SIZE)?;
-    std::thread::sleep(switcher::telemetry::maps::CENSUS_MAX_AGE + Duration::from_millis(500));
+    std::thread::sleep(switcher::datapath::read::CENSUS_MAX_AGE + Duration::from_millis(500));
     let t0 = Instant::now();
     let text = rig.metrics()?;
     let walk_us = t0.elapsed().as_secs_f64() * 1e6;

@@ -1,0 +1,330 @@
+//! The `switcher` command line: the daemon, and the commands that talk to it over the API
+//! socket. Human output by default (rendered in [`render`]), `--json` for scripts.
+
+pub mod render;
+
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
+
+use crate::{
+    api::{self, Request},
+    config::{Config, DEFAULT_BPFFS_DIR, DEFAULT_SOCKET},
+    controller::{Event, StatusView},
+    datapath::FlipOutcome,
+    deploy::Deployment,
+    domain::Color,
+};
+use anyhow::{bail, Context as _, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "switcher",
+    version,
+    about = "Zero-downtime blue/green switching of log-ingest services (XDP)"
+)]
+struct Cli {
+    /// The daemon's API socket.
+    #[arg(long, global = true, env = "SWITCHER_SOCKET", default_value = DEFAULT_SOCKET)]
+    socket: PathBuf,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the daemon: load or adopt the datapath, apply the config, serve the API.
+    Daemon {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// On exit leave the datapath attached and pinned (hitless restart / upgrade).
+        #[arg(long)]
+        keep_attached: bool,
+    },
+    /// Validate a config file; applies nothing.
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Services, colours, counters and the deployment in progress.
+    Status {
+        service: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put a new version into the idle colour's slot (no traffic goes to it yet).
+    Deploy {
+        service: String,
+        /// The candidate backend in the green slot.
+        #[arg(
+            long,
+            value_name = "ADDR:PORT",
+            conflicts_with = "blue",
+            required_unless_present = "blue"
+        )]
+        green: Option<SocketAddr>,
+        /// The candidate backend in the blue slot (when green is serving).
+        #[arg(long, value_name = "ADDR:PORT")]
+        blue: Option<SocketAddr>,
+        #[arg(long, value_name = "LABEL")]
+        version: Option<String>,
+        /// Replace the slot even while TCP connections are still pinned to it (breaks them).
+        #[arg(long)]
+        force: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Validate the deployed version, then flip to it and watch it.
+    Promote {
+        service: String,
+        /// Wait for the flip (or the failed validation: exits non-zero with the reason).
+        #[arg(long)]
+        wait: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Flip by hand; an unvalidated colour needs --force --reason.
+    Flip {
+        service: String,
+        #[arg(long)]
+        to: Color,
+        #[arg(long)]
+        force: bool,
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Back to the previous colour (kept warm), at once.
+    Rollback {
+        service: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel a deployment that has not been flipped to.
+    Abort {
+        service: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every deployment of SERVICE with each transition, actor, reason (and, with --json,
+    /// the evidence).
+    History {
+        service: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Follow events as they happen.
+    Watch {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-read the daemon's config file; an invalid one changes nothing.
+    Reload,
+    /// Remove a datapath left attached and pinned (by --keep-attached or a crash): traffic
+    /// to the VIPs stops being switched. For uninstalling; refuses while a daemon runs.
+    Detach {
+        #[arg(long, default_value = DEFAULT_BPFFS_DIR)]
+        bpffs_dir: PathBuf,
+    },
+}
+
+/// Runs the command line; the binary's `main`.
+pub fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn print_json_or(
+    json: bool,
+    v: &serde_json::Value,
+    human: impl FnOnce() -> Result<String>,
+) -> Result<()> {
+    if json {
+        println!("{v}");
+    } else {
+        print!("{}", human()?);
+    }
+    Ok(())
+}
+
+fn run() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let socket = cli.socket;
+    match cli.cmd {
+        Cmd::Daemon {
+            config,
+            keep_attached,
+        } => {
+            let cfg = Config::load(&config)?;
+            tokio::runtime::Runtime::new()
+                .context("starting the tokio runtime")?
+                .block_on(crate::daemon::run(cfg, config, keep_attached))
+        }
+        Cmd::Check { config } => {
+            let cfg = Config::load(&config)?;
+            for s in &cfg.services {
+                println!(
+                    "{}: {}:{}/{} active={} blue={} green={}",
+                    s.name,
+                    s.vip,
+                    s.port,
+                    s.protocol,
+                    s.active,
+                    s.blue.map_or("-".into(), |a| a.to_string()),
+                    s.green.map_or("-".into(), |a| a.to_string())
+                );
+            }
+            println!(
+                "config ok: {} service(s) on {:?}",
+                cfg.services.len(),
+                cfg.daemon.interfaces
+            );
+            Ok(())
+        }
+        Cmd::Status { service, json } => {
+            let v = api::call(&socket, &Request::Status { service })?;
+            print_json_or(json, &v, || {
+                let s: StatusView = serde_json::from_value(v.clone()).context("decoding status")?;
+                Ok(render::status(&s))
+            })
+        }
+        Cmd::Deploy {
+            service,
+            green,
+            blue,
+            version,
+            force,
+            json,
+        } => {
+            let (color, backend) = match (green, blue) {
+                (Some(a), None) => (Color::Green, a),
+                (None, Some(a)) => (Color::Blue, a),
+                _ => bail!("give exactly one of --green ADDR:PORT or --blue ADDR:PORT"),
+            };
+            let v = api::call(
+                &socket,
+                &Request::Deploy {
+                    service,
+                    color,
+                    backend,
+                    version,
+                    force,
+                },
+            )?;
+            print_json_or(json, &v, || render::deployment_line(&v))
+        }
+        Cmd::Promote {
+            service,
+            wait,
+            json,
+        } => {
+            let req = Request::Promote {
+                service: service.clone(),
+                wait,
+            };
+            let v = api::call_with_timeout(
+                &socket,
+                &req,
+                Duration::from_secs(if wait { 660 } else { 30 }),
+            )?;
+            print_json_or(json, &v, || {
+                if wait {
+                    render::deployment_line(&v)
+                } else {
+                    Ok(format!(
+                        "{service}: deployment {} is {}; follow it with `switcher watch` or `switcher status {service}`\n",
+                        v["deployment"],
+                        v["phase"].as_str().unwrap_or("validating")
+                    ))
+                }
+            })
+        }
+        Cmd::Flip {
+            service,
+            to,
+            force,
+            reason,
+            json,
+        } => {
+            let v = api::call(
+                &socket,
+                &Request::Flip {
+                    service: service.clone(),
+                    to,
+                    force,
+                    reason,
+                },
+            )?;
+            print_json_or(json, &v, || {
+                let out: FlipOutcome =
+                    serde_json::from_value(v.clone()).context("decoding flip reply")?;
+                Ok(if out.changed {
+                    format!(
+                        "{service}: {} -> {} (generation {})\n",
+                        out.from, out.to, out.generation
+                    )
+                } else {
+                    format!("{service}: already {}\n", out.to)
+                })
+            })
+        }
+        Cmd::Rollback { service, json } => {
+            let v = api::call(&socket, &Request::Rollback { service })?;
+            print_json_or(json, &v, || render::deployment_line(&v))
+        }
+        Cmd::Abort { service, json } => {
+            let v = api::call(&socket, &Request::Abort { service })?;
+            print_json_or(json, &v, || render::deployment_line(&v))
+        }
+        Cmd::History { service, json } => {
+            let v = api::call(&socket, &Request::History { service })?;
+            print_json_or(json, &v, || {
+                let ds: Vec<Deployment> =
+                    serde_json::from_value(v.clone()).context("decoding history")?;
+                Ok(render::history(&ds))
+            })
+        }
+        Cmd::Watch { json } => api::watch(&socket, |v| {
+            if json {
+                println!("{v}");
+            } else if let Ok(ev) = serde_json::from_value::<Event>(v.clone()) {
+                println!("{}", render::event(&ev));
+            } else {
+                println!("{v}");
+            }
+            Ok(())
+        }),
+        Cmd::Reload => {
+            let v = api::call(&socket, &Request::Reload)?;
+            println!("reloaded: {v}");
+            Ok(())
+        }
+        Cmd::Detach { bpffs_dir } => {
+            if api::call(&socket, &Request::Status { service: None }).is_ok() {
+                bail!("a daemon is serving {}: stop it first", socket.display());
+            }
+            let entries = std::fs::read_dir(&bpffs_dir)
+                .with_context(|| format!("no datapath pinned at {}", bpffs_dir.display()))?;
+            for e in entries {
+                let dir = e
+                    .with_context(|| format!("listing {}", bpffs_dir.display()))?
+                    .path();
+                crate::datapath::remove_pins(&dir)?;
+                println!("detached and unpinned {}", dir.display());
+            }
+            let _ = std::fs::remove_dir(&bpffs_dir);
+            Ok(())
+        }
+    }
+}

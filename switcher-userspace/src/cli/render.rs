@@ -1,0 +1,273 @@
+//! Human output of the CLI: what the daemon answered, as lines an operator reads. Scripts use
+//! `--json`, which prints the daemon's documents unchanged.
+
+use std::fmt::Write as _;
+
+use anyhow::{Context as _, Result};
+
+use crate::{
+    controller::{Event, StatusView},
+    deploy::{Deployment, Phase},
+    domain::{fmt_time, Color},
+};
+
+/// `status`: each service, its two colours (the active one starred), the last flip and the
+/// deployment in progress; then the flow table and the datapath's reasons.
+pub fn status(v: &StatusView) -> String {
+    let mut out = String::new();
+    for s in &v.services {
+        let vip = match s.vip.parse::<std::net::IpAddr>() {
+            Ok(ip) => std::net::SocketAddr::new(ip, s.port).to_string(),
+            Err(_) => format!("{}:{}", s.vip, s.port),
+        };
+        let _ = writeln!(
+            out,
+            "{}  {vip}/{}  active={} (generation {})",
+            s.name, s.protocol, s.active, s.generation
+        );
+        for c in Color::BOTH {
+            let t = s.color(c);
+            let mark = if c == s.active { "*" } else { " " };
+            let _ = writeln!(
+                out,
+                "  {mark}{c:<6} {:<26} {:<10} {:<9} packets={:<9} new_flows={:<6} pin_misses={:<4} resets={:<4} unreachables={}",
+                t.backend.as_deref().unwrap_or("-"),
+                t.version.as_deref().unwrap_or("-"),
+                if t.trusted { "validated" } else { "unproven" },
+                t.packets,
+                t.new_flows,
+                t.pin_misses,
+                t.resets,
+                t.unreachables
+            );
+        }
+        if let Some(f) = &s.last_flip {
+            let fmt = |v: Option<u64>| {
+                v.map_or("-".to_string(), |ns| format!("{:.1} µs", ns as f64 / 1e3))
+            };
+            let _ = writeln!(
+                out,
+                "   last flip: generation {}, first packet after it: blue {}, green {}",
+                f.generation,
+                fmt(f.blue_first_after_ns),
+                fmt(f.green_first_after_ns)
+            );
+        }
+        if let Some(d) = &s.deployment {
+            let _ = writeln!(
+                out,
+                "   deployment {}: {} {} {} is {} since {} ({}: {})",
+                d.id,
+                d.color,
+                d.backend,
+                d.version.as_deref().unwrap_or(""),
+                d.phase,
+                fmt_time(d.since_ms),
+                d.actor,
+                d.reason
+            );
+            if let Some(w) = d.watch_until_ms.filter(|_| d.phase == Phase::Promoted) {
+                let _ = writeln!(out, "   watching until {}", fmt_time(w));
+            }
+            if let Some(w) = d.warm_until_ms.filter(|_| d.phase == Phase::Stable) {
+                let _ = writeln!(
+                    out,
+                    "   {} kept warm for rollback until {}",
+                    d.color.other(),
+                    fmt_time(w)
+                );
+            }
+        }
+    }
+    let _ = writeln!(out, "flows tracked: {}", v.flows);
+    let nonzero: Vec<String> = v
+        .reasons
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(r, n)| format!("{r}={n}"))
+        .collect();
+    let _ = writeln!(
+        out,
+        "reasons: {}",
+        if nonzero.is_empty() {
+            "-".into()
+        } else {
+            nonzero.join(" ")
+        }
+    );
+    out
+}
+
+/// Every deployment, oldest first, with each transition.
+pub fn history(ds: &[Deployment]) -> String {
+    let mut out = String::new();
+    if ds.is_empty() {
+        out.push_str("no deployments yet\n");
+    }
+    for d in ds {
+        let _ = writeln!(
+            out,
+            "deployment {}: {} {} {} -> {}",
+            d.id,
+            d.color,
+            d.backend,
+            d.version.as_deref().unwrap_or(""),
+            d.phase
+        );
+        for t in &d.transitions {
+            let _ = writeln!(
+                out,
+                "  {}  {:<20} {:<24} {}",
+                fmt_time(t.at_ms),
+                t.to.to_string(),
+                t.actor,
+                t.reason
+            );
+        }
+    }
+    out
+}
+
+/// One line for a deployment the daemon returned (deploy, promote --wait, rollback, abort).
+pub fn deployment_line(v: &serde_json::Value) -> Result<String> {
+    let d: Deployment = serde_json::from_value(v.clone()).context("decoding deployment")?;
+    let last = d.last().map(|t| t.reason.clone()).unwrap_or_default();
+    Ok(format!(
+        "{}: deployment {} ({} {} {}) is {}: {last}\n",
+        d.service,
+        d.id,
+        d.color,
+        d.backend,
+        d.version.as_deref().unwrap_or(""),
+        d.phase
+    ))
+}
+
+/// One line per event of `switcher watch`.
+pub fn event(ev: &Event) -> String {
+    format!(
+        "{}  {:<12} {:<10} {}",
+        fmt_time(ev.at_ms),
+        ev.service,
+        ev.kind,
+        ev.message
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::{ColorView, DeploymentView, FlipStatus, ServiceView};
+
+    fn color(backend: &str, trusted: bool, packets: u64) -> ColorView {
+        ColorView {
+            backend: Some(backend.into()),
+            version: None,
+            trusted,
+            packets,
+            bytes: 0,
+            new_flows: 1,
+            pin_misses: 0,
+            resets: 0,
+            unreachables: 0,
+            pinned: 0,
+            health: None,
+        }
+    }
+
+    #[test]
+    fn status_stars_the_active_colour_and_shows_the_deployment() {
+        let v = StatusView {
+            services: vec![ServiceView {
+                name: "tcp4".into(),
+                vip: "198.18.10.10".into(),
+                port: 601,
+                protocol: "tcp".into(),
+                active: Color::Green,
+                generation: 1,
+                blue: color("198.18.1.2:601", true, 1146),
+                green: color("198.18.2.2:601", false, 0),
+                last_flip: Some(FlipStatus {
+                    generation: 1,
+                    flip_ns: 5,
+                    blue_first_after_ns: Some(345_300),
+                    green_first_after_ns: None,
+                }),
+                deployment: Some(DeploymentView {
+                    id: 1,
+                    phase: Phase::Stable,
+                    color: Color::Green,
+                    backend: "198.18.2.2:601".into(),
+                    version: Some("v2.0".into()),
+                    since_ms: 1_795_478_400_000,
+                    actor: "auto".into(),
+                    reason: "watch window passed".into(),
+                    watch_until_ms: None,
+                    warm_until_ms: Some(1_795_479_000_000),
+                }),
+            }],
+            reasons: vec![("passed".into(), 3), ("malformed".into(), 0)],
+            flows: 2,
+        };
+        let text = status(&v);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[0],
+            "tcp4  198.18.10.10:601/tcp  active=green (generation 1)"
+        );
+        assert!(
+            lines[1].starts_with("   blue   198.18.1.2:601"),
+            "{}",
+            lines[1]
+        );
+        assert!(lines[1].contains("validated") && lines[1].contains("packets=1146"));
+        assert!(
+            lines[2].starts_with("  *green  198.18.2.2:601"),
+            "{}",
+            lines[2]
+        );
+        assert!(lines[2].contains("unproven"), "{}", lines[2]);
+        assert!(lines[3].contains("first packet after it: blue 345.3 µs, green -"));
+        assert!(lines[4].contains("deployment 1: green 198.18.2.2:601 v2.0 is stable since 2026-11-24T00:00:00.000Z (auto: watch window passed)"), "{}", lines[4]);
+        assert_eq!(
+            lines[5],
+            "   blue kept warm for rollback until 2026-11-24T00:10:00.000Z"
+        );
+        assert_eq!(lines[6], "flows tracked: 2");
+        assert_eq!(lines[7], "reasons: passed=3");
+    }
+
+    #[test]
+    fn history_and_deployment_lines() {
+        assert_eq!(history(&[]), "no deployments yet\n");
+        let mut d = Deployment::new(
+            4,
+            "syslog",
+            Color::Green,
+            "198.18.2.2:514".parse().expect("addr"),
+            Some("v2".into()),
+            "cli:root (pid 7)",
+            1_795_478_400_000,
+        );
+        d.apply(
+            crate::deploy::Step::Abort,
+            "cli:root (pid 8)",
+            "aborted by operator",
+            None,
+            1_795_478_401_000,
+        )
+        .expect("abort");
+        let h = history(std::slice::from_ref(&d));
+        assert!(
+            h.starts_with("deployment 4: green 198.18.2.2:514 v2 -> aborted\n"),
+            "{h}"
+        );
+        assert!(h.contains("2026-11-24T00:00:01.000Z  aborted              cli:root (pid 8)         aborted by operator"), "{h}");
+        let line = deployment_line(&serde_json::to_value(&d).expect("json")).expect("line");
+        assert_eq!(
+            line,
+            "syslog: deployment 4 (green 198.18.2.2:514 v2) is aborted: aborted by operator\n"
+        );
+        assert!(deployment_line(&serde_json::json!({"id": 1})).is_err());
+    }
+}

@@ -1,0 +1,273 @@
+//! The controller's side of [`Host`]: the inputs its tasks read and the verdicts they
+//! report, applied under the lock with the same checks as any operation (a task whose
+//! deployment moved on meanwhile changes nothing).
+
+use std::{sync::Arc, time::Duration};
+
+use anyhow::{anyhow, bail, Result};
+use switcher_common::ColorCounters;
+use tracing::{error, warn};
+
+use super::{
+    catalog::CatalogEntry,
+    core::Core,
+    host::{Host, ValidationInputs, Verdict, WatchInputs},
+    Controller, Event, AUTO,
+};
+use crate::{
+    deploy::{Phase, Step},
+    domain::{now_ms, Color},
+    judge::Round,
+};
+
+impl Host for Controller {
+    async fn validation_inputs(&self, service: &str, id: u64) -> Result<ValidationInputs> {
+        let core = self.lock().await;
+        let cfg = core.service_cfg(service)?;
+        let st = core
+            .state
+            .services
+            .get(service)
+            .ok_or_else(|| anyhow!("no service {service}"))?;
+        let d = st
+            .current
+            .as_ref()
+            .filter(|d| d.id == id && d.phase == Phase::Validating)
+            .ok_or_else(|| anyhow!("deployment {id} is gone"))?;
+        Ok(ValidationInputs {
+            checks: cfg.checks.clone(),
+            protocol: cfg.protocol,
+            candidate: d.backend,
+            serving: st.slot(st.active).backend,
+        })
+    }
+
+    /// Applies a validation's verdict: passed → trusted, flipped and watched; failed or
+    /// unable to finish → rejected. Nothing if the deployment moved on meanwhile (aborted).
+    async fn validation_finished(
+        &self,
+        service: &str,
+        id: u64,
+        verdict: Result<Verdict>,
+    ) -> Result<()> {
+        let mut core = self.lock().await;
+        if !core.is_current(service, Some(id), Phase::Validating) {
+            return Ok(());
+        }
+        core.forget_task(service);
+        let evidence = match verdict {
+            Ok(v) if v.failures.is_empty() => v.evidence,
+            Ok(v) => {
+                let reason = v.failures.join("; ");
+                return reject(&mut core, service, id, &reason, Some(v.evidence.into()));
+            }
+            Err(e) => {
+                warn!(%service, deployment = id, "validation ended: {e:#}");
+                // An error is no verdict: reject explicitly rather than stay "validating".
+                core.clear_canary(service)?;
+                let reason = format!("validation could not complete: {e:#}");
+                return reject(&mut core, service, id, &reason, None);
+            }
+        };
+        core.step(
+            service,
+            Some(id),
+            Step::ValidationPassed,
+            AUTO,
+            "all checks passed",
+            Some(evidence.into()),
+        )?;
+        let st = core.svc_state(service)?;
+        if let Some(color) = st.current.as_ref().map(|d| d.color) {
+            st.slot_mut(color).trusted = true;
+        }
+        core.save()?;
+        core.flip_validated(service, id)?;
+        self.spawn_watch(&mut core, service, false);
+        Ok(())
+    }
+
+    /// Starts deployment `id`'s canary at `share` (see [`crate::judge::canary_share`]) and
+    /// returns the candidate's counters at that moment.
+    async fn canary_begin(&self, service: &str, id: u64, share: u32) -> Result<ColorCounters> {
+        let mut core = self.lock().await;
+        if !core.is_current(service, Some(id), Phase::Validating) {
+            bail!("deployment {id} of {service} is no longer validating");
+        }
+        let (svc, color) = (core.id(service)?, candidate(&core, service)?);
+        core.dp.set_canary(svc, share)?;
+        Ok(*core.dp.read(svc)?.counters(color))
+    }
+
+    /// Ends the canary and returns the candidate's counters at that moment.
+    async fn canary_end(&self, service: &str) -> Result<ColorCounters> {
+        let mut core = self.lock().await;
+        let (svc, color) = (core.id(service)?, candidate(&core, service)?);
+        core.dp.set_canary(svc, 0)?;
+        Ok(*core.dp.read(svc)?.counters(color))
+    }
+
+    /// The datapath counters of `service`'s colour `c`.
+    async fn counters(&self, service: &str, c: Color) -> Result<ColorCounters> {
+        let core = self.lock().await;
+        Ok(*core.dp.read(core.id(service)?)?.counters(c))
+    }
+
+    /// A failed watch round: recorded as an event; the last one allowed rolls back. Returns
+    /// whether the watch is over.
+    async fn watch_round(&self, service: &str, id: u64, round: Round) -> Result<bool> {
+        let Round::Failed {
+            round,
+            consecutive,
+            allowed,
+            failures,
+            rollback,
+        } = round
+        else {
+            return Ok(false);
+        };
+        let reason = failures.join("; ");
+        let evidence = serde_json::json!({ "round": round, "consecutive_failures": consecutive, "failures": failures });
+        let mut core = self.lock().await;
+        core.out.emit(Event {
+            at_ms: now_ms(),
+            service: service.to_string(),
+            deployment: Some(id),
+            kind: "check".into(),
+            phase: Some(Phase::Promoted),
+            actor: AUTO.into(),
+            message: format!("watch round {round} failed ({consecutive}/{allowed}): {reason}"),
+            evidence: Some(evidence.clone()),
+        });
+        if !rollback {
+            return Ok(false);
+        }
+        if core.is_current(service, Some(id), Phase::Promoted) {
+            // Forgotten first: the rollback would otherwise abort this very task.
+            core.forget_task(service);
+            core.rollback(
+                service,
+                AUTO,
+                &format!("automatic rollback: {reason}"),
+                Some(evidence),
+            )?;
+        }
+        Ok(true)
+    }
+
+    /// The watch window passed cleanly: stable, and the previous colour stays warm for `warm`.
+    async fn watch_passed(
+        &self,
+        service: &str,
+        id: u64,
+        rounds: u64,
+        warm: Duration,
+    ) -> Result<()> {
+        let mut core = self.lock().await;
+        if !core.is_current(service, Some(id), Phase::Promoted) {
+            return Ok(());
+        }
+        let warm_until = now_ms() + warm.as_millis() as u64;
+        core.step(
+            service,
+            Some(id),
+            Step::WatchPassed,
+            AUTO,
+            "watch window passed",
+            Some(serde_json::json!({ "rounds": rounds, "warm_until_ms": warm_until })),
+        )?;
+        let st = core.svc_state(service)?;
+        if let Some(d) = st.current.as_mut() {
+            d.warm_until_ms = Some(warm_until);
+            // It served through the whole window: known good, even if it was forced in.
+            let color = d.color;
+            st.slot_mut(color).trusted = true;
+        }
+        core.forget_task(service);
+        core.save()
+    }
+
+    /// A watch that cannot watch is no data, and no data is a failure: roll back.
+    async fn watch_failed(&self, service: &str, e: anyhow::Error) {
+        warn!(%service, "watch ended: {e:#}");
+        let mut core = self.lock().await;
+        if core.is_current(service, None, Phase::Promoted) {
+            core.forget_task(service);
+            let reason = format!("automatic rollback: the watch failed: {e:#}");
+            if let Err(e) = core.rollback(service, AUTO, &reason, None) {
+                error!(%service, "rolling back after the watch failed: {e:#}");
+            }
+        }
+    }
+
+    async fn watch_inputs(&self, service: &str, resumed: bool) -> Result<WatchInputs> {
+        let mut core = self.lock().await;
+        let cfg = core.service_cfg(service)?.clone();
+        let st = core.svc_state(service)?;
+        let d = st
+            .current
+            .as_mut()
+            .filter(|d| d.phase == Phase::Promoted)
+            .ok_or_else(|| anyhow!("{service} has no promoted deployment"))?;
+        // A deployment promoted by an older daemon without a recorded window gets a full one.
+        let until_ms = *d
+            .watch_until_ms
+            .get_or_insert(now_ms() + cfg.checks.watch.window.as_millis() as u64);
+        let inputs = WatchInputs {
+            id: d.id,
+            until_ms,
+            checks: cfg.checks,
+            protocol: cfg.protocol,
+            color: d.color,
+            candidate: d.backend,
+        };
+        if resumed {
+            core.out.emit(Event {
+                at_ms: now_ms(),
+                service: service.to_string(),
+                deployment: Some(inputs.id),
+                kind: "watch".into(),
+                phase: Some(Phase::Promoted),
+                actor: AUTO.into(),
+                message: format!(
+                    "watch of deployment {} resumed after a daemon restart ({} ms left)",
+                    inputs.id,
+                    until_ms.saturating_sub(now_ms())
+                ),
+                evidence: None,
+            });
+        }
+        Ok(inputs)
+    }
+
+    async fn catalog(&self) -> Arc<Vec<CatalogEntry>> {
+        Controller::catalog(self).await
+    }
+}
+
+/// Records deployment `id` as rejected, for `reason`.
+fn reject(
+    core: &mut Core,
+    service: &str,
+    id: u64,
+    reason: &str,
+    evidence: Option<serde_json::Value>,
+) -> Result<()> {
+    core.step(
+        service,
+        Some(id),
+        Step::ValidationFailed,
+        AUTO,
+        reason,
+        evidence,
+    )?;
+    core.finish(service)?;
+    core.save()
+}
+
+/// The colour of `service`'s open deployment.
+fn candidate(core: &Core, service: &str) -> Result<Color> {
+    core.current(service)
+        .map(|d| d.color)
+        .ok_or_else(|| anyhow!("{service} has no deployment in progress"))
+}

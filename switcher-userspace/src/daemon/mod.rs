@@ -1,0 +1,112 @@
+//! `switcher daemon`: loads or adopts the datapath, starts the controller on it, serves the
+//! local API on a root-only Unix socket ([`socket`]) and the metrics and dashboard over HTTP
+//! (`web`), reloads on SIGHUP, and stops on SIGINT/SIGTERM. By default it detaches the
+//! datapath on exit; with `--keep-attached` (what the systemd unit uses) it leaves it pinned
+//! so a restart or upgrade never interrupts traffic.
+
+mod socket;
+
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::{Context as _, Result};
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::{error, info, warn};
+
+use crate::{
+    config::{Config, HttpConfig},
+    controller::Controller,
+    datapath::{self, BpfDatapath},
+    web,
+};
+
+/// How often the redirect allow-list is re-read from the kernel.
+const REDIRECT_REFRESH: Duration = Duration::from_secs(2);
+
+pub async fn run(cfg: Config, cfg_path: PathBuf, keep_attached: bool) -> Result<()> {
+    let socket_path = cfg.daemon.socket.clone();
+    let http = cfg.http.clone();
+    let state_dir = cfg.daemon.state_dir.clone();
+    let maps_dir = datapath::maps_dir(&cfg.daemon.bpffs_dir);
+    let dp = BpfDatapath::load(&cfg.daemon.bpffs_dir)?;
+    let ctl = Controller::start(cfg, cfg_path, Box::new(dp)).await?;
+    for s in &ctl.status(None).await?.services {
+        info!(service = %s.name, vip = %s.vip, port = s.port, protocol = %s.protocol, active = %s.active, "service programmed");
+    }
+    let web = match http.listen {
+        Some(addr) => match start_web(addr, &ctl, &http, &maps_dir, &state_dir).await {
+            Ok(task) => Some(task),
+            // The controller matters more than its dashboard: run on, loudly.
+            Err(e) => {
+                error!("metrics and dashboard are not served: {e:#}");
+                None
+            }
+        },
+        None => None,
+    };
+    let listener = socket::bind(&socket_path).await?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut sighup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
+    println!("READY");
+    let mut refresh = tokio::time::interval(REDIRECT_REFRESH);
+    loop {
+        tokio::select! {
+            _ = refresh.tick() => ctl.refresh_redirect_targets().await,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let ctl = ctl.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = socket::serve(stream, ctl).await {
+                            warn!("api connection: {e:#}");
+                        }
+                    });
+                }
+                Err(e) => warn!("accept on API socket: {e}"),
+            },
+            _ = sighup.recv() => match ctl.reload("signal:SIGHUP").await {
+                Ok(s) => info!("reloaded on SIGHUP: {}", serde_json::json!(s)),
+                Err(e) => warn!("reload on SIGHUP refused, nothing changed: {e:#}"),
+            },
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+        }
+    }
+    let _ = std::fs::remove_file(&socket_path);
+    if let Some(web) = web {
+        web.abort();
+    }
+    ctl.shutdown(keep_attached).await
+}
+
+/// Binds the HTTP listener, then sets up its token, and serves it in a task.
+async fn start_web(
+    addr: std::net::SocketAddr,
+    ctl: &Controller,
+    http: &HttpConfig,
+    maps_dir: &std::path::Path,
+    state_dir: &std::path::Path,
+) -> Result<tokio::task::JoinHandle<()>> {
+    let mut server = web::Server::bind(addr, ctl.clone(), maps_dir).await?;
+    let token = web::auth::load_or_generate(http.token_file.as_deref(), state_dir)?;
+    server.set_token(token.value.clone());
+    let addr = server.local_addr()?;
+    info!(%addr, "metrics at http://{addr}/metrics, dashboard at http://{addr}/");
+    if token.generated {
+        // On a terminal the token is shown once; under a service manager stdout goes to a
+        // journal others may read, so only its 0600 file is named.
+        if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+            println!(
+                "dashboard token (for promote/flip/rollback): {} (stored in {})",
+                token.value,
+                token.path.display()
+            );
+        } else {
+            info!(file = %token.path.display(), "dashboard token generated");
+        }
+    }
+    Ok(tokio::spawn(async move {
+        if let Err(e) = server.serve().await {
+            warn!("{e:#}");
+        }
+    }))
+}

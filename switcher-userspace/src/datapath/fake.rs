@@ -1,0 +1,180 @@
+//! An in-memory datapath for host tests of the controller: the same contract as the real one
+//! (ids kept across applies, the active colour kept for known services, flips refused to a
+//! colour without a backend), with the maps open to the test for inspection and for staging
+//! what a crash would leave behind.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::SocketAddr,
+    sync::{Arc, Mutex, MutexGuard},
+};
+
+use anyhow::{anyhow, bail, Result};
+use switcher_common::{ActiveWord, ColorCounters, Endpoint, Reason};
+
+use super::{encode, read::Census, Datapath, FlipOutcome, ServiceReading};
+use crate::{
+    config::Service,
+    domain::{Color, XdpMode},
+};
+
+/// One programmed service.
+#[derive(Debug, Clone)]
+pub struct FakeService {
+    pub name: String,
+    pub id: u32,
+    pub backends: [Option<SocketAddr>; 2],
+    pub canary_share: u32,
+}
+
+/// The fake's maps; the test keeps a handle to them.
+#[derive(Debug, Default)]
+pub struct FakeMaps {
+    pub services: HashMap<Endpoint, FakeService>,
+    pub active: BTreeMap<u32, ActiveWord>,
+    pub counters: BTreeMap<u32, [ColorCounters; 2]>,
+    /// Open TCP flows per service and colour.
+    pub open_flows: BTreeMap<u32, [u64; 2]>,
+    pub redirect_targets: Vec<u32>,
+    pub attached: Vec<String>,
+    /// Set by close: whether the datapath was left attached.
+    pub closed: Option<bool>,
+    pub flips: u64,
+}
+
+impl FakeMaps {
+    pub fn id(&self, name: &str) -> Option<u32> {
+        self.services
+            .values()
+            .find(|s| s.name == name)
+            .map(|s| s.id)
+    }
+
+    pub fn service(&self, name: &str) -> Option<&FakeService> {
+        self.services.values().find(|s| s.name == name)
+    }
+
+    pub fn active_color(&self, name: &str) -> Option<Color> {
+        let id = self.id(name)?;
+        self.active.get(&id).map(|w| Color::from_index(w.color()))
+    }
+}
+
+#[derive(Clone, Default)]
+pub struct FakeDatapath(pub Arc<Mutex<FakeMaps>>);
+
+impl FakeDatapath {
+    pub fn maps(&self) -> MutexGuard<'_, FakeMaps> {
+        match self.0.lock() {
+            Ok(m) => m,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+}
+
+impl Datapath for FakeDatapath {
+    fn apply(&mut self, services: &[Service]) -> Result<BTreeMap<String, u32>> {
+        let mut m = self.maps();
+        let keys: Vec<Endpoint> = services.iter().map(encode::service_key).collect();
+        let existing: HashMap<Endpoint, u32> = m.services.iter().map(|(k, v)| (*k, v.id)).collect();
+        let ids = encode::assign_ids(&existing, &keys)?;
+        m.services.retain(|k, _| keys.contains(k));
+        let mut out = BTreeMap::new();
+        for ((s, key), id) in services.iter().zip(keys).zip(ids) {
+            let canary_share = m.services.get(&key).map_or(0, |v| v.canary_share);
+            if !m.services.contains_key(&key) {
+                m.active.insert(id, ActiveWord::new(s.active.index(), 0));
+            }
+            m.services.insert(
+                key,
+                FakeService {
+                    name: s.name.clone(),
+                    id,
+                    backends: [s.backend(Color::Blue), s.backend(Color::Green)],
+                    canary_share,
+                },
+            );
+            out.insert(s.name.clone(), id);
+        }
+        Ok(out)
+    }
+
+    fn flip(&mut self, id: u32, to: Color) -> Result<FlipOutcome> {
+        let mut m = self.maps();
+        let cur = *m
+            .active
+            .get(&id)
+            .ok_or_else(|| anyhow!("service id {id} is not in the datapath"))?;
+        let from = Color::from_index(cur.color());
+        if from == to {
+            return Ok(FlipOutcome::unchanged(cur));
+        }
+        let has_backend = m
+            .services
+            .values()
+            .any(|s| s.id == id && s.backends[to.index() as usize].is_some());
+        if !has_backend {
+            bail!("{to} has no backend");
+        }
+        let next = cur.flipped_to(to.index());
+        m.active.insert(id, next);
+        m.flips += 1;
+        Ok(FlipOutcome {
+            from,
+            to,
+            generation: next.generation(),
+            flip_ns: m.flips,
+            changed: true,
+        })
+    }
+
+    fn set_canary(&mut self, id: u32, share: u32) -> Result<()> {
+        let mut m = self.maps();
+        let s = m
+            .services
+            .values_mut()
+            .find(|s| s.id == id)
+            .ok_or_else(|| anyhow!("service id {id} is not in the datapath"))?;
+        s.canary_share = share.min(0xffff);
+        Ok(())
+    }
+
+    fn set_redirect_targets(&mut self, ifindexes: &[u32]) -> Result<()> {
+        self.maps().redirect_targets = ifindexes.to_vec();
+        Ok(())
+    }
+
+    fn attach(&mut self, interfaces: &[String], _mode: XdpMode) -> Result<()> {
+        self.maps().attached = interfaces.to_vec();
+        Ok(())
+    }
+
+    fn read(&self, id: u32) -> Result<ServiceReading> {
+        let m = self.maps();
+        Ok(ServiceReading {
+            active: *m
+                .active
+                .get(&id)
+                .ok_or_else(|| anyhow!("service id {id} is not in the datapath"))?,
+            mark: Default::default(),
+            counters: m.counters.get(&id).copied().unwrap_or_default(),
+        })
+    }
+
+    fn reasons(&self) -> Result<Vec<(Reason, u64)>> {
+        Ok(Reason::ALL.iter().map(|r| (*r, 0)).collect())
+    }
+
+    fn census(&self) -> Result<Census> {
+        let m = self.maps();
+        Ok(Census {
+            pinned: m.open_flows.clone(),
+            entries: m.open_flows.values().flatten().sum(),
+        })
+    }
+
+    fn close(self: Box<Self>, keep_attached: bool) -> Result<()> {
+        self.maps().closed = Some(keep_attached);
+        Ok(())
+    }
+}

@@ -1,0 +1,315 @@
+//! Loading the eBPF object, creating its pinned maps under `<bpffs_dir>/v<ABI>/` or adopting
+//! the ones an earlier daemon left, and attaching the programs through pinned links. A
+//! restarted daemon adopts the pins, so traffic never stops: the flow table, active colours
+//! and counters survive.
+
+use std::{
+    io,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use aya::{
+    maps::{Array, HashMap, MapData},
+    programs::{
+        links::{FdLink, LinkError, PinnedLink},
+        tc::TcAttachOptions,
+        LinkOrder, SchedClassifier, TcAttachType, Xdp,
+    },
+    sys::SyscallError,
+    Ebpf, EbpfLoader,
+};
+use switcher_common::{
+    names, ActiveWord, Backend, ColorCounters, Endpoint, FlipMark, FlowKey, FlowValue, FragKey,
+    FragValue, ReverseValue, ServiceValue,
+};
+use tracing::info;
+
+use super::{bpffs, read::MapReader};
+use crate::domain::XdpMode;
+
+/// The datapath object built by build.rs.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/switcher-ebpf"));
+
+/// The loaded datapath: its programs, its pinned maps and a reader on them.
+pub struct BpfDatapath {
+    pub(super) ebpf: Ebpf,
+    pub(super) reader: MapReader,
+    dir: PathBuf,
+}
+
+impl BpfDatapath {
+    /// Loads the programs, creating the pinned maps under `bpffs_dir` or reusing the ones an
+    /// earlier daemon left there.
+    pub fn load(bpffs_dir: &Path) -> Result<Self> {
+        bpffs::ensure_mounted(bpffs_dir)?;
+        let dir = super::pins_dir(bpffs_dir);
+        let maps_dir = super::maps_dir(bpffs_dir);
+        for d in [&maps_dir, &dir.join("links")] {
+            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+        }
+        check_pinned_layouts(&maps_dir)?;
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(&maps_dir)
+            .load(EBPF_OBJECT)
+            .with_context(|| {
+                format!(
+                    "loading the datapath (maps pinned in {})",
+                    maps_dir.display()
+                )
+            })?;
+        let xdp: &mut Xdp = program(&mut ebpf, names::XDP_PROG)?;
+        xdp.load()
+            .context("verifier rejected the XDP ingress program")?;
+        let tc: &mut SchedClassifier = program(&mut ebpf, names::TC_PROG)?;
+        tc.load()
+            .context("verifier rejected the TC egress program")?;
+        let reader = MapReader::open(&maps_dir)?;
+        Ok(Self { ebpf, reader, dir })
+    }
+
+    /// The versioned pin folder (maps and links).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The ingress program, for BPF_PROG_TEST_RUN.
+    pub fn xdp_program(&self) -> Result<&Xdp> {
+        self.ebpf
+            .program(names::XDP_PROG)
+            .ok_or_else(|| anyhow!("program {} missing", names::XDP_PROG))?
+            .try_into()
+            .context("XDP program type")
+    }
+
+    /// The egress program, for BPF_PROG_TEST_RUN.
+    pub fn tc_program(&self) -> Result<&SchedClassifier> {
+        self.ebpf
+            .program(names::TC_PROG)
+            .ok_or_else(|| anyhow!("program {} missing", names::TC_PROG))?
+            .try_into()
+            .context("TC program type")
+    }
+
+    /// Read access to the maps (the same pins the metrics read).
+    pub fn reader(&self) -> &MapReader {
+        &self.reader
+    }
+
+    /// Attaches XDP ingress and TC egress to each interface. Where a pinned link already
+    /// exists (an earlier daemon), the program inside it is replaced atomically instead, so
+    /// traffic never sees a moment without a program.
+    pub fn attach(&mut self, interfaces: &[String], mode: XdpMode) -> Result<()> {
+        for ifname in interfaces {
+            self.attach_xdp(ifname, mode)?;
+            self.attach_tc(ifname)?;
+        }
+        Ok(())
+    }
+
+    fn attach_xdp(&mut self, ifname: &str, mode: XdpMode) -> Result<()> {
+        let pin = self.dir.join("links").join(format!("xdp-{ifname}"));
+        let xdp: &mut Xdp = program(&mut self.ebpf, names::XDP_PROG)?;
+        if let Some(link) = existing_link(&pin)? {
+            let id = xdp
+                .attach_to_link(link.try_into().context("pinned XDP link")?)
+                .with_context(|| format!("replacing the XDP program on {ifname}"))?;
+            // The pin keeps the link (and the program) attached; our handle can go.
+            drop(xdp.take_link(id)?);
+            return Ok(());
+        }
+        let mode = match mode {
+            XdpMode::Auto => aya::programs::XdpMode::Default,
+            XdpMode::Native => aya::programs::XdpMode::Driver,
+            XdpMode::Generic => aya::programs::XdpMode::Skb,
+        };
+        let id = xdp
+            .attach(ifname, mode)
+            .with_context(|| format!("attaching XDP to {ifname}"))?;
+        let link: FdLink = xdp.take_link(id)?.try_into().with_context(|| {
+            format!("XDP on {ifname} was attached without a bpf_link (kernel < 5.9?)")
+        })?;
+        link.pin(&pin)
+            .with_context(|| format!("pinning {}", pin.display()))?;
+        Ok(())
+    }
+
+    fn attach_tc(&mut self, ifname: &str) -> Result<()> {
+        let pin = self.dir.join("links").join(format!("tc-{ifname}"));
+        let tc: &mut SchedClassifier = program(&mut self.ebpf, names::TC_PROG)?;
+        if let Some(link) = existing_link(&pin)? {
+            let id = tc
+                .attach_to_link(link.try_into().context("pinned TC link")?)
+                .with_context(|| format!("replacing the TC program on {ifname}"))?;
+            drop(tc.take_link(id)?);
+            return Ok(());
+        }
+        let id = tc
+            .attach_with_options(
+                ifname,
+                TcAttachType::Egress,
+                TcAttachOptions::TcxOrder(LinkOrder::default()),
+            )
+            .with_context(|| format!("attaching TC egress (tcx) to {ifname}"))?;
+        let link: FdLink = tc
+            .take_link(id)?
+            .try_into()
+            .with_context(|| format!("TC on {ifname} has no bpf_link (kernel < 6.6?)"))?;
+        link.pin(&pin)
+            .with_context(|| format!("pinning {}", pin.display()))?;
+        Ok(())
+    }
+
+    /// Detaches from every interface and removes all pins (`keep_attached`: leaves both, for
+    /// a hitless restart or upgrade).
+    pub fn close(self, keep_attached: bool) -> Result<()> {
+        let dir = self.dir.clone();
+        if keep_attached {
+            info!(pins = %dir.display(), "leaving the datapath attached and pinned");
+            return Ok(());
+        }
+        // Our link handles were dropped after pinning: unpinning detaches the programs.
+        drop(self);
+        remove_pins(&dir)?;
+        info!(pins = %dir.display(), "datapath detached and unpinned");
+        Ok(())
+    }
+
+    pub(super) fn array<T: aya::Pod>(&self, name: &str) -> Result<Array<&MapData, T>> {
+        let map = self
+            .ebpf
+            .map(name)
+            .ok_or_else(|| anyhow!("map {name} missing"))?;
+        Array::try_from(map).with_context(|| format!("map {name}"))
+    }
+
+    pub(super) fn array_mut<T: aya::Pod>(&mut self, name: &str) -> Result<Array<&mut MapData, T>> {
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or_else(|| anyhow!("map {name} missing"))?;
+        Array::try_from(map).with_context(|| format!("map {name}"))
+    }
+
+    pub(super) fn hash<K: aya::Pod, V: aya::Pod>(
+        &self,
+        name: &str,
+    ) -> Result<HashMap<&MapData, K, V>> {
+        let map = self
+            .ebpf
+            .map(name)
+            .ok_or_else(|| anyhow!("map {name} missing"))?;
+        HashMap::try_from(map).with_context(|| format!("map {name}"))
+    }
+
+    pub(super) fn hash_mut<K: aya::Pod, V: aya::Pod>(
+        &mut self,
+        name: &str,
+    ) -> Result<HashMap<&mut MapData, K, V>> {
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or_else(|| anyhow!("map {name} missing"))?;
+        HashMap::try_from(map).with_context(|| format!("map {name}"))
+    }
+}
+
+pub(super) fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or_else(|| anyhow!("program {name} missing from the datapath object"))?
+        .try_into()
+        .with_context(|| format!("program {name} has an unexpected type"))
+}
+
+/// Refuses to adopt pinned maps whose layout differs from this build's (the loader would
+/// reuse them as they are, and the programs would read them wrongly or fail to verify).
+fn check_pinned_layouts(maps_dir: &Path) -> Result<()> {
+    use std::mem::size_of;
+    let expected: [(&str, usize, usize); 11] = [
+        (
+            names::SERVICES,
+            size_of::<Endpoint>(),
+            size_of::<ServiceValue>(),
+        ),
+        (names::BACKENDS, 4, size_of::<Backend>()),
+        (names::ACTIVE, 4, size_of::<ActiveWord>()),
+        (names::FLIP_MARKS, 4, size_of::<FlipMark>()),
+        (names::FLOWS, size_of::<FlowKey>(), size_of::<FlowValue>()),
+        (names::FRAGS, size_of::<FragKey>(), size_of::<FragValue>()),
+        (
+            names::REVERSE,
+            size_of::<Endpoint>(),
+            size_of::<ReverseValue>(),
+        ),
+        (names::COLOR_COUNTERS, 4, size_of::<ColorCounters>()),
+        (names::REASON_COUNTERS, 4, size_of::<u64>()),
+        (names::REDIRECT_OK, 4, 4),
+        (names::SERVICE_PORTS, 4, 4),
+    ];
+    for (name, key, value) in expected {
+        let pin = maps_dir.join(name);
+        if !pin.exists() {
+            continue;
+        }
+        let info = aya::maps::MapInfo::from_pin(&pin)
+            .with_context(|| format!("reading pinned map {}", pin.display()))?;
+        if info.key_size() as usize != key || info.value_size() as usize != value {
+            bail!(
+                "pinned map {} has key/value sizes {}/{} but this switcher needs {key}/{value}: \
+                 it was made by an incompatible build. Stop the old daemon and run `switcher \
+                 detach` (this interrupts switching), then start this one",
+                pin.display(),
+                info.key_size(),
+                info.value_size()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A link an earlier daemon pinned, or `None` if there is none.
+fn existing_link(pin: &Path) -> Result<Option<FdLink>> {
+    match PinnedLink::from_pin(pin) {
+        Ok(p) => Ok(Some(FdLink::from(p))),
+        Err(LinkError::SyscallError(SyscallError { io_error, .. }))
+            if io_error.kind() == io::ErrorKind::NotFound =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e).with_context(|| format!("opening pinned link {}", pin.display())),
+    }
+}
+
+/// Removes a versioned datapath folder: unpinning the links detaches the programs once no
+/// process holds them, unpinning the maps frees them.
+pub fn remove_pins(dir: &Path) -> Result<()> {
+    for sub in ["links", "maps"] {
+        let d = dir.join(sub);
+        let entries = match std::fs::read_dir(&d) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e).with_context(|| format!("listing {}", d.display())),
+        };
+        for e in entries {
+            let p = e
+                .with_context(|| format!("listing {}", d.display()))?
+                .path();
+            std::fs::remove_file(&p).with_context(|| format!("unpinning {}", p.display()))?;
+        }
+        std::fs::remove_dir(&d).with_context(|| format!("removing {}", d.display()))?;
+    }
+    match std::fs::remove_dir(dir) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("removing {}", dir.display()));
+        }
+        _ => {}
+    }
+    // The configured folder too, when no other ABI version lives in it.
+    if let Some(parent) = dir.parent() {
+        let _ = std::fs::remove_dir(parent);
+    }
+    Ok(())
+}
