@@ -139,8 +139,8 @@ pub struct Transition {
     pub at_ms: u64,
     pub from: Option<Phase>,
     pub to: Phase,
-    /// Who: `cli:root (pid 1234)`, `dashboard:127.0.0.1:50312`, `signal:SIGHUP`, or `auto`
-    /// for the controller itself.
+    /// Who: `cli:root (pid 1234)`, `dashboard:127.0.0.1:50312`, or `auto` for the
+    /// controller itself.
     pub actor: String,
     pub reason: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -286,19 +286,22 @@ mod tests {
         for before in [Phase::Deployed, Phase::Validating, Phase::Ready] {
             assert_eq!(next(before, Step::Abort), Ok(Phase::Aborted));
             let e = next(before, Step::Rollback).expect_err("no rollback before flip");
-            assert!(e.to_string().contains("use abort"), "{e}");
+            assert_eq!((e.phase, e.step), (before, "roll back"));
+            assert!(e.hint.contains("use abort"), "{e}");
         }
         for after in [Phase::Promoted, Phase::Stable] {
             assert_eq!(next(after, Step::Rollback), Ok(Phase::RolledBack));
             let e = next(after, Step::Abort).expect_err("no abort after flip");
-            assert!(e.to_string().contains("use rollback"), "{e}");
+            assert_eq!((e.phase, e.step), (after, "abort"));
+            assert!(e.hint.contains("use rollback"), "{e}");
         }
     }
 
     #[test]
     fn unvalidated_flip_needs_force() {
         let e = next(Phase::Deployed, Step::Flip { forced: false }).expect_err("refused");
-        assert!(e.to_string().contains("--force"), "{e}");
+        assert_eq!((e.phase, e.step), (Phase::Deployed, "flip to"));
+        assert!(e.hint.contains("--force"), "{e}");
         assert_eq!(
             next(Phase::Deployed, Step::Flip { forced: true }),
             Ok(Phase::Promoted)

@@ -1,6 +1,6 @@
-//! The words every layer uses: colours, protocols, how rewritten packets leave, XDP attach
-//! modes, and the clock the controller records time with. Nothing here knows about config
-//! files, maps or sockets.
+//! The words every layer uses: colours (with the index the datapath's maps use for them),
+//! protocols, how rewritten packets leave, XDP attach modes, and the clock the controller
+//! records time with. Nothing here reads a file, a map or a socket.
 
 use std::{
     fmt,

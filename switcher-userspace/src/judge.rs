@@ -12,7 +12,8 @@ use serde_json::json;
 use switcher_common::ColorCounters;
 
 use crate::{
-    config::{HealthCheck, LoadCheck, MetricsCheck, Protocol, WatchPolicy},
+    config::{HealthCheck, LoadCheck, MetricsCheck, WatchPolicy},
+    domain::Protocol,
     probe::{health::HealthSpec, load::LoadReport, metrics},
 };
 

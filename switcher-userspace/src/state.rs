@@ -263,6 +263,19 @@ mod tests {
     }
 
     #[test]
+    fn slots_are_stored_as_earlier_releases_wrote_them() {
+        // A state file from before `validated` was called `trusted` in the code.
+        let old = r#"{"backend": "198.18.2.2:514", "version": "v2", "validated": true}"#;
+        let slot: Slot = serde_json::from_str(old).expect("old slot");
+        assert!(slot.trusted);
+        let back = serde_json::to_value(&slot).expect("json");
+        assert_eq!(
+            back,
+            serde_json::json!({"backend": "198.18.2.2:514", "version": "v2", "validated": true})
+        );
+    }
+
+    #[test]
     fn corrupt_file_is_an_error_not_an_empty_state() {
         let dir = tmpdir("bad");
         fs::create_dir_all(&dir).expect("dir");

@@ -3,6 +3,8 @@
 pub mod lab;
 #[cfg(feature = "rig")]
 pub mod loaded;
+pub mod poll;
+pub mod privilege;
 #[cfg(feature = "rig")]
 pub mod rig;
 pub mod services;

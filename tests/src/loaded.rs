@@ -12,8 +12,9 @@ use std::{
 use anyhow::{anyhow, Context as _, Result};
 use aya::programs::{ProgramError, TestRun, TestRunOptions, TestRunResult};
 use switcher::{
-    config::{Color, Config},
+    config::Config,
     datapath::{self, BpfDatapath, ServiceReading},
+    domain::Color,
 };
 use switcher_common::{ColorCounters, Reason};
 

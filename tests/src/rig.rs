@@ -1,24 +1,36 @@
 //! A lab with the full switcher stack running: reference ingest sinks on blue and green (UDP
 //! 514 and TCP 601, IPv4 and IPv6, HTTP 8080), and the switcher daemon on the edge attached to
 //! the client-facing interface. Used by the integration tests, the demo and the benchmarks.
+//!
+//! The rig holds the daemon to what README promises about stopping it: a daemon stopped with
+//! SIGTERM without `--keep-attached` must leave no pin behind ([`Rig::stop_daemon`] fails, and
+//! so does dropping the rig, if it does), one stopped with `--keep-attached` must leave the
+//! links pinned. Only pins a test left on purpose (`--keep-attached`, [`Rig::kill_daemon`]) are
+//! removed silently at the end.
 
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
+    process::Command,
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context as _, Result};
 use switcher::{
     api::{self, Request},
-    config::Color,
     controller::StatusView,
     datapath::{self, FlipOutcome},
+    domain::Color,
 };
 
 use crate::lab::{Host, Lab, Proc, EDGE_TO_CLIENT};
+use crate::poll;
 
 pub use crate::services::{standard_services, HTTP_PORT, TCP_PORT, UDP_PORT};
+
+/// How often the sinks' output files are read while waiting: each read parses whole files,
+/// which should not load the machine the traffic tests measure.
+const SINK_POLL: Duration = Duration::from_millis(100);
 
 /// Where the project's binaries are: next to the running executable (target/<profile>/, or
 /// its deps/ folder for tests), unless SWITCHER_BIN_DIR says otherwise.
@@ -47,6 +59,25 @@ pub fn bin(name: &str) -> Result<PathBuf> {
     Ok(p)
 }
 
+/// What a daemon the rig starts does when it is stopped with SIGTERM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnStop {
+    /// No flag: it detaches and unpins everything.
+    Detach,
+    /// `--keep-attached`: it leaves the datapath attached and pinned for the next daemon.
+    KeepAttached,
+}
+
+/// The XDP and TC links pinned for the edge's client-facing interface: link and program ids
+/// (`bpftool link show pinned`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PinnedLinks {
+    pub xdp_link: u64,
+    pub xdp_prog: u64,
+    pub tc_link: u64,
+    pub tc_prog: u64,
+}
+
 pub struct Rig {
     pub lab: Lab,
     pub dir: PathBuf,
@@ -54,16 +85,27 @@ pub struct Rig {
     pub bpffs: PathBuf,
     pub config: PathBuf,
     daemon: Option<Proc>,
+    /// How the current (or next) daemon is started.
+    on_stop: OnStop,
+    /// Whatever is pinned now was left on purpose (kill -9, a stop with --keep-attached) or
+    /// was already reported, and no daemon has taken it over since: removing it at the end is
+    /// cleanup, not a hidden failure.
+    pins_accounted_for: bool,
 }
 
 impl Rig {
     /// Brings up a lab named after `tag`, starts both sinks and the daemon with `services`
-    /// (`[[service]]` TOML).
+    /// (`[[service]]` TOML); the daemon detaches on SIGTERM.
     pub fn up(tag: &str, services: &str) -> Result<Rig> {
+        Rig::up_with(tag, services, OnStop::Detach)
+    }
+
+    /// Like [`Rig::up`], with the daemon started as `on_stop` says.
+    pub fn up_with(tag: &str, services: &str, on_stop: OnStop) -> Result<Rig> {
         let lab = Lab::up(&Lab::unique_prefix(tag))?;
-        let dir = std::env::temp_dir().join(format!("switcher-{}", lab.prefix()));
+        let dir = lab.work_dir();
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let bpffs = PathBuf::from(format!("/sys/fs/bpf/switcher-{}", lab.prefix()));
+        let bpffs = lab.bpffs_dir();
         let socket = dir.join("switcher.sock");
         let config = dir.join("switcher.toml");
         let text = crate::services::lab_config(EDGE_TO_CLIENT, &bpffs, &dir, services);
@@ -75,6 +117,8 @@ impl Rig {
             bpffs,
             config,
             daemon: None,
+            on_stop,
+            pins_accounted_for: false,
         };
         for host in [Host::Blue, Host::Green] {
             rig.start_sink(host)?;
@@ -96,34 +140,92 @@ impl Rig {
         )
     }
 
-    /// Starts the daemon on the edge (again, after [`Rig::stop_daemon`]).
+    /// Starts the daemon on the edge (again, after [`Rig::stop_daemon`] or
+    /// [`Rig::kill_daemon`]), with the rig's current [`OnStop`]; returns once it printed READY.
+    /// A daemon started over pins left behind adopts them.
     ///
     /// Enters only the network namespace (nsenter), not `ip netns exec`'s private mount
     /// namespace: that one gets its own /sys, so the daemon's bpffs pins would vanish with
     /// the process and a restarted daemon could not adopt the datapath.
     pub fn start_daemon(&mut self) -> Result<()> {
+        if self.daemon.is_some() {
+            bail!("a daemon is already running; stop it first");
+        }
         let sw = bin("switcher")?;
-        let mut cmd = std::process::Command::new("nsenter");
+        let mut cmd = Command::new("nsenter");
         cmd.arg(format!("--net=/run/netns/{}", self.lab.ns(Host::Edge)))
             .arg(&sw)
             .args(["daemon", "--config"])
             .arg(&self.config);
+        if self.on_stop == OnStop::KeepAttached {
+            cmd.arg("--keep-attached");
+        }
         let p = self.lab.spawn_command(cmd)?;
+        // From here on the pins belong to this daemon, whatever it does with them.
+        self.pins_accounted_for = false;
         if let Err(e) = p.wait_for_stdout(|l| l.starts_with("READY"), Duration::from_secs(30)) {
             let tail = p.stderr_tail(20);
             let _ = p.stop();
+            // Reported here; what it may have pinned is cleaned up without a second report.
+            self.pins_accounted_for = true;
             return Err(e.context(format!("switcher daemon did not start: {tail}")));
         }
         self.daemon = Some(p);
         Ok(())
     }
 
-    /// SIGTERM to the daemon; it detaches and unpins on the way out.
+    /// Sets how daemons started from now on stop, then starts one ([`Rig::start_daemon`]).
+    pub fn start_daemon_with(&mut self, on_stop: OnStop) -> Result<()> {
+        self.on_stop = on_stop;
+        self.start_daemon()
+    }
+
+    /// How the current (or next) daemon stops.
+    pub fn on_stop(&self) -> OnStop {
+        self.on_stop
+    }
+
+    /// SIGTERM to the daemon; waits for it to exit, and checks what it left: nothing at all
+    /// ([`OnStop::Detach`]: any pin left is an error), or the pinned links
+    /// ([`OnStop::KeepAttached`]: missing link pins are an error).
     pub fn stop_daemon(&mut self) -> Result<()> {
-        if let Some(d) = self.daemon.take() {
-            let st = d.stop()?;
-            if !st.success() {
-                bail!("daemon exited with {st}: {}", d.stderr_tail(20));
+        let Some(d) = self.daemon.take() else {
+            return Ok(());
+        };
+        let st = d.stop()?;
+        if !st.success() {
+            // Killed after the grace period, or failed: it may have left anything.
+            self.pins_accounted_for = true;
+            bail!("daemon exited with {st}: {}", d.stderr_tail(20));
+        }
+        match self.on_stop {
+            OnStop::Detach => {
+                let left = self.pins_left()?;
+                if !left.is_empty() {
+                    self.pins_accounted_for = true;
+                    bail!(
+                        "the daemon was stopped (SIGTERM) without --keep-attached but left pins: {}; its log:\n{}",
+                        left.iter()
+                            .map(|p| p.display().to_string())
+                            .collect::<Vec<_>>()
+                            .join(" "),
+                        d.stderr_tail(10)
+                    );
+                }
+            }
+            OnStop::KeepAttached => {
+                self.pins_accounted_for = true;
+                let links = datapath::pins_dir(&self.bpffs).join("links");
+                for kind in ["xdp", "tc"] {
+                    let pin = links.join(format!("{kind}-{EDGE_TO_CLIENT}"));
+                    if !pin.exists() {
+                        bail!(
+                            "the daemon was stopped with --keep-attached but {} is gone; its log:\n{}",
+                            pin.display(),
+                            d.stderr_tail(10)
+                        );
+                    }
+                }
             }
         }
         Ok(())
@@ -132,8 +234,10 @@ impl Rig {
     /// `kill -9` of the daemon, as a crash would: nothing is cleaned up.
     pub fn kill_daemon(&mut self) -> Result<()> {
         if let Some(d) = self.daemon.take() {
+            self.pins_accounted_for = true;
+            let pid = i32::try_from(d.pid()).context("daemon pid out of range")?;
             nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(d.pid() as i32),
+                nix::unistd::Pid::from_raw(pid),
                 nix::sys::signal::Signal::SIGKILL,
             )
             .context("kill -9 daemon")?;
@@ -145,6 +249,161 @@ impl Rig {
 
     pub fn daemon(&self) -> Option<&Proc> {
         self.daemon.as_ref()
+    }
+
+    /// Every file pinned under the rig's bpffs folder (empty when the folder is gone).
+    pub fn pins_left(&self) -> Result<Vec<PathBuf>> {
+        fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+            let entries = match std::fs::read_dir(dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
+            };
+            for e in entries {
+                let e = e.with_context(|| format!("listing {}", dir.display()))?;
+                let path = e.path();
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    walk(&path, out)?;
+                } else {
+                    out.push(path);
+                }
+            }
+            Ok(())
+        }
+        let mut out = Vec::new();
+        walk(&self.bpffs, &mut out)?;
+        out.sort();
+        Ok(out)
+    }
+
+    /// The pinned XDP and TC links of the client-facing interface and the programs inside
+    /// them, from `bpftool link show pinned` (an upgrade swaps the program, keeps the link).
+    pub fn pinned_links(&self) -> Result<PinnedLinks> {
+        let links = datapath::pins_dir(&self.bpffs).join("links");
+        let show = |kind: &str| -> Result<(u64, u64)> {
+            let pin = links.join(format!("{kind}-{EDGE_TO_CLIENT}"));
+            let out = Command::new("bpftool")
+                .args(["-j", "link", "show", "pinned"])
+                .arg(&pin)
+                .output()
+                .context("running bpftool (Debian package bpftool)")?;
+            if !out.status.success() {
+                bail!(
+                    "bpftool link show pinned {}: {}",
+                    pin.display(),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+            }
+            let v: serde_json::Value =
+                serde_json::from_slice(&out.stdout).context("bpftool's JSON")?;
+            let id = |k: &str| {
+                v[k].as_u64()
+                    .with_context(|| format!("no {k} in bpftool's answer {v}"))
+            };
+            Ok((id("id")?, id("prog_id")?))
+        };
+        let (xdp_link, xdp_prog) = show("xdp")?;
+        let (tc_link, tc_prog) = show("tc")?;
+        Ok(PinnedLinks {
+            xdp_link,
+            xdp_prog,
+            tc_link,
+            tc_prog,
+        })
+    }
+
+    /// `bpftool net show` inside the edge: the programs attached there (XDP; tcx only with a
+    /// bpftool newer than Debian 12's 7.1).
+    pub fn edge_programs(&self) -> Result<String> {
+        self.lab.run(Host::Edge, &["bpftool", "net", "show"])
+    }
+
+    /// Whether the datapath may redirect to the edge's interface `ifname`: its ifindex is in
+    /// the REDIRECT_OK map the daemon refreshes every 2 s.
+    pub fn redirect_ok(&self, ifname: &str) -> Result<bool> {
+        let out = self
+            .lab
+            .run(Host::Edge, &["ip", "-j", "link", "show", "dev", ifname])?;
+        let v: serde_json::Value = serde_json::from_str(&out).context("ip -j link")?;
+        let ifindex = v[0]["ifindex"]
+            .as_u64()
+            .and_then(|i| u32::try_from(i).ok())
+            .with_context(|| format!("no ifindex for {ifname} in {out}"))?;
+        let path = datapath::maps_dir(&self.bpffs).join(switcher_common::names::REDIRECT_OK);
+        let data = aya::maps::MapData::from_pin(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        let map = aya::maps::Map::from_map_data(data).context("REDIRECT_OK")?;
+        let map: aya::maps::HashMap<_, u32, u32> =
+            aya::maps::HashMap::try_from(map).context("REDIRECT_OK is a hash map")?;
+        match map.get(&ifindex, 0) {
+            Ok(_) => Ok(true),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(false),
+            Err(e) => Err(e).context("reading REDIRECT_OK"),
+        }
+    }
+
+    /// Runs the real `switcher` CLI against this rig's daemon (`--socket`) with `args`:
+    /// (its pid, its output). Fails when it cannot be started, not when it exits non-zero.
+    pub fn cli(&self, args: &[&str]) -> Result<(u32, std::process::Output)> {
+        let child = Command::new(bin("switcher")?)
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .context("starting the switcher CLI")?;
+        let pid = child.id();
+        let out = child
+            .wait_with_output()
+            .context("waiting for the switcher CLI")?;
+        Ok((pid, out))
+    }
+
+    /// Stops the daemon (see [`Rig::stop_daemon`]) and tears everything down, reporting
+    /// what went wrong. Dropping the rig does the same and panics on a problem.
+    pub fn down(mut self) -> Result<()> {
+        let problems = self.teardown();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            bail!("rig {}: {}", self.lab.prefix(), problems.join("; "))
+        }
+    }
+
+    /// Idempotent; returns the problems found.
+    fn teardown(&mut self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.daemon.is_some() {
+            if let Err(e) = self.stop_daemon() {
+                problems.push(format!("{e:#}"));
+            }
+        } else if !self.pins_accounted_for {
+            // E.g. a daemon that failed to start, or exited on its own, and left pins.
+            match self.pins_left() {
+                Ok(left) if !left.is_empty() => problems.push(format!(
+                    "pins left behind with no daemon running, not on purpose: {left:?}"
+                )),
+                Ok(_) => {}
+                Err(e) => problems.push(format!("{e:#}")),
+            }
+            self.pins_accounted_for = true;
+        }
+        // What is left now was left on purpose, or already reported above.
+        if let Ok(entries) = std::fs::read_dir(&self.bpffs) {
+            for e in entries.flatten() {
+                if let Err(e) = datapath::remove_pins(&e.path()) {
+                    problems.push(format!("{e:#}"));
+                }
+            }
+        }
+        let _ = std::fs::remove_dir(&self.bpffs);
+        if let Err(e) = self.lab.down() {
+            problems.push(format!("lab down: {e:#}"));
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+        problems
     }
 
     pub fn sink_file(&self, host: Host) -> PathBuf {
@@ -280,7 +539,8 @@ impl Rig {
     }
 
     /// Waits until the sinks together hold `expected` lines of `stream` (or `timeout`), then
-    /// returns the sequence numbers each colour received.
+    /// returns the sequence numbers each colour received (also when fewer arrived: the caller
+    /// checks what is missing).
     pub fn wait_stream(
         &self,
         stream: &str,
@@ -293,8 +553,31 @@ impl Rig {
             if r.blue.len() + r.green.len() >= expected || Instant::now() >= deadline {
                 return Ok(r);
             }
-            std::thread::sleep(Duration::from_millis(100));
+            std::thread::sleep(SINK_POLL);
         }
+    }
+
+    /// Waits until what the sinks received of `stream` satisfies `cond` (e.g. "green has 500
+    /// lines"); fails after `timeout`, showing the counts. `what` names the condition.
+    pub fn wait_received(
+        &self,
+        stream: &str,
+        what: &str,
+        timeout: Duration,
+        cond: impl Fn(&Received) -> bool,
+    ) -> Result<Received> {
+        poll::until_state_every(what, timeout, SINK_POLL, || {
+            let r = self.received(stream)?;
+            Ok(if cond(&r) {
+                Ok(r)
+            } else {
+                Err(format!(
+                    "stream {stream}: blue {} lines, green {}",
+                    r.blue.len(),
+                    r.green.len()
+                ))
+            })
+        })
     }
 
     pub fn received(&self, stream: &str) -> Result<Received> {
@@ -306,23 +589,19 @@ impl Rig {
 }
 
 impl Drop for Rig {
+    /// Tears down like [`Rig::down`]; a problem (e.g. a daemon that left pins after a
+    /// SIGTERM without `--keep-attached`) fails the test: a panic, unless one is under way.
     fn drop(&mut self) {
-        if let Err(e) = self.stop_daemon() {
-            eprintln!("rig: {e:#}");
+        let problems = self.teardown();
+        if problems.is_empty() {
+            return;
         }
-        if let Err(e) = self.lab.down() {
-            eprintln!("rig: lab down: {e:#}");
+        let msg = format!("rig {}: {}", self.lab.prefix(), problems.join("; "));
+        if std::thread::panicking() {
+            eprintln!("{msg}");
+        } else {
+            panic!("{msg}");
         }
-        // A daemon that died without cleaning up leaves pins behind.
-        if let Ok(entries) = std::fs::read_dir(&self.bpffs) {
-            for e in entries.flatten() {
-                if let Err(e) = datapath::remove_pins(&e.path()) {
-                    eprintln!("rig: {e:#}");
-                }
-            }
-        }
-        let _ = std::fs::remove_dir(&self.bpffs);
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

@@ -24,7 +24,7 @@ use chromiumoxide::{
 };
 use futures_util::StreamExt as _;
 use support::privileged;
-use switcher::{api::Request, config::Color};
+use switcher::{api::Request, domain::Color};
 use switcher_tests::{
     lab::{Host, BLUE_V4},
     rig::{self, Rig, UDP_PORT},

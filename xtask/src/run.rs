@@ -64,7 +64,7 @@ pub fn build() -> Result<()> {
 /// (CI set) not being root is an error, so privileged tests can never be skipped there.
 pub fn test(args: TestArgs) -> Result<()> {
     if !is_root() {
-        if std::env::var_os("CI").is_some() {
+        if switcher_tests::privilege::in_ci() {
             bail!("CI must run the tests as root: the datapath and lab tests load BPF programs");
         }
         println!("note: not root, the privileged tests will report SKIPPED");
@@ -84,7 +84,25 @@ pub fn test(args: TestArgs) -> Result<()> {
         a.push("--");
         a.extend(args.cargo_args.iter().map(String::as_str));
     }
-    cargo(&a)
+    // Skipped privileged tests are listed at the end, passed or failed: a run that skipped
+    // them must not read like one that ran them.
+    let skips = workspace_root().join("target/privileged-skips.txt");
+    let _ = std::fs::remove_file(&skips);
+    let mut c = Command::new(env_cargo());
+    c.current_dir(workspace_root())
+        .args(&a)
+        .env("SWITCHER_SKIPS_FILE", &skips);
+    let result = run_visible(&mut c);
+    if let Ok(text) = std::fs::read_to_string(&skips) {
+        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+        if !lines.is_empty() {
+            println!("{} privileged tests were SKIPPED (not root):", lines.len());
+            for l in lines {
+                println!("  {l}");
+            }
+        }
+    }
+    result
 }
 
 /// Formatting and clippy, the eBPF crate linted for its own target.

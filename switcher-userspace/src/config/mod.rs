@@ -20,7 +20,7 @@ use serde::Serialize;
 
 pub use load::{ConfigError, FieldError, ParseFailure};
 
-pub use crate::domain::{Color, Forward, Protocol, XdpMode};
+use crate::domain::{Color, Forward, Protocol, XdpMode};
 use crate::probe::{health::HealthRounds, load::LoadSpec};
 
 pub const DEFAULT_BPFFS_DIR: &str = "/sys/fs/bpf/switcher";

@@ -5,9 +5,9 @@
 use std::{sync::Arc, time::Duration};
 
 use crate::{
-    config::{Protocol, Service},
+    config::Service,
     deploy::Deployment,
-    domain::Color,
+    domain::{Color, Protocol},
     judge,
     probe::health::{HealthRounds, HealthSpec},
     state::{ServiceState, Slot},

@@ -10,8 +10,8 @@ use switcher_common::ColorCounters;
 
 use super::catalog::CatalogEntry;
 use crate::{
-    config::{Checks, Protocol},
-    domain::Color,
+    config::Checks,
+    domain::{Color, Protocol},
     judge::Round,
 };
 
@@ -56,7 +56,8 @@ pub trait Host: Clone + Send + Sync + 'static {
         id: u64,
         share: u32,
     ) -> impl Future<Output = Result<ColorCounters>> + Send;
-    /// Ends the canary; the candidate's counters at that moment.
+    /// Ends the canary, whatever the deployment's phase (an abort ended it already; clearing
+    /// twice is harmless); the candidate's counters at that moment.
     fn canary_end(&self, service: &str) -> impl Future<Output = Result<ColorCounters>> + Send;
     /// The verdict of deployment `id`'s validation, or why it could not finish.
     fn validation_finished(

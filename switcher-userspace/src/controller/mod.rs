@@ -15,6 +15,7 @@ mod events;
 mod health;
 mod host;
 mod monitor;
+mod operations;
 mod recorded;
 mod recovery;
 mod reload;
@@ -22,6 +23,7 @@ mod reports;
 #[cfg(test)]
 mod tests;
 mod validate;
+mod verdicts;
 pub mod view;
 mod watch;
 
@@ -33,7 +35,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, bail, Context as _, Result};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, Mutex, MutexGuard};
 use tracing::{error, warn};
@@ -110,12 +112,12 @@ impl Controller {
             .map(|s| (s.name.clone(), s.checks.watch.window))
             .collect();
         let resume = recovery::recover(&mut state, &windows, now_ms())?;
-        // Backends are probed continuously for the metrics and the dashboard, so only while
-        // those are served.
-        let probe = cfg
-            .daemon
-            .probe_interval
-            .filter(|_| cfg.http.listen.is_some());
+        // No validation survives a restart (recover aborted them), so neither may a canary
+        // share an earlier daemon left in the maps.
+        for (name, id) in &ids {
+            dp.set_canary(*id, 0)
+                .with_context(|| format!("clearing the canary share {name} was left with"))?;
+        }
         let out = Outputs::new();
         let core = Core::new(dp, cfg, cfg_path, state, ids, out.clone());
         core.save()?;
@@ -130,12 +132,6 @@ impl Controller {
             let mut core = ctl.lock().await;
             for name in resume {
                 ctl.spawn_watch(&mut core, &name, true);
-            }
-        }
-        if let Some(interval) = probe {
-            let task = tokio::spawn(monitor::run(ctl.clone(), ctl.health().clone(), interval));
-            if let Ok(mut m) = ctl.0.monitor.lock() {
-                *m = Some(task.abort_handle());
             }
         }
         Ok(ctl)
@@ -204,7 +200,7 @@ impl Controller {
                 phase,
             }),
             Some(timeout) => Ok(Promotion::Settled(
-                self.wait_validated(service, id, timeout).await?,
+                self.wait_promoted(service, id, timeout).await?,
             )),
         }
     }
@@ -230,7 +226,9 @@ impl Controller {
                 .flip_api
                 .observe(api_to_map.as_secs_f64());
         }
-        if f.promoted {
+        // A flip that promoted starts the watch; so does any flip while a promoted
+        // deployment has none (its earlier watch could not roll back).
+        if f.promoted || core.is_promoted_unwatched(service) {
             self.spawn_watch(&mut core, service, false);
         }
         Ok(FlipReply {
@@ -297,6 +295,18 @@ impl Controller {
         &self.0.health
     }
 
+    /// Starts probing every backend each `interval` into [`Controller::health`], for the
+    /// metrics and the dashboard (the daemon starts it once those are served). Stopped by
+    /// [`Controller::shutdown`].
+    pub fn start_health_monitor(&self, interval: Duration) {
+        let task = tokio::spawn(monitor::run(self.clone(), self.health().clone(), interval));
+        if let Ok(mut m) = self.0.monitor.lock() {
+            if let Some(old) = m.replace(task.abort_handle()) {
+                old.abort();
+            }
+        }
+    }
+
     /// Re-reads which interfaces accept redirected XDP frames (it changes with drivers, XDP
     /// programs and GRO settings) and tells the datapath. Asked outside the lock.
     pub async fn refresh_redirect_targets(&self) {
@@ -342,13 +352,9 @@ impl Controller {
         core.set_task(service, task.abort_handle());
     }
 
-    /// Waits until deployment `id` of `service` leaves validation (or the flip happened).
-    async fn wait_validated(
-        &self,
-        service: &str,
-        id: u64,
-        timeout: Duration,
-    ) -> Result<Deployment> {
+    /// Waits until deployment `id` of `service` is flipped to, or its validation ended
+    /// without a flip (an error saying why), or `timeout` passed.
+    async fn wait_promoted(&self, service: &str, id: u64, timeout: Duration) -> Result<Deployment> {
         let start = Instant::now();
         loop {
             let (d, mut rx) = {
@@ -385,5 +391,52 @@ fn redirect_targets() -> Vec<u32> {
             warn!("{e:#}");
             Vec::new()
         }
+    }
+}
+
+#[cfg(test)]
+mod wire {
+    use super::*;
+
+    /// The replies the socket and the dashboard send are documents scripts parse.
+    #[test]
+    fn promote_and_flip_replies_keep_their_shape() {
+        let started = Promotion::Started {
+            deployment: 3,
+            phase: Phase::Validating,
+        };
+        assert_eq!(
+            serde_json::to_value(started).expect("json"),
+            serde_json::json!({"deployment": 3, "phase": "validating"})
+        );
+        let d = Deployment::new(
+            3,
+            "u",
+            Color::Green,
+            "198.18.2.2:514".parse().expect("addr"),
+            None,
+            "cli:t",
+            5,
+        );
+        assert_eq!(
+            serde_json::to_value(Promotion::Settled(d.clone())).expect("json"),
+            serde_json::to_value(d).expect("json"),
+            "a settled promotion is the deployment itself"
+        );
+        let reply = FlipReply {
+            outcome: FlipOutcome {
+                from: Color::Blue,
+                to: Color::Green,
+                generation: 2,
+                flip_ns: 9,
+                changed: true,
+            },
+            api_to_map_ns: 41_000,
+        };
+        assert_eq!(
+            serde_json::to_value(reply).expect("json"),
+            serde_json::json!({"from": "blue", "to": "green", "generation": 2, "flip_ns": 9,
+                "changed": true, "api_to_map_ns": 41000})
+        );
     }
 }

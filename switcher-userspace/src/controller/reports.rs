@@ -15,7 +15,7 @@ use super::{
     Controller, Event, AUTO,
 };
 use crate::{
-    deploy::{Phase, Step},
+    deploy::Phase,
     domain::{now_ms, Color},
     judge::Round,
 };
@@ -54,37 +54,22 @@ impl Host for Controller {
         if !core.is_current(service, Some(id), Phase::Validating) {
             return Ok(());
         }
-        core.forget_task(service);
-        let evidence = match verdict {
-            Ok(v) if v.failures.is_empty() => v.evidence,
+        match verdict {
+            Ok(v) if v.failures.is_empty() => {
+                core.pass_validation(service, id, v.evidence.into())?;
+                self.spawn_watch(&mut core, service, false);
+                Ok(())
+            }
             Ok(v) => {
-                let reason = v.failures.join("; ");
-                return reject(&mut core, service, id, &reason, Some(v.evidence.into()));
+                core.reject_validation(service, id, &v.failures.join("; "), Some(v.evidence.into()))
             }
             Err(e) => {
                 warn!(%service, deployment = id, "validation ended: {e:#}");
                 // An error is no verdict: reject explicitly rather than stay "validating".
-                core.clear_canary(service)?;
                 let reason = format!("validation could not complete: {e:#}");
-                return reject(&mut core, service, id, &reason, None);
+                core.reject_validation(service, id, &reason, None)
             }
-        };
-        core.step(
-            service,
-            Some(id),
-            Step::ValidationPassed,
-            AUTO,
-            "all checks passed",
-            Some(evidence.into()),
-        )?;
-        let st = core.svc_state(service)?;
-        if let Some(color) = st.current.as_ref().map(|d| d.color) {
-            st.slot_mut(color).trusted = true;
         }
-        core.save()?;
-        core.flip_validated(service, id)?;
-        self.spawn_watch(&mut core, service, false);
-        Ok(())
     }
 
     /// Starts deployment `id`'s canary at `share` (see [`crate::judge::canary_share`]) and
@@ -139,20 +124,15 @@ impl Host for Controller {
             message: format!("watch round {round} failed ({consecutive}/{allowed}): {reason}"),
             evidence: Some(evidence.clone()),
         });
-        if !rollback {
-            return Ok(false);
-        }
-        if core.is_current(service, Some(id), Phase::Promoted) {
-            // Forgotten first: the rollback would otherwise abort this very task.
-            core.forget_task(service);
-            core.rollback(
+        if rollback {
+            core.fail_watch(
                 service,
-                AUTO,
+                Some(id),
                 &format!("automatic rollback: {reason}"),
                 Some(evidence),
             )?;
         }
-        Ok(true)
+        Ok(rollback)
     }
 
     /// The watch window passed cleanly: stable, and the previous colour stays warm for `warm`.
@@ -163,40 +143,15 @@ impl Host for Controller {
         rounds: u64,
         warm: Duration,
     ) -> Result<()> {
-        let mut core = self.lock().await;
-        if !core.is_current(service, Some(id), Phase::Promoted) {
-            return Ok(());
-        }
-        let warm_until = now_ms() + warm.as_millis() as u64;
-        core.step(
-            service,
-            Some(id),
-            Step::WatchPassed,
-            AUTO,
-            "watch window passed",
-            Some(serde_json::json!({ "rounds": rounds, "warm_until_ms": warm_until })),
-        )?;
-        let st = core.svc_state(service)?;
-        if let Some(d) = st.current.as_mut() {
-            d.warm_until_ms = Some(warm_until);
-            // It served through the whole window: known good, even if it was forced in.
-            let color = d.color;
-            st.slot_mut(color).trusted = true;
-        }
-        core.forget_task(service);
-        core.save()
+        self.lock().await.pass_watch(service, id, rounds, warm)
     }
 
     /// A watch that cannot watch is no data, and no data is a failure: roll back.
     async fn watch_failed(&self, service: &str, e: anyhow::Error) {
         warn!(%service, "watch ended: {e:#}");
-        let mut core = self.lock().await;
-        if core.is_current(service, None, Phase::Promoted) {
-            core.forget_task(service);
-            let reason = format!("automatic rollback: the watch failed: {e:#}");
-            if let Err(e) = core.rollback(service, AUTO, &reason, None) {
-                error!(%service, "rolling back after the watch failed: {e:#}");
-            }
+        let reason = format!("automatic rollback: the watch failed: {e:#}");
+        if let Err(e) = self.lock().await.fail_watch(service, None, &reason, None) {
+            error!(%service, "rolling back after the watch failed: {e:#}");
         }
     }
 
@@ -243,26 +198,6 @@ impl Host for Controller {
     async fn catalog(&self) -> Arc<Vec<CatalogEntry>> {
         Controller::catalog(self).await
     }
-}
-
-/// Records deployment `id` as rejected, for `reason`.
-fn reject(
-    core: &mut Core,
-    service: &str,
-    id: u64,
-    reason: &str,
-    evidence: Option<serde_json::Value>,
-) -> Result<()> {
-    core.step(
-        service,
-        Some(id),
-        Step::ValidationFailed,
-        AUTO,
-        reason,
-        evidence,
-    )?;
-    core.finish(service)?;
-    core.save()
 }
 
 /// The colour of `service`'s open deployment.

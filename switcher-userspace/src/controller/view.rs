@@ -1,6 +1,6 @@
-//! What `status` shows: each service with its two colours (slot, traffic, health), the last
-//! flip and the deployment in progress. One [`ColorView`] shape serves `status` and the
-//! dashboard alike; the CLI renders these (`cli::render`).
+//! What `status` shows: each service with its two colours (slot and traffic), the last flip
+//! and the deployment in progress. One [`ColorView`] shape serves `status` and the dashboard
+//! alike (the dashboard fills in `health`); the CLI renders these (`cli::render`).
 
 use serde::{Deserialize, Serialize};
 
@@ -61,7 +61,7 @@ pub struct ColorView {
     /// Open TCP flows pinned to this colour: what still drains after a flip away from it.
     #[serde(default)]
     pub pinned: u64,
-    /// The health monitor's last probe (dashboard; absent from `status`).
+    /// The health monitor's last probe (the dashboard's; `null` in `status`).
     #[serde(default)]
     pub health: Option<BackendHealth>,
 }
@@ -141,5 +141,57 @@ impl DeploymentView {
             watch_until_ms: d.watch_until_ms,
             warm_until_ms: d.warm_until_ms,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The documents scripts read (`status --json`, the dashboard): their keys are a contract.
+    #[test]
+    fn a_colour_is_documented_with_the_keys_scripts_read() {
+        let slot = Slot {
+            backend: Some("198.18.2.2:514".parse().expect("addr")),
+            version: Some("v2".into()),
+            trusted: true,
+        };
+        let mut r = ServiceReading::default();
+        r.counters[Color::Green.index() as usize].packets = 7;
+        let v =
+            serde_json::to_value(ColorView::new(&slot, &r, Color::Green, 3, None)).expect("json");
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "backend": "198.18.2.2:514", "version": "v2", "validated": true,
+                "packets": 7, "bytes": 0, "new_flows": 0, "pin_misses": 0, "resets": 0,
+                "unreachables": 0, "pinned": 3, "health": null
+            })
+        );
+        // Older documents without `pinned` and `health` still read.
+        let old = serde_json::json!({
+            "backend": null, "version": null, "validated": false, "packets": 1, "bytes": 2,
+            "new_flows": 3, "pin_misses": 4, "resets": 5, "unreachables": 6
+        });
+        let c: ColorView = serde_json::from_value(old).expect("older colour");
+        assert_eq!((c.pinned, c.unreachables, c.trusted), (0, 6, false));
+    }
+
+    #[test]
+    fn the_last_flip_times_are_relative_to_the_map_write() {
+        let mut r = ServiceReading::default();
+        assert_eq!(FlipStatus::of(&r), None, "never flipped");
+        r.mark.generation = 4;
+        r.mark.flip_ns = 1_000;
+        r.mark.first_ns[Color::Blue.index() as usize] = 1_350;
+        assert_eq!(
+            FlipStatus::of(&r),
+            Some(FlipStatus {
+                generation: 4,
+                flip_ns: 1_000,
+                blue_first_after_ns: Some(350),
+                green_first_after_ns: None,
+            })
+        );
     }
 }

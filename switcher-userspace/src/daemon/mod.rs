@@ -23,18 +23,42 @@ use crate::{
 const REDIRECT_REFRESH: Duration = Duration::from_secs(2);
 
 pub async fn run(cfg: Config, cfg_path: PathBuf, keep_attached: bool) -> Result<()> {
-    let socket_path = cfg.daemon.socket.clone();
+    // The socket first: a daemon already serving it makes this one stop before it touches
+    // the datapath.
+    let socket = socket::Bound::bind(&cfg.daemon.socket).await?;
     let http = cfg.http.clone();
+    let probe_interval = cfg.daemon.probe_interval;
     let state_dir = cfg.daemon.state_dir.clone();
     let maps_dir = datapath::maps_dir(&cfg.daemon.bpffs_dir);
     let dp = BpfDatapath::load(&cfg.daemon.bpffs_dir)?;
     let ctl = Controller::start(cfg, cfg_path, Box::new(dp)).await?;
+    // From here on the datapath is ours: however serving ends, the controller shuts down.
+    let served = serve(&ctl, socket, &http, &maps_dir, &state_dir, probe_interval).await;
+    let shut = ctl.shutdown(keep_attached).await;
+    served.and(shut)
+}
+
+/// Serves the HTTP listener and the API socket until SIGINT or SIGTERM.
+async fn serve(
+    ctl: &Controller,
+    socket: socket::Bound,
+    http: &HttpConfig,
+    maps_dir: &std::path::Path,
+    state_dir: &std::path::Path,
+    probe_interval: Option<Duration>,
+) -> Result<()> {
     for s in &ctl.status(None).await?.services {
         info!(service = %s.name, vip = %s.vip, port = s.port, protocol = %s.protocol, active = %s.active, "service programmed");
     }
     let web = match http.listen {
-        Some(addr) => match start_web(addr, &ctl, &http, &maps_dir, &state_dir).await {
-            Ok(task) => Some(task),
+        Some(addr) => match start_web(addr, ctl, http, maps_dir, state_dir).await {
+            Ok(task) => {
+                // Backends are probed for the metrics and the dashboard: only while served.
+                if let Some(interval) = probe_interval {
+                    ctl.start_health_monitor(interval);
+                }
+                Some(task)
+            }
             // The controller matters more than its dashboard: run on, loudly.
             Err(e) => {
                 error!("metrics and dashboard are not served: {e:#}");
@@ -43,7 +67,7 @@ pub async fn run(cfg: Config, cfg_path: PathBuf, keep_attached: bool) -> Result<
         },
         None => None,
     };
-    let listener = socket::bind(&socket_path).await?;
+    let _web = AbortOnDrop(web);
     let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut sighup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
@@ -52,7 +76,7 @@ pub async fn run(cfg: Config, cfg_path: PathBuf, keep_attached: bool) -> Result<
     loop {
         tokio::select! {
             _ = refresh.tick() => ctl.refresh_redirect_targets().await,
-            accepted = listener.accept() => match accepted {
+            accepted = socket.listener.accept() => match accepted {
                 Ok((stream, _)) => {
                     let ctl = ctl.clone();
                     tokio::spawn(async move {
@@ -67,15 +91,21 @@ pub async fn run(cfg: Config, cfg_path: PathBuf, keep_attached: bool) -> Result<
                 Ok(s) => info!("reloaded on SIGHUP: {}", serde_json::json!(s)),
                 Err(e) => warn!("reload on SIGHUP refused, nothing changed: {e:#}"),
             },
-            _ = sigint.recv() => break,
-            _ = sigterm.recv() => break,
+            _ = sigint.recv() => return Ok(()),
+            _ = sigterm.recv() => return Ok(()),
         }
     }
-    let _ = std::fs::remove_file(&socket_path);
-    if let Some(web) = web {
-        web.abort();
+}
+
+/// Stops the HTTP listener however serving ends.
+struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(t) = &self.0 {
+            t.abort();
+        }
     }
-    ctl.shutdown(keep_attached).await
 }
 
 /// Binds the HTTP listener, then sets up its token, and serves it in a task.

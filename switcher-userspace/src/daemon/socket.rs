@@ -4,7 +4,7 @@
 
 use std::{
     os::unix::fs::{DirBuilderExt, PermissionsExt},
-    path::Path,
+    path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
@@ -23,24 +23,46 @@ use crate::{
 /// How long `promote --wait` may take before the API gives up waiting (validation goes on).
 const PROMOTE_WAIT: Duration = Duration::from_secs(600);
 
-pub(super) async fn bind(path: &Path) -> Result<UnixListener> {
-    if let Some(dir) = path.parent() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .with_context(|| format!("creating {}", dir.display()))?;
-    }
-    if path.exists() {
-        if UnixStream::connect(path).await.is_ok() {
-            bail!("another switcher daemon is serving {}", path.display());
+/// The bound API socket; its file is removed when this goes (the daemon stopped, or failed
+/// after binding).
+pub(super) struct Bound {
+    pub listener: UnixListener,
+    path: PathBuf,
+}
+
+impl Bound {
+    /// Binds `path` (mode 0600 in a 0700 folder); refuses if a daemon answers on it.
+    pub async fn bind(path: &Path) -> Result<Self> {
+        if let Some(dir) = path.parent() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .with_context(|| format!("creating {}", dir.display()))?;
         }
-        std::fs::remove_file(path).with_context(|| format!("removing stale {}", path.display()))?;
+        if path.exists() {
+            if UnixStream::connect(path).await.is_ok() {
+                bail!("another switcher daemon is serving {}", path.display());
+            }
+            std::fs::remove_file(path)
+                .with_context(|| format!("removing stale {}", path.display()))?;
+        }
+        let listener =
+            UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+        let bound = Self {
+            listener,
+            path: path.to_path_buf(),
+        };
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("chmod 0600 {}", path.display()))?;
+        Ok(bound)
     }
-    let l = UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .with_context(|| format!("chmod 0600 {}", path.display()))?;
-    Ok(l)
+}
+
+impl Drop for Bound {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
 }
 
 /// Who is asking: recorded as the actor of every transition the request causes.

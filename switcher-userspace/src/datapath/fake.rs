@@ -40,6 +40,10 @@ pub struct FakeMaps {
     /// Set by close: whether the datapath was left attached.
     pub closed: Option<bool>,
     pub flips: u64,
+    /// Every read fails while set: a datapath the controller cannot read.
+    pub fail_reads: bool,
+    /// Every canary share written, in order: (service id, share).
+    pub canary_writes: Vec<(u32, u32)>,
 }
 
 impl FakeMaps {
@@ -136,6 +140,7 @@ impl Datapath for FakeDatapath {
             .find(|s| s.id == id)
             .ok_or_else(|| anyhow!("service id {id} is not in the datapath"))?;
         s.canary_share = share.min(0xffff);
+        m.canary_writes.push((id, share));
         Ok(())
     }
 
@@ -151,6 +156,9 @@ impl Datapath for FakeDatapath {
 
     fn read(&self, id: u32) -> Result<ServiceReading> {
         let m = self.maps();
+        if m.fail_reads {
+            bail!("reading service {id}: injected failure");
+        }
         Ok(ServiceReading {
             active: *m
                 .active

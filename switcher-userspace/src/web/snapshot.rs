@@ -142,3 +142,96 @@ pub async fn run(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{datapath::ServiceReading, state::Slot};
+
+    fn entry() -> CatalogEntry {
+        let slot = |b: &str, trusted| Slot {
+            backend: Some(b.parse().expect("addr")),
+            version: None,
+            trusted,
+        };
+        CatalogEntry {
+            name: "udp4".into(),
+            id: 3,
+            vip: "198.18.10.10".into(),
+            port: 514,
+            protocol: "udp".into(),
+            blue: slot("198.18.1.2:514", true),
+            green: slot("198.18.2.2:514", false),
+            health: [None, None],
+            current: None,
+            recent: Vec::new(),
+        }
+    }
+
+    /// The page (dashboard/app.js) reads these keys; a rename would break it silently.
+    #[test]
+    fn the_document_has_what_the_page_reads() {
+        let mut readings = Readings::default();
+        let mut r = ServiceReading {
+            active: switcher_common::ActiveWord::new(Color::Green.index(), 5),
+            ..Default::default()
+        };
+        r.mark.flip_ns = 2_000_000_000;
+        r.mark.first_ns[Color::Green.index() as usize] = 2_000_300_000;
+        r.counters[Color::Blue.index() as usize].packets = 10;
+        readings.services.insert(3, r);
+        readings.census.pinned.insert(3, [2, 0]);
+        readings.census.entries = 2;
+        let mut health = std::collections::BTreeMap::new();
+        health.insert(
+            ("udp4".to_string(), Color::Blue),
+            BackendHealth {
+                backend: "198.18.1.2:514".into(),
+                up: true,
+                latency_seconds: 0.001,
+                checked_at_ms: 1,
+                error: None,
+                ok_total: 1,
+                failed_total: 0,
+            },
+        );
+        // Someone without a reading (not in the maps yet) is left out.
+        let mut missing = entry();
+        missing.id = 9;
+        let doc = document(
+            &[entry(), missing],
+            &readings,
+            &health,
+            &VecDeque::new(),
+            3_000_000_000,
+        );
+        assert_eq!(doc["services"].as_array().map(Vec::len), Some(1));
+        assert_eq!(doc["flow_entries"], 2);
+        let s = &doc["services"][0];
+        assert_eq!(
+            (s["name"].as_str(), s["active"].as_str()),
+            (Some("udp4"), Some("green"))
+        );
+        assert_eq!(s["generation"], 5);
+        let blue = &s["colors"]["blue"];
+        assert_eq!(
+            (blue["packets"].as_u64(), blue["pinned"].as_u64()),
+            (Some(10), Some(2))
+        );
+        assert_eq!(blue["validated"], true);
+        assert_eq!(blue["health"]["up"], true);
+        assert!(s["colors"]["green"]["health"].is_null());
+        assert_eq!(s["colors"]["green"]["validated"], false);
+        assert_eq!(s["last_flip"]["cutover_us"], 300);
+        // The flip was 1 s before the sample: its wall time is about 1 s before `at_ms`.
+        let at = doc["at_ms"].as_u64().expect("at_ms");
+        let flipped = s["last_flip"]["at_ms"].as_u64().expect("flip at_ms");
+        assert_eq!(at - flipped, 1000);
+        for key in ["version", "events"] {
+            assert!(doc.get(key).is_some(), "{key}");
+        }
+        for key in ["vip", "port", "protocol", "deployment", "recent"] {
+            assert!(s.get(key).is_some(), "{key}");
+        }
+    }
+}

@@ -15,8 +15,8 @@ use anyhow::{bail, Context as _, Result};
 use clap::Parser;
 use switcher::{
     api::Request,
-    config::Color,
     deploy::{Deployment, Phase},
+    domain::Color,
 };
 use switcher_tests::{
     lab::{Host, BLUE_V4, CLIENT_V4, GREEN_V4, VIP_V4},

@@ -9,8 +9,11 @@
 //! The client reaches the VIP nets (198.18.10.0/24, 2001:2:0:10::/64) and the backend nets via
 //! the edge; the backends default-route via the edge; the edge forwards (v4 and v6) with
 //! `rp_filter` off. Namespaces are named `{prefix}-client`, `{prefix}-edge`, `{prefix}-blue` and
-//! `{prefix}-green`, so labs with different prefixes can coexist (tests run in parallel; use
-//! [`Lab::unique_prefix`]).
+//! `{prefix}-green`; tests use [`Lab::unique_prefix`] (the whole pid is in it).
+//!
+//! Labs run one at a time on the machine: [`Lab::up`] waits for its turn (an exclusive lock
+//! held until the lab is down), claims its prefix for this process, and first sweeps what
+//! labs of dead owners left (`claim.rs` says how an owner is known to be dead).
 //!
 //! Everything a [`Lab`] starts ([`Lab::spawn`], [`Lab::spawn_ready`], [`Lab::start_rsyslog`]) is
 //! tracked and killed, and the namespaces deleted, by [`Lab::down`] or when the `Lab` is dropped
@@ -29,6 +32,7 @@
 //! ```
 
 mod addr;
+mod claim;
 mod command;
 mod netns;
 mod proc;

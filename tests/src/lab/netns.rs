@@ -1,6 +1,7 @@
 //! Network-namespace helpers that need no [`Lab`]: the root check, running code inside a
 //! namespace, listing namespaces and removing them (stale ones included).
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -12,9 +13,11 @@ use nix::sched::{setns, CloneFlags};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
+use super::claim::{lab_of_netns, owner, Owner, StaleClaim};
 use super::command::run_command;
 #[cfg(doc)]
 use super::Lab;
+use crate::privilege::notice;
 
 /// Fails with a clear message unless running as root (the lab needs CAP_NET_ADMIN and
 /// CAP_SYS_ADMIN for `ip netns`).
@@ -57,19 +60,43 @@ pub fn netns_list() -> Result<Vec<String>> {
 }
 
 /// Deletes every network namespace whose name starts with `prefix_start`, killing the processes
-/// still inside first. Returns the names removed. Used by `cargo xtask lab down` and to sweep
-/// namespaces left by killed test runs.
+/// still inside first, except those of a lab whose owner process is alive (a running test: see
+/// the `claim` module); a kept lab (`cargo xtask lab up`) is removed with its claim. Returns the
+/// names removed. Used by `cargo xtask lab down`.
 pub fn cleanup_stale(prefix_start: &str) -> Result<Vec<String>> {
     if prefix_start.is_empty() {
         // An empty prefix would delete every namespace on the machine.
         bail!("cleanup_stale needs a non-empty prefix");
     }
+    // Per lab prefix: its claim once we hold it (None: its owner lives, leave it).
+    let mut labs: BTreeMap<String, Option<Option<StaleClaim>>> = BTreeMap::new();
     let mut removed = Vec::new();
     for name in netns_list()? {
-        if name.starts_with(prefix_start) {
-            remove_netns(&name)?;
-            removed.push(name);
+        if !name.starts_with(prefix_start) {
+            continue;
         }
+        if let Some(lab) = lab_of_netns(&name) {
+            if !labs.contains_key(lab) {
+                let state = match owner(lab)? {
+                    Owner::Live(who) => {
+                        notice(&format!("leaving lab {lab} alone: its owner runs ({who})"));
+                        None
+                    }
+                    Owner::Starting => None,
+                    Owner::Unclaimed => Some(None),
+                    Owner::Kept(c) | Owner::Dead(c) => Some(Some(c)),
+                };
+                labs.insert(lab.to_owned(), state);
+            }
+            if matches!(labs.get(lab), Some(None)) {
+                continue;
+            }
+        }
+        remove_netns(&name)?;
+        removed.push(name);
+    }
+    for claim in labs.into_values().flatten().flatten() {
+        claim.remove()?;
     }
     Ok(removed)
 }

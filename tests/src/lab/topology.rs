@@ -3,7 +3,7 @@
 
 use std::fs;
 use std::net::{Ipv4Addr, Ipv6Addr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
@@ -12,12 +12,14 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 
 use super::addr::*;
+use super::claim::{self, Claim, Turn};
 use super::command::{require_tool, run_command};
 #[cfg(doc)]
 use super::netns::cleanup_stale;
 use super::netns::{in_netns, remove_netns, require_root};
 use super::proc::{lock, stop_all, Proc};
 use super::snmp::Snmp;
+use crate::privilege::notice;
 
 /// One of the lab's namespaces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -93,6 +95,10 @@ pub struct Lab {
     procs: Mutex<Vec<Proc>>,
     /// Set once torn down (or handed over with [`Lab::keep`]), so Drop does nothing.
     finished: bool,
+    /// This process owns the prefix while the lab exists (see the `claim` module).
+    claim: Option<Claim>,
+    /// One lab at a time on the machine; released when the lab is down or kept.
+    turn: Option<Turn>,
 }
 
 impl std::fmt::Debug for Lab {
@@ -107,22 +113,48 @@ impl std::fmt::Debug for Lab {
 static PREFIX_COUNTER: AtomicU32 = AtomicU32::new(0);
 
 impl Lab {
-    /// Builds the topology under `prefix` and checks connectivity. Namespaces left with the same
-    /// names by an earlier run are removed first. On error everything created is removed again.
+    /// Builds the topology under `prefix` and checks connectivity. On error everything created
+    /// is removed again.
+    ///
+    /// First it waits for its turn: labs run one at a time on the machine (across threads,
+    /// test binaries and processes; the lab holds the turn until it is down or kept, and a
+    /// thread that holds one may build more). Then it sweeps what labs of dead owners left
+    /// (namespaces and what runs in them, pins, work folders; never a lab whose owner lives)
+    /// and claims `prefix` for this process: a prefix a live process owns is refused, one left
+    /// by a dead owner or a kept lab is taken over and what it left removed.
     pub fn up(prefix: &str) -> Result<Lab> {
         require_root()?;
         validate_prefix(prefix)?;
         require_tool("ip", "-V", "iproute2")?;
         require_tool("ethtool", "--version", "ethtool")?;
         require_tool("ping", "-V", "iputils-ping")?;
+        let turn = claim::take_turn(prefix)?;
+        match claim::sweep_stale() {
+            Ok(swept) => {
+                for line in swept {
+                    notice(&format!("lab: removed what a dead run left: {line}"));
+                }
+            }
+            // Not this lab's problem; say so and go on.
+            Err(e) => notice(&format!("lab: {e:#}")),
+        }
+        let claim = Claim::take(prefix)?;
         let lab = Lab {
             prefix: prefix.to_owned(),
             names: Host::ALL.map(|h| format!("{prefix}-{}", h.name())),
             procs: Mutex::new(Vec::new()),
             finished: false,
+            claim: Some(claim),
+            turn: Some(turn),
         };
-        for name in &lab.names {
-            remove_netns(name).with_context(|| format!("removing stale namespace {name}"))?;
+        // Ours now: whatever carries these names was left by a dead owner or a kept lab.
+        let left = claim::remove_leftovers(prefix)
+            .with_context(|| format!("removing what an earlier lab {prefix:?} left"))?;
+        if !left.is_empty() {
+            notice(&format!(
+                "lab {prefix}: replaced an earlier lab: removed {}",
+                left.join(", ")
+            ));
         }
         // On error `lab` is dropped here, which deletes what was created.
         lab.build()
@@ -132,8 +164,10 @@ impl Lab {
         Ok(lab)
     }
 
-    /// A prefix unique to this process and call: `sw{tag}{pid % 10000:04}{counter}`. Keep `tag`
-    /// to a few letters (non-letters are dropped) so names stay short and unambiguous.
+    /// A prefix unique among live processes: `sw{tag}{pid}_{counter}` (the whole pid, so two
+    /// running processes never collide). [`Lab::up`] claims it for this process, which is how a
+    /// later run tells a dead owner's leftovers from a running lab. Keep `tag` to a few letters
+    /// (non-letters are dropped, at most 6 kept) so names stay short and unambiguous.
     pub fn unique_prefix(tag: &str) -> String {
         let tag: String = tag
             .chars()
@@ -141,7 +175,20 @@ impl Lab {
             .take(6)
             .collect();
         let n = PREFIX_COUNTER.fetch_add(1, Ordering::Relaxed);
-        format!("sw{tag}{:04}{n}", std::process::id() % 10_000)
+        format!("sw{tag}{}_{n}", std::process::id())
+    }
+
+    /// The lab's work folder by convention, `$TMPDIR/switcher-{prefix}` (not created here):
+    /// removed by [`Lab::down`], and swept with the lab's leftovers if its owner dies.
+    pub fn work_dir(&self) -> PathBuf {
+        claim::work_dir(&self.prefix)
+    }
+
+    /// The bpffs folder for a daemon on this lab's edge by convention,
+    /// `/sys/fs/bpf/switcher-{prefix}` (not created here): whatever is pinned there is removed
+    /// by [`Lab::down`] (check it before, if it matters), and swept if the owner dies.
+    pub fn bpffs_dir(&self) -> PathBuf {
+        claim::bpffs_dir(&self.prefix)
     }
 
     /// The lab's prefix.
@@ -222,7 +269,9 @@ impl Lab {
     }
 
     /// Stops every tracked process (SIGTERM, SIGKILL after 2 s), kills anything else left in
-    /// the namespaces and deletes them. Idempotent; Drop calls it too.
+    /// the namespaces and deletes them, removes [`Lab::work_dir`] and [`Lab::bpffs_dir`], gives
+    /// up the prefix and ends the lab's turn. Idempotent; Drop calls it too. If something
+    /// could not be removed, the prefix's claim stays behind so that the next run sweeps it.
     pub fn down(&mut self) -> Result<()> {
         if self.finished {
             return Ok(());
@@ -238,6 +287,21 @@ impl Lab {
                 errors.push(format!("{e:#}"));
             }
         }
+        for dir in [self.bpffs_dir(), self.work_dir()] {
+            match fs::remove_dir_all(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => errors.push(format!("removing {}: {e}", dir.display())),
+            }
+        }
+        if let Some(claim) = self.claim.take() {
+            if errors.is_empty() {
+                if let Err(e) = claim.release() {
+                    errors.push(format!("{e:#}"));
+                }
+            }
+        }
+        self.turn = None;
         if errors.is_empty() {
             Ok(())
         } else {
@@ -246,9 +310,17 @@ impl Lab {
     }
 
     /// Leaves the lab (and anything spawned in it) running after this value is gone; for
-    /// `cargo xtask lab up`. Remove it later with [`cleanup_stale`].
+    /// `cargo xtask lab up`. Its claim is marked kept, so sweeps leave it alone, and its turn
+    /// ends (other labs may run). Remove it later with [`cleanup_stale`], or replace it with
+    /// [`Lab::up`] and the same prefix.
     pub fn keep(mut self) {
         self.finished = true;
+        if let Some(claim) = self.claim.take() {
+            if let Err(e) = claim.keep() {
+                notice(&format!("lab {}: marking it kept: {e:#}", self.prefix));
+            }
+        }
+        self.turn = None;
     }
 
     fn ip(&self, host: Host, args: &[&str]) -> Result<()> {
@@ -436,7 +508,11 @@ mod tests {
         let a = Lab::unique_prefix("t-1");
         let b = Lab::unique_prefix("t-1");
         assert_ne!(a, b);
-        assert!(a.starts_with("swt"));
+        assert!(a.starts_with(&format!("swt{}_", std::process::id())), "{a}");
         assert!(validate_prefix(&a).is_ok());
+        assert_eq!(claim::test_prefix_form(&a), Some(claim::Form::Claimed));
+        // The longest tag with the largest pid still fits.
+        let long = format!("swabcdef{}_{}", 4_194_304, 999);
+        assert!(validate_prefix(&long).is_ok(), "{long}");
     }
 }

@@ -61,9 +61,14 @@ impl Scrape {
             .map(|s| s.value)
     }
 
-    /// Like [`Scrape::get`], 0 when absent (a counter never incremented is not exported).
+    /// Like [`Scrape::get`] for a series that must be there: an absent series fails the
+    /// test (a metric that disappeared must not read as zero). Where absence is a legitimate
+    /// zero (a labelled counter never incremented), say so with `get(..).unwrap_or(0.0)`.
     pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        self.get(name, labels).unwrap_or(0.0)
+        match self.get(name, labels) {
+            Some(v) => v,
+            None => panic!("{name}{labels:?} is not exported"),
+        }
     }
 
     pub fn kind(&self, family: &str) -> Option<&str> {

@@ -3,28 +3,18 @@
 //! from scratch, so comparing bytes checks our incremental updates independently.
 #![allow(dead_code)]
 
-use etherparse::{IpNumber, Ipv4Header, PacketBuilder, PacketHeaders, TransportHeader};
-use switcher::{
-    config::{Color, Config},
-    datapath::BpfDatapath,
-};
+use etherparse::{Ipv4Header, PacketBuilder, PacketHeaders, TransportHeader};
+use switcher::{config::Config, datapath::BpfDatapath, domain::Color};
 use switcher_common::{ColorCounters, FlipMark, Reason};
 use switcher_tests::loaded::{LoadedDatapath, Program};
 
 pub mod metrics;
+pub mod netns;
+pub mod packets;
 
-/// True when the test may run. Privileged tests must not silently pass: in CI (CI=true) a
-/// missing privilege fails the test; on a developer machine it is reported and skipped.
-pub fn privileged() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!("privileged test cannot run: not root (CI requires these tests to run)");
-    }
-    eprintln!("SKIPPED: needs root (run `cargo xtask test` as root)");
-    false
-}
+/// True when the test may run: the one skip rule of every privileged test (fails in CI, a
+/// visible SKIPPED line elsewhere); see `switcher_tests::privilege`.
+pub use switcher_tests::privilege::privileged;
 
 /// The shared [`LoadedDatapath`] with the fixtures' services, where any failure fails the
 /// test at once.
@@ -285,5 +275,4 @@ pub fn assert_checksums_valid(pkt: &[u8]) {
         },
         other => panic!("unexpected headers {other:?}"),
     }
-    let _ = IpNumber::UDP;
 }

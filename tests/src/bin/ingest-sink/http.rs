@@ -133,14 +133,26 @@ mod tests {
             r#"{"health_ok":false,"ack_delay_ms":0,"errors_per_sec":50}"#
         );
 
-        // The injected series exists from the start and carries what the ticker adds.
-        shared.injected_errors.inc_by(3);
+        // The injected series exists from the start (a scrape before any fault sees 0) and
+        // carries what the ticker adds: 50 errors/s (the fault set above) for about 300 ms.
+        let exported = |shared: &SinkState| {
+            let mut text = String::new();
+            assert!(encode(&mut text, &shared.registry).is_ok());
+            text.lines()
+                .find_map(|l| l.strip_prefix("ingest_errors_total{reason=\"injected\"} "))
+                .and_then(|v| v.parse::<u64>().ok())
+        };
+        assert_eq!(exported(&shared), Some(0));
+        let ticker = tokio::spawn(crate::fault::inject_errors(shared.clone()));
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        ticker.abort();
+        let injected = exported(&shared).unwrap_or(0);
+        assert!(
+            (5..=30).contains(&injected),
+            "injected {injected} in ~0.3 s at 50/s"
+        );
         let mut text = String::new();
         assert!(encode(&mut text, &shared.registry).is_ok());
-        assert!(
-            text.contains("ingest_errors_total{reason=\"injected\"} 3"),
-            "{text}"
-        );
         assert!(
             text.contains("ingest_errors_total{reason=\"frame\"} 0"),
             "{text}"

@@ -14,7 +14,7 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 use serde_json::Value;
-use switcher::{api, config::Color, datapath};
+use switcher::{api, datapath, domain::Color};
 use switcher_tests::{
     lab::{Host, Lab, Proc, BLUE_V4, EDGE_TO_CLIENT, GREEN_V4, VIP_V4},
     rig, services,
@@ -234,6 +234,28 @@ impl Stage {
             Running::Direct => {}
         }
         Ok(())
+    }
+
+    /// The pinned maps of the running switcher contender (reason and colour counters), to
+    /// prove which path its packets took; None while another contender runs.
+    pub fn switcher_maps(&self) -> Result<Option<datapath::MapReader>> {
+        match self.current {
+            Some((_, Running::Switcher { .. })) => Ok(Some(datapath::MapReader::open(
+                &datapath::maps_dir(&self.bpffs),
+            )?)),
+            _ => Ok(None),
+        }
+    }
+
+    /// The XDP program attached to the edge's client-facing interface (`ip -j link`'s `xdp`
+    /// object), if any.
+    pub fn edge_xdp(&self) -> Result<Option<Value>> {
+        let out = self.lab.run(
+            Host::Edge,
+            &["ip", "-j", "-d", "link", "show", "dev", EDGE_TO_CLIENT],
+        )?;
+        let v: Value = serde_json::from_str(&out).context("parsing `ip -j link`")?;
+        Ok(v[0].get("xdp").cloned())
     }
 
     /// Moves new traffic to `to`. Returns CLOCK_MONOTONIC ns right before the command was

@@ -4,6 +4,30 @@
 //! time (CLOCK_MONOTONIC, the clock of the flip commands and of the kernel's flip marks), so
 //! every flip gets: time to the first line at the new colour, time to the last line at the old
 //! one, and the delivered rate per colour over time for the plot.
+//!
+//! What fails the section, per contender. For nftables and nginx the point of the comparison
+//! is to report what they lose, so their losses, duplicates, resets, failed connections and
+//! flips that do not move the traffic are results, not errors. switcher's claim is that a flip
+//! loses nothing and breaks nothing, so for it each of those is a failure. In detail:
+//! - every contender (the run itself is invalid): a sender that did not finish, that printed
+//!   no summary or sent nothing; the UDP sender exiting non-zero, or the TCP sender exiting
+//!   with anything but 2 (log-sender's "a TCP connection failed", which is a result for
+//!   nftables and nginx); a sender without errors that did not send every line it was asked
+//!   for (cut short: the traffic did not span the flips); a UDP or long-lived TCP line whose
+//!   seq the sender was never asked to send (the accounting is wrong); no flip that found
+//!   the UDP or the new-connection traffic at the colour it was about to leave (the flip
+//!   times would be over nothing).
+//! - switcher, in addition: either sender exiting non-zero or reporting send errors; any line
+//!   lost, duplicated or unexpected (arrived though its write failed); any TCP reset or failed
+//!   connect seen by the client (the kernel's EstabResets and AttemptFails, the new-connection
+//!   client, log-sender's connection errors), or a backend sending a RST to the client (the
+//!   backends' own RST counters also count the daemon's health probes); a long-lived
+//!   connection whose lines reached both colours (pinned flows must not move); a flip after
+//!   which the traffic stayed at the old colour (the majority of the lines in the second half
+//!   of the interval); no in-kernel cutover time for any flip.
+//!
+//! Lines the senders were asked for but could not send (a connection the contender broke)
+//! count as lost: for UDP and long-lived TCP every seq below `--count` is expected once.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -19,9 +43,9 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 use serde_json::{json, Value};
-use switcher::{config::Color, datapath::monotonic_ns};
+use switcher::{datapath::monotonic_ns, domain::Color};
 use switcher_tests::{
-    lab::{in_netns, Host, Snmp},
+    lab::{in_netns, Host, Snmp, CLIENT_V4, HOST_IF},
     rig,
 };
 
@@ -29,6 +53,7 @@ use crate::{
     contenders::{Kind, Stage, TCP_PORT, UDP_PORT},
     plot,
     report::Table,
+    traffic::{nft_counter, nft_load},
     Opts,
 };
 
@@ -82,6 +107,8 @@ struct Line {
     color: Color,
     traffic: Traffic,
     seq: u64,
+    /// Which long-lived connection (`t-cK`) carried it.
+    conn: Option<u32>,
 }
 
 /// Every stamped line of one sink file.
@@ -115,11 +142,13 @@ fn read_lines(file: &Path, color: Color) -> Result<Vec<Line>> {
             bail!("{}: unstamped or unnumbered line {l:?}", file.display());
         };
         if let Some(traffic) = Traffic::of_stream(stream) {
+            let conn = stream.strip_prefix("t-c").and_then(|k| k.parse().ok());
             out.push(Line {
                 t,
                 color,
                 traffic,
                 seq,
+                conn,
             });
         }
     }
@@ -210,6 +239,7 @@ pub fn run(opts: &Opts) -> Result<Value> {
         NEW_CONN_EVERY.as_millis()
     );
     let mut stage = Stage::up("cut")?;
+    install_rst_counters(&stage)?;
     let mut rows = Vec::new();
     for kind in KINDS {
         stage
@@ -250,7 +280,12 @@ fn one(stage: &mut Stage, kind: Kind, p: &Params) -> Result<Value> {
     let tcp_t = stage.target(TCP_PORT);
     let client_snmp0 = stage.lab.snmp(Host::Client)?;
     let backend_rsts0 = backend_rsts(stage)?;
+    let client_rsts0 = backend_rsts_to_client(stage)?;
     let t_start = monotonic_ns()?;
+    let asked = [
+        ("udp", (UDP_RATE as f64 * secs) as u64),
+        ("tcp", (TCP_RATE as f64 * secs) as u64),
+    ];
     let udp = stage.lab.spawn(
         Host::Client,
         &sender,
@@ -264,7 +299,7 @@ fn one(stage: &mut Stage, kind: Kind, p: &Params) -> Result<Value> {
             "--rate",
             &UDP_RATE.to_string(),
             "--count",
-            &((UDP_RATE as f64 * secs) as u64).to_string(),
+            &asked[0].1.to_string(),
             "--max-seconds",
             &max_secs,
         ],
@@ -284,7 +319,7 @@ fn one(stage: &mut Stage, kind: Kind, p: &Params) -> Result<Value> {
             "--rate",
             &TCP_RATE.to_string(),
             "--count",
-            &((TCP_RATE as f64 * secs) as u64).to_string(),
+            &asked[1].1.to_string(),
             "--max-seconds",
             &max_secs,
         ],
@@ -336,43 +371,70 @@ fn one(stage: &mut Stage, kind: Kind, p: &Params) -> Result<Value> {
     result?;
     let conns = conns?;
     let mut summaries = BTreeMap::new();
-    for (name, s) in [("udp", &udp), ("tcp", &tcp)] {
-        let st = s.wait_timeout(total + Duration::from_secs(20))?;
-        if st.is_none() {
-            bail!("log-sender ({name}) did not finish");
-        }
-        summaries.insert(name, rig::sender_summary(s)?);
+    let mut senders = serde_json::Map::new();
+    for ((name, s), (_, asked)) in [("udp", &udp), ("tcp", &tcp)].into_iter().zip(asked) {
+        let Some(st) = s.wait_timeout(total + Duration::from_secs(20))? else {
+            bail!("log-sender ({name}) did not finish: the measurement is invalid");
+        };
+        let summary = rig::sender_summary(s).with_context(|| {
+            format!("log-sender ({name}) exited with {st}: the measurement is invalid")
+        })?;
+        senders.insert(
+            name.into(),
+            json!({
+                "exit_code": st.code(),
+                "asked": asked,
+                "sent": summary["sent"],
+                "errors": summary["errors"],
+                "stderr": if st.success() {
+                    Value::Null
+                } else {
+                    json!(s.stderr_tail(5).trim().replace('\n', " | "))
+                },
+            }),
+        );
+        summaries.insert(name, summary);
     }
     // The sinks flush every 100 ms; SIGTERM flushes the rest.
     std::thread::sleep(Duration::from_millis(300));
     stage.stop_sinks()?;
     let client_snmp1 = stage.lab.snmp(Host::Client)?;
     let backend_rsts1 = backend_rsts(stage)?;
+    let client_rsts1 = backend_rsts_to_client(stage)?;
     let t_end = monotonic_ns()?;
 
     let mut lines = read_lines(&blue_file, Color::Blue)?;
     lines.extend(read_lines(&green_file, Color::Green)?);
     if lines.is_empty() {
-        bail!(
-            "{}: no line reached either sink: the measurement is invalid",
-            kind.label()
-        );
+        bail!("no line reached either sink: the measurement is invalid");
     }
-    // The seqs each generator sent: log-sender numbers its lines 0..sent; the new-connection
-    // client keeps the seqs it actually wrote.
-    let count = |name: &str| summaries[name]["sent"].as_u64().unwrap_or(0);
+    // The seqs each generator should have delivered: log-sender was asked for 0..count (a
+    // line it could not send counts as lost); the new-connection client keeps the seqs it
+    // actually wrote.
+    let sent_count = |name: &str| summaries[name]["sent"].as_u64().unwrap_or(0);
     let sent_seqs = |t: Traffic| -> BTreeSet<u64> {
         match t {
-            Traffic::Udp => (0..count("udp")).collect(),
-            Traffic::TcpLong => (0..count("tcp")).collect(),
+            Traffic::Udp => (0..asked[0].1).collect(),
+            Traffic::TcpLong => (0..asked[1].1).collect(),
             Traffic::TcpNew => conns.sent.clone(),
         }
     };
+    for (name, t) in [("udp", Traffic::Udp), ("tcp", Traffic::TcpLong)] {
+        if sent_count(name) == 0 {
+            bail!(
+                "the {} generator sent nothing: the measurement is invalid",
+                t.key()
+            );
+        }
+    }
     let mut accounting = serde_json::Map::new();
     for t in Traffic::ALL {
         let sent = sent_seqs(t);
         if sent.is_empty() {
-            bail!("{}: the {} generator sent nothing", kind.label(), t.key());
+            bail!(
+                "the {} generator sent nothing: the measurement is invalid",
+                t.key()
+            );
         }
         let mut seen: BTreeMap<u64, u32> = BTreeMap::new();
         let mut per_color = [0u64; 2];
@@ -389,6 +451,18 @@ fn one(stage: &mut Stage, kind: Kind, p: &Params) -> Result<Value> {
             json!({ "sent": sent.len(), "lost": lost, "duplicated": dup, "unexpected": unexpected, "blue": per_color[0], "green": per_color[1] }),
         );
     }
+    // Long-lived connections whose lines reached both colours: they moved.
+    let mut per_conn: BTreeMap<u32, [u64; 2]> = BTreeMap::new();
+    for l in lines.iter().filter(|l| l.traffic == Traffic::TcpLong) {
+        if let Some(k) = l.conn {
+            per_conn.entry(k).or_default()[l.color.index() as usize] += 1;
+        }
+    }
+    let conns_moved = per_conn.values().filter(|c| c[0] > 0 && c[1] > 0).count();
+    accounting.insert(
+        "tcp_long_lived_connections".into(),
+        json!({ "seen": per_conn.len(), "moved": conns_moved }),
+    );
 
     let mut per_traffic = serde_json::Map::new();
     for t in [Traffic::Udp, Traffic::TcpNew] {
@@ -414,15 +488,18 @@ fn one(stage: &mut Stage, kind: Kind, p: &Params) -> Result<Value> {
         "client_estab_resets": client_snmp1.tcp_estab_resets.saturating_sub(client_snmp0.tcp_estab_resets),
         "client_connect_fails": client_snmp1.tcp_attempt_fails.saturating_sub(client_snmp0.tcp_attempt_fails),
         "backend_rsts_sent": backend_rsts1.saturating_sub(backend_rsts0),
+        "backend_rsts_to_client": client_rsts1.saturating_sub(client_rsts0),
         "new_connection_client_resets": conns.resets,
         "new_connection_connect_failures": conns.connect_failures,
         "log_sender_tcp_errors": summaries["tcp"]["errors"],
     });
     let kernel: Vec<Option<f64>> = kernel_us;
-    Ok(json!({
+    let row = json!({
         "key": kind.key(),
         "label": kind.label(),
         "flip_method": kind.flip_method(),
+        "flips": flips.len(),
+        "senders": Value::Object(senders),
         "lines": Value::Object(accounting),
         "tcp_resets": resets,
         "per_flip": Value::Object(per_traffic),
@@ -433,7 +510,99 @@ fn one(stage: &mut Stage, kind: Kind, p: &Params) -> Result<Value> {
             "green_lines_per_s": rate(&series[1]),
             "flips_s": flip_s,
         },
-    }))
+    });
+    let problems = invalid(kind, &row);
+    if !problems.is_empty() {
+        bail!("the measurement is invalid: {}", problems.join("; "));
+    }
+    Ok(row)
+}
+
+/// Why `row` (one contender's results) is not a valid measurement, per the rules in the module
+/// doc; empty if it is.
+fn invalid(kind: Kind, row: &Value) -> Vec<String> {
+    let mut p = Vec::new();
+    let n = |v: &Value| v.as_u64().unwrap_or(0);
+    let switcher = kind == Kind::SwitcherRedirect;
+    for name in ["udp", "tcp"] {
+        let s = &row["senders"][name];
+        let code = s["exit_code"].as_i64();
+        let stderr = s["stderr"].as_str().unwrap_or("");
+        match code {
+            Some(0) => {}
+            // log-sender: "a TCP connection failed", a result for the others.
+            Some(2) if name == "tcp" && !switcher => {}
+            Some(2) if name == "tcp" => p.push(format!(
+                "a long-lived TCP connection failed (log-sender exit 2: {stderr})"
+            )),
+            c => p.push(format!("log-sender ({name}) exited with {c:?}: {stderr}")),
+        }
+        let (asked, sent, errors) = (n(&s["asked"]), n(&s["sent"]), n(&s["errors"]));
+        if errors == 0 && sent != asked {
+            p.push(format!(
+                "log-sender ({name}) sent {sent} of the {asked} lines asked without an error (cut short)"
+            ));
+        }
+        if switcher && errors > 0 {
+            p.push(format!("log-sender ({name}) reported {errors} send errors"));
+        }
+    }
+    for t in Traffic::ALL {
+        let a = &row["lines"][t.key()];
+        let (lost, dup, unexpected) = (n(&a["lost"]), n(&a["duplicated"]), n(&a["unexpected"]));
+        if unexpected > 0 && (switcher || t != Traffic::TcpNew) {
+            p.push(format!(
+                "{unexpected} {} lines arrived that were never sent",
+                t.key()
+            ));
+        }
+        if switcher && (lost > 0 || dup > 0) {
+            p.push(format!("{} lines lost {lost}, duplicated {dup}", t.key()));
+        }
+    }
+    for t in [Traffic::Udp, Traffic::TcpNew] {
+        let pf = &row["per_flip"][t.key()];
+        if n(&pf["flips_that_had_to_move_it"]) == 0 {
+            p.push(format!(
+                "no flip found the {} traffic at the colour it was leaving",
+                t.key()
+            ));
+        }
+        if switcher && n(&pf["flips_that_stayed"]) > 0 {
+            p.push(format!(
+                "{} of {} flips left the {} traffic at the old colour",
+                n(&pf["flips_that_stayed"]),
+                n(&pf["flips_that_had_to_move_it"]),
+                t.key()
+            ));
+        }
+    }
+    if switcher {
+        let r = &row["tcp_resets"];
+        for k in [
+            "client_estab_resets",
+            "client_connect_fails",
+            "backend_rsts_to_client",
+            "new_connection_client_resets",
+            "new_connection_connect_failures",
+            "log_sender_tcp_errors",
+        ] {
+            if n(&r[k]) > 0 {
+                p.push(format!("TCP {k} = {}", r[k]));
+            }
+        }
+        let moved = n(&row["lines"]["tcp_long_lived_connections"]["moved"]);
+        if moved > 0 {
+            p.push(format!(
+                "{moved} long-lived TCP connections had lines at both colours"
+            ));
+        }
+        let k = &row["in_kernel_cutover_us"];
+        if n(&k["flips"]) == 0 || n(&k["none"]) == n(&k["flips"]) {
+            p.push("no in-kernel cutover time for any flip".into());
+        }
+    }
+    p
 }
 
 /// The colour most lines of `t` reached in `[from, to)`, if any did.
@@ -465,7 +634,7 @@ fn per_flip(
     let iv = interval.as_nanos() as u64;
     let mut first_new = Vec::new();
     let mut last_old = Vec::new();
-    let (mut had_to_move, mut moved) = (0u64, 0u64);
+    let (mut had_to_move, mut moved, mut stayed) = (0u64, 0u64, 0u64);
     for (i, &(to, at, _)) in flips.iter().enumerate() {
         let end = flips.get(i + 1).map_or(at + iv, |f| f.1);
         let from = if to == Color::Green {
@@ -479,8 +648,10 @@ fn per_flip(
             continue;
         }
         had_to_move += 1;
-        if majority(lines, t, at + (end - at) / 2, end) == Some(to) {
-            moved += 1;
+        match majority(lines, t, at + (end - at) / 2, end) {
+            Some(c) if c == to => moved += 1,
+            Some(_) => stayed += 1,
+            None => {}
         }
         let window = lines
             .iter()
@@ -504,12 +675,37 @@ fn per_flip(
     json!({
         "flips_that_had_to_move_it": had_to_move,
         "flips_that_moved_it": moved,
+        "flips_that_stayed": stayed,
         "first_line_at_new_colour_ms": stats(&first_new),
         "last_line_at_old_colour_ms": stats(&last_old),
     })
 }
 
-/// TCP RSTs the two backends sent.
+const RST_TABLE: &str = "switcher_bench_rst";
+
+/// On blue and green: count the TCP RSTs leaving towards the client. The backends' SNMP
+/// OutRsts also count the resets of the daemon's health probes (from the edge), which say
+/// nothing about the client's connections.
+fn install_rst_counters(stage: &Stage) -> Result<()> {
+    let rules = format!(
+        "table netdev {RST_TABLE} {{\n  counter to_client {{}}\n  chain out {{\n    type filter hook egress device \"{HOST_IF}\" priority 0; policy accept;\n    ip daddr {CLIENT_V4} tcp flags & rst == rst counter name \"to_client\"\n  }}\n}}\n"
+    );
+    for h in [Host::Blue, Host::Green] {
+        nft_load(&stage.lab, h, &stage.dir, "backend-rst.nft", &rules)?;
+    }
+    Ok(())
+}
+
+/// TCP RSTs the two backends sent to the client.
+fn backend_rsts_to_client(stage: &Stage) -> Result<u64> {
+    let mut n = 0;
+    for h in [Host::Blue, Host::Green] {
+        n += nft_counter(&stage.lab, h, RST_TABLE, "to_client")?;
+    }
+    Ok(n)
+}
+
+/// TCP RSTs the two backends sent (to anyone).
 fn backend_rsts(stage: &Stage) -> Result<u64> {
     let mut n = 0;
     for h in [Host::Blue, Host::Green] {

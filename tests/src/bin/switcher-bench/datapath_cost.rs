@@ -18,7 +18,7 @@
 use anyhow::{bail, Context as _, Result};
 use etherparse::{PacketBuilder, VlanId};
 use serde_json::{json, Value};
-use switcher::config::Color;
+use switcher::domain::Color;
 use switcher_common::Reason;
 use switcher_tests::loaded::{LoadedDatapath, Program};
 
@@ -126,9 +126,22 @@ pub fn tcp_ack() -> Result<Vec<u8>> {
     Ok(v)
 }
 
+/// The SYN case's clients: 198.19.0.0/16 (never a synthetic flow's or the lab's).
+pub const SYN_CLIENTS: [u8; 2] = [198, 19];
+
+/// Whether `key` is a flow the SYN case pinned.
+pub fn is_syn_case_flow(key: &switcher_common::FlowKey) -> bool {
+    key.family == switcher_common::FAMILY_V4 && key.src[..2] == SYN_CLIENTS
+}
+
 /// A SYN from client number `k`: a distinct (address, port) per `k` inside 198.19.0.0/16.
 pub fn tcp_syn(k: u32) -> Result<Vec<u8>> {
-    let src = [198, 19, (k >> 16) as u8, (k >> 8) as u8];
+    let src = [
+        SYN_CLIENTS[0],
+        SYN_CLIENTS[1],
+        (k >> 16) as u8,
+        (k >> 8) as u8,
+    ];
     let sport = 1024 + (k & 0xff) as u16;
     let mut v = Vec::new();
     PacketBuilder::ethernet2(MAC_A, MAC_B)

@@ -1,10 +1,15 @@
 //! Flip latency of switcher through its API, under traffic, in the lab.
+//!
+//! The section fails when the traffic part does not hold: a flip that changed nothing (no map
+//! write was timed), a sender that sent nothing (zero lost of zero sent proves nothing), a line
+//! lost or duplicated, or a stream that never reached one of the colours (the flips did not
+//! move the traffic they claim to run under).
 
 use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
 use serde_json::{json, Value};
-use switcher::config::Color;
+use switcher::domain::Color;
 
 use crate::{
     report::{latency_us, num, Table},
@@ -99,8 +104,20 @@ pub fn run(opts: &Opts) -> Result<Value> {
         lost.len(),
         dup.len()
     );
+    if sent == 0 {
+        bail!("the UDP sender sent nothing: the flips ran without traffic; the measurement is invalid");
+    }
     if !lost.is_empty() || !dup.is_empty() {
         bail!("lines were lost or duplicated across the flips");
+    }
+    if n >= 2 && (got.blue.is_empty() || got.green.is_empty()) {
+        bail!(
+            "the stream reached only {} across {n} flips (blue {}, green {}): the flips did not move \
+             the traffic; the measurement is invalid",
+            if got.blue.is_empty() { "green" } else { "blue" },
+            got.blue.len(),
+            got.green.len()
+        );
     }
     Ok(v)
 }

@@ -136,6 +136,17 @@ fn run() -> Result<()> {
         opts.flips = opts.flips.min(200);
         opts.scale_flips = opts.scale_flips.min(200);
     }
+    // A zero here would make a section report a median of nothing.
+    for (flag, v) in [
+        ("--repeat", u64::from(opts.repeat)),
+        ("--rounds", opts.rounds as u64),
+        ("--syn-calls", u64::from(opts.syn_calls)),
+        ("--scale-flips", u64::from(opts.scale_flips)),
+    ] {
+        if v == 0 {
+            bail!("{flag} must be at least 1");
+        }
+    }
     for k in &opts.only {
         if !SECTIONS.iter().any(|s| s.key == k) {
             bail!("unknown section {k}");

@@ -2,6 +2,13 @@
 //! flip latency through the API measured side by side with and without a scraper hammering
 //! the endpoint. The datapath is not involved in a scrape (map reads from userspace never
 //! block the XDP program), so its packet counters are checked only for staying consistent.
+//!
+//! The "scraping back to back" figure is over the flips that overlapped a scrape (one was in
+//! flight when the flip was sent, or one started before its reply came): a flip with no
+//! scrape around it is a no-scraper sample and is left out (their count is reported). No
+//! overlapping flip at all fails the section, as does a flip that changed nothing (a no-op
+//! flip writes no map) or a full-table scrape that did not count the filled table (it did not
+//! walk it).
 
 use std::{
     fmt::Write as _,
@@ -11,7 +18,7 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 use serde_json::{json, Value};
-use switcher::{api::Request, config::Color};
+use switcher::{api::Request, domain::Color};
 use switcher_tests::rig::Rig;
 
 use crate::{
@@ -36,8 +43,30 @@ fn services() -> String {
     s
 }
 
-/// `n` flips of svc0 through the API, alternating colours: API accepted → map written, in ns.
-fn flips(rig: &Rig, n: u32) -> Result<Vec<f64>> {
+/// Scrapes started and finished so far by the scraper thread.
+#[derive(Default)]
+struct Scrapes {
+    started: AtomicU64,
+    finished: AtomicU64,
+}
+
+impl Scrapes {
+    fn now(&self) -> (u64, u64) {
+        // Finished first: a scrape counted finished here is also counted started.
+        let f = self.finished.load(Ordering::SeqCst);
+        (self.started.load(Ordering::SeqCst), f)
+    }
+}
+
+/// One flip's API accepted → map written in ns, and whether a scrape overlapped it.
+struct Flip {
+    ns: f64,
+    overlapped: bool,
+}
+
+/// `n` flips of svc0 through the API, alternating colours; each must change the colour.
+/// `scrapes`: the scraper's counters, to tell which flips a scrape overlapped.
+fn flips(rig: &Rig, n: u32, scrapes: Option<&Scrapes>) -> Result<Vec<Flip>> {
     let mut out = Vec::with_capacity(n as usize);
     for i in 0..n {
         let to = if i % 2 == 0 {
@@ -45,13 +74,26 @@ fn flips(rig: &Rig, n: u32) -> Result<Vec<f64>> {
         } else {
             Color::Blue
         };
+        let before = scrapes.map(Scrapes::now);
         let v = rig.call(&Request::Flip {
             service: "svc0".into(),
             to,
             force: false,
             reason: None,
         })?;
-        out.push(v["api_to_map_ns"].as_f64().context("flip reply")?);
+        let after = scrapes.map(Scrapes::now);
+        if v["changed"] != true {
+            bail!("flip {i} of svc0 to {to} changed nothing (no map write to time): {v}");
+        }
+        // In flight at the start (started > finished), or one started before the reply.
+        let overlapped = match (before, after) {
+            (Some((s0, f0)), Some((s1, _))) => s0 > f0 || s1 > s0,
+            _ => false,
+        };
+        out.push(Flip {
+            ns: v["api_to_map_ns"].as_f64().context("flip reply")?,
+            overlapped,
+        });
         std::thread::sleep(Duration::from_millis(5));
     }
     Ok(out)
@@ -99,26 +141,52 @@ pub fn run(opts: &Opts) -> Result<Value> {
         .and_then(|v| v.trim().parse().ok())
         .context("switcher_scrape_duration_seconds missing")?;
 
-    let mut idle = flips(&rig, n_flips)?;
+    let mut idle: Vec<f64> = flips(&rig, n_flips, None)?
+        .into_iter()
+        .map(|f| f.ns)
+        .collect();
     // The same flips while a scraper runs back to back on another thread.
     let stop = AtomicBool::new(false);
-    let during = AtomicU64::new(0);
-    let mut busy = std::thread::scope(|scope| -> Result<Vec<f64>> {
+    let scraped = Scrapes::default();
+    let (busy, during) = std::thread::scope(|scope| -> Result<(Vec<Flip>, u64)> {
         let scraper = scope.spawn(|| -> Result<()> {
             let deadline = Instant::now() + Duration::from_secs(120);
             while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-                rig.metrics()?;
-                during.fetch_add(1, Ordering::Relaxed);
+                scraped.started.fetch_add(1, Ordering::SeqCst);
+                let r = rig.metrics();
+                scraped.finished.fetch_add(1, Ordering::SeqCst);
+                r?;
             }
             Ok(())
         });
-        let r = flips(&rig, n_flips);
+        // Wait for the first scrape to start, so the first flips are not scrape-free by design.
+        let wait = Instant::now() + Duration::from_secs(10);
+        while scraped.now().0 == 0 && !scraper.is_finished() && Instant::now() < wait {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let (s0, f0) = scraped.now();
+        let r = flips(&rig, n_flips, Some(&scraped));
+        // Scrapes that started during the flips, plus the one in flight when they began.
+        let (s1, _) = scraped.now();
         stop.store(true, Ordering::Relaxed);
         scraper
             .join()
             .map_err(|_| anyhow::anyhow!("scraper thread panicked"))??;
-        r
+        Ok((r?, s1 - s0 + u64::from(s0 > f0)))
     })?;
+    let overlapped = busy.iter().filter(|f| f.overlapped).count();
+    if during == 0 || overlapped == 0 {
+        bail!(
+            "no scrape overlapped the {n_flips} flips ({during} scrapes during them): the \
+             \"scraping back to back\" flip figure would be a no-scraper figure; the \
+             measurement is invalid"
+        );
+    }
+    let mut busy: Vec<f64> = busy
+        .into_iter()
+        .filter(|f| f.overlapped)
+        .map(|f| f.ns)
+        .collect();
     // The same with the flow table full: the first scrape after the census expires walks all
     // of it; the scrapes after that share the walk.
     let maps = rig
@@ -159,7 +227,9 @@ pub fn run(opts: &Opts) -> Result<Value> {
         "flip_api_to_map_us": {
             "idle": latency_us(&mut idle),
             "while_scraping": latency_us(&mut busy),
-            "scrapes_during": during.load(Ordering::Relaxed),
+            "scrapes_during": during,
+            "flips_while_scraping": overlapped,
+            "flips_without_a_scrape_left_out": n_flips as usize - overlapped,
         },
     });
     print!("{}", table(&v).text("  "));
@@ -196,13 +266,14 @@ pub fn markdown(v: &Value) -> String {
     format!(
         "{} UDP services; {} scrapes of {} bytes each (the daemon timed its last one at {} µs). \
          Flip latency side by side without and with a scraper running back to back \
-         ({} scrapes during the flips). Then the flow table filled with {} synthetic open \
+         ({} scrapes during the flips; the figure is over the {} flips a scrape overlapped). Then the flow table filled with {} synthetic open \
          flows: the scrape that walked it took {} µs; the walk is shared for 5 s.\n\n{}",
         v["services"],
         v["scrapes"],
         v["response_bytes"],
         num(&v["server_scrape_us"], 0),
         v["flip_api_to_map_us"]["scrapes_during"],
+        v["flip_api_to_map_us"]["flips_while_scraping"],
         v["full_table"]["flows"],
         num(&v["full_table"]["scrape_with_walk_us"], 0),
         table(v).markdown()

@@ -3,6 +3,8 @@
 
 use std::{path::Path, time::Instant};
 
+use aya::maps::MapError;
+
 use anyhow::{bail, Context as _, Result};
 use aya::maps::{HashMap, Map, MapData};
 use switcher_common::{
@@ -53,4 +55,31 @@ pub fn fill_flows(maps_dir: &Path, service_ids: &[u32], from: u32, to: u32) -> R
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// Removes the entries of the flow table pinned in `maps_dir` whose key matches `remove`;
+/// returns how many it removed.
+pub fn remove_flows(maps_dir: &Path, remove: impl Fn(&FlowKey) -> bool) -> Result<u64> {
+    let path = maps_dir.join(names::FLOWS);
+    let data = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
+    let mut flows: HashMap<MapData, FlowKey, FlowValue> =
+        HashMap::try_from(Map::LruHashMap(data)).context("FLOWS as a hash map")?;
+    // Keys first: deleting while iterating would restart the walk.
+    let keys: Vec<FlowKey> = flows
+        .keys()
+        .filter_map(|k| k.ok())
+        .filter(|k| remove(k))
+        .collect();
+    let mut n = 0;
+    for k in &keys {
+        match flows.remove(k) {
+            Ok(()) => n += 1,
+            // Evicted meanwhile: gone all the same.
+            Err(MapError::KeyNotFound) => {}
+            Err(MapError::SyscallError(e)) if e.io_error.kind() == std::io::ErrorKind::NotFound => {
+            }
+            Err(e) => return Err(e).context("removing a flow"),
+        }
+    }
+    Ok(n)
 }

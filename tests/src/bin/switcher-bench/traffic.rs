@@ -3,6 +3,7 @@
 
 use std::{
     net::Ipv4Addr,
+    os::unix::process::CommandExt as _,
     path::Path,
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -14,7 +15,7 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use etherparse::PacketBuilder;
 use serde_json::Value;
-use switcher_tests::lab::{in_netns, Host, Lab, CLIENT_V4, EDGE_TO_CLIENT, HOST_IF};
+use switcher_tests::lab::{in_netns, Host, Lab, Proc, CLIENT_V4, EDGE_TO_CLIENT, HOST_IF};
 
 use crate::contenders::UDP_PORT;
 
@@ -161,19 +162,69 @@ pub fn backend_packets(lab: &Lab) -> Result<u64> {
 }
 
 /// On the client: count the test flow's datagrams as they leave (netdev egress, which also
-/// sees trafgen's qdisc-bypassing packet socket). The interface's tx counter would also count
-/// ARP and IPv6 ND/MLD, and one such packet would make a lossless trial look lossy. Same cost
-/// in every run, so it cancels out of the CPU comparison.
+/// sees trafgen's qdisc-bypassing packet socket), and everything else that leaves. Same cost
+/// in every run, so it cancels out of the CPU comparison. See [`Offered`] for why both.
 pub fn install_offered_counter(lab: &Lab, dir: &Path) -> Result<()> {
     let rules = format!(
-        "table netdev {CLIENT_TABLE} {{\n  counter tx {{}}\n  chain out {{\n    type filter hook egress device \"{HOST_IF}\" priority 0; policy accept;\n    ip protocol udp udp sport {SRC_PORT} udp dport {UDP_PORT} counter name \"tx\"\n  }}\n}}\n"
+        "table netdev {CLIENT_TABLE} {{\n  counter tx {{}}\n  counter other {{}}\n  chain out {{\n    type filter hook egress device \"{HOST_IF}\" priority 0; policy accept;\n    ip protocol udp udp sport {SRC_PORT} udp dport {UDP_PORT} counter name \"tx\" accept\n    counter name \"other\"\n  }}\n}}\n"
     );
     nft_load(lab, Host::Client, dir, "client-tx.nft", &rules)
 }
 
-/// Test-flow datagrams the client has sent so far.
+/// Test-flow send attempts the client has made so far (see [`Offered`]).
 pub fn offered_packets(lab: &Lab) -> Result<u64> {
     nft_counter(lab, Host::Client, CLIENT_TABLE, "tx")
+}
+
+/// The test flow's packets that left the client in a trial.
+///
+/// The egress hook counts every send attempt: when the veth refuses a packet (its peer's queue
+/// is full) trafgen gets ENOBUFS and sends the same packet again, and the hook counts it again,
+/// so under pressure the hook's count exceeds what left (and would be reported as loss). The
+/// interface's tx counter counts only what its peer took, but also ARP and ND. So: what left =
+/// interface tx minus everything else the hook saw, read in an order that can only overcount
+/// by a stray ARP; the result is the smaller of that and the attempts.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Offered {
+    /// Send attempts (the hook's test-flow counter).
+    pub attempts: u64,
+    /// Other packets the hook saw leave.
+    other: u64,
+    /// The interface's tx counter.
+    tx_if: u64,
+}
+
+impl Offered {
+    /// Before a trial: the interface first.
+    pub fn before(lab: &Lab) -> Result<Offered> {
+        let tx_if = client_tx_packets(lab)?;
+        Ok(Offered {
+            attempts: offered_packets(lab)?,
+            other: nft_counter(lab, Host::Client, CLIENT_TABLE, "other")?,
+            tx_if,
+        })
+    }
+
+    /// After a trial (sending has stopped): the interface last.
+    pub fn after(lab: &Lab) -> Result<Offered> {
+        let attempts = offered_packets(lab)?;
+        let other = nft_counter(lab, Host::Client, CLIENT_TABLE, "other")?;
+        Ok(Offered {
+            attempts,
+            other,
+            tx_if: client_tx_packets(lab)?,
+        })
+    }
+
+    /// (test-flow packets that left, send attempts) between `self` and a later reading.
+    pub fn since(self, before: Offered) -> (u64, u64) {
+        let attempts = self.attempts.saturating_sub(before.attempts);
+        let left = self
+            .tx_if
+            .saturating_sub(before.tx_if)
+            .saturating_sub(self.other.saturating_sub(before.other));
+        (left.min(attempts), attempts)
+    }
 }
 
 /// Steady sending, timed from the client's tx counter: the sample intervals in which it moved
@@ -214,6 +265,12 @@ fn tx_now() -> Result<u64> {
         .nth(9)
         .and_then(|v| v.parse().ok())
         .with_context(|| format!("bad /proc/net/dev line {line:?}"))
+}
+
+/// Packets the client's `HOST_IF` has transmitted so far (every kind, ARP and ND too): what
+/// the veth handed to its peer; an attempt the peer refused (queue full) is not counted.
+pub fn client_tx_packets(lab: &Lab) -> Result<u64> {
+    in_netns(lab.ns(Host::Client), tx_now)?
 }
 
 /// Samples the client's tx counter until `stop`, in the client's namespace.
@@ -313,21 +370,71 @@ impl Generator {
         if let Some(r) = &rate {
             args.extend(["-b", r.as_str()]);
         }
-        let p = lab.spawn(Host::Client, "trafgen", &args)?;
+        // trafgen forks its sender and waits for it: a signal to the parent alone leaves the
+        // sender running into the next trial. Its own process group is stopped as a whole.
+        let mut cmd = lab.command(Host::Client, "trafgen");
+        cmd.args(&args).process_group(0);
+        let p = lab.spawn_command(cmd)?;
         let started = Instant::now();
-        let st = p.wait_timeout(limit)?;
-        match st {
-            Some(s) if s.success() => Ok(()),
-            Some(s) => bail!("trafgen exited with {s}: {}", p.stderr_tail(10)),
-            None => {
-                // Bounded in time: stop it; what it sent still counts.
-                p.stop()?;
+        let st = p.wait_timeout(limit);
+        let st = match st {
+            Ok(Some(s)) => s,
+            Ok(None) | Err(_) => {
+                // Bounded in time (or lost track of): stop it; what it sent still counts.
+                let stopped = stop_group(&p);
+                st?;
+                stopped?;
                 eprintln!(
                     "  (trafgen stopped after {:.1} s, before sending {count})",
                     started.elapsed().as_secs_f64()
                 );
-                Ok(())
+                return Ok(());
             }
+        };
+        if !st.success() {
+            stop_group(&p)?;
+            bail!("trafgen exited with {st}: {}", p.stderr_tail(10));
+        }
+        Ok(())
+    }
+}
+
+/// SIGTERM to the process group `p` leads (trafgen and the sender it forked), SIGKILL to the
+/// group if it is still there after a grace period, then reaps `p`. The group is signalled
+/// only while `p` is unreaped, so its id cannot belong to anyone else.
+fn stop_group(p: &Proc) -> Result<()> {
+    use nix::{
+        errno::Errno,
+        sys::signal::{killpg, Signal},
+        unistd::Pid,
+    };
+    let pg = Pid::from_raw(i32::try_from(p.pid()).context("trafgen pid")?);
+    let signal = |s: Signal| match killpg(pg, s) {
+        Ok(()) | Err(Errno::ESRCH) => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("{s} to trafgen's process group")),
+    };
+    if p.try_wait()?.is_none() {
+        signal(Signal::SIGTERM)?;
+        if p.wait_timeout(Duration::from_millis(1500))?.is_none() {
+            signal(Signal::SIGKILL)?;
         }
     }
+    p.stop()?;
+    Ok(())
+}
+
+/// Fails if the client's test flow is still being sent (a generator of an earlier trial that
+/// did not stop): its packets would be counted as this trial's.
+pub fn check_quiet(lab: &Lab) -> Result<()> {
+    let a = offered_packets(lab)?;
+    std::thread::sleep(Duration::from_millis(30));
+    let b = offered_packets(lab)?;
+    if b != a {
+        bail!(
+            "the client sent {} test-flow packets while no generator should run (one of an \
+             earlier trial is still sending): the measurement is invalid",
+            b - a
+        );
+    }
+    Ok(())
 }

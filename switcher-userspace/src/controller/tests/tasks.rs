@@ -1,0 +1,217 @@
+//! Validation and the watch: verdicts applied, errors handled, canary shares ended.
+
+use super::*;
+
+#[tokio::test]
+async fn promote_validates_flips_and_watches_a_healthy_candidate() {
+    let TcpSetup {
+        ctl,
+        dp,
+        candidate: cand,
+        _dir,
+        ..
+    } = tcp_setup("[service.watch]\nwindow_ms = 300\ninterval_ms = 50").await;
+    let d = ctl
+        .deploy("t", Color::Green, cand, None, false, "cli:t")
+        .await
+        .expect("deploy");
+    let mut events = ctl.subscribe();
+    let p = ctl
+        .promote("t", "cli:t", Some(Duration::from_secs(10)))
+        .await
+        .expect("promote");
+    let Promotion::Settled(done) = p else {
+        panic!("waited: {p:?}")
+    };
+    assert_eq!(done.phase, Phase::Promoted);
+    assert_eq!(dp.maps().active_color("t"), Some(Color::Green));
+    let passed = done
+        .transitions
+        .iter()
+        .find(|t| t.to == Phase::Ready)
+        .expect("validation passed");
+    assert_eq!(passed.actor, AUTO);
+    let health = &passed.evidence.as_ref().expect("evidence")["health"];
+    assert_eq!(health["passed"], true);
+    assert!(health["consecutive"].as_u64() >= Some(3), "{health}");
+    until_phase(&ctl, "t", d.id, Phase::Stable).await;
+    // The event stream saw the whole way.
+    let mut kinds = Vec::new();
+    while let Ok(ev) = events.try_recv() {
+        kinds.push((ev.kind, ev.phase));
+    }
+    for want in [
+        ("transition".to_string(), Some(Phase::Validating)),
+        ("transition".to_string(), Some(Phase::Ready)),
+        ("flip".to_string(), None),
+        ("transition".to_string(), Some(Phase::Promoted)),
+        ("transition".to_string(), Some(Phase::Stable)),
+    ] {
+        assert!(kinds.contains(&want), "{want:?} missing from {kinds:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_dead_candidate_is_rejected_and_never_gets_traffic() {
+    let dir = Dir::new();
+    let dp = FakeDatapath::default();
+    let (bl, blue) = listener().await;
+    let _server = serve(bl);
+    // A port that refuses connections: bound, then closed.
+    let dead = listener().await.1;
+    let ctl = start(&dir.config(&tcp(blue, "")), &dp).await;
+    let d = ctl
+        .deploy("t", Color::Green, dead, None, false, "cli:t")
+        .await
+        .expect("deploy");
+    let e = ctl
+        .promote("t", "cli:t", Some(Duration::from_secs(10)))
+        .await
+        .expect_err("rejected");
+    assert!(
+        e.to_string().contains(&format!(
+            "validation of deployment {} failed: health:",
+            d.id
+        )),
+        "{e}"
+    );
+    assert_eq!(phase_of(&ctl, "t", d.id).await, Some(Phase::Rejected));
+    assert_eq!(dp.maps().active_color("t"), Some(Color::Blue));
+    let s = ctl.status(Some("t")).await.expect("status");
+    assert!(!s.services[0].green.trusted);
+    assert!(s.services[0].deployment.is_none());
+}
+
+#[tokio::test]
+async fn a_candidate_failing_after_the_flip_is_rolled_back_automatically() {
+    let TcpSetup {
+        ctl,
+        dp,
+        candidate: cand,
+        green: green_server,
+        _dir,
+        ..
+    } = tcp_setup("[service.watch]\nwindow_ms = 20000\ninterval_ms = 50\nfailures = 2").await;
+    let d = ctl
+        .deploy("t", Color::Green, cand, None, false, "cli:t")
+        .await
+        .expect("deploy");
+    ctl.promote("t", "cli:t", Some(Duration::from_secs(10)))
+        .await
+        .expect("promoted");
+    // The candidate dies: its port stops answering.
+    green_server.abort();
+    let _ = green_server.await;
+    until_phase(&ctl, "t", d.id, Phase::RolledBack).await;
+    assert_eq!(dp.maps().active_color("t"), Some(Color::Blue));
+    let h = ctl.history("t").await.expect("history");
+    let last = h[0].last().expect("transition");
+    assert_eq!(last.actor, AUTO);
+    assert!(
+        last.reason.starts_with("automatic rollback: health:"),
+        "{}",
+        last.reason
+    );
+    assert_eq!(
+        last.evidence.as_ref().expect("evidence")["consecutive_failures"],
+        2
+    );
+}
+
+#[tokio::test]
+async fn a_silent_canary_rejects_and_leaves_no_share_behind() {
+    let TcpSetup {
+        ctl,
+        dp,
+        candidate: cand,
+        _dir,
+        ..
+    } = tcp_setup("[service.canary]\npercent = 10\nduration_ms = 200").await;
+    ctl.deploy("t", Color::Green, cand, None, false, "cli:t")
+        .await
+        .expect("deploy");
+    let e = ctl
+        .promote("t", "cli:t", Some(Duration::from_secs(10)))
+        .await
+        .expect_err("no canary traffic in the fake");
+    assert!(
+        e.to_string()
+            .contains("canary: no traffic reached the candidate"),
+        "{e}"
+    );
+    // The share was really given, then taken back.
+    let id = dp.maps().id("t").expect("id");
+    let writes: Vec<u32> = dp
+        .maps()
+        .canary_writes
+        .iter()
+        .filter(|(i, _)| *i == id)
+        .map(|(_, s)| *s)
+        .collect();
+    let given = writes
+        .iter()
+        .position(|s| *s != 0)
+        .expect("a share was given");
+    assert_eq!(writes[given], crate::judge::canary_share(10.0));
+    assert!(
+        writes[given + 1..].iter().all(|s| *s == 0) && writes.len() > given + 1,
+        "{writes:?}"
+    );
+    assert_eq!(dp.maps().service("t").expect("t").canary_share, 0);
+    assert_eq!(dp.maps().active_color("t"), Some(Color::Blue));
+}
+
+#[tokio::test]
+async fn a_validation_that_errors_is_rejected_and_its_canary_share_cleared() {
+    let TcpSetup {
+        ctl,
+        dp,
+        candidate: cand,
+        _dir,
+        ..
+    } = tcp_setup("[service.canary]\npercent = 10\nduration_ms = 200").await;
+    ctl.deploy("t", Color::Green, cand, None, false, "cli:t")
+        .await
+        .expect("deploy");
+    // The canary's share is written, then reading the counters fails: no verdict possible.
+    dp.maps().fail_reads = true;
+    let e = ctl
+        .promote("t", "cli:t", Some(Duration::from_secs(10)))
+        .await
+        .expect_err("no verdict is a failure");
+    assert!(
+        e.to_string().contains("validation could not complete"),
+        "{e}"
+    );
+    assert!(e.to_string().contains("injected failure"), "{e}");
+    assert_eq!(dp.maps().service("t").expect("t").canary_share, 0);
+    assert_eq!(dp.maps().active_color("t"), Some(Color::Blue));
+}
+
+#[tokio::test]
+async fn a_watch_that_cannot_watch_rolls_back() {
+    let TcpSetup {
+        ctl,
+        dp,
+        candidate: cand,
+        _dir,
+        ..
+    } = tcp_setup("[service.watch]\nwindow_ms = 20000\ninterval_ms = 50").await;
+    let d = ctl
+        .deploy("t", Color::Green, cand, None, false, "cli:t")
+        .await
+        .expect("deploy");
+    ctl.promote("t", "cli:t", Some(Duration::from_secs(10)))
+        .await
+        .expect("promoted");
+    dp.maps().fail_reads = true;
+    until_phase(&ctl, "t", d.id, Phase::RolledBack).await;
+    dp.maps().fail_reads = false;
+    assert_eq!(dp.maps().active_color("t"), Some(Color::Blue));
+    let h = ctl.history("t").await.expect("history");
+    let reason = &h[0].last().expect("transition").reason;
+    assert!(
+        reason.starts_with("automatic rollback: the watch failed:"),
+        "{reason}"
+    );
+}
