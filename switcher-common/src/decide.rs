@@ -1,7 +1,12 @@
-//! Which colour a packet goes to, and what the flow table must remember. Pure functions, so the
-//! rules the datapath applies are tested here and the eBPF side only moves bytes.
+//! Which colour (and which recorded member) a packet goes to, and what the flow tables must
+//! remember. Pure functions, so the rules the datapath applies are tested here and the eBPF
+//! side only moves bytes. The tables (see README "Datapath rules"):
+//! - FLOWS: established TCP connections, a plain hash nobody else can evict from;
+//! - HALF_FLOWS: connections whose handshake has not completed (an LRU: a SYN flood evicts
+//!   only other half-open entries);
+//! - SOFT_FLOWS: UDP affinity and TCP packets that came without any entry (an LRU).
 
-use crate::{ActiveWord, FlipMark, FlowValue, FLOW_CLOSING, FLOW_OPEN};
+use crate::{ActiveWord, FlipMark, FlowValue, FLOW_CLOSING, FLOW_F_DATA, FLOW_OPEN};
 
 /// What the service's state says about colours at the time of a packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,23 +48,77 @@ pub const fn in_canary(share: u32, random: u32) -> bool {
     share != 0 && (random & 0xffff) < share
 }
 
-/// What to do with the flow table for this packet.
+/// What to do with one flow table's entry for this packet's flow.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FlowWrite {
-    None,
-    /// Insert or overwrite the entry with this colour and state.
-    Put {
-        color: u8,
-        state: u8,
-    },
+pub enum Op {
+    Keep,
+    /// Insert or overwrite with the decision's colour, state, flags and the time now.
+    Put,
+    Delete,
+}
+
+/// Where the packet's member comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    Established,
+    HalfOpen,
+    Soft,
+    /// Chosen now: the colour's pool, slot by flow hash.
+    Pick,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Decision {
+    pub source: Source,
     pub color: u8,
-    pub write: FlowWrite,
+    /// Operations on FLOWS, HALF_FLOWS and SOFT_FLOWS for this flow.
+    pub est: Op,
+    pub half: Op,
+    pub soft: Op,
+    /// State and flags an entry written with `Op::Put` gets.
+    pub state: u8,
+    pub flags: u8,
     pub new_flow: bool,
     pub pin_miss: bool,
+}
+
+impl Decision {
+    const fn from_entry(source: Source, e: &FlowValue) -> Self {
+        Self {
+            source,
+            color: e.color,
+            est: Op::Keep,
+            half: Op::Keep,
+            soft: Op::Keep,
+            state: e.state,
+            flags: e.flags,
+            new_flow: false,
+            pin_miss: false,
+        }
+    }
+
+    const fn pick(color: u8) -> Self {
+        Self {
+            source: Source::Pick,
+            color,
+            est: Op::Keep,
+            half: Op::Keep,
+            soft: Op::Keep,
+            state: FLOW_OPEN,
+            flags: 0,
+            new_flow: false,
+            pin_miss: false,
+        }
+    }
+}
+
+/// How long an entry may go without a refresh of `last_seen_ns` (refreshing costs a map
+/// write; idle timeouts are measured with this granularity).
+pub const TOUCH_NS: u64 = 1_000_000_000;
+
+#[inline(always)]
+fn stale(e: &FlowValue, now_ns: u64) -> bool {
+    now_ns.saturating_sub(e.last_seen_ns) > TOUCH_NS
 }
 
 /// The TCP flags that matter for pinning.
@@ -82,265 +141,147 @@ impl TcpFlags {
     }
 }
 
-/// TCP: a connection is pinned at its SYN and keeps its colour until it closes; see README
-/// "Datapath rules".
+/// What one TCP packet of the client finds in the flow tables (looked up in this order; a
+/// later table is not consulted when an earlier one has the flow).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TcpEntries<'a> {
+    pub established: Option<&'a FlowValue>,
+    pub half_open: Option<&'a FlowValue>,
+    pub soft: Option<&'a FlowValue>,
+}
+
+/// TCP: a connection is pinned at its SYN (half-open), moves to the protected table when its
+/// handshake completes, keeps its member until it closes, and is re-picked by a SYN after it
+/// closed. See README "Datapath rules".
 #[inline(always)]
-pub fn decide_tcp(flags: TcpFlags, entry: Option<&FlowValue>, st: &ColorState) -> Decision {
+pub fn decide_tcp(
+    flags: TcpFlags,
+    payload: bool,
+    found: TcpEntries<'_>,
+    st: &ColorState,
+    now_ns: u64,
+) -> Decision {
     let opening = flags.syn && !flags.ack;
     let closing = flags.fin || flags.rst;
-    match entry {
-        // A SYN on a tuple whose last connection closed is a new connection: pick again.
-        // A SYN on an open entry is a retransmission and keeps its colour.
-        Some(e) if opening && e.state == FLOW_CLOSING => new_flow(st.new_flow_color()),
-        Some(e) => Decision {
-            color: e.color,
-            write: if closing && e.state != FLOW_CLOSING {
-                FlowWrite::Put {
-                    color: e.color,
-                    state: FLOW_CLOSING,
-                }
-            } else {
-                FlowWrite::None
-            },
-            new_flow: false,
-            pin_miss: false,
-        },
-        None if opening => new_flow(st.new_flow_color()),
-        None => {
-            // No entry for a mid-connection packet: the table lost it (eviction) or the
-            // connection predates the switch. While the previous colour drains, the
-            // connection most likely lives there; afterwards only the active colour is left.
-            let color = st.draining.unwrap_or(st.active);
-            Decision {
-                color,
-                write: FlowWrite::Put {
-                    color,
-                    state: if closing { FLOW_CLOSING } else { FLOW_OPEN },
-                },
-                new_flow: false,
-                pin_miss: true,
-            }
+    let data = if payload { FLOW_F_DATA } else { 0 };
+    if let Some(e) = found.established {
+        if opening && e.state == FLOW_CLOSING {
+            // The tuple is reused by a new connection: it starts over as half-open.
+            let mut d = new_connection(st);
+            d.est = Op::Delete;
+            return d;
         }
+        let mut d = Decision::from_entry(Source::Established, e);
+        let state = if closing { FLOW_CLOSING } else { e.state };
+        let flags = e.flags | data;
+        // Closing is recorded once (its time starts the grace the daemon waits before it
+        // removes the entry); data once; otherwise a touch now and then for the idle timeout.
+        if state != e.state || flags != e.flags || (e.state == FLOW_OPEN && stale(e, now_ns)) {
+            d.est = Op::Put;
+            d.state = state;
+            d.flags = flags;
+        }
+        return d;
     }
+    if let Some(h) = found.half_open {
+        let mut d = Decision::from_entry(Source::HalfOpen, h);
+        if !opening {
+            // The client's first packet after its SYN: the handshake completed (or was
+            // aborted): the connection moves to the protected table.
+            d.est = Op::Put;
+            d.half = Op::Delete;
+            d.state = if closing { FLOW_CLOSING } else { FLOW_OPEN };
+            d.flags = h.flags | data;
+        }
+        return d;
+    }
+    if let Some(s) = found.soft {
+        if opening {
+            let mut d = new_connection(st);
+            d.soft = Op::Delete;
+            return d;
+        }
+        let mut d = Decision::from_entry(Source::Soft, s);
+        if (closing && s.state != FLOW_CLOSING) || stale(s, now_ns) {
+            d.soft = Op::Put;
+            d.state = if closing { FLOW_CLOSING } else { s.state };
+        }
+        return d;
+    }
+    if opening {
+        return new_connection(st);
+    }
+    // No entry for a mid-connection packet: the connection predates the switch, its entry
+    // was removed as idle, or a table was full. While the previous colour drains, the
+    // connection most likely lives there; afterwards only the active colour is left. Such
+    // entries go to the soft table: anyone can send a bare ACK, so they must not be able to
+    // fill the protected one.
+    let mut d = Decision::pick(st.draining.unwrap_or(st.active));
+    d.soft = Op::Put;
+    d.state = if closing { FLOW_CLOSING } else { FLOW_OPEN };
+    d.pin_miss = true;
+    d
 }
 
 #[inline(always)]
-fn new_flow(color: u8) -> Decision {
-    Decision {
-        color,
-        write: FlowWrite::Put {
-            color,
-            state: FLOW_OPEN,
-        },
-        new_flow: true,
-        pin_miss: false,
-    }
+fn new_connection(st: &ColorState) -> Decision {
+    let mut d = Decision::pick(st.new_flow_color());
+    d.half = Op::Put;
+    d.new_flow = true;
+    d
 }
 
-/// How long a UDP affinity entry may go without a refresh of `last_seen_ns` (to spare map
-/// writes on every packet); the idle timeout is measured with this granularity.
-pub const UDP_TOUCH_NS: u64 = 100_000_000;
+/// What UDP affinity needs to know about the service.
+#[derive(Clone, Copy, Debug)]
+pub struct Affinity {
+    pub idle_ns: u64,
+    /// To a colour that is no longer active, at most this long after the entry was made.
+    pub max_age_ns: u64,
+    /// The service's rollback epoch: older entries are void.
+    pub epoch: u32,
+}
 
-/// UDP: per packet to the active colour, or with affinity, per source flow until it idles out.
+/// UDP: per packet to the active colour (member by flow hash), or with affinity, per source
+/// flow until it idles out, a rollback voids it, or (after a flip away from its colour) it
+/// reaches its maximum age.
 #[inline(always)]
 pub fn decide_udp(
-    affinity: bool,
-    idle_ns: u64,
+    affinity: Option<&Affinity>,
     entry: Option<&FlowValue>,
     st: &ColorState,
     now_ns: u64,
 ) -> Decision {
-    if !affinity {
-        return Decision {
-            color: st.new_flow_color(),
-            write: FlowWrite::None,
-            new_flow: false,
-            pin_miss: false,
-        };
+    let Some(a) = affinity else {
+        return Decision::pick(st.new_flow_color());
+    };
+    if let Some(e) = entry {
+        let fresh = now_ns.saturating_sub(e.last_seen_ns) <= a.idle_ns;
+        let current = e.color == st.active || now_ns.saturating_sub(e.created_ns) <= a.max_age_ns;
+        if e.epoch == a.epoch && fresh && current {
+            let mut d = Decision::from_entry(Source::Soft, e);
+            if stale(e, now_ns) {
+                d.soft = Op::Put;
+            }
+            return d;
+        }
     }
-    match entry {
-        Some(e) if now_ns.saturating_sub(e.last_seen_ns) <= idle_ns => Decision {
-            color: e.color,
-            write: if now_ns.saturating_sub(e.last_seen_ns) > UDP_TOUCH_NS {
-                FlowWrite::Put {
-                    color: e.color,
-                    state: FLOW_OPEN,
-                }
-            } else {
-                FlowWrite::None
-            },
-            new_flow: false,
-            pin_miss: false,
-        },
-        _ => new_flow(st.new_flow_color()),
+    let mut d = Decision::pick(st.new_flow_color());
+    d.soft = Op::Put;
+    d.new_flow = true;
+    d
+}
+
+/// Egress: whether a TCP reset the backend sends on a flow says something about the backend
+/// (`established_flags`: the flags of the flow's established entry, if it has one).
+/// A reset of an established connection the client sent data on, or of a half-open one
+/// (the backend refused the connection), does; a reset answering a stray packet with no
+/// connection (anyone can send a bare ACK to the VIP) does not.
+pub const fn reset_counts(established_flags: Option<u8>, half_open: bool) -> bool {
+    match established_flags {
+        Some(flags) => flags & FLOW_F_DATA != 0,
+        None => half_open,
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::{BLUE, GREEN};
-
-    const SYN: TcpFlags = TcpFlags::from_byte(0x02);
-    const SYNACK: TcpFlags = TcpFlags::from_byte(0x12);
-    const ACK: TcpFlags = TcpFlags::from_byte(0x10);
-    const FIN_ACK: TcpFlags = TcpFlags::from_byte(0x11);
-    const RST: TcpFlags = TcpFlags::from_byte(0x04);
-
-    fn st(active: u8, draining: Option<u8>) -> ColorState {
-        ColorState {
-            active,
-            draining,
-            canary: false,
-        }
-    }
-
-    fn entry(color: u8, state: u8) -> FlowValue {
-        FlowValue {
-            service_id: 0,
-            color,
-            state,
-            _pad: [0; 2],
-            last_seen_ns: 0,
-        }
-    }
-
-    #[test]
-    fn syn_pins_to_active_color() {
-        let d = decide_tcp(SYN, None, &st(GREEN, None));
-        assert_eq!(d.color, GREEN);
-        assert!(d.new_flow && !d.pin_miss);
-        assert_eq!(
-            d.write,
-            FlowWrite::Put {
-                color: GREEN,
-                state: FLOW_OPEN
-            }
-        );
-    }
-
-    #[test]
-    fn established_flow_keeps_its_color_after_any_number_of_flips() {
-        let e = entry(BLUE, FLOW_OPEN);
-        for active in [GREEN, BLUE, GREEN] {
-            let d = decide_tcp(ACK, Some(&e), &st(active, None));
-            assert_eq!(d.color, BLUE);
-            assert_eq!(d.write, FlowWrite::None);
-            assert!(!d.new_flow && !d.pin_miss);
-        }
-    }
-
-    #[test]
-    fn syn_retransmission_keeps_color_but_syn_after_close_repicks() {
-        let open = entry(BLUE, FLOW_OPEN);
-        assert_eq!(decide_tcp(SYN, Some(&open), &st(GREEN, None)).color, BLUE);
-        let closed = entry(BLUE, FLOW_CLOSING);
-        let d = decide_tcp(SYN, Some(&closed), &st(GREEN, None));
-        assert_eq!(d.color, GREEN);
-        assert!(d.new_flow);
-    }
-
-    #[test]
-    fn fin_and_rst_mark_closing_once() {
-        let e = entry(BLUE, FLOW_OPEN);
-        for f in [FIN_ACK, RST] {
-            let d = decide_tcp(f, Some(&e), &st(GREEN, None));
-            assert_eq!(d.color, BLUE);
-            assert_eq!(
-                d.write,
-                FlowWrite::Put {
-                    color: BLUE,
-                    state: FLOW_CLOSING
-                }
-            );
-        }
-        let c = entry(BLUE, FLOW_CLOSING);
-        assert_eq!(
-            decide_tcp(FIN_ACK, Some(&c), &st(GREEN, None)).write,
-            FlowWrite::None
-        );
-    }
-
-    #[test]
-    fn pin_miss_goes_to_draining_color_then_active() {
-        let d = decide_tcp(ACK, None, &st(GREEN, Some(BLUE)));
-        assert_eq!(d.color, BLUE);
-        assert!(d.pin_miss && !d.new_flow);
-        assert_eq!(
-            d.write,
-            FlowWrite::Put {
-                color: BLUE,
-                state: FLOW_OPEN
-            }
-        );
-        let d = decide_tcp(ACK, None, &st(GREEN, None));
-        assert_eq!(d.color, GREEN);
-        assert!(d.pin_miss);
-        // A SYN-ACK is not an opening SYN (it should never reach a VIP, but must not pin new).
-        assert!(decide_tcp(SYNACK, None, &st(GREEN, None)).pin_miss);
-    }
-
-    #[test]
-    fn color_state_drains_only_within_window_of_current_generation() {
-        let active = ActiveWord::new(GREEN, 3);
-        let mark = FlipMark {
-            generation: 3,
-            _pad: 0,
-            flip_ns: 1_000,
-            first_ns: [0; 2],
-        };
-        assert_eq!(
-            ColorState::new(active, &mark, 500, 1_200).draining,
-            Some(BLUE)
-        );
-        assert_eq!(ColorState::new(active, &mark, 500, 1_500).draining, None);
-        let stale = FlipMark {
-            generation: 2,
-            ..mark
-        };
-        assert_eq!(ColorState::new(active, &stale, 500, 1_200).draining, None);
-    }
-
-    #[test]
-    fn canary_sends_new_flows_to_inactive_color() {
-        let s = ColorState {
-            active: BLUE,
-            draining: None,
-            canary: true,
-        };
-        assert_eq!(decide_tcp(SYN, None, &s).color, GREEN);
-        assert!(in_canary(0x8000, 0x7fff));
-        assert!(!in_canary(0x8000, 0x8000));
-        assert!(!in_canary(0, 0));
-    }
-
-    #[test]
-    fn udp_per_packet_follows_active() {
-        let e = entry(BLUE, FLOW_OPEN);
-        let d = decide_udp(false, 0, Some(&e), &st(GREEN, None), 10);
-        assert_eq!(d.color, GREEN);
-        assert_eq!(d.write, FlowWrite::None);
-    }
-
-    #[test]
-    fn udp_affinity_holds_until_idle_timeout() {
-        let mut e = entry(BLUE, FLOW_OPEN);
-        e.last_seen_ns = 1_000_000_000;
-        let idle = 5_000_000_000;
-        let d = decide_udp(true, idle, Some(&e), &st(GREEN, None), 1_050_000_000);
-        assert_eq!(d.color, BLUE);
-        assert_eq!(d.write, FlowWrite::None, "fresh entries are not rewritten");
-        let d = decide_udp(true, idle, Some(&e), &st(GREEN, None), 3_000_000_000);
-        assert_eq!(d.color, BLUE);
-        assert_eq!(
-            d.write,
-            FlowWrite::Put {
-                color: BLUE,
-                state: FLOW_OPEN
-            }
-        );
-        let d = decide_udp(true, idle, Some(&e), &st(GREEN, None), 6_000_000_001);
-        assert_eq!(d.color, GREEN);
-        assert!(d.new_flow);
-    }
-}
+mod tests;

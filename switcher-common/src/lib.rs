@@ -5,6 +5,8 @@
 
 pub mod csum;
 pub mod decide;
+pub mod hash;
+pub mod maglev;
 pub mod maps;
 pub mod parse;
 pub mod reason;

@@ -5,11 +5,31 @@ use core::mem::size_of;
 
 /// Services the datapath can hold. The issue asks for at least 256.
 pub const MAX_SERVICES: u32 = 1024;
-/// Capacity of the flow table (an LRU hash: when full, inserts evict the least recently used).
+/// Capacity of the table of established TCP connections (FLOWS). A plain hash, not an LRU:
+/// no other sender can evict an established connection; closed and idle entries are removed
+/// by the daemon.
 pub const FLOW_TABLE_SIZE: u32 = 262_144;
+/// Half-open TCP connections (a SYN seen, the handshake not completed): an LRU, so a SYN
+/// flood evicts other half-open entries and never an established connection.
+pub const HALF_TABLE_SIZE: u32 = 65_536;
+/// What may be forgotten: UDP affinity entries and TCP packets that had no entry (pin misses).
+/// An LRU.
+pub const SOFT_TABLE_SIZE: u32 = 131_072;
 /// Pinned-map ABI version: bumped whenever a layout below changes, so a new daemon never
 /// adopts maps it cannot read (it uses a fresh folder instead).
-pub const MAP_ABI_VERSION: u32 = 1;
+pub const MAP_ABI_VERSION: u32 = 2;
+
+/// Members (ingest nodes) one colour of a service may have.
+pub const MAX_MEMBERS: usize = 64;
+/// Slots of a colour's consistent-hashing table: 16 × [`MAX_MEMBERS`], so each of 64 members
+/// gets 16 slots (balance within a slot, about 6%) and fewer members proportionally more. A
+/// power of two: the slot is `hash & (size - 1)`, which the verifier bounds at once (a
+/// modulo by a prime is compiled to multiplications it cannot follow); Maglev's permutations
+/// then use odd skips, which are coprime with it.
+pub const POOL_TABLE_SIZE: usize = 1024;
+/// Per-member counter slots, shared by every member of every service (a member has one while
+/// it is in a pool): per-CPU memory stays bounded however many services there are.
+pub const MEMBER_SLOTS: u32 = 8192;
 
 pub const FAMILY_V4: u8 = 4;
 pub const FAMILY_V6: u8 = 6;
@@ -24,13 +44,16 @@ pub const GREEN: u8 = 1;
 /// Map names, shared so userspace cannot drift from the eBPF side.
 pub mod names {
     pub const SERVICES: &str = "SERVICES";
-    pub const BACKENDS: &str = "BACKENDS";
+    pub const POOLS: &str = "POOLS";
     pub const ACTIVE: &str = "ACTIVE";
     pub const FLIP_MARKS: &str = "FLIP_MARKS";
     pub const FLOWS: &str = "FLOWS";
+    pub const HALF_FLOWS: &str = "HALF_FLOWS";
+    pub const SOFT_FLOWS: &str = "SOFT_FLOWS";
     pub const FRAGS: &str = "FRAGS";
     pub const REVERSE: &str = "REVERSE";
     pub const COLOR_COUNTERS: &str = "COLOR_COUNTERS";
+    pub const MEMBER_COUNTERS: &str = "MEMBER_COUNTERS";
     pub const REASON_COUNTERS: &str = "REASON_COUNTERS";
     pub const REDIRECT_OK: &str = "REDIRECT_OK";
     pub const SERVICE_PORTS: &str = "SERVICE_PORTS";
@@ -82,7 +105,7 @@ impl Endpoint {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ServiceValue {
-    /// Index into the per-service arrays (ACTIVE, BACKENDS, FLIP_MARKS, COLOR_COUNTERS).
+    /// Index into the per-service arrays (ACTIVE, POOLS, FLIP_MARKS, COLOR_COUNTERS).
     pub id: u32,
     pub flags: u32,
     /// UDP source-flow affinity: a flow idle longer than this picks the active colour again.
@@ -91,38 +114,82 @@ pub struct ServiceValue {
     pub drain_ns: u64,
     /// Share of new flows sent to the inactive colour, in 1/65536 (canary); 0 = none.
     pub canary_share: u32,
-    pub _pad: u32,
+    /// Bumped by every rollback: UDP affinity entries made under an older epoch are void, so a
+    /// rollback moves every UDP sender at once.
+    pub epoch: u32,
+    /// UDP affinity to a colour that is no longer active lasts at most this long (a sender that
+    /// never idles still follows a flip).
+    pub udp_max_age_ns: u64,
 }
-const _: () = assert!(size_of::<ServiceValue>() == 32);
+const _: () = assert!(size_of::<ServiceValue>() == 40);
 
 /// Forward with bpf_fib_lookup + XDP_REDIRECT; otherwise XDP_PASS to the kernel.
 pub const SVC_F_REDIRECT: u32 = 1 << 0;
 /// UDP: keep a source flow on one colour while it is active (GELF chunks, ordering).
 pub const SVC_F_UDP_AFFINITY: u32 = 1 << 1;
 
-/// One backend slot: index `service_id * 2 + color` in BACKENDS.
+/// One member (ingest node) of a colour's pool.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Backend {
     pub addr: [u8; 16],
     pub port_be: u16,
     pub family: u8,
-    /// Non-zero when the slot holds a backend.
+    /// Non-zero when this holds a member.
     pub valid: u8,
+    /// Its counter slot in MEMBER_COUNTERS (< [`MEMBER_SLOTS`]).
+    pub slot: u16,
+    pub _pad: [u8; 2],
 }
-const _: () = assert!(size_of::<Backend>() == 20);
+const _: () = assert!(size_of::<Backend>() == 24);
 
+/// Index of (service, colour) in the per-colour arrays (COLOR_COUNTERS).
 pub const fn backend_index(service_id: u32, color: u8) -> u32 {
     service_id * 2 + (color as u32 & 1)
 }
 
-/// The ACTIVE map value: one aligned u32 per service, so a flip is a single 4-byte write and no
-/// reader can see a torn state. Bit 0 is the colour, bits 8..32 the flip generation.
+/// One colour's pool: its members and the consistent-hashing table from flow hash to member.
+/// Two buffers per (service, colour), selected by the ACTIVE word: userspace writes the one
+/// not in use, then switches with one aligned write, so a packet never sees half a pool.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pool {
+    /// Members in `member` (the rest are invalid). 0: the colour has no backend.
+    pub members: u32,
+    pub _pad: u32,
+    pub member: [Backend; MAX_MEMBERS],
+    /// Flow hash % [`POOL_TABLE_SIZE`] → index into `member`. Members out of service (health)
+    /// keep their index but get no slot.
+    pub table: [u8; POOL_TABLE_SIZE],
+}
+const _: () = assert!(size_of::<Pool>() == 8 + 24 * MAX_MEMBERS + POOL_TABLE_SIZE);
+const _: () = assert!(POOL_TABLE_SIZE.is_power_of_two());
+
+impl Default for Pool {
+    fn default() -> Self {
+        Self {
+            members: 0,
+            _pad: 0,
+            member: [Backend::default(); MAX_MEMBERS],
+            table: [0; POOL_TABLE_SIZE],
+        }
+    }
+}
+
+/// Index of a pool buffer in POOLS.
+pub const fn pool_index(service_id: u32, color: u8, buffer: u8) -> u32 {
+    (backend_index(service_id, color) << 1) | (buffer as u32 & 1)
+}
+
+/// The ACTIVE map value: one aligned u32 per service, so a flip (or a pool change) is a single
+/// 4-byte write and no reader can see a torn state. Bit 0 is the active colour, bit 1 the
+/// blue pool's buffer, bit 2 the green pool's, bits 8..32 the flip generation.
 #[repr(transparent)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ActiveWord(pub u32);
 
 impl ActiveWord {
+    /// Both pools on buffer 0.
     pub const fn new(color: u8, generation: u32) -> Self {
         Self(((generation & 0x00ff_ffff) << 8) | (color as u32 & 1))
     }
@@ -132,9 +199,18 @@ impl ActiveWord {
     pub const fn generation(self) -> u32 {
         self.0 >> 8
     }
-    /// The word a flip to `color` writes.
+    /// The buffer `color`'s pool is read from.
+    pub const fn buffer(self, color: u8) -> u8 {
+        ((self.0 >> (1 + (color as u32 & 1))) & 1) as u8
+    }
+    /// The word a flip to `color` writes: next generation, pools unchanged.
     pub const fn flipped_to(self, color: u8) -> Self {
-        Self::new(color, self.generation().wrapping_add(1))
+        let buffers = self.0 & 0b110;
+        Self(Self::new(color, self.generation().wrapping_add(1)).0 | buffers)
+    }
+    /// The word that makes `color`'s pool read from its other buffer; nothing else changes.
+    pub const fn pool_switched(self, color: u8) -> Self {
+        Self(self.0 ^ (1 << (1 + (color as u32 & 1))))
     }
 }
 
@@ -167,21 +243,38 @@ pub struct FlowKey {
 const _: () = assert!(size_of::<FlowKey>() == 40);
 
 pub const FLOW_OPEN: u8 = 1;
-/// FIN or RST seen: the flow keeps its colour for its last packets, a new SYN re-picks.
+/// FIN or RST seen: the flow keeps its backend for its last packets, a new SYN re-picks, and
+/// the daemon removes the entry after a grace time.
 pub const FLOW_CLOSING: u8 = 2;
 
+/// The client sent data on this connection (not a bare handshake): a reset from its backend
+/// then says something about the backend's health.
+pub const FLOW_F_DATA: u8 = 1 << 0;
+
+/// Where a flow goes, in every flow table (established, half-open, soft): the colour and the
+/// exact member, so a flow keeps its node across flips and pool changes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowValue {
     pub service_id: u32,
     pub color: u8,
     pub state: u8,
-    pub _pad: [u8; 2],
+    pub flags: u8,
+    pub _pad: u8,
+    /// The service's affinity epoch when the entry was made (UDP).
+    pub epoch: u32,
+    pub _pad2: u32,
+    /// Coarse kernel time the flow was last seen (refreshed at most every
+    /// [`crate::decide::TOUCH_NS`]), or when it started closing.
     pub last_seen_ns: u64,
+    pub created_ns: u64,
+    pub backend: Backend,
 }
-const _: () = assert!(size_of::<FlowValue>() == 16);
+const _: () = assert!(size_of::<FlowValue>() == 56);
 
-/// IP fragments of one datagram: (src, dst, IP identification, protocol).
+/// IP fragments of one datagram: (src, dst, IP identification, protocol). For IPv6 the
+/// protocol is the Fragment header's next header, the same in every fragment (the first one's
+/// transport protocol may lie behind further headers that later fragments do not repeat).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FragKey {
@@ -201,8 +294,10 @@ pub struct FragValue {
     pub color: u8,
     pub _pad: [u8; 3],
     pub created_ns: u64,
+    /// The member the first fragment went to: every fragment follows it.
+    pub backend: Backend,
 }
-const _: () = assert!(size_of::<FragValue>() == 16);
+const _: () = assert!(size_of::<FragValue>() == 40);
 
 /// Fragments older than this no longer steer (the kernel's reassembly timeout is 30 s).
 pub const FRAG_TTL_NS: u64 = 30_000_000_000;
@@ -217,8 +312,19 @@ pub struct ReverseValue {
     /// The colour whose backend this is, for the per-colour reset counter.
     pub color: u8,
     pub service_id: u32,
+    /// `REV_F_*`.
+    pub flags: u8,
+    pub _pad: [u8; 3],
 }
-const _: () = assert!(size_of::<ReverseValue>() == 24);
+const _: () = assert!(size_of::<ReverseValue>() == 28);
+
+/// A UDP service without affinity keeps no flow state, so its replies cannot be matched to a
+/// steered flow: every datagram from the member's address and port gets the VIP as source.
+pub const REV_F_STATELESS: u8 = 1;
+/// The member left its pool (a reload removed it) while connections still use it: their
+/// replies still need the VIP as source. The daemon removes the entry once no flow uses the
+/// member any more. The datapath ignores the bit.
+pub const REV_F_DRAINING: u8 = 2;
 
 /// Per-CPU counters of one (service, colour): index `backend_index(id, color)`.
 #[repr(C)]
@@ -235,6 +341,24 @@ pub struct ColorCounters {
     pub unreachables: u64,
 }
 const _: () = assert!(size_of::<ColorCounters>() == 48);
+
+/// Per-CPU counters of one member: index [`Backend::slot`] in MEMBER_COUNTERS.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemberCounters {
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+}
+const _: () = assert!(size_of::<MemberCounters>() == 24);
+
+impl MemberCounters {
+    pub fn add(&mut self, other: &MemberCounters) {
+        self.packets = self.packets.wrapping_add(other.packets);
+        self.bytes = self.bytes.wrapping_add(other.bytes);
+        self.new_flows = self.new_flows.wrapping_add(other.new_flows);
+    }
+}
 
 impl ColorCounters {
     pub fn add(&mut self, other: &ColorCounters) {
@@ -263,6 +387,8 @@ mod pod {
     unsafe impl aya::Pod for FragValue {}
     unsafe impl aya::Pod for ReverseValue {}
     unsafe impl aya::Pod for ColorCounters {}
+    unsafe impl aya::Pod for MemberCounters {}
+    unsafe impl aya::Pod for Pool {}
 }
 
 #[cfg(test)]
@@ -281,6 +407,23 @@ mod tests {
         let top = ActiveWord::new(GREEN, 0x00ff_ffff).flipped_to(BLUE);
         assert_eq!(top.generation(), 0);
         assert_eq!(top.color(), BLUE);
+    }
+
+    #[test]
+    fn pool_buffers_switch_without_touching_colour_or_generation() {
+        let w = ActiveWord::new(GREEN, 9);
+        assert_eq!((w.buffer(BLUE), w.buffer(GREEN)), (0, 0));
+        let s = w.pool_switched(BLUE);
+        assert_eq!((s.color(), s.generation()), (GREEN, 9));
+        assert_eq!((s.buffer(BLUE), s.buffer(GREEN)), (1, 0));
+        let s = s.pool_switched(GREEN).pool_switched(BLUE);
+        assert_eq!((s.buffer(BLUE), s.buffer(GREEN)), (0, 1));
+        // A flip keeps the buffers.
+        let f = s.flipped_to(BLUE);
+        assert_eq!((f.color(), f.generation()), (BLUE, 10));
+        assert_eq!((f.buffer(BLUE), f.buffer(GREEN)), (0, 1));
+        assert_eq!(pool_index(3, GREEN, 1), 15);
+        assert_eq!(pool_index(3, BLUE, 0), 12);
     }
 
     #[test]

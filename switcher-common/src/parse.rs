@@ -64,6 +64,10 @@ pub struct Parsed {
     pub l3: usize,
     pub l4: usize,
     pub frag: Frag,
+    /// The protocol that identifies a fragmented datagram, the same in every fragment: IPv4's
+    /// protocol field; for IPv6 the Fragment header's next header (the first fragment's
+    /// transport header may lie behind further extension headers later fragments lack).
+    pub frag_proto: u8,
     /// IPv4 total length or IPv6 payload length + 40: what the IP header says.
     pub ip_len: u16,
     /// IPv4 TOS or IPv6 traffic class / flow label word, for the FIB lookup.
@@ -142,6 +146,7 @@ fn parse_v4<F: Frame + ?Sized>(
         l3,
         l4: l3 + ihl,
         frag,
+        frag_proto: proto,
         ip_len: tot_len,
         tos_flow: h[1] as u32,
     })
@@ -166,17 +171,20 @@ fn parse_v6<F: Frame + ?Sized>(
     let mut next = h[6];
     let mut off = l3 + 40;
     let mut frag = Frag::None;
-    // Hop-by-hop and destination options are skipped; a fragment header is followed.
+    let mut frag_proto = 0;
+    // Hop-by-hop (only first, RFC 8200) and destination options are skipped; one fragment
+    // header is followed (a second one is not steered).
     for _ in 0..3 {
         match next {
-            0 | 60 => {
+            0 | 60 if next == 60 || off == l3 + 40 => {
                 let e = f.read::<2>(off).ok_or(Reason::MalformedL3)?;
                 next = e[0];
                 off += (e[1] as usize + 1) * 8;
             }
-            44 => {
+            44 if frag_proto == 0 => {
                 let e = f.read::<8>(off).ok_or(Reason::MalformedL3)?;
                 next = e[0];
+                frag_proto = next;
                 let offset = be16([e[2], e[3]]) >> 3;
                 let more = e[3] & 1 != 0;
                 let id = u32::from_be_bytes([e[4], e[5], e[6], e[7]]);
@@ -199,11 +207,21 @@ fn parse_v6<F: Frame + ?Sized>(
             return Err(Reason::Ipv6ExtUnsupported);
         }
     }
-    if next != PROTO_TCP && next != PROTO_UDP && next != PROTO_ICMPV6 {
+    // The extension headers must lie inside the payload the IPv6 header announces.
+    if off > l3 + 40 + payload as usize {
+        return Err(Reason::MalformedL3);
+    }
+    // A later fragment's payload is no header: whatever its Fragment header's next header
+    // says, it is steered by its datagram (which its first fragment decided).
+    let later = matches!(frag, Frag::Later(_));
+    if !later && next != PROTO_TCP && next != PROTO_UDP && next != PROTO_ICMPV6 {
         return Err(match next {
             0 | 43 | 44 | 60 => Reason::Ipv6ExtUnsupported,
             _ => Reason::NotService,
         });
+    }
+    if frag == Frag::None {
+        frag_proto = next;
     }
     flow.src = f.read::<16>(l3 + 8).ok_or(Reason::MalformedL3)?;
     flow.dst = f.read::<16>(l3 + 24).ok_or(Reason::MalformedL3)?;
@@ -216,6 +234,7 @@ fn parse_v6<F: Frame + ?Sized>(
         l3,
         l4: off,
         frag,
+        frag_proto,
         ip_len: payload + 40,
         tos_flow: u32::from_be_bytes([h[0], h[1], h[2], h[3]]) & 0x0fff_ffff,
     })
@@ -231,6 +250,9 @@ pub struct L4 {
     pub csum: u16,
     /// TCP flags byte (0 for UDP).
     pub tcp_flags: u8,
+    /// Bytes after the L4 header, up to the end of the IP packet (this fragment's, for a
+    /// first fragment).
+    pub payload: u16,
 }
 
 /// Reads the TCP or UDP header at `p.l4`, which must lie inside the IP packet.
@@ -252,6 +274,7 @@ pub fn parse_l4<F: Frame + ?Sized>(f: &F, p: &Parsed) -> Result<L4, Reason> {
             csum_off: p.l4 + 16,
             csum: be16([h[16], h[17]]),
             tcp_flags: h[13],
+            payload: (ip_end - p.l4 - doff) as u16,
         })
     } else {
         let h = f.read::<8>(p.l4).ok_or(Reason::MalformedL4)?;
@@ -259,8 +282,9 @@ pub fn parse_l4<F: Frame + ?Sized>(f: &F, p: &Parsed) -> Result<L4, Reason> {
         if udp_len < 8 || p.l4 + 8 > ip_end {
             return Err(Reason::MalformedL4);
         }
-        // An unfragmented datagram must fit its UDP length exactly inside the IP packet.
-        if p.frag == Frag::None && p.l4 + udp_len != ip_end {
+        // An unfragmented datagram must fit its UDP length exactly inside the IP packet; a
+        // first fragment carries part of it, never more than its length says.
+        if p.l4 + udp_len < ip_end || (p.frag == Frag::None && p.l4 + udp_len != ip_end) {
             return Err(Reason::MalformedL4);
         }
         let csum = be16([h[6], h[7]]);
@@ -273,6 +297,7 @@ pub fn parse_l4<F: Frame + ?Sized>(f: &F, p: &Parsed) -> Result<L4, Reason> {
             csum_off: p.l4 + 6,
             csum,
             tcp_flags: 0,
+            payload: (ip_end - p.l4).saturating_sub(8) as u16,
         })
     }
 }

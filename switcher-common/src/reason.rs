@@ -52,6 +52,11 @@ reasons! {
     EgressReversed = "egress_reversed",
     /// Egress: a reply that could not be parsed or rewritten: passed untouched.
     EgressMalformed = "egress_malformed",
+    /// Egress: a packet from a backend's address and port to a client the switch did not
+    /// steer to it (no flow entry): left as it is, never given the VIP's address.
+    EgressUnsteered = "egress_unsteered",
+    /// Egress: an ICMP error about a packet the switch steered, translated for the client.
+    EgressIcmp = "egress_icmp",
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 
 use switcher_common::{backend_index, Reason};
 
-use crate::maps::{COLOR_COUNTERS, REASON_COUNTERS};
+use crate::maps::{COLOR_COUNTERS, MEMBER_COUNTERS, REASON_COUNTERS};
 
 #[inline(always)]
 pub fn reason(r: Reason) {
@@ -12,8 +12,9 @@ pub fn reason(r: Reason) {
     }
 }
 
+/// A packet steered to (service, colour), member `slot`.
 #[inline(always)]
-pub fn color(service_id: u32, color: u8, bytes: u64, new_flow: bool, pin_miss: bool) {
+pub fn steered(service_id: u32, color: u8, slot: u16, bytes: u64, new_flow: bool, pin_miss: bool) {
     if let Some(c) = COLOR_COUNTERS.get_ptr_mut(backend_index(service_id, color)) {
         // SAFETY: as above.
         let c = unsafe { &mut *c };
@@ -21,6 +22,13 @@ pub fn color(service_id: u32, color: u8, bytes: u64, new_flow: bool, pin_miss: b
         c.bytes += bytes;
         c.new_flows += new_flow as u64;
         c.pin_misses += pin_miss as u64;
+    }
+    if let Some(m) = MEMBER_COUNTERS.get_ptr_mut(u32::from(slot)) {
+        // SAFETY: as above.
+        let m = unsafe { &mut *m };
+        m.packets += 1;
+        m.bytes += bytes;
+        m.new_flows += new_flow as u64;
     }
 }
 

@@ -1,25 +1,38 @@
-//! XDP ingress: find the service, pick the colour (flow pinning, drain, canary), rewrite the
-//! destination to that colour's backend with incremental checksums, then forward.
+//! XDP ingress: find the service, decide where the packet goes (the flow tables, the drain
+//! rule, the canary, the colour's pool), rewrite the destination to that member with
+//! incremental checksums, then forward.
 
 use aya_ebpf::{
     bindings::xdp_action::XDP_PASS,
-    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
     programs::XdpContext,
 };
 use switcher_common::{
-    backend_index,
     csum::Delta,
-    decide::{self, ColorState, FlowWrite, TcpFlags},
+    decide::{self, Affinity, ColorState, Op, Source, TcpEntries, TcpFlags},
+    hash,
     parse::{self, Frag, Frame, Parsed, L4},
-    Backend, FlowKey, FlowValue, FragKey, FragValue, Reason, FAMILY_V4, FRAG_TTL_NS, PROTO_TCP,
-    PROTO_UDP, SVC_F_REDIRECT, SVC_F_UDP_AFFINITY,
+    pool_index, ActiveWord, Backend, FlowValue, FragKey, FragValue, Reason, FAMILY_V4, FRAG_TTL_NS,
+    PROTO_TCP, PROTO_UDP, SVC_F_REDIRECT, SVC_F_UDP_AFFINITY,
 };
 
 use crate::{
     counters, forward,
     frame::XdpFrame,
-    maps::{Scratch, ACTIVE, BACKENDS, FLIP_MARKS, FLOWS, FRAGS, SCRATCH, SERVICES, SERVICE_PORTS},
+    maps::{
+        Scratch, ACTIVE, FLIP_MARKS, FLOWS, FRAGS, HALF_FLOWS, POOLS, SCRATCH, SERVICES,
+        SERVICE_PORTS, SOFT_FLOWS,
+    },
 };
+
+/// Which table the packet's flow was found in (its entry is copied to `Scratch::found`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Found {
+    None,
+    Established,
+    HalfOpen,
+    Soft,
+}
 
 #[inline(always)]
 pub fn run(ctx: &XdpContext) -> Option<u32> {
@@ -31,11 +44,11 @@ pub fn run(ctx: &XdpContext) -> Option<u32> {
         Ok(p) => p,
         Err(r) => return Some(pass(r)),
     };
-    if p.proto != PROTO_TCP && p.proto != PROTO_UDP {
-        return Some(pass(Reason::NotService));
-    }
     if let Frag::Later(id) = p.frag {
         return Some(follow_fragment(&f, &p, s, id));
+    }
+    if p.proto != PROTO_TCP && p.proto != PROTO_UDP {
+        return Some(pass(Reason::NotService));
     }
     let l4 = match parse::parse_l4(&f, &p) {
         Ok(l4) => l4,
@@ -58,24 +71,29 @@ pub fn run(ctx: &XdpContext) -> Option<u32> {
     };
     let active = *ACTIVE.get(svc.id)?;
     let mark = FLIP_MARKS.get_ptr_mut(svc.id)?;
-    // bpf_ktime_get_ns costs more than the rest of an established-flow hit, so it is read only
-    // on the paths that use the time (pin misses, flow writes, UDP affinity, cutover marks).
-    let mut clock = Clock::new();
     let tcp = p.proto == PROTO_TCP;
     let affinity = svc.flags & SVC_F_UDP_AFFINITY != 0;
-    // UDP without affinity never consults the flow table: skip the lookup.
-    // SAFETY: the entry is copied out before any map write.
-    let entry = if tcp || affinity {
-        unsafe { FLOWS.get(&s.flow) }.copied()
+    // UDP without affinity consults no table and needs no time: the cheapest path.
+    let found = if tcp {
+        lookup_tcp(s)
+    } else if affinity {
+        lookup_soft(s)
     } else {
-        None
+        Found::None
     };
-    // Only a TCP packet without a flow entry can be steered by the drain window; every other
-    // decision ignores it, so the window (and the time) is not computed for them.
-    let draining = if tcp && entry.is_none() {
+    // Flow times use the coarse clock (a jiffy's resolution is plenty for idle timeouts and
+    // drain windows, and it costs a fraction of bpf_ktime_get_ns).
+    let now = if tcp || affinity {
+        // SAFETY: plain helper call.
+        unsafe { bpf_ktime_get_coarse_ns() }
+    } else {
+        0
+    };
+    // Only a TCP packet without any entry can be steered by the drain window.
+    let draining = if tcp && found == Found::None {
         // SAFETY: array slot; a concurrent userspace write can at worst make us misjudge the
         // drain window for one packet, and the generation check guards the timestamp.
-        ColorState::new(active, unsafe { &*mark }, svc.drain_ns, clock.now()).draining
+        ColorState::new(active, unsafe { &*mark }, svc.drain_ns, now).draining
     } else {
         None
     };
@@ -85,29 +103,76 @@ pub fn run(ctx: &XdpContext) -> Option<u32> {
         canary: false,
     };
     if svc.canary_share != 0 {
+        // SAFETY: plain helper call.
         st.canary = decide::in_canary(svc.canary_share, unsafe { bpf_get_prandom_u32() });
     }
     let d = if tcp {
-        decide::decide_tcp(TcpFlags::from_byte(l4.tcp_flags), entry.as_ref(), &st)
+        let entry = (found != Found::None).then_some(&s.found);
+        let entries = TcpEntries {
+            established: entry.filter(|_| found == Found::Established),
+            half_open: entry.filter(|_| found == Found::HalfOpen),
+            soft: entry.filter(|_| found == Found::Soft),
+        };
+        decide::decide_tcp(
+            TcpFlags::from_byte(l4.tcp_flags),
+            l4.payload != 0,
+            entries,
+            &st,
+            now,
+        )
     } else {
-        // Without affinity decide_udp returns before it reads the time.
-        let now = if affinity { clock.now() } else { 0 };
-        decide::decide_udp(affinity, svc.udp_idle_ns, entry.as_ref(), &st, now)
+        let a = Affinity {
+            idle_ns: svc.udp_idle_ns,
+            max_age_ns: svc.udp_max_age_ns,
+            epoch: svc.epoch,
+        };
+        let entry = (found == Found::Soft).then_some(&s.found);
+        decide::decide_udp(affinity.then_some(&a), entry, &st, now)
     };
 
-    let backend = BACKENDS.get(backend_index(svc.id, d.color))?;
-    if backend.valid == 0 || backend.family != p.family {
+    if d.source == Source::Pick {
+        if !pick(svc.id, d.color, active, s) {
+            return Some(pass(Reason::NoBackend));
+        }
+    } else {
+        s.backend = s.found.backend;
+    }
+    if s.backend.valid == 0 || s.backend.family != p.family {
         return Some(pass(Reason::NoBackend));
     }
-    if let FlowWrite::Put { color, state } = d.write {
-        record_flow(&s.flow, svc.id, color, state, clock.now());
+    if d.est != Op::Keep || d.half != Op::Keep || d.soft != Op::Keep {
+        let created = if d.source == Source::Pick {
+            now
+        } else {
+            s.found.created_ns
+        };
+        s.put = FlowValue {
+            service_id: svc.id,
+            color: d.color,
+            state: d.state,
+            flags: d.flags,
+            _pad: 0,
+            epoch: svc.epoch,
+            _pad2: 0,
+            last_seen_ns: now,
+            created_ns: created,
+            backend: s.backend,
+        };
+        record(s, d.est, d.half, d.soft);
     }
     if let Frag::First(id) = p.frag {
         remember_fragment(&p, s, id, svc.id, d.color);
     }
 
-    rewrite(&f, &p, Some(&l4), backend)?;
-    counters::color(svc.id, d.color, f.len() as u64, d.new_flow, d.pin_miss);
+    rewrite(&f, &p, Some(&l4), &s.backend)?;
+    counters::steered(
+        svc.id,
+        d.color,
+        s.backend.slot,
+        u64::from(p.ip_len),
+        d.new_flow,
+        d.pin_miss,
+    );
     if d.pin_miss {
         counters::reason(Reason::TcpPinMiss);
     }
@@ -117,43 +182,100 @@ pub fn run(ctx: &XdpContext) -> Option<u32> {
         let m = &mut *mark;
         let c = (d.color & 1) as usize;
         if m.generation == active.generation() && m.first_ns[c] == 0 {
-            m.first_ns[c] = clock.now();
+            m.first_ns[c] = bpf_ktime_get_ns();
         }
     }
     let redirect = svc.flags & SVC_F_REDIRECT != 0;
     Some(forward::forward(ctx, &f, &p, &s.flow, redirect))
 }
 
-/// The time of this packet, read from the kernel at most once and only if a path needs it.
-struct Clock(u64);
-
-impl Clock {
-    #[inline(always)]
-    fn new() -> Self {
-        Self(0)
+/// The flow in the tables, in order: established, half-open, soft. The entry found is copied
+/// to the scratch space before anything is written.
+#[inline(always)]
+fn lookup_tcp(s: &mut Scratch) -> Found {
+    // SAFETY (all three): the entry is copied out at once.
+    if let Some(e) = unsafe { FLOWS.get(&s.flow) } {
+        s.found = *e;
+        return Found::Established;
     }
+    if let Some(e) = unsafe { HALF_FLOWS.get(&s.flow) } {
+        s.found = *e;
+        return Found::HalfOpen;
+    }
+    lookup_soft(s)
+}
 
-    #[inline(always)]
-    fn now(&mut self) -> u64 {
-        if self.0 == 0 {
-            // SAFETY: plain helper call.
-            self.0 = unsafe { bpf_ktime_get_ns() };
+#[inline(always)]
+fn lookup_soft(s: &mut Scratch) -> Found {
+    // SAFETY: copied out at once.
+    match unsafe { SOFT_FLOWS.get(&s.flow) } {
+        Some(e) => {
+            s.found = *e;
+            Found::Soft
         }
-        self.0
+        None => Found::None,
     }
 }
 
+/// The member of `color`'s pool this flow's hash falls on.
 #[inline(never)]
-fn record_flow(flow: &FlowKey, service_id: u32, color: u8, state: u8, now: u64) {
-    let v = FlowValue {
-        service_id,
-        color,
-        state,
-        _pad: [0; 2],
-        last_seen_ns: now,
+fn pick(id: u32, color: u8, active: ActiveWord, s: &mut Scratch) -> bool {
+    let Some(pool) = POOLS.get(pool_index(id, color, active.buffer(color))) else {
+        return false;
     };
-    if FLOWS.insert(flow, &v, 0).is_err() {
-        counters::reason(Reason::TableFull);
+    if pool.members == 0 {
+        return false;
+    }
+    let slot = hash::slot(hash::flow_hash(&s.flow));
+    let Some(&member) = pool.table.get(slot) else {
+        return false;
+    };
+    let Some(b) = pool.member.get(member as usize) else {
+        return false;
+    };
+    s.backend = *b;
+    true
+}
+
+/// Writes the decision's table operations for the flow, `Scratch::put` being the entry. The
+/// completion of a handshake inserts the established entry before it drops the half-open
+/// one: if the protected table is full, the connection stays (evictably) half-open.
+#[inline(never)]
+fn record(s: &mut Scratch, est: Op, half: Op, soft: Op) {
+    let mut established = true;
+    match est {
+        Op::Put => {
+            if FLOWS.insert(&s.flow, &s.put, 0).is_err() {
+                counters::reason(Reason::TableFull);
+                established = false;
+            }
+        }
+        Op::Delete => {
+            let _ = FLOWS.remove(&s.flow);
+        }
+        Op::Keep => {}
+    }
+    match half {
+        Op::Put => {
+            if HALF_FLOWS.insert(&s.flow, &s.put, 0).is_err() {
+                counters::reason(Reason::TableFull);
+            }
+        }
+        Op::Delete if established => {
+            let _ = HALF_FLOWS.remove(&s.flow);
+        }
+        _ => {}
+    }
+    match soft {
+        Op::Put => {
+            if SOFT_FLOWS.insert(&s.flow, &s.put, 0).is_err() {
+                counters::reason(Reason::TableFull);
+            }
+        }
+        Op::Delete => {
+            let _ = SOFT_FLOWS.remove(&s.flow);
+        }
+        Op::Keep => {}
     }
 }
 
@@ -162,7 +284,7 @@ fn frag_key(p: &Parsed, s: &mut Scratch, id: u32) {
     s.frag.src = s.flow.src;
     s.frag.dst = s.flow.dst;
     s.frag.id = id;
-    s.frag.proto = p.proto;
+    s.frag.proto = p.frag_proto;
     s.frag.family = p.family;
     s.frag._pad = [0; 2];
 }
@@ -174,15 +296,17 @@ fn remember_fragment(p: &Parsed, s: &mut Scratch, id: u32, service_id: u32, colo
         service_id,
         color,
         _pad: [0; 3],
+        // SAFETY: plain helper call.
         created_ns: unsafe { bpf_ktime_get_ns() },
+        backend: s.backend,
     };
     if FRAGS.insert(&s.frag, &v, 0).is_err() {
         counters::reason(Reason::TableFull);
     }
 }
 
-/// A later fragment has no ports: it goes wherever its first fragment went, so a datagram is
-/// never split across colours. Only the IP destination changes (no L4 header here).
+/// A later fragment has no ports: it goes to the member its first fragment went to, so a
+/// datagram is never split. Only the IP destination changes (no L4 header here).
 #[inline(never)]
 fn follow_fragment(f: &XdpFrame, p: &Parsed, s: &mut Scratch, id: u32) -> u32 {
     frag_key(p, s, id);
@@ -191,20 +315,26 @@ fn follow_fragment(f: &XdpFrame, p: &Parsed, s: &mut Scratch, id: u32) -> u32 {
     let Some(fv) = (unsafe { FRAGS.get(key) }).copied() else {
         return pass(Reason::FragNoEntry);
     };
+    // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
     if now.saturating_sub(fv.created_ns) > FRAG_TTL_NS {
         return pass(Reason::FragNoEntry);
     }
-    let Some(backend) = BACKENDS.get(backend_index(fv.service_id, fv.color)) else {
-        return pass(Reason::NoBackend);
-    };
-    if backend.valid == 0 || backend.family != p.family {
+    s.backend = fv.backend;
+    if s.backend.valid == 0 || s.backend.family != p.family {
         return pass(Reason::NoBackend);
     }
-    if rewrite(f, p, None, backend).is_none() {
+    if rewrite(f, p, None, &s.backend).is_none() {
         return pass(Reason::MalformedL3);
     }
-    counters::color(fv.service_id, fv.color, f.len() as u64, false, false);
+    counters::steered(
+        fv.service_id,
+        fv.color,
+        s.backend.slot,
+        u64::from(p.ip_len),
+        false,
+        false,
+    );
     counters::reason(Reason::FragFollowed);
     // Later fragments always go through the kernel: it forwards them like any packet.
     XDP_PASS

@@ -7,7 +7,8 @@ use aya_ebpf::{
 };
 use switcher_common::{
     ActiveWord, Backend, ColorCounters, Endpoint, FlipMark, FlowKey, FlowValue, FragKey, FragValue,
-    Reason, ReverseValue, ServiceValue, FLOW_TABLE_SIZE, MAX_SERVICES,
+    MemberCounters, Pool, Reason, ReverseValue, ServiceValue, FLOW_TABLE_SIZE, HALF_TABLE_SIZE,
+    MAX_SERVICES, MEMBER_SLOTS, SOFT_TABLE_SIZE,
 };
 
 /// Datagrams being reassembled at once; LRU evicts the oldest when full.
@@ -20,20 +21,33 @@ pub static SERVICES: HashMap<Endpoint, ServiceValue> = HashMap::pinned(MAX_SERVI
 /// service: it passes after this check alone.
 #[map]
 pub static SERVICE_PORTS: Array<u32> = Array::pinned(65_536, 0);
+/// Two buffers per (service, colour): see [`switcher_common::Pool`].
 #[map]
-pub static BACKENDS: Array<Backend> = Array::pinned(MAX_SERVICES * 2, 0);
+pub static POOLS: Array<Pool> = Array::pinned(MAX_SERVICES * 4, 0);
 #[map]
 pub static ACTIVE: Array<ActiveWord> = Array::pinned(MAX_SERVICES, 0);
 #[map]
 pub static FLIP_MARKS: Array<FlipMark> = Array::pinned(MAX_SERVICES, 0);
+/// Established TCP connections: a plain hash, so no other sender can evict one (the daemon
+/// removes closed and idle entries).
 #[map]
-pub static FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::pinned(FLOW_TABLE_SIZE, 0);
+pub static FLOWS: HashMap<FlowKey, FlowValue> = HashMap::pinned(FLOW_TABLE_SIZE, 0);
+/// TCP connections whose handshake has not completed: a SYN flood churns only this LRU.
+#[map]
+pub static HALF_FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::pinned(HALF_TABLE_SIZE, 0);
+/// UDP affinity and TCP pin misses: what may be forgotten.
+#[map]
+pub static SOFT_FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::pinned(SOFT_TABLE_SIZE, 0);
 #[map]
 pub static FRAGS: LruHashMap<FragKey, FragValue> = LruHashMap::pinned(FRAG_TABLE_SIZE, 0);
+/// Every member's (address, port, protocol) → the service and VIP its replies come from.
 #[map]
-pub static REVERSE: HashMap<Endpoint, ReverseValue> = HashMap::pinned(MAX_SERVICES * 2, 0);
+pub static REVERSE: HashMap<Endpoint, ReverseValue> =
+    HashMap::pinned(MAX_SERVICES * 2 * switcher_common::MAX_MEMBERS as u32, 0);
 #[map]
 pub static COLOR_COUNTERS: PerCpuArray<ColorCounters> = PerCpuArray::pinned(MAX_SERVICES * 2, 0);
+#[map]
+pub static MEMBER_COUNTERS: PerCpuArray<MemberCounters> = PerCpuArray::pinned(MEMBER_SLOTS, 0);
 /// Interfaces (ifindex → 1) that accept XDP_REDIRECTed frames, kept current by the daemon.
 /// A redirect anywhere else would be dropped after the program returned.
 #[map]
@@ -45,15 +59,35 @@ pub static REASON_COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(Reason::COUNT
 #[map]
 pub static FIB_SCRATCH: PerCpuArray<bpf_fib_lookup> = PerCpuArray::with_max_entries(1, 0);
 
-/// Per-packet working set kept off the 512-byte stack: the flow key, the service key and the
-/// fragment key are built here and passed to map helpers directly.
+/// Per-packet working set kept off the 512-byte stack: keys are built here and passed to map
+/// helpers directly, and flow entries are copied here before any map write (a preallocated
+/// hash map may hand the element we read to another CPU's insert).
 #[repr(C)]
 pub struct Scratch {
     pub flow: FlowKey,
     pub svc: Endpoint,
     pub _pad: u32,
     pub frag: FragKey,
+    /// The flow entry the packet found, if any.
+    pub found: FlowValue,
+    /// The entry this packet writes.
+    pub put: FlowValue,
+    /// The member the packet goes to.
+    pub backend: Backend,
 }
 
 #[map]
 pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// Egress's working set (TC egress and XDP ingress may not share one: separate contexts).
+#[repr(C)]
+pub struct EgressScratch {
+    pub reply: FlowKey,
+    /// The flow of the client towards the VIP that the reply answers.
+    pub flow: FlowKey,
+    pub backend: Endpoint,
+    pub _pad: u32,
+}
+
+#[map]
+pub static EGRESS_SCRATCH: PerCpuArray<EgressScratch> = PerCpuArray::with_max_entries(1, 0);

@@ -37,6 +37,24 @@ function fmtRate(v, unit) {
   return k ? `${(v / k[1]).toFixed(1)} ${k[0]}${unit}` : `${v.toFixed(0)} ${unit}`;
 }
 
+// A count without unit, compact: 950, 1.2k, 3.4M.
+function fmtCount(v) {
+  if (v == null || !isFinite(v)) return "–";
+  const k = [["G", 1e9], ["M", 1e6], ["k", 1e3]].find(([, d]) => Math.abs(v) >= d);
+  return k ? `${(v / k[1]).toFixed(1)}${k[0]}` : v.toFixed(0);
+}
+
+// A share (0..1) as a percentage: 100%, 50%, 33.3%.
+function fmtShare(v) {
+  return `${Math.round(v * 1000) / 10}%`;
+}
+
+// A deployment's pool in one line, as the CLI writes it: ADDR:PORT[*WEIGHT], ...
+function describePool(d) {
+  if (!d.members) return d.backend || "–";
+  return d.members.map((m) => (typeof m === "string" ? m : `${m.addr}${m.weight && m.weight !== 1 ? `*${m.weight}` : ""}`)).join(", ");
+}
+
 function notice(text, ok) {
   const n = document.getElementById("notice");
   n.textContent = text;
@@ -97,9 +115,68 @@ function colorBox(color) {
     fields[key] = el("dd", { "data-testid": `${color}-${key}` });
     dl.append(el("dt", { text: label }), fields[key]);
   }
+  // The pool, member by member. Its height is fixed (a few rows, then it scrolls) so that a
+  // pool that grows or shrinks never moves the buttons below.
+  const count = el("span");
+  const head = el("div", { class: "member head" }, count, el("span", { text: "share" }),
+    el("span", { text: "pkt/s" }), el("span", { text: "pinned" }));
+  const list = el("ol", { class: "members", "data-testid": `${color}-members` });
   const state = el("span", { class: "muted" });
-  const box = el("div", { class: `color ${color}` }, el("h3", {}, el("span", { text: color }), state), dl);
-  return { box, fields, state };
+  const box = el("div", { class: `color ${color}` }, el("h3", {}, el("span", { text: color }), state), dl,
+    el("div", { class: "pool" }, head, list));
+  return { box, fields, state, count, list, rows: new Map(), memberKey: null };
+}
+
+function memberRow(m) {
+  const dot = el("span", { class: "dot" });
+  const addr = el("span", { class: "addr", text: m.addr });
+  const weight = el("span", { class: "weight" });
+  const tag = el("span", { class: "tag", text: "out" });
+  const fill = el("span", { class: "fill" });
+  const pct = el("span", { class: "pct" });
+  const pps = el("span", { class: "pps" });
+  const pinned = el("span", { class: "pinned" });
+  const li = el("li", { class: "member", "data-member": m.addr },
+    el("span", { class: "who" }, dot, addr, weight, tag),
+    el("span", { class: "share" }, el("span", { class: "bar" }, fill), pct), pps, pinned);
+  return { li, dot, weight, fill, pct, pps, pinned };
+}
+
+// Each member: health dot, share of the colour's new flows, packets/s, open connections. A
+// member its probes took out of the table is marked "out" (its share is then 0, unless every
+// member is out: then all keep theirs).
+function renderMembers(box, members, rates, serving) {
+  const key = members.map((m) => m.addr).join(" ");
+  if (key !== box.memberKey) {
+    box.memberKey = key;
+    box.rows = new Map();
+    box.list.replaceChildren(...members.map((m) => {
+      const r = memberRow(m);
+      box.rows.set(m.addr, r);
+      return r.li;
+    }));
+  }
+  let out = 0;
+  for (const m of members) {
+    const r = box.rows.get(m.addr);
+    const h = m.health;
+    const isOut = !!h && h.in_service === false;
+    if (isOut) out += 1;
+    r.li.classList.toggle("out", isOut);
+    r.dot.className = `dot ${h ? (h.up ? "up" : "down") : ""}`;
+    r.weight.textContent = m.weight !== 1 ? `×${m.weight}` : "";
+    r.fill.style.width = `${Math.min(100, Math.max(0, m.share * 100))}%`;
+    r.pct.textContent = fmtShare(m.share);
+    const rate = rates ? rates.get(m.addr) : undefined;
+    r.pps.textContent = rate == null ? "–" : fmtCount(rate);
+    r.pinned.textContent = String(m.pinned);
+    r.pinned.classList.toggle("draining", !serving && m.pinned > 0);
+    const health = !h ? "not probed"
+      : `${isOut ? "out of service" : "in service"}, ${h.up ? `up, ${(h.latency_seconds * 1000).toFixed(2)} ms` : `down: ${h.error || ""}`}`;
+    r.li.title = `${m.addr}${m.weight !== 1 ? ` weight ${m.weight}` : ""}: ${health}`;
+  }
+  box.count.textContent = `${members.length} member${members.length === 1 ? "" : "s"}` +
+    (out ? `, ${out} out` : "");
 }
 
 function makeCard(svc) {
@@ -169,7 +246,7 @@ function renderDeployment(card, d) {
     const cls = p === d.phase ? `current ${phaseClass(p)}` : reached.has(p) ? "done" : "";
     card.timeline.append(el("li", { class: cls, text: BAD_END[p] || p }));
   }
-  card.steps.append(el("li", { text: `deployment ${d.id}: ${d.color} ${d.backend}${d.version ? " " + d.version : ""}` }));
+  card.steps.append(el("li", { text: `deployment ${d.id}: ${d.color} ${describePool(d)}${d.version ? " " + d.version : ""}` }));
   for (const t of d.transitions) {
     const li = el("li", { text: `${fmtTime(t.at_ms)} ${t.from || "–"} → ${t.to} by ${t.actor}: ${t.reason}` });
     if (t.evidence) {
@@ -188,7 +265,7 @@ function renderHistory(card, recent) {
   for (const d of [...recent].reverse()) {
     const last = d.transitions[d.transitions.length - 1];
     card.history.append(el("tr", {},
-      el("td", { text: String(d.id) }), el("td", { text: d.color }), el("td", { text: d.backend }),
+      el("td", { text: String(d.id) }), el("td", { text: d.color }), el("td", { text: describePool(d) }),
       el("td", { text: d.version || "–" }), el("td", { text: BAD_END[d.phase] || d.phase }),
       el("td", { text: fmtTime(last ? last.at_ms : 0) })));
   }
@@ -214,13 +291,24 @@ function renderService(svc, atMs) {
   const t = atMs / 1000;
   const dt = card.prev ? t - card.prev.t : 0;
   const rates = {};
+  const memberRates = {};
   for (const c of COLORS) {
     const now = svc.colors[c];
     const before = card.prev && card.prev.colors[c];
     rates[c] = dt >= MIN_RATE_S && before
       ? { pps: Math.max(0, (now.packets - before.packets) / dt), bps: Math.max(0, (now.bytes - before.bytes) / dt) }
       : card.rates && card.rates[c];
+    if (dt >= MIN_RATE_S && before) {
+      memberRates[c] = new Map();
+      for (const m of now.members || []) {
+        const b = (before.members || []).find((x) => x.addr === m.addr);
+        if (b) memberRates[c].set(m.addr, Math.max(0, (m.packets - b.packets) / dt));
+      }
+    } else {
+      memberRates[c] = card.memberRates && card.memberRates[c];
+    }
   }
+  card.memberRates = memberRates;
   if (!card.prev || dt >= MIN_RATE_S) {
     card.prev = { t, colors: { blue: svc.colors.blue, green: svc.colors.green } };
   }
@@ -260,6 +348,7 @@ function renderService(svc, atMs) {
     f.pinned.textContent = String(v.pinned);
     f.pinned.className = !serving && v.pinned > 0 ? "draining" : "";
     f.packets.textContent = v.packets.toLocaleString();
+    renderMembers(card.boxes[c], v.members || [], memberRates[c], serving);
   }
   renderDeployment(card, svc.deployment);
   renderHistory(card, svc.recent || []);

@@ -12,7 +12,10 @@ use std::{
 use anyhow::{anyhow, bail, Context as _, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::domain::Color;
+use crate::{
+    config::{deserialize_members, Member},
+    domain::Color,
+};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -21,11 +24,13 @@ pub enum Request {
         #[serde(default)]
         service: Option<String>,
     },
-    /// Puts a candidate backend into `color`'s slot (the idle one).
+    /// Puts a candidate pool into `color`'s slot (the idle one).
     Deploy {
         service: String,
         color: Color,
-        backend: std::net::SocketAddr,
+        /// A list of members, or (as earlier clients send) one `backend`.
+        #[serde(alias = "backend", deserialize_with = "deserialize_members")]
+        members: Vec<Member>,
         #[serde(default)]
         version: Option<String>,
         /// Replace the slot even while TCP connections are still pinned to it.

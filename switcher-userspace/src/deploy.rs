@@ -11,11 +11,12 @@
 //! `abort` is possible before the flip, `rollback` after it. Every transition is recorded with
 //! its time, actor, reason and the evidence that decided it.
 
-use std::net::SocketAddr;
-
 use serde::{Deserialize, Serialize};
 
-use crate::domain::Color;
+use crate::{
+    config::{describe, deserialize_members, Member},
+    domain::Color,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -153,7 +154,9 @@ pub struct Deployment {
     pub service: String,
     /// The slot the candidate occupies.
     pub color: Color,
-    pub backend: SocketAddr,
+    /// The candidate's pool. Earlier releases wrote one `backend`.
+    #[serde(alias = "backend", deserialize_with = "deserialize_members")]
+    pub members: Vec<Member>,
     pub version: Option<String>,
     /// The colour serving when it was deployed: where rollback goes.
     pub previous: Color,
@@ -172,16 +175,17 @@ impl Deployment {
         id: u64,
         service: &str,
         color: Color,
-        backend: SocketAddr,
+        members: Vec<Member>,
         version: Option<String>,
         actor: &str,
         now_ms: u64,
     ) -> Self {
+        let reason = format!("{} deployed to {color}", describe(&members));
         Self {
             id,
             service: service.to_string(),
             color,
-            backend,
+            members,
             version,
             previous: color.other(),
             phase: Phase::Deployed,
@@ -190,7 +194,7 @@ impl Deployment {
                 from: None,
                 to: Phase::Deployed,
                 actor: actor.to_string(),
-                reason: format!("{backend} deployed to {color}"),
+                reason,
                 evidence: None,
             }],
             watch_until_ms: None,
@@ -242,7 +246,7 @@ mod tests {
             1,
             "syslog",
             Color::Green,
-            "198.18.2.2:514".parse().expect("addr"),
+            vec![Member::new("198.18.2.2:514".parse().expect("addr"))],
             Some("v2".into()),
             "cli:uid=0",
             1000,

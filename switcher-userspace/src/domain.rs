@@ -152,6 +152,12 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// `base_ms` plus `d` in Unix milliseconds, saturating: a deadline that never wraps, whatever
+/// duration it is given (the config bounds its own, this is for everything else).
+pub fn ms_after(base_ms: u64, d: Duration) -> u64 {
+    base_ms.saturating_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// Unix milliseconds as RFC 3339 UTC.
 pub fn fmt_time(ms: u64) -> String {
     let t = UNIX_EPOCH + Duration::from_millis(ms);
@@ -167,6 +173,16 @@ mod tests {
         assert_eq!(fmt_time(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(fmt_time(951_782_400_123), "2000-02-29T00:00:00.123Z");
         assert_eq!(fmt_time(1_795_478_400_000), "2026-11-24T00:00:00.000Z");
+    }
+
+    #[test]
+    fn deadlines_saturate_instead_of_wrapping() {
+        assert_eq!(ms_after(1_000, Duration::from_millis(500)), 1_500);
+        assert_eq!(ms_after(now_ms(), Duration::MAX), u64::MAX);
+        assert_eq!(
+            ms_after(u64::MAX - 1, Duration::from_millis(u64::MAX)),
+            u64::MAX
+        );
     }
 
     #[test]

@@ -9,6 +9,9 @@ use std::{
 };
 
 use serde_json::json;
+
+mod pool;
+pub use pool::{healthy_share, load_environment, sample, serving_reference, LOAD_SAMPLE};
 use switcher_common::ColorCounters;
 
 use crate::{
@@ -203,11 +206,26 @@ pub fn canary(
     )
 }
 
+/// Below this baseline (packets/s) the traffic-drop rule does not judge: a trickle cannot tell
+/// a drop from a quiet client, and any single sender could make one.
+pub const RATE_FLOOR: f64 = 10.0;
+/// How many earlier rounds the baseline is the median of.
+const RATE_HISTORY: usize = 64;
+
 /// A sudden drop of the traffic the switch delivers to the candidate: this round's packet rate
-/// below `ratio` times the best rate of the earlier rounds (clients backing off, connections
-/// dying). Rounds before any traffic set no baseline.
-pub fn traffic_dropped(rate: f64, best: f64, ratio: f64) -> bool {
-    best > 0.0 && rate < ratio * best
+/// below `ratio` times the baseline (clients backing off, connections dying). The baseline is
+/// the median rate of the earlier rounds with traffic, so one sender's burst cannot raise it
+/// (a burst then silence is no drop); rounds before any traffic, or a baseline under
+/// [`RATE_FLOOR`], judge nothing.
+pub fn traffic_dropped(rate: f64, baseline: Option<f64>, ratio: f64) -> bool {
+    baseline.is_some_and(|b| b >= RATE_FLOOR && rate < ratio * b)
+}
+
+/// The median of `rates` (None when empty).
+fn median(rates: &std::collections::VecDeque<f64>) -> Option<f64> {
+    let mut v: Vec<f64> = rates.iter().copied().collect();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied()
 }
 
 /// What one watch round measured.
@@ -238,14 +256,14 @@ pub enum Round {
     },
 }
 
-/// The post-flip watch's judge: counts rounds and consecutive failures, and keeps the best
-/// packet rate as the baseline of the traffic-drop rule.
+/// The post-flip watch's judge: counts rounds and consecutive failures, and keeps the recent
+/// packet rates that make the baseline of the traffic-drop rule.
 #[derive(Debug, Clone)]
 pub struct WatchJudge {
     policy: WatchPolicy,
     rounds: u64,
     consecutive: u32,
-    best_rate: f64,
+    rates: std::collections::VecDeque<f64>,
 }
 
 impl WatchJudge {
@@ -254,7 +272,7 @@ impl WatchJudge {
             policy,
             rounds: 0,
             consecutive: 0,
-            best_rate: 0.0,
+            rates: std::collections::VecDeque::new(),
         }
     }
 
@@ -289,14 +307,21 @@ impl WatchJudge {
             }
         }
         if let Some(ratio) = w.min_rate_ratio {
-            if traffic_dropped(rate, self.best_rate, ratio) {
+            let baseline = median(&self.rates);
+            if traffic_dropped(rate, baseline, ratio) {
                 failures.push(format!(
-                    "datapath: traffic to the candidate fell to {rate:.0} packets/s (< {ratio} x {:.0})",
-                    self.best_rate
+                    "datapath: traffic to the candidate fell to {rate:.0} packets/s (< {ratio} x \
+                     the usual {:.0})",
+                    baseline.unwrap_or_default()
                 ));
             }
         }
-        self.best_rate = self.best_rate.max(rate);
+        if rate > 0.0 {
+            if self.rates.len() == RATE_HISTORY {
+                self.rates.pop_front();
+            }
+            self.rates.push_back(rate);
+        }
         if failures.is_empty() {
             self.consecutive = 0;
             return Round::Passed;

@@ -7,7 +7,7 @@ use std::{
     collections::BTreeMap,
     fs::{self, File},
     io::Write as _,
-    net::SocketAddr,
+    os::unix::fs::OpenOptionsExt as _,
     path::{Path, PathBuf},
 };
 
@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use tracing::warn;
 
 use crate::{
-    config::{Config, Service},
+    config::{describe, deserialize_members, Config, Member, Service},
     deploy::Deployment,
     domain::Color,
 };
@@ -50,13 +50,24 @@ pub enum StateError {
 /// One colour's slot of a service.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Slot {
-    pub backend: Option<SocketAddr>,
+    /// The colour's pool (empty: no backend). Earlier releases wrote one `backend`.
+    #[serde(default, alias = "backend", deserialize_with = "deserialize_members")]
+    pub members: Vec<Member>,
+    /// The members came from `switcher deploy`, not from the config: they win over the
+    /// config's until the config names the same ones (see [`State::settle`]). Files of
+    /// earlier releases, where the deployed backend always won, read as true.
+    #[serde(default = "yes")]
+    pub deployed: bool,
     pub version: Option<String>,
     /// Known good: passed validation, served a whole watch window, or came from the config.
     /// A manual flip to a slot that is not trusted needs --force. (Stored and shown as
     /// `validated`, the name earlier releases wrote.)
     #[serde(rename = "validated")]
     pub trusted: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -140,7 +151,18 @@ impl State {
         fs::create_dir_all(dir).map_err(err)?;
         let tmp = dir.join(format!("{FILE}.tmp"));
         let text = serde_json::to_vec_pretty(self).map_err(|e| err(std::io::Error::other(e)))?;
-        let mut f = File::create(&tmp).map_err(err)?;
+        // History names backends and operators: root only. A leftover temporary file (a
+        // crash) is removed first, so the mode below is the one it gets.
+        match fs::remove_file(&tmp) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(err(e)),
+            _ => {}
+        }
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(err)?;
         f.write_all(&text).map_err(err)?;
         f.sync_all().map_err(err)?;
         drop(f);
@@ -150,8 +172,24 @@ impl State {
         Ok(())
     }
 
-    /// The config's services with what the state knows layered on top: deployed backends and
-    /// the active colour survive restarts and reloads.
+    /// Slots whose deployed members the config now names exactly are the config's again: a
+    /// later change of the config's pool (a node added on reload) then applies.
+    pub fn settle(&mut self, cfg: &Config) {
+        for s in &cfg.services {
+            let Some(st) = self.services.get_mut(&s.name) else {
+                continue;
+            };
+            for c in Color::BOTH {
+                let slot = st.slot_mut(c);
+                if slot.deployed && slot.members == s.members(c) {
+                    slot.deployed = false;
+                }
+            }
+        }
+    }
+
+    /// The config's services with what the state knows layered on top: deployed members
+    /// and the active colour survive restarts and reloads.
     pub fn effective(&self, cfg: &Config) -> Vec<Service> {
         cfg.services
             .iter()
@@ -159,12 +197,16 @@ impl State {
                 let mut s = s.clone();
                 if let Some(st) = self.services.get(&s.name) {
                     for c in Color::BOTH {
-                        let (configured, deployed) = (s.backend(c), st.slot(c).backend);
-                        if deployed != configured && configured.is_some() && deployed.is_some() {
-                            warn!(service = %s.name, color = %c, config = ?configured, kept = ?deployed,
-                                "backend differs from the deployed one; keeping the deployed one");
+                        let slot = st.slot(c);
+                        if !slot.deployed || slot.members.is_empty() {
+                            continue;
                         }
-                        *s.backend_mut(c) = deployed.or(configured);
+                        if !s.members(c).is_empty() && s.members(c) != slot.members {
+                            warn!(service = %s.name, color = %c, config = %describe(s.members(c)),
+                                kept = %describe(&slot.members),
+                                "the config's pool differs from the deployed one; keeping the deployed one");
+                        }
+                        *s.members_mut(c) = slot.members.clone();
                     }
                     s.active = st.active;
                 }
@@ -224,7 +266,9 @@ mod tests {
             id,
             "svc",
             Color::Green,
-            "198.18.2.2:514".parse().expect("addr"),
+            vec![crate::config::Member::new(
+                "198.18.2.2:514".parse().expect("addr"),
+            )],
             None,
             "cli",
             5,
@@ -243,7 +287,8 @@ mod tests {
                 active: Color::Blue,
                 generation: 3,
                 blue: Slot {
-                    backend: Some("198.18.1.2:514".parse().expect("addr")),
+                    members: vec![Member::new("198.18.1.2:514".parse().expect("addr"))],
+                    deployed: true,
                     version: None,
                     trusted: true,
                 },
@@ -263,16 +308,49 @@ mod tests {
     }
 
     #[test]
+    fn the_state_file_is_private() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tmpdir("mode");
+        fs::create_dir_all(&dir).expect("dir");
+        // A leftover temporary file from a crash, with a wide mode: replaced, not reused.
+        fs::write(dir.join("state.json.tmp"), "{}").expect("leftover");
+        fs::set_permissions(
+            dir.join("state.json.tmp"),
+            fs::Permissions::from_mode(0o644),
+        )
+        .expect("chmod");
+        State::default().save(&dir).expect("save");
+        let mode = fs::metadata(State::path(&dir))
+            .expect("state file")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "state.json is mode {mode:o}");
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn slots_are_stored_as_earlier_releases_wrote_them() {
         // A state file from before `validated` was called `trusted` in the code.
+        // One `backend` (before pools), which then always won over the config.
         let old = r#"{"backend": "198.18.2.2:514", "version": "v2", "validated": true}"#;
         let slot: Slot = serde_json::from_str(old).expect("old slot");
-        assert!(slot.trusted);
+        assert!(slot.trusted && slot.deployed);
+        assert_eq!(
+            slot.members,
+            [Member::new("198.18.2.2:514".parse().expect("addr"))]
+        );
         let back = serde_json::to_value(&slot).expect("json");
         assert_eq!(
             back,
-            serde_json::json!({"backend": "198.18.2.2:514", "version": "v2", "validated": true})
+            serde_json::json!({
+                "members": [{"addr": "198.18.2.2:514", "weight": 1}],
+                "deployed": true, "version": "v2", "validated": true
+            })
         );
+        let none: Slot =
+            serde_json::from_str(r#"{"backend": null, "version": null, "validated": false}"#)
+                .expect("empty slot");
+        assert!(none.members.is_empty());
     }
 
     #[test]
@@ -293,7 +371,9 @@ mod tests {
                 i,
                 "svc",
                 Color::Green,
-                "198.18.2.2:514".parse().expect("addr"),
+                vec![crate::config::Member::new(
+                    "198.18.2.2:514".parse().expect("addr"),
+                )],
                 None,
                 "cli",
                 i,

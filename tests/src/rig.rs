@@ -2,6 +2,12 @@
 //! 514 and TCP 601, IPv4 and IPv6, HTTP 8080), and the switcher daemon on the edge attached to
 //! the client-facing interface. Used by the integration tests, the demo and the benchmarks.
 //!
+//! With [`Rig::up_nodes`] (or [`Rig::up_pools`]) each colour is an environment of several
+//! ingest nodes ([`Node`]), each with a sink of its own on its own address (the reference sink,
+//! or a real rsyslog) writing its own file: [`Rig::received_by_node`] and
+//! [`Rig::streams_by_node`] say which node got which line, [`Rig::received`] still sums them
+//! per colour.
+//!
 //! The rig holds the daemon to what README promises about stopping it: a daemon stopped with
 //! SIGTERM without `--keep-attached` must leave no pin behind ([`Rig::stop_daemon`] fails, and
 //! so does dropping the rig, if it does), one stopped with `--keep-attached` must leave the
@@ -23,10 +29,12 @@ use switcher::{
     domain::Color,
 };
 
-use crate::lab::{Host, Lab, Proc, EDGE_TO_CLIENT};
+use crate::lab::{Host, Lab, Node, Proc, EDGE_TO_CLIENT};
 use crate::poll;
 
-pub use crate::services::{standard_services, HTTP_PORT, TCP_PORT, UDP_PORT};
+pub use crate::services::{
+    pool_services, standard_services, HTTP_PORT, RSYSLOG_HEALTH, TCP_PORT, UDP_PORT,
+};
 
 /// How often the sinks' output files are read while waiting: each read parses whole files,
 /// which should not load the machine the traffic tests measure.
@@ -68,6 +76,17 @@ pub enum OnStop {
     KeepAttached,
 }
 
+/// What serves each ingest node of a rig built with [`Rig::up_nodes`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeSinks {
+    /// The reference `ingest-sink` on the node's addresses: UDP 514, TCP 601 (acknowledging),
+    /// HTTP 8080 (health, metrics), as the standard sinks; validations can run against it.
+    Reference,
+    /// A real rsyslog bound to the node's addresses, imudp and imtcp on 514 and 601 (no HTTP:
+    /// probe its health over TCP, [`RSYSLOG_HEALTH`]).
+    Rsyslog,
+}
+
 /// The XDP and TC links pinned for the edge's client-facing interface: link and program ids
 /// (`bpftool link show pinned`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,6 +110,11 @@ pub struct Rig {
     /// was already reported, and no daemon has taken it over since: removing it at the end is
     /// cleanup, not a hidden failure.
     pins_accounted_for: bool,
+    /// None: one reference sink per colour, on the host's main address ([`Rig::sink_file`]).
+    /// Some: a sink per ingest node ([`Rig::node_file`]).
+    node_sinks: Option<NodeSinks>,
+    /// The running sink of each node (per-node rigs).
+    node_procs: std::sync::Mutex<BTreeMap<Node, Proc>>,
 }
 
 impl Rig {
@@ -102,7 +126,30 @@ impl Rig {
 
     /// Like [`Rig::up`], with the daemon started as `on_stop` says.
     pub fn up_with(tag: &str, services: &str, on_stop: OnStop) -> Result<Rig> {
-        let lab = Lab::up(&Lab::unique_prefix(tag))?;
+        Rig::build(tag, services, on_stop, 1, None)
+    }
+
+    /// A lab with `nodes` ingest nodes per colour ([`Lab::up_with_nodes`]), a sink of kind
+    /// `sinks` on every node, and the daemon with `services` (usually [`pool_services`] over
+    /// [`Rig::nodes`]); the daemon detaches on SIGTERM.
+    pub fn up_nodes(tag: &str, services: &str, nodes: usize, sinks: NodeSinks) -> Result<Rig> {
+        Rig::build(tag, services, OnStop::Detach, nodes, Some(sinks))
+    }
+
+    /// Issue 16's lab: `nodes_per_colour` nodes on blue and on green, each running its own real
+    /// rsyslog ([`NodeSinks::Rsyslog`]), and the daemon with `services`.
+    pub fn up_pools(tag: &str, services: &str, nodes_per_colour: usize) -> Result<Rig> {
+        Rig::up_nodes(tag, services, nodes_per_colour, NodeSinks::Rsyslog)
+    }
+
+    fn build(
+        tag: &str,
+        services: &str,
+        on_stop: OnStop,
+        nodes: usize,
+        node_sinks: Option<NodeSinks>,
+    ) -> Result<Rig> {
+        let lab = Lab::up_with_nodes(&Lab::unique_prefix(tag), nodes)?;
         let dir = lab.work_dir();
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let bpffs = lab.bpffs_dir();
@@ -119,12 +166,80 @@ impl Rig {
             daemon: None,
             on_stop,
             pins_accounted_for: false,
+            node_sinks,
+            node_procs: std::sync::Mutex::new(BTreeMap::new()),
         };
-        for host in [Host::Blue, Host::Green] {
-            rig.start_sink(host)?;
+        if node_sinks.is_some() {
+            for node in rig.all_nodes() {
+                rig.start_node(node)?;
+            }
+        } else {
+            for host in [Host::Blue, Host::Green] {
+                rig.start_sink(host)?;
+            }
         }
         rig.start_daemon()?;
         Ok(rig)
+    }
+
+    /// The ingest nodes of `host` (blue or green), node 0 first.
+    pub fn nodes(&self, host: Host) -> Vec<Node> {
+        self.lab.nodes(host)
+    }
+
+    /// Every ingest node, blue's then green's.
+    pub fn all_nodes(&self) -> Vec<Node> {
+        let mut v = self.nodes(Host::Blue);
+        v.extend(self.nodes(Host::Green));
+        v
+    }
+
+    /// Starts the sink of `node` (again, after [`Rig::stop_node`]) on a rig built with
+    /// [`Rig::up_nodes`]; returns once it listens. It appends to [`Rig::node_file`].
+    pub fn start_node(&self, node: Node) -> Result<()> {
+        let Some(kind) = self.node_sinks else {
+            bail!("this rig has one sink per colour, not per node");
+        };
+        let mut procs = self.node_procs.lock().unwrap_or_else(|p| p.into_inner());
+        if procs.contains_key(&node) {
+            bail!("the sink of {node} is running already");
+        }
+        let out = self.node_file(node);
+        let proc = match kind {
+            NodeSinks::Reference => {
+                let args = crate::services::node_sink_args(node, &out);
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                self.lab.spawn_ready(
+                    node.host,
+                    &bin("ingest-sink")?.display().to_string(),
+                    &args,
+                    "READY",
+                    Duration::from_secs(10),
+                )?
+            }
+            NodeSinks::Rsyslog => self.lab.start_rsyslog_at(
+                node.host,
+                &[node.v4().into(), node.v6().into()],
+                &[UDP_PORT, TCP_PORT],
+                &out,
+                &self.dir.join(format!("rsyslog-{}", node.name())),
+            )?,
+        };
+        procs.insert(node, proc);
+        Ok(())
+    }
+
+    /// Stops the sink of `node` (SIGTERM: rsyslog flushes its file first), e.g. to take a
+    /// member down for good; [`Rig::start_node`] brings it back.
+    pub fn stop_node(&self, node: Node) -> Result<()> {
+        let proc = self
+            .node_procs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&node)
+            .with_context(|| format!("no sink of {node} is running"))?;
+        proc.stop()?;
+        Ok(())
     }
 
     fn start_sink(&self, host: Host) -> Result<Proc> {
@@ -410,6 +525,38 @@ impl Rig {
         self.dir.join(format!("{}.log", host.name()))
     }
 
+    /// The file the sink of `node` writes (rigs built with [`Rig::up_nodes`]; on the others,
+    /// node 0's is its colour's [`Rig::sink_file`]).
+    pub fn node_file(&self, node: Node) -> PathBuf {
+        match self.node_sinks {
+            Some(_) => self.dir.join(format!("{}.log", node.name())),
+            None => self.sink_file(node.host),
+        }
+    }
+
+    /// The sink files of `host`'s colour: its one sink's, or each node's.
+    fn colour_files(&self, host: Host) -> Vec<PathBuf> {
+        match self.node_sinks {
+            Some(_) => self
+                .nodes(host)
+                .into_iter()
+                .map(|n| self.node_file(n))
+                .collect(),
+            None => vec![self.sink_file(host)],
+        }
+    }
+
+    /// Rewrites the daemon's config with `services` (the daemon reads it on `switcher reload`
+    /// or SIGHUP).
+    pub fn set_services(&self, services: &str) -> Result<()> {
+        let text = crate::services::lab_config(EDGE_TO_CLIENT, &self.bpffs, &self.dir, services);
+        // Whole or not at all: a reload racing this write must not read half a file.
+        let tmp = self.config.with_extension("toml.new");
+        std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, &self.config)
+            .with_context(|| format!("replacing {}", self.config.display()))
+    }
+
     pub fn flip(&self, service: &str, to: Color) -> Result<FlipOutcome> {
         let v = self.call(&Request::Flip {
             service: service.into(),
@@ -580,13 +727,71 @@ impl Rig {
         })
     }
 
+    /// The sequence numbers of `stream` each colour received (on a per-node rig, summed over
+    /// its nodes, node by node).
     pub fn received(&self, stream: &str) -> Result<Received> {
+        let colour = |host| -> Result<Vec<u64>> {
+            let mut all = Vec::new();
+            for f in self.colour_files(host) {
+                all.extend(seqs(&f, stream)?);
+            }
+            Ok(all)
+        };
         Ok(Received {
-            blue: seqs(&self.sink_file(Host::Blue), stream)?,
-            green: seqs(&self.sink_file(Host::Green), stream)?,
+            blue: colour(Host::Blue)?,
+            green: colour(Host::Green)?,
         })
     }
+
+    /// The sequence numbers of `stream` each node received (every node of both colours is a
+    /// key, also one that got nothing).
+    pub fn received_by_node(&self, stream: &str) -> Result<BTreeMap<Node, Vec<u64>>> {
+        self.all_nodes()
+            .into_iter()
+            .map(|n| Ok((n, seqs(&self.node_file(n), stream)?)))
+            .collect()
+    }
+
+    /// Every stream whose name starts with `prefix` (e.g. log-sender's `NAME-cK`, one per
+    /// connection, or [`crate::lab::Flows`]' `NAME-pPORT`, one per source port): stream →
+    /// node → the sequence numbers that node received. Each file is read once.
+    pub fn streams_by_node(&self, prefix: &str) -> Result<BTreeMap<String, ByNode>> {
+        let mut out: BTreeMap<String, ByNode> = BTreeMap::new();
+        for node in self.all_nodes() {
+            for (stream, seq) in stream_seqs(&self.node_file(node), prefix)? {
+                out.entry(stream)
+                    .or_default()
+                    .entry(node)
+                    .or_default()
+                    .push(seq);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Waits until the nodes hold `expected` lines of the streams starting with `prefix` (or
+    /// `timeout`), then returns them as [`Rig::streams_by_node`] does (also when fewer
+    /// arrived: the caller checks what is missing).
+    pub fn wait_streams(
+        &self,
+        prefix: &str,
+        expected: usize,
+        timeout: Duration,
+    ) -> Result<BTreeMap<String, ByNode>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let r = self.streams_by_node(prefix)?;
+            let n: usize = r.values().flat_map(|b| b.values()).map(Vec::len).sum();
+            if n >= expected || Instant::now() >= deadline {
+                return Ok(r);
+            }
+            std::thread::sleep(SINK_POLL);
+        }
+    }
 }
+
+/// What each node received of one stream: node → sequence numbers.
+pub type ByNode = BTreeMap<Node, Vec<u64>>;
 
 impl Drop for Rig {
     /// Tears down like [`Rig::down`]; a problem (e.g. a daemon that left pins after a
@@ -650,6 +855,36 @@ pub fn seqs(file: &Path, stream: &str) -> Result<Vec<u64>> {
     Ok(out)
 }
 
+/// (stream, seq) of every line in a sink's output file whose stream starts with `prefix`.
+pub fn stream_seqs(file: &Path, prefix: &str) -> Result<Vec<(String, u64)>> {
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", file.display())),
+    };
+    let tag = format!("stream={prefix}");
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let Some(rest) = line.split_once(&tag).map(|(_, r)| r) else {
+            continue;
+        };
+        // The rest of the stream's name runs to the next space (none: the name is `prefix`).
+        let (suffix, after) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
+        let stream = format!("{prefix}{suffix}");
+        let Some(n) = after
+            .split_whitespace()
+            .find_map(|t| t.strip_prefix("seq="))
+        else {
+            continue;
+        };
+        out.push((
+            stream,
+            n.parse().with_context(|| format!("bad seq in {line:?}"))?,
+        ));
+    }
+    Ok(out)
+}
+
 /// Waits up to `timeout` for a log-sender to end; fails unless it exited successfully, and
 /// returns how many lines it sent.
 pub fn finish_sender(p: &Proc, timeout: Duration) -> Result<u64> {
@@ -676,4 +911,42 @@ pub fn sender_summary(p: &Proc) -> Result<serde_json::Value> {
             )
         })?;
     serde_json::from_str(&line).with_context(|| format!("bad summary {line:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_seqs_finds_every_stream_of_a_prefix() {
+        let dir = std::env::temp_dir().join(format!("switcher-rig-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let f = dir.join("node.log");
+        std::fs::write(
+            &f,
+            "<14>1 - lab flows - - - stream=u-p20000 seq=0\n\
+             <14>1 - lab log-sender - - - stream=u seq=7\n\
+             <14>1 - lab log-sender - - - stream=L-c3 seq=9 xxxx\n\
+             <14>1 - lab flows - - - stream=u-p20001 seq=1\n\
+             no stream here\n",
+        )
+        .expect("write");
+        let got = stream_seqs(&f, "u").expect("parse");
+        assert_eq!(
+            got,
+            vec![
+                ("u-p20000".to_string(), 0),
+                ("u".to_string(), 7),
+                ("u-p20001".to_string(), 1)
+            ]
+        );
+        assert_eq!(
+            stream_seqs(&f, "L-").expect("parse"),
+            vec![("L-c3".to_string(), 9)]
+        );
+        assert!(stream_seqs(&dir.join("absent.log"), "u")
+            .expect("none")
+            .is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -1,10 +1,15 @@
 //! What runs in the lab, shared by the rig, the demo and `cargo xtask lab up`: the standard
-//! services (config text) and the reference sink's arguments. No switcher dependency here, so
+//! services and their pools over the ingest nodes (config text) and the reference sink's
+//! arguments. No switcher dependency here, so
 //! xtask can use it before bpf-linker exists.
 
-use std::{fmt::Write as _, path::Path};
+use std::{
+    fmt::Write as _,
+    net::{Ipv4Addr, Ipv6Addr},
+    path::Path,
+};
 
-use crate::lab::{Host, BLUE_V4, BLUE_V6, GREEN_V4, GREEN_V6, VIP_V4, VIP_V6};
+use crate::lab::{Host, Node, BLUE_V4, BLUE_V6, GREEN_V4, GREEN_V6, VIP_V4, VIP_V6};
 
 pub const UDP_PORT: u16 = 514;
 pub const TCP_PORT: u16 = 601;
@@ -36,6 +41,15 @@ max_increase = 0
 window_ms = 3000
 interval_ms = 250
 failures = 2
+"#;
+
+/// Health for services whose nodes run rsyslog (no HTTP): a TCP connect to the node's
+/// rsyslog on [`UDP_PORT`], which it serves over TCP as well (so UDP services are probed too).
+/// Append as `extra`.
+pub const RSYSLOG_HEALTH: &str = r#"
+[service.health]
+tcp_port = 514
+timeout_ms = 500
 "#;
 
 /// The four standard services: udp4/tcp4 on the IPv4 VIP, udp6/tcp6 on the IPv6 VIP, with
@@ -87,6 +101,42 @@ pub fn standard_services(forward: &str, extra: &str) -> String {
     s
 }
 
+/// The standard services (udp4, tcp4, udp6, tcp6 as in [`standard_services`]) with each colour
+/// a pool: blue's members are the ingest nodes `blue` (their address at the service's port),
+/// green's `green`. `extra` is appended to each service.
+pub fn pool_services(forward: &str, extra: &str, blue: &[Node], green: &[Node]) -> String {
+    let pool = |nodes: &[Node], v6: bool, port: u16| {
+        nodes
+            .iter()
+            .map(|n| {
+                if v6 {
+                    format!("\"[{}]:{port}\"", n.v6())
+                } else {
+                    format!("\"{}:{port}\"", n.v4())
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut s = String::new();
+    for (name, vip, proto, port, v6) in [
+        ("udp4", VIP_V4.to_string(), "udp", UDP_PORT, false),
+        ("tcp4", VIP_V4.to_string(), "tcp", TCP_PORT, false),
+        ("udp6", VIP_V6.to_string(), "udp", UDP_PORT, true),
+        ("tcp6", VIP_V6.to_string(), "tcp", TCP_PORT, true),
+    ] {
+        let _ = write!(
+            s,
+            "\n[[service]]\nname = \"{name}\"\nvip = \"{vip}\"\nport = {port}\nprotocol = \"{proto}\"\n\
+             active = \"blue\"\nforward = \"{forward}\"\n\
+             blue = {{ backends = [{}] }}\ngreen = {{ backends = [{}] }}\n{extra}\n",
+            pool(blue, v6, port),
+            pool(green, v6, port),
+        );
+    }
+    s
+}
+
 /// The daemon's metrics and dashboard listener, inside the edge host's network namespace.
 pub const WEB_LISTEN: &str = "127.0.0.1:9477";
 
@@ -103,10 +153,18 @@ pub fn lab_config(interface: &str, bpffs_dir: &Path, work: &Path, services: &str
 /// Arguments of `ingest-sink` on a backend host: UDP 514 and TCP 601 on both families,
 /// HTTP (/health, /metrics, /stats) on 8080, every line appended to `out`.
 pub fn sink_args(host: Host, out: &Path) -> Vec<String> {
-    let (v4, v6) = (host.v4(), host.v6());
+    sink_args_at(host.name(), host.v4(), host.v6(), out)
+}
+
+/// [`sink_args`] for one ingest node: the same ports on the node's own addresses.
+pub fn node_sink_args(node: Node, out: &Path) -> Vec<String> {
+    sink_args_at(&node.name(), node.v4(), node.v6(), out)
+}
+
+fn sink_args_at(name: &str, v4: Ipv4Addr, v6: Ipv6Addr, out: &Path) -> Vec<String> {
     [
         "--name".to_string(),
-        host.name().into(),
+        name.into(),
         "--udp".into(),
         format!("{v4}:{UDP_PORT}"),
         "--udp".into(),

@@ -1,6 +1,6 @@
 //! The dashboard in a real browser: headless Chromium (Debian's) against a real daemon in the
 //! lab, driven over the DevTools protocol. The page loads without console errors, shows the
-//! active colour, its chart receives data, a flip made with the CLI is on the page within one
+//! active colour and each colour's pool members, its chart receives data, a flip made with the CLI is on the page within one
 //! second, and the rollback button is refused without the token and flips back with it. A
 //! screenshot is saved to target/test-artifacts/dashboard.png. Needs root.
 
@@ -26,7 +26,7 @@ use futures_util::StreamExt as _;
 use support::privileged;
 use switcher::{api::Request, domain::Color};
 use switcher_tests::{
-    lab::{Host, BLUE_V4},
+    lab::{Host, BLUE_V4, GREEN_V4},
     rig::{self, Rig, UDP_PORT},
 };
 
@@ -82,6 +82,28 @@ fn watch_badge(service: &str, color: &str) -> String {
            new MutationObserver(check).observe(el, {{ childList: true, characterData: true, subtree: true }});
            check(); return true; }})()"
     )
+}
+
+/// True when `color`'s pool of `service` is one member, `addr`, with all new flows, in
+/// service (its row not marked out).
+fn member_is(service: &str, color: &str, addr: &str) -> String {
+    format!(
+        "(() => {{ const rows = document.querySelectorAll('[data-service=\"{service}\"] [data-testid=\"{color}-members\"] li.member');
+           return rows.length === 1 && rows[0].dataset.member === '{addr}'
+             && rows[0].querySelector('.addr').textContent === '{addr}'
+             && rows[0].querySelector('.pct').textContent === '100%'
+             && !rows[0].classList.contains('out'); }})()"
+    )
+}
+
+/// What the page lists for `color`'s members of udp4, for an error message.
+async fn members_text(page: &Page, color: &str) -> String {
+    let js = format!(
+        "document.querySelector('[data-service=\"udp4\"] [data-testid=\"{color}-members\"]')?.innerText ?? 'no members list'"
+    );
+    eval::<String>(page, &js)
+        .await
+        .unwrap_or_else(|e| format!("{e:#}"))
 }
 
 /// Everything the browser side does; runs inside the edge host's network namespace, where
@@ -151,6 +173,18 @@ async fn drive(rig: &Rig, problems: Arc<Mutex<Vec<String>>>) -> Result<()> {
         if !pps.contains("pkt/s") || pps.starts_with("0 ") {
             bail!("blue's packet rate shows {pps:?} while traffic flows");
         }
+        // Each colour lists its pool member by member: the lab's pools of one show their one
+        // member with the whole share, in service, and blue's with the traffic.
+        for (color, ip) in [("blue", BLUE_V4), ("green", GREEN_V4)] {
+            let addr = std::net::SocketAddr::new(ip.into(), UDP_PORT).to_string();
+            if let Err(e) = wait_for(&page, &member_is("udp4", color, &addr), Duration::from_secs(5)).await {
+                bail!("{e:#}; {color}'s members show {:?}", members_text(&page, color).await);
+            }
+        }
+        let rate: String = eval(&page, "document.querySelector('[data-service=\"udp4\"] [data-testid=\"blue-members\"] .pps').textContent").await?;
+        if matches!(rate.as_str(), "0" | "–" | "") {
+            bail!("blue's member shows a packet rate of {rate:?} while traffic flows");
+        }
 
         // A flip with the CLI shows within a second.
         eval::<bool>(&page, &watch_badge("udp4", "green")).await?;
@@ -176,7 +210,7 @@ async fn drive(rig: &Rig, problems: Arc<Mutex<Vec<String>>>) -> Result<()> {
         rig.call(&Request::Deploy {
             service: "udp4".into(),
             color: Color::Blue,
-            backend: std::net::SocketAddr::new(BLUE_V4.into(), UDP_PORT),
+            members: vec![switcher::config::Member::new(std::net::SocketAddr::new(BLUE_V4.into(), UDP_PORT))],
             version: Some("v2.0.0".into()),
             force: false,
         })?;

@@ -406,7 +406,7 @@ fn tcp_replies_with_checksum_partial_complete_to_a_valid_checksum() {
                 dst_mac: B0_MAC,
                 ttl: 64,
             }
-            .tcp4("198.18.0.1", 42000, "198.18.1.2", 1601, "S"),
+            .tcp4("198.18.0.1", 42000, "198.18.10.10", 601, "S"),
         ),
         (
             "[2001:2:0:1::2]:1601",
@@ -417,12 +417,13 @@ fn tcp_replies_with_checksum_partial_complete_to_a_valid_checksum() {
                 dst_mac: B0_MAC,
                 ttl: 64,
             }
-            .tcp6("2001:2::1", 42000, "2001:2:0:1::2", 1601, "S"),
+            .tcp6("2001:2::1", 42000, "2001:2:0:10::10", 601, "S"),
         ),
     ] {
         let (backend, vip, client) = (sa(backend), sa(vip), sa(client));
-        // The SYN comes in over the wire (written into b0p, so it arrives on b0); the
-        // listener's SYN-ACK is the reply.
+        // The SYN to the VIP comes in over the wire (written into b0p, so it arrives on b0,
+        // whose XDP program steers it to the backend and records the flow); the listener's
+        // SYN-ACK is the reply.
         let listener =
             r.ns.run(move || TcpListener::bind(backend))
                 .expect("listen on the backend address");

@@ -562,13 +562,22 @@ fn fragments_follow_their_first_fragment_across_a_flip() {
     );
 }
 
+/// SERVICES with UDP affinity on udp4: replies over UDP are translated only for flows the
+/// switch keeps an entry for.
+fn services_with_udp_affinity() -> String {
+    SERVICES.replace(
+        "protocol = \"udp\"\nforward = \"pass\"",
+        "protocol = \"udp\"\nforward = \"pass\"\nudp_affinity_idle_ms = 30000",
+    )
+}
+
 #[test]
-fn egress_translates_replies_back_to_the_vip() {
+fn egress_translates_replies_of_steered_flows_only() {
     if !privileged() {
         return;
     }
-    let mut t = TestDatapath::new(SERVICES);
-    let cases = [
+    let mut t = TestDatapath::new(&services_with_udp_affinity());
+    let replies = [
         (
             tcp4("198.18.1.2", 1601, "198.18.0.1", 42000, "SA", b""),
             tcp4("198.18.10.10", 601, "198.18.0.1", 42000, "SA", b""),
@@ -586,40 +595,204 @@ fn egress_translates_replies_back_to_the_vip() {
             zero_udp_csum(udp4("198.18.10.10", 514, "198.18.0.1", 40000, b"reply")),
         ),
     ];
-    for (input, want) in cases {
-        let (action, out) = t.tc(&input);
+    // Before the switch steered anything, a packet from a backend's address and port leaves
+    // as it is: nobody may send as the VIP by sending as a backend.
+    for (input, _) in &replies {
+        assert_eq!(t.tc(input), (0, input.clone()));
+    }
+    assert_eq!(t.reason(Reason::EgressUnsteered), 4);
+    assert_eq!(t.reason(Reason::EgressReversed), 0);
+
+    // Now the clients' flows go through the switch: tcp4 to blue, tcp6 and udp4 to green.
+    let (tcp4_id, tcp6_id, udp4_id) = (t.id("tcp4"), t.id("tcp6"), t.id("udp4"));
+    t.xdp(&tcp4("198.18.0.1", 42000, "198.18.10.10", 601, "S", b""));
+    t.dp().flip(tcp6_id, Color::Green).expect("flip");
+    t.xdp(&tcp6("2001:2::1", 42000, "2001:2:0:10::10", 601, "S", b""));
+    t.xdp(&tcp6("2001:2::1", 42000, "2001:2:0:10::10", 601, "A", b""));
+    t.dp().flip(udp4_id, Color::Green).expect("flip");
+    t.xdp(&udp4("198.18.0.1", 40000, "198.18.10.10", 514, b"hello"));
+    for (input, want) in &replies {
+        let (action, out) = t.tc(input);
         assert_eq!(action, 0, "TC_ACT_OK");
-        assert_eq!(hex(&out), hex(&want));
+        assert_eq!(hex(&out), hex(want));
     }
     assert_eq!(t.reason(Reason::EgressReversed), 4);
+    // The same client's flow steered to green is no licence for blue's packets.
+    let from_blue = udp4("198.18.1.2", 5514, "198.18.0.1", 40000, b"reply");
+    assert_eq!(t.tc(&from_blue).1, from_blue);
     // A packet from a backend port that is not a service port passes untouched.
     let other = udp4("198.18.1.2", 9999, "198.18.0.1", 40000, b"x");
     assert_eq!(t.tc(&other).1, other);
-    // Resets a backend sends are counted per colour (the controller's watch uses them).
-    let id = t.id("tcp4");
-    let (_, out) = t.tc(&tcp4("198.18.2.2", 2601, "198.18.0.1", 42000, "R", b""));
+
+    // Resets: a backend refusing a connection (reset of a half-open flow) counts ...
+    t.dp().flip(tcp4_id, Color::Green).expect("flip");
+    t.xdp(&tcp4("198.18.0.1", 42001, "198.18.10.10", 601, "S", b""));
+    let (_, out) = t.tc(&tcp4("198.18.2.2", 2601, "198.18.0.1", 42001, "R", b""));
     assert_eq!(
         out,
-        tcp4("198.18.10.10", 601, "198.18.0.1", 42000, "R", b"")
+        tcp4("198.18.10.10", 601, "198.18.0.1", 42001, "R", b"")
     );
-    assert_eq!(t.counters(id, Color::Green).resets, 1);
-    assert_eq!(t.counters(id, Color::Blue).resets, 0);
-    // An ICMP port unreachable from blue about a datagram sent to its udp backend port.
-    let udp_id = t.id("udp4");
+    assert_eq!(t.counters(tcp4_id, Color::Green).resets, 1);
+    // ... so does one of a connection the client sent data on ...
+    t.xdp(&tcp4("198.18.0.1", 42002, "198.18.10.10", 601, "S", b""));
+    t.xdp(&tcp4(
+        "198.18.0.1",
+        42002,
+        "198.18.10.10",
+        601,
+        "AP",
+        b"<14>1 x",
+    ));
+    t.tc(&tcp4("198.18.2.2", 2601, "198.18.0.1", 42002, "R", b""));
+    assert_eq!(t.counters(tcp4_id, Color::Green).resets, 2);
+    // ... but not one answering a bare ACK nobody opened (anyone can send one to the VIP), nor
+    // one ending a handshake that carried no data, nor a reset to a client never steered.
+    t.xdp(&tcp4("198.18.0.1", 42003, "198.18.10.10", 601, "A", b""));
+    t.tc(&tcp4("198.18.2.2", 2601, "198.18.0.1", 42003, "R", b""));
+    t.xdp(&tcp4("198.18.0.1", 42004, "198.18.10.10", 601, "S", b""));
+    t.xdp(&tcp4("198.18.0.1", 42004, "198.18.10.10", 601, "A", b""));
+    t.tc(&tcp4("198.18.2.2", 2601, "198.18.0.1", 42004, "R", b""));
+    let stray = tcp4("198.18.2.2", 2601, "198.18.0.1", 42999, "R", b"");
+    assert_eq!(t.tc(&stray).1, stray);
+    assert_eq!(t.counters(tcp4_id, Color::Green).resets, 2);
+    assert_eq!(t.counters(tcp4_id, Color::Blue).resets, 0);
+
+    // ICMP: a port unreachable blue's own host sends about a datagram to its UDP port counts
+    // for blue; the flow is green's, so it is not translated.
     let quoted = udp4("198.18.0.1", 40000, "198.18.1.2", 5514, b"hello");
+    let icmp = icmp4_error(&quoted, "198.18.1.2");
+    let (action, out) = t.tc(&icmp);
+    assert_eq!((action, out), (0, icmp), "ICMP passes untouched");
+    assert_eq!(t.counters(udp4_id, Color::Blue).unreachables, 1);
+    assert_eq!(t.counters(udp4_id, Color::Green).unreachables, 0);
+    // From a router on the way (not the backend's host): not a backend refusing traffic.
+    let from_router = icmp4_error(&quoted, "198.18.1.1");
+    t.tc(&from_router);
+    assert_eq!(t.counters(udp4_id, Color::Blue).unreachables, 1);
+}
+
+/// A UDP service without affinity keeps no flow state (its cheapest path), so egress cannot
+/// tell steered datagrams from others: every reply from a member's address and port, and an
+/// ICMP error about a datagram to one, gets the VIP's name.
+#[test]
+fn a_udp_service_without_affinity_translates_every_reply() {
+    if !privileged() {
+        return;
+    }
+    let mut t = TestDatapath::new(SERVICES);
+    let reply = udp6("2001:2:0:1::2", 5514, "2001:2::1", 40000, b"reply");
+    let (action, out) = t.tc(&reply);
+    assert_eq!(action, 0, "TC_ACT_OK");
+    assert_eq!(
+        hex(&out),
+        hex(&udp6("2001:2:0:10::10", 514, "2001:2::1", 40000, b"reply"))
+    );
+    assert_eq!(t.reason(Reason::EgressReversed), 1);
+    assert_eq!(t.reason(Reason::EgressUnsteered), 0);
+    // The TCP service on the same host still needs a steered flow.
+    let tcp = tcp6("2001:2:0:1::2", 1601, "2001:2::1", 42000, "SA", b"");
+    assert_eq!(t.tc(&tcp).1, tcp);
+    assert_eq!(t.reason(Reason::EgressUnsteered), 1);
+    // An unreachable about a datagram to the member reaches the client about the VIP.
+    let sent = udp6("2001:2::1", 40000, "2001:2:0:1::2", 5514, b"hello");
+    let as_client_sent = udp6("2001:2::1", 40000, "2001:2:0:10::10", 514, b"hello");
+    let port = etherparse::Icmpv6Type::DestinationUnreachable(
+        etherparse::icmpv6::DestUnreachableCode::Port,
+    );
+    let (_, out) = t.tc(&icmp6_error(
+        port,
+        "2001:2:0:1::2",
+        "2001:2::1",
+        &sent[14..],
+    ));
+    assert_eq!(
+        hex(&out),
+        hex(&icmp6_error(
+            port,
+            "2001:2:0:10::10",
+            "2001:2::1",
+            &as_client_sent[14..]
+        ))
+    );
+    assert_eq!(t.reason(Reason::EgressIcmp), 1);
+}
+
+/// An ICMPv4 port unreachable from `from` towards the quoted packet's source.
+fn icmp4_error(quoted: &[u8], from: &str) -> Vec<u8> {
     let mut icmp = Vec::new();
     etherparse::PacketBuilder::ethernet2(MAC_EDGE, MAC_CLIENT)
-        .ipv4(v4("198.18.1.2"), v4("198.18.0.1"), 64)
+        .ipv4(v4(from), v4("198.18.0.1"), 64)
         .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(
             etherparse::icmpv4::DestUnreachableHeader::Port,
         ))
         .write(&mut icmp, &quoted[14..])
         .expect("build icmp");
-    let (action, out) = t.tc(&icmp);
-    assert_eq!((action, out), (0, icmp), "ICMP passes untouched");
-    let k = t.counters(udp_id, Color::Blue);
-    assert_eq!(k.unreachables, 1);
-    assert_eq!(t.counters(udp_id, Color::Green).unreachables, 0);
+    icmp
+}
+
+/// An ICMP error about a packet the switch steered reaches the client about the VIP: the
+/// quoted destination (address and port) becomes the VIP's, with the quoted IPv4 header
+/// checksum and the ICMP checksum right, and the outer source too when the backend sent it.
+#[test]
+fn icmp_errors_about_steered_flows_reach_the_client_about_the_vip() {
+    if !privileged() {
+        return;
+    }
+    let mut t = TestDatapath::new(&services_with_udp_affinity());
+    // The client's datagram, steered to blue (udp4 is blue).
+    t.xdp(&udp4("198.18.0.1", 40000, "198.18.10.10", 514, b"hello"));
+    let sent = udp4("198.18.0.1", 40000, "198.18.1.2", 5514, b"hello");
+    let as_client_sent = udp4("198.18.0.1", 40000, "198.18.10.10", 514, b"hello");
+    // From the backend's host: outer source and quoted destination become the VIP.
+    let (_, out) = t.tc(&icmp4_error(&sent, "198.18.1.2"));
+    let mut want = Vec::new();
+    etherparse::PacketBuilder::ethernet2(MAC_EDGE, MAC_CLIENT)
+        .ipv4(v4("198.18.10.10"), v4("198.18.0.1"), 64)
+        .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(
+            etherparse::icmpv4::DestUnreachableHeader::Port,
+        ))
+        .write(&mut want, &as_client_sent[14..])
+        .expect("build icmp");
+    assert_eq!(hex(&out), hex(&want));
+    // From a router (path MTU): only the quoted packet changes; the sender stays the router.
+    let mut too_big = Vec::new();
+    etherparse::PacketBuilder::ethernet2(MAC_EDGE, MAC_CLIENT)
+        .ipv4(v4("198.18.1.1"), v4("198.18.0.1"), 64)
+        .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(
+            etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1400 },
+        ))
+        .write(&mut too_big, &sent[14..])
+        .expect("build icmp");
+    let (_, out) = t.tc(&too_big);
+    let mut want = Vec::new();
+    etherparse::PacketBuilder::ethernet2(MAC_EDGE, MAC_CLIENT)
+        .ipv4(v4("198.18.1.1"), v4("198.18.0.1"), 64)
+        .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(
+            etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1400 },
+        ))
+        .write(&mut want, &as_client_sent[14..])
+        .expect("build icmp");
+    assert_eq!(hex(&out), hex(&want));
+    assert_eq!(t.reason(Reason::EgressIcmp), 2);
+    // Neither counts as the backend refusing traffic except the first.
+    let udp4_id = t.id("udp4");
+    assert_eq!(t.counters(udp4_id, Color::Blue).unreachables, 1);
+
+    // IPv6, through a TCP connection steered to blue.
+    t.xdp(&tcp6("2001:2::1", 42000, "2001:2:0:10::10", 601, "S", b""));
+    let sent6 = tcp6("2001:2::1", 42000, "2001:2:0:1::2", 1601, "S", b"");
+    let seen6 = tcp6("2001:2::1", 42000, "2001:2:0:10::10", 601, "S", b"");
+    let unreachable = etherparse::Icmpv6Type::DestinationUnreachable(
+        etherparse::icmpv6::DestUnreachableCode::Port,
+    );
+    let (_, out) = t.tc(&icmp6_error(
+        unreachable,
+        "2001:2:0:1::2",
+        "2001:2::1",
+        &sent6[14..],
+    ));
+    let want = icmp6_error(unreachable, "2001:2:0:10::10", "2001:2::1", &seen6[14..]);
+    assert_eq!(hex(&out), hex(&want));
 }
 
 /// The `[[service]]` blocks of SERVICES whose name is in `names`, as a full config.
@@ -701,7 +874,9 @@ fn egress_counts_icmpv6_unreachables_per_colour() {
     if !privileged() {
         return;
     }
-    let mut t = TestDatapath::new(SERVICES);
+    // With affinity the switch keeps UDP flow state, so an error about a flow it did not
+    // steer passes untouched (see `a_udp_service_without_affinity_translates_every_reply`).
+    let mut t = TestDatapath::new(&services_with_udp_affinity());
     let id = t.id("udp6");
     let unreachable = |code| etherparse::Icmpv6Type::DestinationUnreachable(code);
     // Green's backend refuses a datagram the switch sent it.

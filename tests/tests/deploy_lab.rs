@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use support::privileged;
 use switcher::{
     api::Request,
+    config::Member,
     deploy::{Deployment, Phase},
     domain::Color,
 };
@@ -35,7 +36,7 @@ fn deploy(rig: &Rig, service: &str, version: &str) -> Deployment {
         .call(&Request::Deploy {
             service: service.into(),
             color: Color::Green,
-            backend: green_backend(service),
+            members: vec![Member::new(green_backend(service))],
             version: Some(version.into()),
             force: false,
         })
@@ -418,7 +419,7 @@ fn invalid_reload_changes_nothing_and_flip_refuses_unvalidated() {
         .call(&Request::Deploy {
             service: "tcp4".into(),
             color: Color::Green,
-            backend: green_backend("tcp4"),
+            members: vec![Member::new(green_backend("tcp4"))],
             version: Some("v3".into()),
             force: false,
         })

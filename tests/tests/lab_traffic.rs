@@ -798,6 +798,133 @@ fn cli_requests_record_the_caller_as_actor() {
     assert!(flipped.reason.contains("actor check"), "{}", flipped.reason);
 }
 
+/// Issue 11: a second `switcher daemon` with the same `bpffs_dir` but its own socket and state
+/// folder (so neither socket nor state can stop it) used to adopt the live datapath and
+/// reprogram it from its own config, here one with no service at all. Now the datapath's lock
+/// stops it before it touches anything, naming the running daemon's pid; `switcher detach`
+/// (pointed at no daemon's socket) refuses the same way. The running daemon still has every
+/// service programmed and the datapath still steers all four to blue.
+#[test]
+fn a_second_daemon_on_the_same_datapath_stops_and_names_the_first() {
+    if !privileged() {
+        return;
+    }
+    let rig = Rig::up("sd", &rig::standard_services("redirect", "")).expect("rig up");
+    let first = rig.daemon().expect("the rig's daemon").pid();
+    let before = rig.status().expect("status");
+    let names = |st: &StatusView| -> Vec<(String, Color, u32)> {
+        st.services
+            .iter()
+            .map(|s| (s.name.clone(), s.active, s.generation))
+            .collect()
+    };
+
+    let second_dir = rig.dir.join("second");
+    std::fs::create_dir_all(&second_dir).expect("second daemon's folder");
+    let config = second_dir.join("switcher.toml");
+    let text = switcher_tests::services::lab_config(EDGE_TO_CLIENT, &rig.bpffs, &second_dir, "");
+    std::fs::write(&config, text).expect("second config");
+    let mut cmd = std::process::Command::new("nsenter");
+    cmd.arg(format!("--net=/run/netns/{}", rig.lab.ns(Host::Edge)))
+        .arg(rig::bin("switcher").expect("switcher binary"))
+        .args(["daemon", "--config"])
+        .arg(&config);
+    let second = rig.lab.spawn_command(cmd).expect("start the second daemon");
+    let exited = second
+        .wait_timeout(Duration::from_secs(15))
+        .expect("wait for the second daemon");
+    if exited.is_none() {
+        let _ = second.stop();
+        panic!(
+            "the second daemon kept running on the first one's datapath: {}",
+            second.stderr_tail(20)
+        );
+    }
+    assert!(
+        exited.is_some_and(|st| !st.success()),
+        "the second daemon must exit non-zero: {exited:?}"
+    );
+    let err = second.stderr_tail(20);
+    assert!(
+        err.contains(&format!("pid {first}")) && err.contains(&rig.bpffs.display().to_string()),
+        "the refusal names the running daemon's pid and the datapath: {err}"
+    );
+    assert!(
+        !second_dir.join("switcher.sock").exists()
+            && !second_dir.join("state").join("state.json").exists(),
+        "the second daemon stopped before its socket and state"
+    );
+
+    // `detach` with a socket no daemon serves: only the lock can stop it.
+    let out = std::process::Command::new(rig::bin("switcher").expect("switcher binary"))
+        .arg("--socket")
+        .arg(second_dir.join("nobody.sock"))
+        .arg("detach")
+        .arg("--bpffs-dir")
+        .arg(&rig.bpffs)
+        .output()
+        .expect("switcher detach");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains(&format!("pid {first}")),
+        "detach must refuse while the daemon runs: {err}"
+    );
+    assert!(!rig.pins_left().expect("pins").is_empty(), "pins kept");
+
+    let after = rig.status().expect("the first daemon still answers");
+    assert_eq!(
+        names(&after),
+        names(&before),
+        "every service still programmed"
+    );
+    // Every service still steered by the datapath: all lines at blue, counted per colour.
+    for (i, (svc, proto, v6, port)) in [
+        ("udp4", "udp", false, UDP_PORT),
+        ("tcp4", "tcp", false, TCP_PORT),
+        ("udp6", "udp", true, UDP_PORT),
+        ("tcp6", "tcp", true, TCP_PORT),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let stream = format!("s{i}");
+        let sender = rig
+            .send(
+                &target(v6, port),
+                &[
+                    "--proto",
+                    proto,
+                    "--count",
+                    "200",
+                    "--rate",
+                    "400",
+                    "--stream",
+                    &stream,
+                    "--max-seconds",
+                    "30",
+                ],
+            )
+            .expect("sender");
+        assert_eq!(
+            rig::finish_sender(&sender, Duration::from_secs(40)).expect("sender"),
+            200
+        );
+        let got = rig
+            .wait_stream(&stream, 200, Duration::from_secs(10))
+            .expect("sinks");
+        assert_eq!(got.loss_and_duplicates(200), (vec![], vec![]), "{svc}");
+        assert_eq!((got.blue.len(), got.green.len()), (200, 0), "{svc} at blue");
+        // One datagram per UDP line; TCP may carry several lines in a segment.
+        let packets = |st: &StatusView| service(st, svc).blue.packets;
+        let want = packets(&before) + if proto == "udp" { 200 } else { 1 };
+        let now = packets(&rig.status().expect("status"));
+        assert!(
+            now >= want,
+            "{svc}: the datapath counted {now} packets to blue, want at least {want}"
+        );
+    }
+}
+
 /// XDP_REDIRECT into a veth whose peer has neither XDP nor GRO is dropped by the kernel after
 /// the program returns. The daemon tracks which interfaces can take redirected frames, and
 /// the datapath hands everything else to the kernel: nothing is lost.

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use support::{metrics, privileged};
 use switcher::{api::Request, domain::Color};
 use switcher_tests::{
-    lab::Host,
-    rig::{self, Rig, UDP_PORT},
+    lab::{Host, BLUE_V4},
+    rig::{self, Rig, TCP_PORT, UDP_PORT},
 };
 
 fn scrape(rig: &Rig) -> metrics::Scrape {
@@ -50,6 +50,11 @@ const UDP4_GREEN: [(&str, &str); 2] = [("service", "udp4"), ("color", "green")];
 const TCP4_BLUE: [(&str, &str); 2] = [("service", "tcp4"), ("color", "blue")];
 const TCP4_GREEN: [(&str, &str); 2] = [("service", "tcp4"), ("color", "green")];
 
+/// The labels of the one member of a lab pool: (service, color, backend).
+fn member<'a>(service: &'a str, color: &'a str, backend: &'a str) -> [(&'a str, &'a str); 3] {
+    [("service", service), ("color", color), ("backend", backend)]
+}
+
 #[test]
 fn metrics_follow_traffic_flips_health_and_deployments() {
     if !privileged() {
@@ -66,6 +71,24 @@ fn metrics_follow_traffic_flips_health_and_deployments() {
     assert_eq!(s0.kind("switcher_service_packets"), Some("counter"));
     assert_eq!(s0.kind("switcher_service_bytes"), Some("counter"));
     assert_eq!(s0.kind("switcher_pinned_flows"), Some("gauge"));
+    for (family, kind) in [
+        ("switcher_member_packets", "counter"),
+        ("switcher_member_bytes", "counter"),
+        ("switcher_member_new_flows", "counter"),
+        ("switcher_member_pinned_flows", "gauge"),
+        ("switcher_member_share", "gauge"),
+    ] {
+        assert_eq!(s0.kind(family), Some(kind), "{family}");
+    }
+    // Per member: the lab's pools of one, each with its colour's whole share.
+    let udp_blue = std::net::SocketAddr::new(BLUE_V4.into(), UDP_PORT).to_string();
+    let tcp_blue = std::net::SocketAddr::new(BLUE_V4.into(), TCP_PORT).to_string();
+    let udp4_blue_member = member("udp4", "blue", &udp_blue);
+    let tcp4_blue_member = member("tcp4", "blue", &tcp_blue);
+    assert_eq!(
+        s0.get("switcher_member_share", &udp4_blue_member),
+        Some(1.0)
+    );
     assert_eq!(
         s0.kind("switcher_flip_api_latency_seconds"),
         Some("histogram")
@@ -97,12 +120,26 @@ fn metrics_follow_traffic_flips_health_and_deployments() {
         "bytes follow packets"
     );
     assert_eq!(s1.value("switcher_service_packets_total", &UDP4_GREEN), 0.0);
+    assert!(
+        s1.value("switcher_member_packets_total", &udp4_blue_member)
+            - s0.value("switcher_member_packets_total", &udp4_blue_member)
+            >= 400.0,
+        "the member's counters follow its colour's"
+    );
+    assert!(
+        s1.value("switcher_member_bytes_total", &udp4_blue_member)
+            - s0.value("switcher_member_bytes_total", &udp4_blue_member)
+            >= 400.0 * 60.0
+    );
     // Pinned flows come from a walk of the flow table shared for CENSUS_MAX_AGE (5 s).
     scrape_until(
         &rig,
         Duration::from_secs(8),
         "the TCP connection pinned to blue",
-        |s| s.value("switcher_pinned_flows", &TCP4_BLUE) >= 1.0,
+        |s| {
+            s.value("switcher_pinned_flows", &TCP4_BLUE) >= 1.0
+                && s.value("switcher_member_pinned_flows", &tcp4_blue_member) >= 1.0
+        },
     );
     assert!(
         s1.value(
@@ -162,6 +199,10 @@ fn metrics_follow_traffic_flips_health_and_deployments() {
         "blue drains"
     );
     assert_eq!(s2.value("switcher_pinned_flows", &TCP4_GREEN), 0.0);
+    assert!(
+        s2.value("switcher_member_pinned_flows", &tcp4_blue_member) >= 1.0,
+        "the connection stays on its member"
+    );
     // No udp4 line was sent since the flip: the first one to reach green is m2's first.
     let sending = Instant::now();
     let udp = send(&rig, "udp", "m2", 200, 2000);
@@ -192,23 +233,42 @@ fn metrics_follow_traffic_flips_health_and_deployments() {
     assert!(s3
         .get("switcher_backend_probe_duration_seconds", &UDP4_BLUE)
         .is_some());
+    // In service comes from the health monitor's probes, so it is checked once they ran.
+    assert_eq!(s3.kind("switcher_member_in_service"), Some("gauge"));
+    assert_eq!(
+        s3.get("switcher_member_in_service", &udp4_blue_member),
+        Some(1.0)
+    );
     rig.fault(Host::Blue, r#"{"health_ok": false}"#)
         .expect("fault");
-    scrape_until(&rig, Duration::from_secs(5), "blue reported down", |s| {
+    let down = scrape_until(&rig, Duration::from_secs(5), "blue reported down", |s| {
         s.get("switcher_backend_up", &UDP4_BLUE) == Some(0.0)
             && s.value(
                 "switcher_backend_probes_total",
                 &[("service", "udp4"), ("color", "blue"), ("result", "failed")],
             ) >= 1.0
+            && s.get("switcher_member_in_service", &udp4_blue_member) == Some(0.0)
     });
+    // Out of service, but the only member: it keeps its share (the switch never stops a
+    // service's traffic by itself).
+    assert_eq!(
+        down.get("switcher_member_share", &udp4_blue_member),
+        Some(1.0)
+    );
     rig.fault(Host::Blue, r#"{"health_ok": true}"#)
         .expect("fault");
+    scrape_until(&rig, Duration::from_secs(5), "blue back in service", |s| {
+        s.get("switcher_member_in_service", &udp4_blue_member) == Some(1.0)
+    });
 
     // A deployment: validation result, phase, then a rollback through the dashboard's API.
     rig.call(&Request::Deploy {
         service: "udp4".into(),
         color: Color::Blue,
-        backend: std::net::SocketAddr::new(switcher_tests::lab::BLUE_V4.into(), UDP_PORT),
+        members: vec![switcher::config::Member::new(std::net::SocketAddr::new(
+            switcher_tests::lab::BLUE_V4.into(),
+            UDP_PORT,
+        ))],
         version: Some("v2".into()),
         force: false,
     })
@@ -339,6 +399,8 @@ fn the_http_listener_refuses_foreign_hosts_and_unauthorised_actions() {
         })
         .unwrap_or_else(|| panic!("no CSP header: {head}"));
     assert!(csp.contains("default-src 'self'"), "{csp}");
+    // No other page may frame the dashboard and its buttons (clickjacking).
+    assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
     let (status, head, _) = raw_http(&rig, get("localhost"));
     assert_eq!(status, 200, "localhost is a loopback name: {head}");
 
@@ -346,7 +408,10 @@ fn the_http_listener_refuses_foreign_hosts_and_unauthorised_actions() {
     rig.call(&Request::Deploy {
         service: "udp4".into(),
         color: Color::Green,
-        backend: std::net::SocketAddr::new(switcher_tests::lab::GREEN_V4.into(), UDP_PORT),
+        members: vec![switcher::config::Member::new(std::net::SocketAddr::new(
+            switcher_tests::lab::GREEN_V4.into(),
+            UDP_PORT,
+        ))],
         version: Some("v2".into()),
         force: false,
     })

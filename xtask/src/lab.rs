@@ -16,7 +16,7 @@ use switcher_tests::{
     services,
 };
 
-use crate::util::{run_visible, workspace_root};
+use crate::util::{run_visible, target_dir, workspace_root};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -70,7 +70,7 @@ fn up(prefix: &str) -> Result<()> {
                 "ingest-sink",
             ]),
     )?;
-    let sink = workspace_root().join("target/release/ingest-sink");
+    let sink = target_dir().join("release/ingest-sink");
     let lab = Lab::up(prefix).context("lab up")?;
     let dir = work_dir(prefix);
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;

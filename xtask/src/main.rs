@@ -1,12 +1,14 @@
 //! `cargo xtask <cmd>`: project automation for switcher.
 //!
-//! `setup` and `lab` have a module each; the subcommands that build and run the project
-//! (`build`, `test`, `lint`, `demo`, `bench`) share `run`. A new subcommand is a variant of
-//! [`Cmd`] and a function in the module it belongs with.
+//! `setup`, `lab`, `soak` and `fuzz` have a module each; the subcommands that build and run
+//! the project (`build`, `test`, `lint`, `demo`, `bench`) share `run`. A new subcommand is a
+//! variant of [`Cmd`] and a function in the module it belongs with.
 
+mod fuzz;
 mod lab;
 mod run;
 mod setup;
+mod soak;
 mod util;
 
 use clap::{Parser, Subcommand};
@@ -34,6 +36,10 @@ enum Cmd {
     Demo(run::DemoArgs),
     /// Per-packet cost of the datapath (BPF_PROG_TEST_RUN), side by side.
     Bench(run::BenchArgs),
+    /// The lab under live syslog traffic and a seeded random schedule of operations.
+    Soak(soak::Args),
+    /// Generated and mutated packets through the real XDP and TC programs, judged one by one.
+    Fuzz(fuzz::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -45,5 +51,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Lint => run::lint(),
         Cmd::Demo(args) => run::demo(args),
         Cmd::Bench(args) => run::bench(args),
+        Cmd::Soak(args) => soak::run(args),
+        Cmd::Fuzz(args) => fuzz::run(args),
     }
 }

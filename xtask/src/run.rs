@@ -1,13 +1,13 @@
 //! The subcommands that build and run the project: `build`, `test`, `lint`, `demo`, `bench`.
 //! Each first runs `setup`, so on a fresh machine one command installs what it needs.
 
-use std::process::Command;
+use std::{path::PathBuf, process::Command};
 
 use anyhow::{bail, Result};
 
 use crate::{
     setup,
-    util::{run_visible, workspace_root},
+    util::{run_visible, target_dir, workspace_root},
 };
 
 #[derive(clap::Args)]
@@ -41,6 +41,20 @@ fn cargo(args: &[&str]) -> Result<()> {
     run_visible(&mut c)
 }
 
+/// Builds the debug binaries that the lab tests, the fuzz and the soak start; returns their
+/// folder.
+pub fn build_debug_bins() -> Result<PathBuf> {
+    cargo(&[
+        "build",
+        "-p",
+        "switcher-userspace",
+        "-p",
+        "switcher-tests",
+        "--bins",
+    ])?;
+    Ok(target_dir().join("debug"))
+}
+
 fn env_cargo() -> String {
     std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
 }
@@ -53,10 +67,7 @@ fn is_root() -> bool {
 pub fn build() -> Result<()> {
     setup::run(setup::Args {})?;
     cargo(&["build", "--release", "-p", "switcher-userspace"])?;
-    println!(
-        "built {}",
-        workspace_root().join("target/release/switcher").display()
-    );
+    println!("built {}", target_dir().join("release/switcher").display());
     Ok(())
 }
 
@@ -71,14 +82,7 @@ pub fn test(args: TestArgs) -> Result<()> {
     }
     setup::run(setup::Args {})?;
     // The lab tests start these binaries; `cargo test` alone builds only the tests' own.
-    cargo(&[
-        "build",
-        "-p",
-        "switcher-userspace",
-        "-p",
-        "switcher-tests",
-        "--bins",
-    ])?;
+    build_debug_bins()?;
     let mut a = vec!["test", "--workspace", "--exclude", "switcher-ebpf"];
     if !args.cargo_args.is_empty() {
         a.push("--");
@@ -86,7 +90,7 @@ pub fn test(args: TestArgs) -> Result<()> {
     }
     // Skipped privileged tests are listed at the end, passed or failed: a run that skipped
     // them must not read like one that ran them.
-    let skips = workspace_root().join("target/privileged-skips.txt");
+    let skips = target_dir().join("privileged-skips.txt");
     let _ = std::fs::remove_file(&skips);
     let mut c = Command::new(env_cargo());
     c.current_dir(workspace_root())
@@ -166,7 +170,7 @@ fn run_release_bin(name: &str, args: &[String]) -> Result<()> {
         "switcher-tests",
         "--bins",
     ])?;
-    let mut c = Command::new(workspace_root().join("target/release").join(name));
+    let mut c = Command::new(target_dir().join("release").join(name));
     c.args(args);
     run_visible(&mut c)
 }

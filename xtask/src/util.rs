@@ -12,6 +12,14 @@ pub fn workspace_root() -> PathBuf {
     manifest.parent().map(PathBuf::from).unwrap_or(manifest)
 }
 
+/// Where cargo puts its output: `CARGO_TARGET_DIR` (relative to the workspace) or `target/`.
+pub fn target_dir() -> PathBuf {
+    let root = workspace_root();
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map_or_else(|| root.join("target"), |d| root.join(d))
+}
+
 /// The command line as a shell user would type it, explicitly set variables first.
 pub fn describe(cmd: &Command) -> String {
     let mut parts: Vec<String> = cmd

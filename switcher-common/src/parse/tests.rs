@@ -154,6 +154,7 @@ fn udp_l4(l4: usize, dport: u16) -> L4 {
         csum_off: l4 + 6,
         csum: CSUM,
         tcp_flags: 0,
+        payload: PAYLOAD.len() as u16,
     }
 }
 
@@ -164,6 +165,7 @@ fn tcp_l4(l4: usize, dport: u16, flags: u8) -> L4 {
         csum_off: l4 + 16,
         csum: CSUM,
         tcp_flags: flags,
+        payload: PAYLOAD.len() as u16,
     }
 }
 
@@ -176,6 +178,7 @@ fn v4_parsed(vlans: u8, ihl: usize, proto: u8, frag: Frag, ip_len: u16) -> Parse
         l3,
         l4: l3 + ihl,
         frag,
+        frag_proto: proto,
         ip_len,
         tos_flow: IP4_TOS as u32,
     }
@@ -190,6 +193,7 @@ fn v6_parsed(vlans: u8, exts: usize, proto: u8, frag: Frag, payload: u16) -> Par
         l3,
         l4: l3 + 40 + exts,
         frag,
+        frag_proto: proto,
         ip_len: payload + 40,
         tos_flow: 0x0b81_2345,
     }
@@ -272,7 +276,13 @@ fn two_vlan_tags() {
         let (p, flow) = run(&pkt);
         assert_eq!(p, Ok(v6_parsed(2, 0, PROTO_TCP, Frag::None, 20)));
         assert_eq!(flow, key(FAMILY_V6, PROTO_TCP));
-        assert_eq!(run_l4(&pkt), Ok(tcp_l4(22 + 40, 601, SYN_ACK)));
+        assert_eq!(
+            run_l4(&pkt),
+            Ok(L4 {
+                payload: 0,
+                ..tcp_l4(22 + 40, 601, SYN_ACK)
+            })
+        );
     }
 }
 
@@ -335,7 +345,13 @@ fn ipv6_first_fragment() {
     let pkt = cat(&[&eth(&[], 0x86dd), &ipv6(FRAGMENT, &rest)]);
     let p = Ok(v6_parsed(0, 8, PROTO_UDP, Frag::First(0xdead_beef), 1240));
     assert_eq!(run(&pkt).0, p);
-    assert_eq!(run_l4(&pkt), Ok(udp_l4(14 + 48, 514)));
+    assert_eq!(
+        run_l4(&pkt),
+        Ok(L4 {
+            payload: 1224,
+            ..udp_l4(14 + 48, 514)
+        })
+    );
 }
 
 #[test]
@@ -350,13 +366,41 @@ fn ipv6_later_fragment() {
     );
     assert_eq!(flow, key(FAMILY_V6, PROTO_UDP));
 
-    // Its payload is never read as headers, even when it looks like destination options.
+    // Its payload is never read as headers, even when it looks like destination options;
+    // whatever the Fragment header names, the fragment is steered by its datagram.
     let rest = cat(&[
         &frag_ext(DEST_OPTS, 154, false, 0xdead_beef),
         &opts_ext(PROTO_UDP, 0),
     ]);
     let pkt = cat(&[&eth(&[], 0x86dd), &ipv6(FRAGMENT, &rest)]);
-    assert_eq!(run(&pkt).0, Err(Reason::Ipv6ExtUnsupported));
+    assert_eq!(
+        run(&pkt).0,
+        Ok(v6_parsed(0, 8, DEST_OPTS, Frag::Later(0xdead_beef), 16))
+    );
+}
+
+#[test]
+fn ipv6_fragments_with_destination_options_after_the_fragment_header_share_a_key() {
+    // First fragment: Fragment (next: destination options), destination options (next: UDP),
+    // then the UDP header. The later fragment has only the Fragment header.
+    let first = cat(&[
+        &frag_ext(DEST_OPTS, 0, true, 0x0bad_cafe),
+        &opts_ext(PROTO_UDP, 0),
+        &udp(514, PAYLOAD),
+    ]);
+    let pkt = cat(&[&eth(&[], 0x86dd), &ipv6(FRAGMENT, &first)]);
+    let p = run(&pkt).0.expect("first fragment");
+    assert_eq!(
+        (p.proto, p.frag, p.frag_proto, p.l4),
+        (PROTO_UDP, Frag::First(0x0bad_cafe), DEST_OPTS, 14 + 40 + 16)
+    );
+    let later = cat(&[&frag_ext(DEST_OPTS, 100, false, 0x0bad_cafe), &[9; 16]]);
+    let pkt = cat(&[&eth(&[], 0x86dd), &ipv6(FRAGMENT, &later)]);
+    let q = run(&pkt).0.expect("later fragment");
+    assert_eq!(
+        (q.frag, q.frag_proto),
+        (Frag::Later(0x0bad_cafe), DEST_OPTS)
+    );
 }
 
 #[test]
@@ -382,7 +426,11 @@ fn ipv6_three_extension_headers_at_most() {
     let pkt = cat(&[&eth(&[], 0x86dd), &ipv6(HOP_BY_HOP, &three)]);
     assert_eq!(
         run(&pkt).0,
-        Ok(v6_parsed(0, 24, PROTO_UDP, Frag::First(5), 24 + 13))
+        Ok(Parsed {
+            // The Fragment header's next header identifies the datagram.
+            frag_proto: DEST_OPTS,
+            ..v6_parsed(0, 24, PROTO_UDP, Frag::First(5), 24 + 13)
+        })
     );
     assert_eq!(run_l4(&pkt), Ok(udp_l4(14 + 64, 514)));
     let four = cat(&[&opts_ext(DEST_OPTS, 0), &three]);
@@ -419,7 +467,14 @@ fn ipv4_first_fragment() {
         ))
     );
     assert_eq!(flow, key(FAMILY_V4, PROTO_UDP));
-    assert_eq!(run_l4(&pkt), Ok(udp_l4(34, 514)));
+    assert_eq!(
+        run_l4(&pkt),
+        Ok(L4 {
+            // The bytes of this fragment after the UDP header.
+            payload: 1472,
+            ..udp_l4(34, 514)
+        })
+    );
 }
 
 #[test]
@@ -700,6 +755,7 @@ fn etherparse_view(pkt: &[u8]) -> (Parsed, L4, FlowKey) {
                 csum_off: off + 6,
                 csum: u.checksum(),
                 tcp_flags: 0,
+                payload: u.payload().len() as u16,
             };
             (PROTO_UDP, off, l4)
         }
@@ -722,6 +778,7 @@ fn etherparse_view(pkt: &[u8]) -> (Parsed, L4, FlowKey) {
                 csum_off: off + 16,
                 csum: t.checksum(),
                 tcp_flags: flags,
+                payload: t.payload().len() as u16,
             };
             (PROTO_TCP, off, l4)
         }
@@ -736,6 +793,7 @@ fn etherparse_view(pkt: &[u8]) -> (Parsed, L4, FlowKey) {
         l3,
         l4: l4_off,
         frag: Frag::None,
+        frag_proto: proto,
         ip_len,
         tos_flow,
     };

@@ -3,11 +3,11 @@
 
 pub mod render;
 
-use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
+use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use crate::{
     api::{self, Request},
-    config::{Config, DEFAULT_BPFFS_DIR, DEFAULT_SOCKET},
+    config::{Config, Member, DEFAULT_BPFFS_DIR, DEFAULT_SOCKET},
     controller::{Event, StatusView},
     datapath::FlipOutcome,
     deploy::Deployment,
@@ -54,17 +54,19 @@ enum Cmd {
     /// Put a new version into the idle colour's slot (no traffic goes to it yet).
     Deploy {
         service: String,
-        /// The candidate backend in the green slot.
+        /// The candidate pool in the green slot: one node or a comma-separated list, each
+        /// optionally weighted (`ADDR:PORT*2`).
         #[arg(
             long,
-            value_name = "ADDR:PORT",
+            value_name = "ADDR:PORT,...",
+            value_parser = members_arg,
             conflicts_with = "blue",
             required_unless_present = "blue"
         )]
-        green: Option<SocketAddr>,
-        /// The candidate backend in the blue slot (when green is serving).
-        #[arg(long, value_name = "ADDR:PORT")]
-        blue: Option<SocketAddr>,
+        green: Option<MemberList>,
+        /// The candidate pool in the blue slot (when green is serving).
+        #[arg(long, value_name = "ADDR:PORT,...", value_parser = members_arg)]
+        blue: Option<MemberList>,
         #[arg(long, value_name = "LABEL")]
         version: Option<String>,
         /// Replace the slot even while TCP connections are still pinned to it (breaks them).
@@ -128,6 +130,27 @@ enum Cmd {
     },
 }
 
+/// A pool given on the command line (one argument, comma-separated: clap would take a bare
+/// `Vec` for repeated arguments).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MemberList(pub Vec<Member>);
+
+/// `--green`/`--blue`: the VIP's address family is checked by the daemon, which knows it.
+fn members_arg(s: &str) -> Result<MemberList, String> {
+    crate::config::parse_list(s, None).map(MemberList)
+}
+
+/// A pool as one token: `-`, `ADDR:PORT` or `ADDR:PORT,ADDR:PORT*2`.
+fn pool_or_dash(m: &[Member]) -> String {
+    if m.is_empty() {
+        return "-".into();
+    }
+    m.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// Runs the command line; the binary's `main`.
 pub fn main() -> ExitCode {
     match run() {
@@ -181,8 +204,8 @@ fn run() -> Result<()> {
                     s.port,
                     s.protocol,
                     s.active,
-                    s.blue.map_or("-".into(), |a| a.to_string()),
-                    s.green.map_or("-".into(), |a| a.to_string())
+                    pool_or_dash(&s.blue),
+                    pool_or_dash(&s.green)
                 );
             }
             println!(
@@ -207,17 +230,17 @@ fn run() -> Result<()> {
             force,
             json,
         } => {
-            let (color, backend) = match (green, blue) {
-                (Some(a), None) => (Color::Green, a),
-                (None, Some(a)) => (Color::Blue, a),
-                _ => bail!("give exactly one of --green ADDR:PORT or --blue ADDR:PORT"),
+            let (color, members) = match (green, blue) {
+                (Some(m), None) => (Color::Green, m.0),
+                (None, Some(m)) => (Color::Blue, m.0),
+                _ => bail!("give exactly one of --green ADDR:PORT,... or --blue ADDR:PORT,..."),
             };
             let v = api::call(
                 &socket,
                 &Request::Deploy {
                     service,
                     color,
-                    backend,
+                    members,
                     version,
                     force,
                 },
@@ -314,6 +337,11 @@ fn run() -> Result<()> {
             if api::call(&socket, &Request::Status { service: None }).is_ok() {
                 bail!("a daemon is serving {}: stop it first", socket.display());
             }
+            // A daemon on this datapath holds its lock whatever socket it serves; held until
+            // the pins are gone, so none can start meanwhile.
+            let _lock =
+                crate::daemon::lock::lock_datapath(&bpffs_dir, crate::daemon::lock::Role::Detach)
+                    .context("refusing to detach")?;
             let entries = std::fs::read_dir(&bpffs_dir)
                 .with_context(|| format!("no datapath pinned at {}", bpffs_dir.display()))?;
             for e in entries {
@@ -325,6 +353,44 @@ fn run() -> Result<()> {
             }
             let _ = std::fs::remove_dir(&bpffs_dir);
             Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deploy_takes_one_node_or_a_weighted_list() {
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(std::iter::once("switcher").chain(args.iter().copied()))
+        };
+        let members = |args: &[&str]| match parse(args).expect("parses").cmd {
+            Cmd::Deploy { green, blue, .. } => green.or(blue).expect("a pool").0,
+            _ => panic!("not deploy"),
+        };
+        assert_eq!(
+            members(&["deploy", "u", "--green", "198.18.2.9:514"]).len(),
+            1
+        );
+        let pool = members(&["deploy", "u", "--blue", "198.18.1.7:514,198.18.1.8:514*3"]);
+        assert_eq!(pool.len(), 2);
+        assert_eq!(pool[1].weight, 3);
+        for bad in [
+            &["deploy", "u", "--green", "198.18.2.9"][..],
+            &["deploy", "u", "--green", "198.18.2.9:514,198.18.2.9:514"],
+            &[
+                "deploy",
+                "u",
+                "--green",
+                "198.18.2.9:514",
+                "--blue",
+                "198.18.1.9:514",
+            ],
+            &["deploy", "u"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
         }
     }
 }

@@ -6,7 +6,8 @@ use std::fmt::Write as _;
 use anyhow::{Context as _, Result};
 
 use crate::{
-    controller::{Event, StatusView},
+    config::{describe, Member},
+    controller::{Event, MemberView, StatusView},
     deploy::{Deployment, Phase},
     domain::{fmt_time, Color},
 };
@@ -28,10 +29,12 @@ pub fn status(v: &StatusView) -> String {
         for c in Color::BOTH {
             let t = s.color(c);
             let mark = if c == s.active { "*" } else { " " };
+            // A pool of one is its backend; a larger pool is listed member by member below.
+            let pool = (t.members.len() > 1).then(|| format!("{} members", t.members.len()));
             let _ = writeln!(
                 out,
                 "  {mark}{c:<6} {:<26} {:<10} {:<9} packets={:<9} new_flows={:<6} pin_misses={:<4} resets={:<4} unreachables={}",
-                t.backend.as_deref().unwrap_or("-"),
+                pool.as_deref().or(t.backend.as_deref()).unwrap_or("-"),
                 t.version.as_deref().unwrap_or("-"),
                 if t.trusted { "validated" } else { "unproven" },
                 t.packets,
@@ -40,6 +43,11 @@ pub fn status(v: &StatusView) -> String {
                 t.resets,
                 t.unreachables
             );
+            if t.members.len() > 1 {
+                for m in &t.members {
+                    out.push_str(&member_line(m));
+                }
+            }
         }
         if let Some(f) = &s.last_flip {
             let fmt = |v: Option<u64>| {
@@ -98,6 +106,44 @@ pub fn status(v: &StatusView) -> String {
     out
 }
 
+/// One member of a pool under its colour's line: address (`*WEIGHT` when not 1), share of
+/// the colour's new flows, whether it is in the table and its last probe, its traffic.
+fn member_line(m: &MemberView) -> String {
+    let addr = Member {
+        addr: m.addr,
+        weight: m.weight,
+    }
+    .to_string();
+    let (service, probe, error) = match &m.health {
+        None => ("in service", "not probed".to_string(), None),
+        Some(h) => (
+            if h.in_service {
+                "in service"
+            } else {
+                "out of service"
+            },
+            if h.up {
+                format!("up {:.1} ms", h.latency_seconds * 1e3)
+            } else {
+                "down".to_string()
+            },
+            h.error.as_deref(),
+        ),
+    };
+    let mut line = format!(
+        "      {addr:<30} share={:<6} {service:<14} {probe:<12} packets={:<9} new_flows={:<6} pinned={}",
+        format!("{:.1}%", m.share * 100.0),
+        m.packets,
+        m.new_flows,
+        m.pinned
+    );
+    if let Some(e) = error {
+        let _ = write!(line, "  ({e})");
+    }
+    line.push('\n');
+    line
+}
+
 /// Every deployment, oldest first, with each transition.
 pub fn history(ds: &[Deployment]) -> String {
     let mut out = String::new();
@@ -110,7 +156,7 @@ pub fn history(ds: &[Deployment]) -> String {
             "deployment {}: {} {} {} -> {}",
             d.id,
             d.color,
-            d.backend,
+            describe(&d.members),
             d.version.as_deref().unwrap_or(""),
             d.phase
         );
@@ -137,7 +183,7 @@ pub fn deployment_line(v: &serde_json::Value) -> Result<String> {
         d.service,
         d.id,
         d.color,
-        d.backend,
+        describe(&d.members),
         d.version.as_deref().unwrap_or(""),
         d.phase
     ))
@@ -157,7 +203,7 @@ pub fn event(ev: &Event) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::controller::{ColorView, DeploymentView, FlipStatus, ServiceView};
+    use crate::controller::{BackendHealth, ColorView, DeploymentView, FlipStatus, ServiceView};
 
     fn color(backend: &str, trusted: bool, packets: u64) -> ColorView {
         ColorView {
@@ -172,6 +218,7 @@ mod tests {
             unreachables: 0,
             pinned: 0,
             health: None,
+            members: Vec::new(),
         }
     }
 
@@ -237,6 +284,89 @@ mod tests {
         assert_eq!(lines[7], "reasons: passed=3");
     }
 
+    fn member(addr: &str, weight: u8, share: f64, health: Option<BackendHealth>) -> MemberView {
+        MemberView {
+            addr: addr.parse().expect("addr"),
+            weight,
+            share,
+            packets: 100,
+            bytes: 6000,
+            new_flows: 4,
+            pinned: 2,
+            health,
+        }
+    }
+
+    fn probe(up: bool, in_service: bool) -> BackendHealth {
+        BackendHealth {
+            backend: String::new(),
+            up,
+            latency_seconds: 0.00042,
+            checked_at_ms: 1,
+            error: (!up).then(|| "connection refused".into()),
+            ok_total: 1,
+            failed_total: 0,
+            in_service,
+            streak: 1,
+        }
+    }
+
+    #[test]
+    fn a_pool_is_listed_member_by_member_and_a_pool_of_one_keeps_its_line() {
+        let mut blue = color(
+            "198.18.1.2:514, 198.18.1.3:514*2, 198.18.1.4:514",
+            true,
+            300,
+        );
+        blue.members = vec![
+            member("198.18.1.2:514", 1, 0.25, Some(probe(true, true))),
+            member("198.18.1.3:514", 2, 0.75, None),
+            member("198.18.1.4:514", 1, 0.0, Some(probe(false, false))),
+        ];
+        let mut green = color("198.18.2.2:514", false, 7);
+        green.members = vec![member("198.18.2.2:514", 1, 1.0, Some(probe(true, true)))];
+        let v = StatusView {
+            services: vec![ServiceView {
+                name: "udp4".into(),
+                vip: "198.18.10.10".into(),
+                port: 514,
+                protocol: "udp".into(),
+                active: Color::Blue,
+                generation: 0,
+                blue,
+                green,
+                last_flip: None,
+                deployment: None,
+            }],
+            reasons: Vec::new(),
+            flows: 0,
+        };
+        let text = status(&v);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[1],
+            "  *blue   3 members                  -          validated packets=300       new_flows=1      pin_misses=0    resets=0    unreachables=0"
+        );
+        assert_eq!(
+            lines[2],
+            "      198.18.1.2:514                 share=25.0%  in service     up 0.4 ms    packets=100       new_flows=4      pinned=2"
+        );
+        assert_eq!(
+            lines[3],
+            "      198.18.1.3:514*2               share=75.0%  in service     not probed   packets=100       new_flows=4      pinned=2"
+        );
+        assert_eq!(
+            lines[4],
+            "      198.18.1.4:514                 share=0.0%   out of service down         packets=100       new_flows=4      pinned=2  (connection refused)"
+        );
+        // A pool of one: the one line scripts and tests read, as before pools.
+        assert_eq!(
+            lines[5],
+            "   green  198.18.2.2:514             -          unproven  packets=7         new_flows=1      pin_misses=0    resets=0    unreachables=0"
+        );
+        assert_eq!(lines[6], "flows tracked: 0");
+    }
+
     #[test]
     fn history_and_deployment_lines() {
         assert_eq!(history(&[]), "no deployments yet\n");
@@ -244,7 +374,9 @@ mod tests {
             4,
             "syslog",
             Color::Green,
-            "198.18.2.2:514".parse().expect("addr"),
+            vec![crate::config::Member::new(
+                "198.18.2.2:514".parse().expect("addr"),
+            )],
             Some("v2".into()),
             "cli:root (pid 7)",
             1_795_478_400_000,

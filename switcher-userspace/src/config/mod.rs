@@ -3,14 +3,14 @@
 //! path and nothing is applied.
 
 mod load;
+mod pool;
 mod schema;
 #[cfg(test)]
 mod tests;
 mod validate;
 
 use std::{
-    collections::{BTreeMap, HashMap},
-    fmt,
+    collections::BTreeMap,
     net::{IpAddr, SocketAddr},
     path::PathBuf,
     time::Duration,
@@ -19,6 +19,10 @@ use std::{
 use serde::Serialize;
 
 pub use load::{ConfigError, FieldError, ParseFailure};
+pub use pool::{
+    backend_conflicts, check_pool, describe, deserialize_members, parse_list, BackendConflict,
+    Member,
+};
 
 use crate::domain::{Color, Forward, Protocol, XdpMode};
 use crate::probe::{health::HealthRounds, load::LoadSpec};
@@ -28,7 +32,10 @@ pub const DEFAULT_SOCKET: &str = "/run/switcher/switcher.sock";
 /// Metrics and dashboard: localhost only unless configured otherwise.
 pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:9477";
 pub const DEFAULT_DRAIN_MS: u64 = 60_000;
+pub const DEFAULT_UDP_AFFINITY_MAX_AGE_MS: u64 = 300_000;
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/switcher";
+/// The watch rolls back when fewer of the candidate's members than this share pass health.
+pub const DEFAULT_MIN_HEALTHY_SHARE: f64 = 0.5;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -67,24 +74,29 @@ pub struct Service {
     pub protocol: Protocol,
     /// The initial colour only: after the first start the datapath's colour wins.
     pub active: Color,
-    pub blue: Option<SocketAddr>,
-    pub green: Option<SocketAddr>,
+    /// Each colour's pool (empty: the colour has no backend).
+    pub blue: Vec<Member>,
+    pub green: Vec<Member>,
     pub forward: Forward,
     /// UDP only: per-source-flow affinity with this idle timeout.
     pub udp_affinity_idle: Option<Duration>,
+    /// With affinity: how long after its first packet a source flow may stay on a colour that
+    /// is no longer active (a sender that never goes idle still follows a flip).
+    pub udp_affinity_max_age: Duration,
     pub drain: Duration,
     pub checks: Checks,
 }
 
 impl Service {
-    pub fn backend(&self, c: Color) -> Option<SocketAddr> {
+    /// The members of `c`'s pool (none: the colour has no backend).
+    pub fn members(&self, c: Color) -> &[Member] {
         match c {
-            Color::Blue => self.blue,
-            Color::Green => self.green,
+            Color::Blue => &self.blue,
+            Color::Green => &self.green,
         }
     }
 
-    pub fn backend_mut(&mut self, c: Color) -> &mut Option<SocketAddr> {
+    pub fn members_mut(&mut self, c: Color) -> &mut Vec<Member> {
         match c {
             Color::Blue => &mut self.blue,
             Color::Green => &mut self.green,
@@ -170,63 +182,15 @@ pub struct WatchPolicy {
     pub max_resets: Option<u64>,
     /// ICMP unreachables about packets to the candidate allowed during one interval.
     pub max_unreachables: Option<u64>,
-    /// Traffic to the candidate may not fall below this share of its best rate so far.
+    /// Traffic to the candidate may not fall below this share of its usual rate (the median
+    /// of the earlier rounds; see `judge::traffic_dropped`).
     pub min_rate_ratio: Option<f64>,
+    /// A round fails when fewer of the candidate's members than this share pass health.
+    pub min_healthy_share: f64,
 }
 
 impl Config {
     pub fn service(&self, name: &str) -> Option<&Service> {
         self.services.iter().find(|s| s.name == name)
     }
-}
-
-/// A backend (address, port, protocol) named by two services. Replies are translated back to
-/// the VIP by backend address, so one backend cannot serve two services' VIPs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BackendConflict {
-    pub backend: SocketAddr,
-    pub protocol: Protocol,
-    /// The service that named it first.
-    pub owner: String,
-    /// Index (in the slice checked) and colour of the service that named it again.
-    pub index: usize,
-    pub color: Color,
-    pub name: String,
-}
-
-impl fmt::Display for BackendConflict {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}/{} would be a backend of both {} and {}",
-            self.backend, self.protocol, self.owner, self.name
-        )
-    }
-}
-
-/// Every backend named by more than one service (one service may use the same backend for
-/// both colours). The one check for the config file, deploys and reloads.
-pub fn backend_conflicts(services: &[Service]) -> Vec<BackendConflict> {
-    let mut seen: HashMap<(SocketAddr, Protocol), &str> = HashMap::new();
-    let mut out = Vec::new();
-    for (index, s) in services.iter().enumerate() {
-        for color in Color::BOTH {
-            let Some(b) = s.backend(color) else { continue };
-            match seen.get(&(b, s.protocol)) {
-                Some(owner) if *owner != s.name => out.push(BackendConflict {
-                    backend: b,
-                    protocol: s.protocol,
-                    owner: owner.to_string(),
-                    index,
-                    color,
-                    name: s.name.clone(),
-                }),
-                Some(_) => {}
-                None => {
-                    seen.insert((b, s.protocol), &s.name);
-                }
-            }
-        }
-    }
-    out
 }

@@ -46,6 +46,7 @@ pub(super) struct RawService {
     pub(super) green: Option<RawColor>,
     pub(super) forward: Option<String>,
     pub(super) udp_affinity_idle_ms: Option<u64>,
+    pub(super) udp_affinity_max_age_ms: Option<u64>,
     pub(super) drain_ms: Option<u64>,
     pub(super) warm_ms: Option<u64>,
     pub(super) health: Option<RawHealth>,
@@ -119,10 +120,15 @@ pub(super) struct RawWatch {
     pub(super) max_resets: Option<u64>,
     pub(super) max_unreachables: Option<u64>,
     pub(super) min_rate_ratio: Option<f64>,
+    pub(super) min_healthy_share: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawColor {
-    pub(super) backend: String,
+    /// A pool of one.
+    pub(super) backend: Option<String>,
+    pub(super) backends: Option<Vec<String>>,
+    /// One per entry of `backends` (default 1 each).
+    pub(super) weights: Option<Vec<i64>>,
 }

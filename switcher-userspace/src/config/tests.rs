@@ -40,7 +40,10 @@ fn parses_the_documented_example() {
     let s = &c.services[0];
     assert_eq!(s.port, 514);
     assert_eq!(s.protocol, Protocol::Udp);
-    assert_eq!(s.green, Some("198.18.2.2:514".parse().expect("addr")));
+    assert_eq!(
+        s.green,
+        [Member::new("198.18.2.2:514".parse().expect("addr"))]
+    );
     assert_eq!(s.forward, Forward::Redirect);
     assert_eq!(c.services[1].forward, Forward::Pass);
     assert_eq!(c.services[1].active, Color::Blue);
@@ -106,6 +109,118 @@ fn rejects_shared_backend_and_duplicate_service_key() {
     );
     assert!(
         msg.contains("already the backend of service \"syslog-udp\""),
+        "{msg}"
+    );
+}
+
+#[test]
+fn pools_are_lists_of_backends_with_optional_weights() {
+    let text = GOOD.replace(
+        "green = { backend = \"198.18.2.2:514\" }",
+        "green = { backends = [\"198.18.2.2:514\", \"198.18.2.3:514\"], weights = [3, 1] }",
+    );
+    let c = Config::parse(&text).expect("valid");
+    let g = &c.services[0].green;
+    assert_eq!(g.len(), 2);
+    assert_eq!((g[0].weight, g[1].weight), (3, 1));
+    assert_eq!(c.services[0].blue.len(), 1, "backend = is a pool of one");
+    assert_eq!(
+        c.services[0].checks.watch.min_healthy_share,
+        DEFAULT_MIN_HEALTHY_SHARE
+    );
+
+    let cases = [
+        (
+            "green = { backends = [\"198.18.2.2:514\", \"198.18.2.2:514\"] }",
+            "service[0].green.backends[1]: 198.18.2.2:514 is listed twice",
+        ),
+        (
+            "green = { backend = \"198.18.2.2:514\", backends = [\"198.18.2.3:514\"] }",
+            "service[0].green: backend or backends, not both",
+        ),
+        (
+            "green = { }",
+            "service[0].green: backend = \"ADDR:PORT\" or backends",
+        ),
+        (
+            "green = { backends = [\"198.18.2.2:514\"], weights = [1, 2] }",
+            "service[0].green.weights: 2 weights for 1 backends",
+        ),
+        (
+            "green = { backends = [\"198.18.2.2:514\"], weights = [0] }",
+            "service[0].green.weights[0]: weight 0 is out of range",
+        ),
+        (
+            "green = { backend = \"198.18.2.2:514\", weights = [1] }",
+            "service[0].green.weights: only with backends",
+        ),
+        (
+            "green = { backends = [\"198.18.2.2:514\", \"[2001:2::2]:514\"] }",
+            "service[0].green.backends[1]: [2001:2::2]:514 is not the same address family",
+        ),
+        (
+            "green = { backends = [] }",
+            "service[0].green.backends: a pool needs at least one member",
+        ),
+    ];
+    for (green, want) in cases {
+        let text = GOOD.replace("green = { backend = \"198.18.2.2:514\" }", green);
+        let msg = errors(&text)
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert!(msg.contains(want), "{green}: {msg}");
+    }
+    let many: Vec<String> = (0..65)
+        .map(|i| format!("\"198.18.2.{}:514\"", i + 2))
+        .collect();
+    let text = GOOD.replace(
+        "green = { backend = \"198.18.2.2:514\" }",
+        &format!("green = {{ backends = [{}] }}", many.join(", ")),
+    );
+    let msg = errors(&text)[0].to_string();
+    assert!(msg.contains("65 members, at most 64"), "{msg}");
+    // A member another service uses is named by its position in the pool.
+    let text = format!(
+        "{GOOD}\n[[service]]\nname = \"other\"\nvip = \"198.18.0.11\"\nport = 514\nprotocol = \"udp\"\nblue = {{ backends = [\"198.18.3.1:514\", \"198.18.2.2:514\"] }}\n"
+    );
+    let msg = errors(&text)[0].to_string();
+    assert!(
+        msg.contains("service[2].blue.backends[1]: 198.18.2.2:514/udp is already the backend of service \"syslog-udp\""),
+        "{msg}"
+    );
+    let text = GOOD.replace(
+        "green = { backend = \"198.18.2.2:514\" }",
+        "green = { backend = \"198.18.2.2:514\" }\n[service.watch]\nmin_healthy_share = 1.5",
+    );
+    let msg = errors(&text)[0].to_string();
+    assert!(
+        msg.contains("service[0].watch.min_healthy_share: must be in [0, 1]"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn udp_affinity_has_a_maximum_age_only_with_affinity() {
+    let c = Config::parse(GOOD).expect("valid");
+    assert_eq!(
+        c.services[0].udp_affinity_max_age,
+        Duration::from_millis(DEFAULT_UDP_AFFINITY_MAX_AGE_MS)
+    );
+    let with = GOOD.replace(
+        "active = \"blue\"",
+        "active = \"blue\"\nudp_affinity_idle_ms = 5000\nudp_affinity_max_age_ms = 60000",
+    );
+    let c = Config::parse(&with).expect("valid");
+    assert_eq!(c.services[0].udp_affinity_max_age, Duration::from_secs(60));
+    let without = GOOD.replace(
+        "active = \"blue\"",
+        "active = \"blue\"\nudp_affinity_max_age_ms = 60000",
+    );
+    let msg = errors(&without)[0].to_string();
+    assert!(
+        msg.contains("service[0].udp_affinity_max_age_ms: only with udp_affinity_idle_ms"),
         "{msg}"
     );
 }
@@ -213,4 +328,199 @@ fn tcp_service_rejects_udp_affinity() {
     let text = GOOD.replace("forward = \"pass\"", "udp_affinity_idle_ms = 1000");
     let e = errors(&text);
     assert_eq!(e[0].field, "service[1].udp_affinity_idle_ms");
+}
+
+/// The service section of GOOD's tcp service with `extra` appended.
+fn with_tcp_extra(extra: &str) -> String {
+    GOOD.replace(
+        "forward = \"pass\"",
+        &format!("forward = \"pass\"\n{extra}"),
+    )
+}
+
+fn messages(e: &[FieldError]) -> String {
+    e.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn durations_out_of_range_are_rejected_with_the_range() {
+    // Every one of these either busy-loops (a zero interval), overflows the controller's
+    // deadline arithmetic or a tokio Instant, or is truncated to the datapath's u64 ns.
+    let text = with_tcp_extra(
+        "drain_ms = 18446744073710\nwarm_ms = 9223372036854775807\n\
+         [service.health]\ninterval_ms = 0\ndeadline_ms = 9223372036854775807\ntimeout_ms = 0\n\
+         [service.load]\nlines = 100\ntimeout_ms = 9223372036854775807\n\
+         [service.canary]\npercent = 10\nduration_ms = 9223372036854775807\n\
+         [service.metrics]\nurl = \"http://{addr}/m\"\ntimeout_ms = 0\n\
+         [[service.metrics.check]]\nname = \"x\"\nmax_increase = 0\n\
+         [service.watch]\nwindow_ms = 9223372036854775807\ninterval_ms = 0",
+    )
+    .replace(
+        "active = \"blue\"",
+        "active = \"blue\"\nudp_affinity_idle_ms = 18446744073710",
+    )
+    .replace(
+        "[daemon]",
+        "[daemon]\nprobe_interval_ms = 9223372036854775807",
+    );
+    let e = errors(&text);
+    let msg = messages(&e);
+    for (field, range) in [
+        ("daemon.probe_interval_ms", "0 (off) or 100..=3600000"),
+        ("service[0].udp_affinity_idle_ms", "0..=604800000"),
+        ("service[1].drain_ms", "0..=604800000"),
+        ("service[1].warm_ms", "0..=604800000"),
+        ("service[1].health.interval_ms", "10..=3600000"),
+        ("service[1].health.deadline_ms", "1..=3600000"),
+        ("service[1].health.timeout_ms", "1..=300000"),
+        ("service[1].load.timeout_ms", "1..=3600000"),
+        ("service[1].canary.duration_ms", "1..=3600000"),
+        ("service[1].metrics.timeout_ms", "1..=300000"),
+        ("service[1].watch.window_ms", "0..=604800000"),
+        ("service[1].watch.interval_ms", "10..=3600000"),
+    ] {
+        let line = e
+            .iter()
+            .find(|e| e.field == field)
+            .map(ToString::to_string)
+            .unwrap_or_else(|| panic!("no error for {field}:\n{msg}"));
+        assert!(
+            line.contains(range),
+            "{field} does not name {range}: {line}"
+        );
+    }
+}
+
+#[test]
+fn load_size_and_rate_are_bounded() {
+    let text = with_tcp_extra(
+        "[service.load]\nlines = 1000000000000\nrate = 1000000000000\nline_size = 2000000\nconnections = 100000",
+    );
+    let msg = messages(&errors(&text));
+    for want in [
+        "service[1].load.lines: 1000000000000 is out of range: 1..=10000000",
+        "service[1].load.rate: 1000000000000 is out of range: 0..=1000000",
+        "service[1].load: connections must be 1..=4096",
+    ] {
+        assert!(msg.contains(want), "missing {want}:\n{msg}");
+    }
+    let msg = messages(&errors(&with_tcp_extra(
+        "[service.load]\nline_size = 2000000",
+    )));
+    assert!(
+        msg.contains("service[1].load: line_size 2000000 exceeds"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn durations_at_their_bounds_are_accepted() {
+    let text = with_tcp_extra(
+        "drain_ms = 604800000\nwarm_ms = 0\n\
+         [service.health]\ninterval_ms = 10\ndeadline_ms = 3600000\ntimeout_ms = 300000\n\
+         [service.load]\nlines = 10000000\nrate = 0\ntimeout_ms = 1\n\
+         [service.watch]\nwindow_ms = 604800000\ninterval_ms = 10",
+    )
+    .replace("[daemon]", "[daemon]\nprobe_interval_ms = 3600000");
+    let c = Config::parse(&text).expect("bounds are inclusive");
+    let s = &c.services[1];
+    assert_eq!(s.drain, Duration::from_secs(7 * 86_400));
+    assert_eq!(s.checks.watch.window, Duration::from_secs(7 * 86_400));
+    assert_eq!(s.checks.watch.interval, Duration::from_millis(10));
+    // Whatever the config allows fits the datapath's u64 nanoseconds.
+    assert!(u64::try_from(s.drain.as_nanos()).is_ok());
+}
+
+mod fuzz {
+    //! Random and hostile config files: every one is parsed whole into a valid config or
+    //! rejected with errors naming fields, never a panic.
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Values a hostile or careless file puts where a value goes.
+    fn value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("0".to_string()),
+            Just("-1".to_string()),
+            Just("18446744073709551615".to_string()),
+            Just("9223372036854775807".to_string()),
+            Just("1e308".to_string()),
+            Just("nan".to_string()),
+            Just("\"\"".to_string()),
+            Just("[]".to_string()),
+            Just("{}".to_string()),
+            Just("\"198.18.2.2:0\"".to_string()),
+            Just("\"[::1]:514\"".to_string()),
+            Just("[\"198.18.2.2:514\", \"198.18.2.2:514\"]".to_string()),
+            any::<i64>().prop_map(|v| v.to_string()),
+            "\"[ -~]{0,30}\"",
+        ]
+    }
+
+    /// The example with some `key = value` lines given hostile values, some lines dropped and
+    /// some repeated.
+    fn mutated() -> impl Strategy<Value = String> {
+        let lines: Vec<String> = GOOD.lines().map(str::to_string).collect();
+        let n = lines.len();
+        proptest::collection::vec((0..n, 0u8..4, value()), 0..8).prop_map(move |edits| {
+            let mut l = lines.clone();
+            for (i, kind, v) in edits {
+                let i = i % l.len().max(1);
+                if l.is_empty() {
+                    break;
+                }
+                match kind {
+                    0 => {
+                        if let Some((k, _)) = l[i].split_once('=') {
+                            l[i] = format!("{k}= {v}");
+                        }
+                    }
+                    1 => {
+                        l.remove(i);
+                    }
+                    2 => {
+                        let dup = l[i].clone();
+                        l.insert(i, dup);
+                    }
+                    _ => l.insert(i, format!("watch = {{ window_ms = {v} }}")),
+                }
+            }
+            l.join("\n")
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        #[test]
+        fn any_bytes_are_rejected_or_parsed_without_panicking(text in "\\PC{0,400}") {
+            let _ = Config::parse(&text);
+        }
+
+        #[test]
+        fn hostile_values_are_rejected_with_field_paths_or_accepted_whole(text in mutated()) {
+            match Config::parse(&text) {
+                Ok(c) => {
+                    for s in &c.services {
+                        for color in Color::BOTH {
+                            prop_assert!(check_pool(s.members(color)).is_ok() || s.members(color).is_empty());
+                        }
+                        prop_assert!(s.drain <= Duration::from_secs(7 * 24 * 3600));
+                    }
+                }
+                Err(ParseFailure::Invalid(errors)) => {
+                    prop_assert!(!errors.is_empty());
+                    for e in errors {
+                        prop_assert!(!e.field.is_empty() && !e.to_string().is_empty());
+                    }
+                }
+                Err(ParseFailure::Syntax(m)) => prop_assert!(!m.is_empty()),
+            }
+        }
+    }
 }

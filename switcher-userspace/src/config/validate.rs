@@ -5,6 +5,7 @@
 use std::{
     collections::HashMap,
     net::{IpAddr, SocketAddr},
+    ops::RangeInclusive,
     path::PathBuf,
     str::FromStr,
     time::Duration,
@@ -13,13 +14,51 @@ use std::{
 use switcher_common::MAX_SERVICES;
 
 use super::{
-    backend_conflicts,
+    backend_conflicts, check_pool, pool,
     schema::{RawColor, RawConfig, RawHttp, RawService},
-    CanaryCheck, Checks, Color, Config, DaemonConfig, FieldError, Forward, HealthCheck, HttpConfig,
-    LoadCheck, MetricRule, MetricsCheck, Protocol, Service, WatchPolicy, XdpMode,
-    DEFAULT_BPFFS_DIR, DEFAULT_DRAIN_MS, DEFAULT_HTTP_LISTEN, DEFAULT_SOCKET, DEFAULT_STATE_DIR,
+    Color, Config, DaemonConfig, FieldError, Forward, HttpConfig, Member, Protocol, Service,
+    XdpMode, DEFAULT_BPFFS_DIR, DEFAULT_DRAIN_MS, DEFAULT_HTTP_LISTEN, DEFAULT_SOCKET,
+    DEFAULT_STATE_DIR, DEFAULT_UDP_AFFINITY_MAX_AGE_MS,
 };
-use crate::probe::{health::HealthRounds, load::LoadSpec};
+
+mod checks;
+use checks::checks;
+
+/// Bounds of the numeric settings. Every duration the controller adds to a clock or a tokio
+/// `Instant`, or the datapath converts to u64 nanoseconds, stays far inside what those hold
+/// (a u64 of ns is 584 years), and no interval is short enough to busy-loop.
+const SECOND_MS: u64 = 1_000;
+const MINUTE_MS: u64 = 60 * SECOND_MS;
+const HOUR_MS: u64 = 60 * MINUTE_MS;
+const WEEK_MS: u64 = 7 * 24 * HOUR_MS;
+/// Any repeated check: the watch, health rounds.
+const INTERVALS: RangeInclusive<u64> = 10..=HOUR_MS;
+/// How long a validation step may run: a health deadline, a load run, a canary.
+const STEPS: RangeInclusive<u64> = 1..=HOUR_MS;
+/// One probe: a TCP connect, an HTTP GET, a scrape.
+const TIMEOUTS: RangeInclusive<u64> = 1..=5 * MINUTE_MS;
+/// Windows that may be long but not forever: watch, warm, drain, UDP affinity.
+const WINDOWS: RangeInclusive<u64> = 0..=WEEK_MS;
+/// The daemon's background health probes (0 turns them off).
+const PROBE_INTERVALS: RangeInclusive<u64> = 100..=HOUR_MS;
+const LOAD_LINES: RangeInclusive<u64> = 1..=10_000_000;
+/// Lines per second; 0 sends unpaced.
+const LOAD_RATE: RangeInclusive<u64> = 0..=1_000_000;
+const _: () = assert!(WEEK_MS <= u64::MAX / 1_000_000, "ns of a week fit u64");
+
+/// The error for `v` outside `range` (milliseconds when `unit_ms`): the range is named.
+fn out_of_range(v: u64, range: &RangeInclusive<u64>, unit_ms: bool) -> String {
+    let (lo, hi) = (*range.start(), *range.end());
+    if unit_ms {
+        format!(
+            "{v} is out of range: {lo}..={hi} ({} to {})",
+            humantime::format_duration(Duration::from_millis(lo)),
+            humantime::format_duration(Duration::from_millis(hi))
+        )
+    } else {
+        format!("{v} is out of range: {lo}..={hi}")
+    }
+}
 
 struct Errors(Vec<FieldError>);
 
@@ -29,6 +68,42 @@ impl Errors {
             field: field.into(),
             reason: reason.into(),
         });
+    }
+
+    /// `v` milliseconds within `range`, or `default` with the error recorded at `field`.
+    fn ms(
+        &mut self,
+        v: Option<u64>,
+        field: &str,
+        range: RangeInclusive<u64>,
+        default: Duration,
+    ) -> Duration {
+        match v {
+            None => default,
+            Some(ms) if range.contains(&ms) => Duration::from_millis(ms),
+            Some(ms) => {
+                self.push(field, out_of_range(ms, &range, true));
+                default
+            }
+        }
+    }
+
+    /// A count within `range`, or `default` with the error recorded at `field`.
+    fn count(
+        &mut self,
+        v: Option<u64>,
+        field: &str,
+        range: RangeInclusive<u64>,
+        default: u64,
+    ) -> u64 {
+        match v {
+            None => default,
+            Some(n) if range.contains(&n) => n,
+            Some(n) => {
+                self.push(field, out_of_range(n, &range, false));
+                default
+            }
+        }
     }
 
     /// `text` parsed as `T`, or `default` with the parse error recorded at `field`.
@@ -76,10 +151,16 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
     let http = http_config(raw.http.unwrap_or_default(), &mut errs);
     let probe_interval = match raw.daemon.probe_interval_ms {
         Some(0) => None,
-        Some(ms) if ms < 100 => {
+        Some(ms) if !PROBE_INTERVALS.contains(&ms) => {
             errs.push(
                 "daemon.probe_interval_ms",
-                format!("{ms} ms would hammer the backends: 0 (off) or at least 100"),
+                format!(
+                    "{ms} ms would hammer the backends or never probe them: 0 (off) or {}..={} ({} to {})",
+                    PROBE_INTERVALS.start(),
+                    PROBE_INTERVALS.end(),
+                    humantime::format_duration(Duration::from_millis(*PROBE_INTERVALS.start())),
+                    humantime::format_duration(Duration::from_millis(*PROBE_INTERVALS.end())),
+                ),
             );
             None
         }
@@ -94,19 +175,26 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
     }
 
     let mut services = Vec::new();
-    // The file index of each entry of `services`, for field paths.
+    // The file index of each entry of `services` and whether each colour used `backends`,
+    // for field paths.
     let mut indexes = Vec::new();
     let mut names: HashMap<String, usize> = HashMap::new();
     let mut keys: HashMap<(IpAddr, u16, Protocol), usize> = HashMap::new();
     for (i, s) in raw.services.into_iter().enumerate() {
+        let listed = [&s.blue, &s.green].map(|c| c.as_ref().is_some_and(|c| c.backends.is_some()));
         if let Some(svc) = service(i, s, default_forward, &mut names, &mut keys, &mut errs) {
             services.push(svc);
-            indexes.push(i);
+            indexes.push((i, listed));
         }
     }
     for c in backend_conflicts(&services) {
+        let (i, listed) = indexes[c.index];
         errs.push(
-            format!("service[{}].{}.backend", indexes[c.index], c.color),
+            member_field(
+                &format!("service[{i}].{}", c.color),
+                listed[c.color.index() as usize],
+                Some(c.position),
+            ),
             format!(
                 "{}/{} is already the backend of service {:?}",
                 c.backend, c.protocol, c.owner
@@ -191,11 +279,11 @@ fn service(
         }
     };
     let active = errs.parsed(s.active.as_deref(), &at("active"), Color::Blue);
-    let blue = backend(s.blue.take(), &at("blue.backend"), vip, errs);
-    let green = backend(s.green.take(), &at("green.backend"), vip, errs);
+    let blue = pool(s.blue.take(), &at("blue"), vip, errs);
+    let green = pool(s.green.take(), &at("green"), vip, errs);
     let has_active = match active {
-        Color::Blue => blue.is_some(),
-        Color::Green => green.is_some(),
+        Color::Blue => !blue.is_empty(),
+        Color::Green => !green.is_empty(),
     };
     if !has_active {
         errs.push(at("active"), format!("{active} has no backend"));
@@ -209,6 +297,7 @@ fn service(
         }
     }
     let forward = errs.parsed(s.forward.as_deref(), &at("forward"), default_forward);
+    // Both go to the datapath in u64 nanoseconds: WINDOWS keeps them far inside.
     let udp_affinity_idle = match s.udp_affinity_idle_ms {
         None | Some(0) => None,
         Some(ms) => {
@@ -218,10 +307,32 @@ fn service(
                     "only for udp services (tcp is always pinned)",
                 );
             }
-            Some(Duration::from_millis(ms))
+            Some(errs.ms(
+                Some(ms),
+                &at("udp_affinity_idle_ms"),
+                WINDOWS,
+                Duration::ZERO,
+            ))
         }
     };
-    let drain = Duration::from_millis(s.drain_ms.unwrap_or(DEFAULT_DRAIN_MS));
+    if udp_affinity_idle.is_none() && s.udp_affinity_max_age_ms.is_some() {
+        errs.push(
+            at("udp_affinity_max_age_ms"),
+            "only with udp_affinity_idle_ms (without affinity every datagram follows the active colour)",
+        );
+    }
+    let udp_affinity_max_age = errs.ms(
+        s.udp_affinity_max_age_ms,
+        &at("udp_affinity_max_age_ms"),
+        WINDOWS,
+        Duration::from_millis(DEFAULT_UDP_AFFINITY_MAX_AGE_MS),
+    );
+    let drain = errs.ms(
+        s.drain_ms,
+        &at("drain_ms"),
+        WINDOWS,
+        Duration::from_millis(DEFAULT_DRAIN_MS),
+    );
     let checks = checks(&s, protocol, &at, errs);
     Some(Service {
         name: s.name,
@@ -233,40 +344,77 @@ fn service(
         green,
         forward,
         udp_affinity_idle,
+        udp_affinity_max_age,
         drain,
         checks,
     })
 }
 
-/// A colour's `backend = "ADDR:PORT"`, in the VIP's address family.
-fn backend(
-    c: Option<RawColor>,
-    field: &str,
-    vip: Option<IpAddr>,
-    errs: &mut Errors,
-) -> Option<SocketAddr> {
-    let c = c?;
-    match c.backend.parse::<SocketAddr>() {
-        Ok(a) if a.port() == 0 => {
-            errs.push(field, "port 0 is not a backend port");
-            None
+/// The field path of a colour's member: `backend`, or `backends[i]` when the pool is listed.
+fn member_field(color_at: &str, listed: bool, i: Option<usize>) -> String {
+    match (listed, i) {
+        (true, Some(i)) => format!("{color_at}.backends[{i}]"),
+        (true, None) => format!("{color_at}.backends"),
+        (false, _) => format!("{color_at}.backend"),
+    }
+}
+
+/// A colour's pool: `backend = "ADDR:PORT"` (a pool of one) or `backends = [...]` with
+/// optional `weights`, in the VIP's address family. Empty when absent or invalid.
+fn pool(c: Option<RawColor>, at: &str, vip: Option<IpAddr>, errs: &mut Errors) -> Vec<Member> {
+    let Some(c) = c else {
+        return Vec::new();
+    };
+    let listed = c.backends.is_some();
+    let addrs: Vec<String> = match (c.backend, c.backends) {
+        (Some(_), Some(_)) => {
+            errs.push(at, "backend or backends, not both");
+            return Vec::new();
         }
-        Ok(a) => {
-            if let Some(v) = vip {
-                if v.is_ipv4() != a.is_ipv4() {
-                    errs.push(
-                        field,
-                        format!("{a} is not the same address family as vip {v}"),
-                    );
-                }
-            }
-            Some(a)
+        (Some(b), None) => vec![b],
+        (None, Some(list)) => list,
+        (None, None) => {
+            errs.push(
+                at,
+                "backend = \"ADDR:PORT\" or backends = [...] is required",
+            );
+            return Vec::new();
         }
-        Err(_) => {
-            errs.push(field, format!("{:?} is not ADDR:PORT", c.backend));
-            None
+    };
+    let weights = match c.weights {
+        Some(_) if !listed => {
+            errs.push(format!("{at}.weights"), "only with backends = [...]");
+            return Vec::new();
+        }
+        Some(w) if w.len() != addrs.len() => {
+            errs.push(
+                format!("{at}.weights"),
+                format!("{} weights for {} backends", w.len(), addrs.len()),
+            );
+            return Vec::new();
+        }
+        Some(w) => w,
+        None => vec![1; addrs.len()],
+    };
+    let mut members = Vec::with_capacity(addrs.len());
+    let mut ok = true;
+    for (i, (a, w)) in addrs.iter().zip(weights).enumerate() {
+        let addr =
+            pool::member_addr(a, vip).map_err(|e| errs.push(member_field(at, listed, Some(i)), e));
+        let weight = pool::weight_value(w).map_err(|e| errs.push(format!("{at}.weights[{i}]"), e));
+        match (addr, weight) {
+            (Ok(addr), Ok(weight)) => members.push(Member { addr, weight }),
+            _ => ok = false,
         }
     }
+    if !ok {
+        return Vec::new();
+    }
+    if let Err((i, e)) = check_pool(&members) {
+        errs.push(member_field(at, listed, i), e);
+        return Vec::new();
+    }
+    members
 }
 
 fn http_config(raw: RawHttp, errs: &mut Errors) -> HttpConfig {
@@ -290,10 +438,6 @@ fn http_config(raw: RawHttp, errs: &mut Errors) -> HttpConfig {
     }
 }
 
-fn ms(v: Option<u64>, default: Duration) -> Duration {
-    v.map_or(default, Duration::from_millis)
-}
-
 fn port_field(v: Option<i64>, field: String, errs: &mut Errors) -> Option<u16> {
     let v = v?;
     match u16::try_from(v) {
@@ -308,156 +452,5 @@ fn port_field(v: Option<i64>, field: String, errs: &mut Errors) -> Option<u16> {
 fn url_field(v: &str, field: String, errs: &mut Errors) {
     if !v.starts_with("http://") {
         errs.push(field, format!("{v:?}: only http:// URLs are supported"));
-    }
-}
-
-/// Validation and watch settings of one service, with defaults: a TCP service is health
-/// checked by a TCP connect to its backend port; everything else must be configured.
-fn checks(
-    s: &RawService,
-    protocol: Option<Protocol>,
-    at: &dyn Fn(&str) -> String,
-    errs: &mut Errors,
-) -> Checks {
-    let defaults = HealthRounds::default();
-    let health = match &s.health {
-        Some(h) => {
-            let tcp_port = port_field(h.tcp_port, at("health.tcp_port"), errs);
-            if let Some(u) = &h.http {
-                url_field(u, at("health.http"), errs);
-            }
-            if tcp_port.is_none() && h.http.is_none() && protocol != Some(Protocol::Tcp) {
-                errs.push(at("health"), "set tcp_port and/or http");
-            }
-            let successes = h.successes.unwrap_or(defaults.successes);
-            if successes == 0 {
-                errs.push(at("health.successes"), "must be at least 1");
-            }
-            Some(HealthCheck {
-                tcp_port,
-                http: h.http.clone(),
-                rounds: HealthRounds {
-                    successes,
-                    interval: ms(h.interval_ms, defaults.interval),
-                    deadline: ms(h.deadline_ms, defaults.deadline),
-                    timeout: ms(h.timeout_ms, defaults.timeout),
-                },
-            })
-        }
-        None if protocol == Some(Protocol::Tcp) => Some(HealthCheck {
-            tcp_port: None,
-            http: None,
-            rounds: defaults,
-        }),
-        None => None,
-    };
-    let load = s.load.as_ref().map(|l| {
-        let proto = errs.parsed(
-            l.protocol.as_deref(),
-            &at("load.protocol"),
-            protocol.unwrap_or(Protocol::Tcp),
-        );
-        let ack = l.ack.unwrap_or(false);
-        if ack && proto == Protocol::Udp {
-            errs.push(at("load.ack"), "acknowledgements need tcp");
-        }
-        let lines = l.lines.unwrap_or(1000);
-        if lines == 0 {
-            errs.push(at("load.lines"), "must be at least 1");
-        }
-        for (name, v) in [
-            ("max_p99_ratio", l.max_p99_ratio),
-            ("min_throughput_ratio", l.min_throughput_ratio),
-            ("max_p99_ms", l.max_p99_ms),
-            ("min_throughput", l.min_throughput),
-            ("max_error_ratio", l.max_error_ratio),
-        ] {
-            if v.is_some_and(|v| !(v.is_finite() && v >= 0.0)) {
-                errs.push(at(&format!("load.{name}")), "must be a finite number >= 0");
-            }
-        }
-        LoadCheck {
-            port: port_field(l.port, at("load.port"), errs),
-            run: LoadSpec {
-                protocol: proto,
-                lines,
-                rate: l.rate.unwrap_or(1000),
-                line_size: l.line_size.unwrap_or(200),
-                connections: l.connections.unwrap_or(1).max(1),
-                ack,
-                timeout: ms(l.timeout_ms, Duration::from_secs(30)),
-            },
-            max_p99_ms: l.max_p99_ms,
-            min_throughput: l.min_throughput,
-            max_error_ratio: l.max_error_ratio.unwrap_or(0.0),
-            max_p99_ratio: l.max_p99_ratio,
-            min_throughput_ratio: l.min_throughput_ratio,
-        }
-    });
-    let metrics = s.metrics.as_ref().map(|m| {
-        url_field(&m.url, at("metrics.url"), errs);
-        if m.checks.is_empty() {
-            errs.push(
-                at("metrics.check"),
-                "at least one [[service.metrics.check]] is needed",
-            );
-        }
-        for (i, c) in m.checks.iter().enumerate() {
-            if c.max_increase.is_none() && c.min_rate.is_none() {
-                errs.push(
-                    at(&format!("metrics.check[{i}]")),
-                    "set max_increase and/or min_rate",
-                );
-            }
-        }
-        MetricsCheck {
-            url: m.url.clone(),
-            timeout: ms(m.timeout_ms, Duration::from_secs(2)),
-            rules: m
-                .checks
-                .iter()
-                .map(|c| MetricRule {
-                    name: c.name.clone(),
-                    labels: c.labels.clone(),
-                    max_increase: c.max_increase,
-                    min_rate: c.min_rate,
-                })
-                .collect(),
-        }
-    });
-    let canary = s.canary.as_ref().map(|c| {
-        if !(c.percent > 0.0 && c.percent <= 50.0) {
-            errs.push(
-                at("canary.percent"),
-                format!("{} is not in (0, 50]", c.percent),
-            );
-        }
-        CanaryCheck {
-            percent: c.percent,
-            duration: Duration::from_millis(c.duration_ms),
-        }
-    });
-    let w = s.watch.as_ref();
-    let watch = WatchPolicy {
-        window: ms(w.and_then(|w| w.window_ms), Duration::from_secs(30)),
-        interval: ms(w.and_then(|w| w.interval_ms), Duration::from_secs(1)),
-        failures: w.and_then(|w| w.failures).unwrap_or(2).max(1),
-        max_resets: w.and_then(|w| w.max_resets),
-        max_unreachables: w.and_then(|w| w.max_unreachables),
-        min_rate_ratio: w.and_then(|w| w.min_rate_ratio),
-    };
-    if watch
-        .min_rate_ratio
-        .is_some_and(|r| !(r.is_finite() && r > 0.0 && r <= 1.0))
-    {
-        errs.push(at("watch.min_rate_ratio"), "must be in (0, 1]");
-    }
-    Checks {
-        health,
-        load,
-        metrics,
-        canary,
-        watch,
-        warm: ms(s.warm_ms, Duration::from_secs(600)),
     }
 }

@@ -2,7 +2,7 @@
 //! change from the controller's state and shared, so a scrape holds the controller's lock only
 //! for an `Arc` clone.
 
-use std::{sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use crate::{
     config::Service,
@@ -27,8 +27,9 @@ pub struct CatalogEntry {
     pub protocol: String,
     pub blue: Slot,
     pub green: Slot,
-    /// How to probe each colour's backend (by colour index); None: nothing to probe.
-    pub health: [Option<HealthSpec>; 2],
+    /// How to probe each member of each colour's pool (by colour index); empty: nothing to
+    /// probe.
+    pub health: [Vec<(SocketAddr, HealthSpec)>; 2],
     pub current: Option<Deployment>,
     /// The latest finished deployments, newest last.
     pub recent: Vec<Deployment>,
@@ -48,25 +49,28 @@ impl CatalogEntry {
         st: &ServiceState,
         history: Option<&Vec<Deployment>>,
     ) -> Self {
+        let spec = |backend: SocketAddr| match &s.checks.health {
+            Some(h) => Some(judge::health_spec(h, s.protocol, backend)),
+            // A TCP service's own port answers a connect; UDP has nothing to ask.
+            None => (s.protocol == Protocol::Tcp).then(|| HealthSpec {
+                tcp: Some(backend),
+                http_url: None,
+                rounds: HealthRounds {
+                    successes: 1,
+                    interval: Duration::from_secs(1),
+                    deadline: Duration::from_secs(1),
+                    timeout: Duration::from_secs(1),
+                },
+            }),
+        };
         let probe = |c: Color| {
-            let backend = s.backend(c)?;
-            match &s.checks.health {
-                Some(h) => Some(judge::health_spec(h, s.protocol, backend)),
-                // A TCP service's own port answers a connect; UDP has nothing to ask.
-                None => (s.protocol == Protocol::Tcp).then(|| HealthSpec {
-                    tcp: Some(backend),
-                    http_url: None,
-                    rounds: HealthRounds {
-                        successes: 1,
-                        interval: Duration::from_secs(1),
-                        deadline: Duration::from_secs(1),
-                        timeout: Duration::from_secs(1),
-                    },
-                }),
-            }
+            s.members(c)
+                .iter()
+                .filter_map(|m| Some((m.addr, spec(m.addr)?)))
+                .collect()
         };
         let slot = |c: Color| Slot {
-            backend: s.backend(c),
+            members: s.members(c).to_vec(),
             ..st.slot(c).clone()
         };
         Self {

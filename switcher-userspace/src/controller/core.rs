@@ -5,20 +5,22 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
+    net::SocketAddr,
     path::PathBuf,
     time::Instant,
 };
 
 use anyhow::{anyhow, bail, Context as _, Result};
+use switcher_common::Endpoint;
 use tokio::task::AbortHandle;
-use tracing::warn;
+use tracing::{info, warn};
 
 use super::events::{Event, Outputs, AUTO};
 use crate::{
     config::{Config, Service},
     datapath::{self, Datapath, FlipOutcome},
     deploy::{Deployment, Phase, Step},
-    domain::{now_ms, Color},
+    domain::{ms_after, now_ms, Color},
     state::{ServiceState, State},
 };
 
@@ -219,7 +221,7 @@ impl Core {
     /// Sets the watch window of a freshly promoted deployment.
     pub fn start_watch_clock(&mut self, service: &str) -> Result<()> {
         let window = self.service_cfg(service)?.checks.watch.window;
-        let until = now_ms() + window.as_millis() as u64;
+        let until = ms_after(now_ms(), window);
         if let Some(d) = self.svc_state(service)?.current.as_mut() {
             d.watch_until_ms = Some(until);
         }
@@ -230,6 +232,65 @@ impl Core {
     pub fn clear_canary(&mut self, service: &str) -> Result<()> {
         let id = self.id(service)?;
         self.dp.set_canary(id, 0)
+    }
+
+    /// Takes a pool member out of its colour's table or puts it back (the health monitor's
+    /// verdict), and says so when that changed anything.
+    /// Lets go of members removed from their pool once no flow uses them (see
+    /// [`Datapath::retire_drained`]), with an event for each.
+    pub fn retire_drained(&mut self, unused: &[Endpoint]) -> Result<()> {
+        for (id, member) in self.dp.retire_drained(unused)? {
+            let service = self
+                .ids
+                .iter()
+                .find(|(_, v)| **v == id)
+                .map(|(name, _)| name.clone())
+                .unwrap_or_else(|| format!("service id {id}"));
+            info!("{service}: removed member {member} drained: no connection uses it any more");
+            self.out.emit(Event {
+                at_ms: now_ms(),
+                service,
+                deployment: None,
+                kind: "member".into(),
+                phase: None,
+                actor: AUTO.into(),
+                message: format!(
+                    "member {member}, removed from its pool, drained: its last connection is gone"
+                ),
+                evidence: None,
+            });
+        }
+        Ok(())
+    }
+
+    pub fn set_member_in_service(
+        &mut self,
+        service: &str,
+        color: Color,
+        member: SocketAddr,
+        up: bool,
+    ) -> Result<()> {
+        let id = self.id(service)?;
+        if self.dp.set_member_in_service(id, color, member, up)? {
+            self.out.emit(Event {
+                at_ms: now_ms(),
+                service: service.to_string(),
+                deployment: None,
+                kind: "member".into(),
+                phase: None,
+                actor: AUTO.into(),
+                message: if up {
+                    format!("{color} member {member} is healthy again: back in its pool's table")
+                } else {
+                    format!(
+                        "{color} member {member} failed its health probes: out of its pool's \
+                         table (its share of new flows moves; its connections stay)"
+                    )
+                },
+                evidence: None,
+            });
+        }
+        Ok(())
     }
 
     /// Ends every canary share in the datapath (validations are being stopped).
@@ -245,11 +306,28 @@ impl Core {
         first.map_or(Ok(()), Err)
     }
 
-    /// Re-programs the datapath with the effective services (after a deploy or a reload).
-    pub fn apply_services(&mut self) -> Result<Vec<Service>> {
-        let services = self.state.effective(&self.cfg);
-        self.ids = self.dp.apply(&services)?;
-        Ok(services)
+    /// Programs `services` into the datapath, all or nothing: when a map write fails midway,
+    /// what is programmed now (the effective services of the current state and config) is
+    /// written back before the error is returned. Call it before changing the state.
+    pub fn apply_services(&mut self, services: &[Service]) -> Result<()> {
+        match self.dp.apply(services) {
+            Ok(ids) => {
+                self.ids = ids;
+                Ok(())
+            }
+            Err(e) => {
+                let previous = self.state.effective(&self.cfg);
+                match self.dp.apply(&previous) {
+                    Ok(ids) => {
+                        self.ids = ids;
+                        Err(e.context("nothing applied: the datapath was restored"))
+                    }
+                    Err(r) => Err(e.context(format!(
+                        "restoring the datapath after that failed too ({r:#}): restart the daemon"
+                    ))),
+                }
+            }
+        }
     }
 
     /// Tells the datapath which interfaces accept redirected frames.

@@ -11,7 +11,10 @@ use tokio::sync::broadcast;
 use tracing::info;
 
 use super::recorded::Recorded;
-use crate::deploy::{Deployment, Phase};
+use crate::{
+    config::describe,
+    deploy::{Deployment, Phase},
+};
 
 /// The actor of what the controller does by itself (validation verdicts, watch rollbacks).
 pub const AUTO: &str = "auto";
@@ -82,7 +85,11 @@ impl Outputs {
                 actor: t.actor.clone(),
                 message: format!(
                     "deployment {} ({} {}): {} — {}",
-                    d.id, d.color, d.backend, t.to, t.reason
+                    d.id,
+                    d.color,
+                    describe(&d.members),
+                    t.to,
+                    t.reason
                 ),
                 evidence: t.evidence.clone(),
             });

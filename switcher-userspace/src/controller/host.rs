@@ -10,7 +10,7 @@ use switcher_common::ColorCounters;
 
 use super::catalog::CatalogEntry;
 use crate::{
-    config::Checks,
+    config::{Checks, Member},
     domain::{Color, Protocol},
     judge::Round,
 };
@@ -19,9 +19,10 @@ use crate::{
 pub struct ValidationInputs {
     pub checks: Checks,
     pub protocol: Protocol,
-    pub candidate: SocketAddr,
-    /// The serving colour's backend, measured under the same load.
-    pub serving: Option<SocketAddr>,
+    /// The candidate's pool.
+    pub candidate: Vec<Member>,
+    /// The serving colour's pool, measured under the same load (empty: none).
+    pub serving: Vec<Member>,
 }
 
 /// What the watch needs to know, read once at its start.
@@ -32,7 +33,8 @@ pub struct WatchInputs {
     pub checks: Checks,
     pub protocol: Protocol,
     pub color: Color,
-    pub candidate: SocketAddr,
+    /// The candidate's pool.
+    pub candidate: Vec<Member>,
 }
 
 /// A validation's findings: no failures means it passed.
@@ -97,4 +99,13 @@ pub trait Host: Clone + Send + Sync + 'static {
     fn watch_failed(&self, service: &str, e: anyhow::Error) -> impl Future<Output = ()> + Send;
     /// The services to probe.
     fn catalog(&self) -> impl Future<Output = Arc<Vec<CatalogEntry>>> + Send;
+    /// The health monitor's verdict on a pool member: out of service (its share of new flows
+    /// moves to the others, its established connections stay) or back in.
+    fn member_health(
+        &self,
+        service: &str,
+        color: Color,
+        member: SocketAddr,
+        up: bool,
+    ) -> impl Future<Output = Result<()>> + Send;
 }

@@ -29,7 +29,6 @@ mod watch;
 
 use std::{
     collections::BTreeMap,
-    net::SocketAddr,
     path::PathBuf,
     sync::Arc,
     time::{Duration, Instant},
@@ -42,15 +41,15 @@ use tracing::{error, warn};
 
 pub use catalog::CatalogEntry;
 pub use events::{Event, AUTO};
-pub use health::{BackendHealth, HealthBoard};
+pub use health::{BackendHealth, HealthBoard, MemberKey};
 pub use recorded::Recorded;
 pub use reload::ReloadSummary;
-pub use view::{ColorView, DeploymentView, FlipStatus, ServiceView, StatusView};
+pub use view::{ColorView, DeploymentView, FlipStatus, MemberView, ServiceView, StatusView};
 
 use self::{catalog::CatalogCache, core::Core, events::Outputs, host::Host};
 use crate::{
-    config::Config,
-    datapath::{xdp_features, Datapath, FlipOutcome},
+    config::{Config, Member},
+    datapath::{xdp_features, Datapath, FlipOutcome, FlowPolicy, FlowSweeper},
     deploy::{Deployment, Phase, Step},
     domain::{now_ms, Color},
     state::State,
@@ -65,7 +64,8 @@ struct Inner {
     out: Outputs,
     catalog: CatalogCache,
     health: HealthBoard,
-    monitor: std::sync::Mutex<Option<tokio::task::AbortHandle>>,
+    /// The health monitor and the flow sweeper, by name.
+    background: std::sync::Mutex<BTreeMap<&'static str, tokio::task::AbortHandle>>,
 }
 
 /// What `promote` answered.
@@ -92,6 +92,7 @@ impl Controller {
     /// attaches, and resumes or explicitly closes the deployments an earlier daemon left open.
     pub async fn start(cfg: Config, cfg_path: PathBuf, mut dp: Box<dyn Datapath>) -> Result<Self> {
         let mut state = State::load(&cfg.daemon.state_dir)?;
+        state.settle(&cfg);
         let services = state.effective(&cfg);
         let ids = dp.apply(&services)?;
         let mut active = BTreeMap::new();
@@ -126,7 +127,7 @@ impl Controller {
             out,
             catalog: CatalogCache::default(),
             health: HealthBoard::default(),
-            monitor: std::sync::Mutex::new(None),
+            background: Default::default(),
         }));
         {
             let mut core = ctl.lock().await;
@@ -145,22 +146,25 @@ impl Controller {
 
     /// Colours, backends, counters and the deployment in progress of every service (or one).
     pub async fn status(&self, service: Option<&str>) -> Result<StatusView> {
-        self.lock().await.status(service)
+        let mut view = self.lock().await.status(service)?;
+        view.fill_health(&self.0.health.snapshot());
+        Ok(view)
     }
 
-    /// Puts `backend` into `color`'s slot (the idle one) as a new deployment; no traffic yet.
+    /// Puts the pool `members` into `color`'s slot (the idle one) as a new deployment; no
+    /// traffic yet.
     pub async fn deploy(
         &self,
         service: &str,
         color: Color,
-        backend: SocketAddr,
+        members: Vec<Member>,
         version: Option<String>,
         force: bool,
         actor: &str,
     ) -> Result<Deployment> {
         self.lock()
             .await
-            .deploy(service, color, backend, version, force, actor)
+            .deploy(service, color, members, version, force, actor)
     }
 
     /// Validates the deployed candidate; it is flipped to when validation passes, then
@@ -300,10 +304,66 @@ impl Controller {
     /// [`Controller::shutdown`].
     pub fn start_health_monitor(&self, interval: Duration) {
         let task = tokio::spawn(monitor::run(self.clone(), self.health().clone(), interval));
-        if let Ok(mut m) = self.0.monitor.lock() {
-            if let Some(old) = m.replace(task.abort_handle()) {
-                old.abort();
+        self.keep_background("health monitor", task.abort_handle());
+    }
+
+    /// Starts removing closed, idle and orphaned connections from the protected flow table
+    /// every `every`, on the sweeper's own map handles (outside the controller's lock).
+    /// Stopped by [`Controller::shutdown`].
+    pub fn start_flow_sweeper(
+        &self,
+        mut sweeper: FlowSweeper,
+        policy: FlowPolicy,
+        every: Duration,
+    ) {
+        // A weak handle: the task must not keep a controller alive that everyone else let go.
+        let ctl = Arc::downgrade(&self.0);
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let (back, result) = match tokio::task::spawn_blocking(move || {
+                    let r = sweeper
+                        .sweep(&policy)
+                        .and_then(|s| Ok((s, sweeper.drained_members(&policy)?)));
+                    (sweeper, r)
+                })
+                .await
+                {
+                    Ok(done) => done,
+                    Err(e) => {
+                        error!("the flow sweeper stopped: {e}");
+                        return;
+                    }
+                };
+                sweeper = back;
+                let Some(ctl) = ctl.upgrade().map(Controller) else {
+                    return;
+                };
+                match result {
+                    Ok((sweep, drained)) => {
+                        ctl.recorded().swept(&sweep);
+                        if !drained.is_empty() {
+                            if let Err(e) = ctl.lock().await.retire_drained(&drained) {
+                                warn!("letting go of drained members: {e:#}");
+                            }
+                        }
+                    }
+                    Err(e) => warn!("sweeping the flow table: {e:#}"),
+                }
             }
+        });
+        self.keep_background("flow sweeper", task.abort_handle());
+    }
+
+    fn keep_background(&self, name: &'static str, task: tokio::task::AbortHandle) {
+        let mut tasks = match self.0.background.lock() {
+            Ok(t) => t,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some(old) = tasks.insert(name, task) {
+            old.abort();
         }
     }
 
@@ -319,8 +379,12 @@ impl Controller {
     /// Stops every task, ends canary shares (none may outlive the daemon that watches it) and
     /// lets go of the datapath: detached, or left attached and pinned for the next daemon.
     pub async fn shutdown(&self, keep_attached: bool) -> Result<()> {
-        if let Some(m) = self.0.monitor.lock().ok().and_then(|mut m| m.take()) {
-            m.abort();
+        let background = match self.0.background.lock() {
+            Ok(mut t) => std::mem::take(&mut *t),
+            Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
+        };
+        for task in background.into_values() {
+            task.abort();
         }
         let mut core = self.lock().await;
         core.abort_tasks();
@@ -413,7 +477,9 @@ mod wire {
             3,
             "u",
             Color::Green,
-            "198.18.2.2:514".parse().expect("addr"),
+            vec![crate::config::Member::new(
+                "198.18.2.2:514".parse().expect("addr"),
+            )],
             None,
             "cli:t",
             5,

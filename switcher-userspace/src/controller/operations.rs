@@ -2,16 +2,16 @@
 //! a manual flip, and the reads (status, history). Each checks everything before it writes
 //! anything, then writes the datapath, steps the deployment, saves and emits.
 
-use std::{net::SocketAddr, time::Instant};
+use std::time::Instant;
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, bail, Context as _, Result};
 
 use super::{
     core::Core,
-    view::{ColorView, DeploymentView, FlipStatus, ServiceView, StatusView},
+    view::{ColorView, DeploymentView, FlipStatus, MemberView, ServiceView, StatusView},
 };
 use crate::{
-    config::backend_conflicts,
+    config::{backend_conflicts, check_pool, describe, Member},
     datapath::FlipOutcome,
     deploy::{self, Deployment, Phase, Step},
     domain::{fmt_time, now_ms, Color},
@@ -29,18 +29,26 @@ impl Core {
         &mut self,
         service: &str,
         color: Color,
-        backend: SocketAddr,
+        members: Vec<Member>,
         version: Option<String>,
         force: bool,
         actor: &str,
     ) -> Result<Deployment> {
         let cfg = self.service_cfg(service)?.clone();
-        if backend.is_ipv4() != cfg.vip.is_ipv4() {
-            bail!("{backend} is not the address family of the VIP {}", cfg.vip);
+        check_pool(&members).map_err(|(_, e)| anyhow!("{e}"))?;
+        if let Some(m) = members
+            .iter()
+            .find(|m| m.addr.is_ipv4() != cfg.vip.is_ipv4())
+        {
+            bail!(
+                "{} is not the address family of the VIP {}",
+                m.addr,
+                cfg.vip
+            );
         }
         let mut planned = self.state.effective(&self.cfg);
         if let Some(s) = planned.iter_mut().find(|s| s.name == service) {
-            *s.backend_mut(color) = Some(backend);
+            *s.members_mut(color) = members.clone();
         }
         if let Some(conflict) = backend_conflicts(&planned).first() {
             bail!("{conflict}");
@@ -61,33 +69,38 @@ impl Core {
                 );
             }
         }
-        // Connections still draining on the idle colour would be sent to the new backend.
+        // Connections still draining on the idle colour stay on their members (the flow table
+        // names them), so those nodes must outlive the deploy: replacing the environment now
+        // invites stopping them under live connections.
         let open = self.dp.census()?.pinned(self.id(service)?, color);
         if open > 0 && !force {
             bail!(
-                "{open} TCP connection(s) of {service} are still pinned to {color} and draining; \
-                 replacing its backend would break them: wait for them to close, or deploy with --force"
+                "{open} TCP connection(s) of {service} are still pinned to {color} and draining \
+                 on its current members; they stay there after a deploy, so stopping those nodes \
+                 would break them: wait for them to close, or deploy with --force"
             );
         }
+        // The datapath first, all or nothing: the state changes only once it took the pool.
+        self.apply_services(&planned)?;
         let id = self.state.allocate_id();
         let d = Deployment::new(
             id,
             service,
             color,
-            backend,
+            members.clone(),
             version.clone(),
             actor,
             now_ms(),
         );
         let st = self.svc_state(service)?;
         let slot = st.slot_mut(color);
-        slot.backend = Some(backend);
+        slot.members = members;
+        slot.deployed = true;
         slot.version = version;
         slot.trusted = false;
         if let Some(old) = st.current.replace(d.clone()) {
             self.state.archive(old);
         }
-        self.apply_services()?;
         self.save()?;
         self.out.transition(&d);
         Ok(d)
@@ -138,11 +151,16 @@ impl Core {
             }
         }
         let (previous, candidate, id) = (d.previous, d.color, d.id);
-        if st.slot(previous).backend.is_none() {
+        if st.slot(previous).members.is_empty() {
             bail!("{previous} has no backend to roll back to");
         }
         self.stop_task(service);
         let (out, _) = self.flip_datapath(service, previous, actor, reason)?;
+        // UDP senders with affinity move back at once too, not when they next idle.
+        let svc = self.id(service)?;
+        self.dp
+            .void_affinity(svc)
+            .with_context(|| format!("moving {service}'s UDP affinity back"))?;
         self.step(
             service,
             Some(id),
@@ -181,7 +199,7 @@ impl Core {
             });
         }
         let slot = st.slot(to);
-        if slot.backend.is_none() {
+        if slot.members.is_empty() {
             bail!("{to} has no backend");
         }
         let current = st.current.as_ref();
@@ -203,7 +221,7 @@ impl Core {
         if !slot.trusted && !force && step != Some(Step::Flip { forced: false }) {
             bail!(
                 "{to} ({}) has not been validated; promote it, or flip with --force --reason TEXT",
-                slot.backend.map_or("-".into(), |b| b.to_string())
+                describe(&slot.members)
             );
         }
         if let (Some(step), Some(d)) = (step, current) {
@@ -226,8 +244,11 @@ impl Core {
                 self.start_watch_clock(service)?;
                 promoted = true;
             } else {
-                // Flipping back by hand is a rollback: the candidate is no longer trusted.
+                // Flipping back by hand is a rollback: the candidate is no longer trusted, and
+                // UDP senders with affinity move back at once.
                 self.svc_state(service)?.slot_mut(to.other()).trusted = false;
+                let svc = self.id(service)?;
+                self.dp.void_affinity(svc)?;
             }
             self.finish(service)?;
         }
@@ -274,15 +295,20 @@ impl Core {
                 continue;
             };
             let r = self.dp.read(id)?;
-            let color = |c: Color| ColorView::new(st.slot(c), &r, c, census.pinned(id, c), None);
+            let color = |c: Color| -> Result<ColorView> {
+                let slot = st.slot(c);
+                let members =
+                    MemberView::join(&slot.members, &self.dp.members(id, c)?, &census, &[]);
+                Ok(ColorView::new(slot, &r, c, census.pinned(id, c), members))
+            };
             services.push(ServiceView {
                 vip: s.vip.to_string(),
                 port: s.port,
                 protocol: s.protocol.to_string(),
                 active: r.active_color(),
                 generation: r.active.generation(),
-                blue: color(Color::Blue),
-                green: color(Color::Green),
+                blue: color(Color::Blue)?,
+                green: color(Color::Green)?,
                 last_flip: FlipStatus::of(&r),
                 deployment: st.current.as_ref().map(DeploymentView::of),
                 name: s.name,

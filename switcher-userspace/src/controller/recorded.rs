@@ -29,6 +29,12 @@ pub struct ResultLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SweepLabel {
+    /// `closed`, `idle` or `service_gone`.
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ServiceLabel {
     pub service: String,
 }
@@ -50,6 +56,8 @@ pub struct Recorded {
     /// API request accepted until the map was written.
     pub flip_api: Histogram,
     pub last_flip_write: Family<ServiceLabel, Gauge<f64, AtomicU64>>,
+    /// Established-connection entries the sweeper removed, by reason.
+    pub flows_swept: Family<SweepLabel, Counter>,
 }
 
 impl Default for Recorded {
@@ -62,6 +70,7 @@ impl Default for Recorded {
             flip_write: Histogram::new(latency_buckets()),
             flip_api: Histogram::new(latency_buckets()),
             last_flip_write: Family::default(),
+            flows_swept: Family::default(),
         }
     }
 }
@@ -89,6 +98,20 @@ impl Recorded {
                 trigger: if auto { "auto" } else { "manual" }.into(),
             })
             .inc();
+    }
+
+    pub fn swept(&self, sweep: &crate::datapath::FlowSweep) {
+        for (reason, n) in [
+            ("closed", sweep.closed),
+            ("idle", sweep.idle),
+            ("service_gone", sweep.service_gone),
+        ] {
+            self.flows_swept
+                .get_or_create(&SweepLabel {
+                    reason: reason.into(),
+                })
+                .inc_by(n);
+        }
     }
 
     pub fn validation(&self, service: &str, passed: bool) {
@@ -138,6 +161,13 @@ impl Recorded {
             "Time from an API flip request being accepted to the map written",
             Unit::Seconds,
             self.flip_api.clone(),
+        );
+        r.register(
+            "flow_entries_swept",
+            "Established-connection entries removed from the protected flow table, by reason \
+             (closed: after the closing grace; idle: no packet for the idle timeout; \
+             service_gone: the service was removed)",
+            self.flows_swept.clone(),
         );
         r.register_with_unit(
             "last_flip_map_write",

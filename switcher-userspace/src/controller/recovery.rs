@@ -16,7 +16,7 @@ use super::events::AUTO;
 use crate::{
     config::Service,
     deploy::{Phase, Step},
-    domain::Color,
+    domain::{ms_after, Color},
     state::{ServiceState, Slot, State},
 };
 
@@ -42,14 +42,16 @@ pub fn reconcile(
                 active: color,
                 generation: word.generation(),
                 blue: Slot {
-                    backend: s.blue,
+                    members: s.blue.clone(),
+                    deployed: false,
                     version: None,
-                    trusted: s.blue.is_some(),
+                    trusted: !s.blue.is_empty(),
                 },
                 green: Slot {
-                    backend: s.green,
+                    members: s.green.clone(),
+                    deployed: false,
                     version: None,
-                    trusted: s.green.is_some(),
+                    trusted: !s.green.is_empty(),
                 },
                 current: None,
             });
@@ -59,8 +61,8 @@ pub fn reconcile(
             st.active = color;
         }
         st.generation = word.generation();
-        st.blue.backend = s.blue;
-        st.green.backend = s.green;
+        st.blue.members = s.blue.clone();
+        st.green.members = s.green.clone();
         keep.insert(s.name.clone(), st);
     }
     for (name, st) in std::mem::take(&mut state.services) {
@@ -110,7 +112,7 @@ pub fn recover(
                     now_ms,
                 )?;
                 let window = watch_windows.get(name).copied().unwrap_or_default();
-                d.watch_until_ms = Some(now_ms + window.as_millis() as u64);
+                d.watch_until_ms = Some(ms_after(now_ms, window));
                 resume.insert(name.clone());
             }
             Phase::Promoted | Phase::Stable if !serving => {
@@ -187,7 +189,9 @@ green = { backend = "198.18.2.3:514" }
             1,
             "a",
             Color::Green,
-            "198.18.2.9:514".parse().expect("addr"),
+            vec![crate::config::Member::new(
+                "198.18.2.9:514".parse().expect("addr"),
+            )],
             None,
             "cli",
             1,
@@ -236,7 +240,7 @@ green = { backend = "198.18.2.3:514" }
         assert_eq!((a.active, a.generation), (Color::Green, 7));
         assert!(a.blue.trusted && a.green.trusted);
         let b = &state.services["b"];
-        assert!(!b.blue.trusted && b.blue.backend.is_none());
+        assert!(!b.blue.trusted && b.blue.members.is_empty());
         // A later start where the maps show blue again: the state follows the maps.
         reconcile(
             &mut state,

@@ -41,7 +41,11 @@ impl Core {
                 warn!(service = %s.name, "checks changed during a deployment; the running validation or watch keeps its settings");
             }
         }
-        let services = self.state.effective(&cfg);
+        // The effective services are computed on a copy: nothing changes unless the reload
+        // is applied.
+        let mut settled = self.state.clone();
+        settled.settle(&cfg);
+        let services = settled.effective(&cfg);
         // Deployed backends count too: replies are translated back by backend address.
         if let Some(conflict) = backend_conflicts(&services).first() {
             bail!("{conflict}; nothing applied");
@@ -66,7 +70,8 @@ impl Core {
                 self.clear_canary(name)?;
             }
         }
-        self.ids = self.dp.apply(&services)?;
+        self.apply_services(&services)?;
+        self.state = settled;
         self.cfg = cfg;
         let active = services
             .iter()

@@ -2,7 +2,7 @@
 //! report, applied under the lock with the same checks as any operation (a task whose
 //! deployment moved on meanwhile changes nothing).
 
-use std::{sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::{anyhow, bail, Result};
 use switcher_common::ColorCounters;
@@ -16,7 +16,7 @@ use super::{
 };
 use crate::{
     deploy::Phase,
-    domain::{now_ms, Color},
+    domain::{ms_after, now_ms, Color},
     judge::Round,
 };
 
@@ -37,8 +37,8 @@ impl Host for Controller {
         Ok(ValidationInputs {
             checks: cfg.checks.clone(),
             protocol: cfg.protocol,
-            candidate: d.backend,
-            serving: st.slot(st.active).backend,
+            candidate: d.members.clone(),
+            serving: st.slot(st.active).members.clone(),
         })
     }
 
@@ -167,14 +167,14 @@ impl Host for Controller {
         // A deployment promoted by an older daemon without a recorded window gets a full one.
         let until_ms = *d
             .watch_until_ms
-            .get_or_insert(now_ms() + cfg.checks.watch.window.as_millis() as u64);
+            .get_or_insert(ms_after(now_ms(), cfg.checks.watch.window));
         let inputs = WatchInputs {
             id: d.id,
             until_ms,
             checks: cfg.checks,
             protocol: cfg.protocol,
             color: d.color,
-            candidate: d.backend,
+            candidate: d.members.clone(),
         };
         if resumed {
             core.out.emit(Event {
@@ -197,6 +197,18 @@ impl Host for Controller {
 
     async fn catalog(&self) -> Arc<Vec<CatalogEntry>> {
         Controller::catalog(self).await
+    }
+
+    async fn member_health(
+        &self,
+        service: &str,
+        color: Color,
+        member: SocketAddr,
+        up: bool,
+    ) -> Result<()> {
+        self.lock()
+            .await
+            .set_member_in_service(service, color, member, up)
     }
 }
 

@@ -1,6 +1,7 @@
-//! Validation of a deployed candidate before its flip: health, a synthetic load compared with
-//! the serving colour, the candidate's own metrics, and optionally a canary share of real
-//! traffic. This task only measures; the judges in [`crate::judge`] decide, and the verdict
+//! Validation of a deployed candidate before its flip: health of every member, a synthetic
+//! load on a sample of members compared with the serving environment, the candidate's own
+//! metrics, and optionally a canary share of real traffic (spread over the candidate's members
+//! by the datapath's hash). This task only measures; the judges in [`crate::judge`] decide, and the verdict
 //! goes back to the controller, which applies it. Every check that yields no data fails:
 //! silence is never a pass.
 
@@ -12,9 +13,9 @@ use tokio::time::Instant;
 
 use super::host::{Host, ValidationInputs, Verdict};
 use crate::{
-    config::CanaryCheck,
+    config::{CanaryCheck, LoadCheck, Member, MetricsCheck},
     judge,
-    probe::{health, load, metrics},
+    probe::{health, load, load::LoadReport, metrics},
 };
 
 /// Measures deployment `id` of `service` and returns the verdict.
@@ -25,17 +26,49 @@ pub(super) async fn run(ctl: &impl Host, service: &str, id: u64) -> Result<Verdi
 
     match &inp.checks.health {
         Some(h) => {
-            let r =
-                health::until_healthy(&judge::health_spec(h, inp.protocol, inp.candidate)).await;
-            if !r.passed {
-                v.failures.push(format!(
-                    "health: {} of {} consecutive successes before the deadline ({})",
-                    r.consecutive,
-                    h.rounds.successes,
-                    r.last_error.as_deref().unwrap_or("no error recorded")
-                ));
+            // Every member must pass: probed concurrently, each with the full rounds.
+            let mut probes = tokio::task::JoinSet::new();
+            for m in &inp.candidate {
+                let spec = judge::health_spec(h, inp.protocol, m.addr);
+                let addr = m.addr;
+                probes.spawn(async move { (addr, health::until_healthy(&spec).await) });
             }
-            v.evidence.insert("health".into(), json!(r));
+            let mut results = Vec::new();
+            while let Some(done) = probes.join_next().await {
+                results.push(done?);
+            }
+            results.sort_by_key(|(a, _)| *a);
+            let many = results.len() > 1;
+            for (addr, r) in &results {
+                if !r.passed {
+                    v.failures.push(format!(
+                        "health{}: {} of {} consecutive successes before the deadline ({})",
+                        if many {
+                            format!(" {addr}")
+                        } else {
+                            String::new()
+                        },
+                        r.consecutive,
+                        h.rounds.successes,
+                        r.last_error.as_deref().unwrap_or("no error recorded")
+                    ));
+                }
+            }
+            if inp.candidate.is_empty() {
+                v.failures
+                    .push("health: the candidate has no member".into());
+            }
+            v.evidence.insert(
+                "health".into(),
+                if let [(_, one)] = results.as_slice() {
+                    json!(one)
+                } else {
+                    json!(results
+                        .iter()
+                        .map(|(a, r)| (a.to_string(), json!(r)))
+                        .collect::<serde_json::Map<_, _>>())
+                },
+            );
         }
         None => v.failures.push(
             "health: no health check configured for this service (add [service.health])".into(),
@@ -44,29 +77,30 @@ pub(super) async fn run(ctl: &impl Host, service: &str, id: u64) -> Result<Verdi
 
     // A dead candidate is not worth loading.
     if v.failures.is_empty() {
-        let url = inp
-            .checks
-            .metrics
-            .as_ref()
-            .map(|m| (m, judge::expand_url(&m.url, inp.candidate)));
-        let before = match &url {
-            Some((m, u)) => Some(metrics::scrape(u, m.timeout).await),
-            None => None,
-        };
+        let urls = metrics_urls(&inp);
+        let mut before = Vec::new();
+        for (m, u) in &urls {
+            before.push(metrics::scrape(u, m.timeout).await);
+        }
         let t0 = Instant::now();
         if let Some(l) = &inp.checks.load {
-            let cand = load::run(judge::load_target(l, inp.candidate), &l.run).await;
-            let serving = match inp.serving {
-                Some(s) => Some(load::run(judge::load_target(l, s), &l.run).await),
-                None => None,
+            let cand = load_all(l, &judge::sample(&inp.candidate, judge::LOAD_SAMPLE)).await?;
+            let serving = load_all(l, &judge::sample(&inp.serving, judge::LOAD_SAMPLE)).await?;
+            v.failures
+                .extend(judge::load_environment(l, &cand, &serving));
+            // One node on each side: the evidence keeps the shape it always had.
+            let side = |r: &[LoadReport]| match r {
+                [] => json!(null),
+                [one] => json!(one),
+                many => json!(many),
             };
-            v.failures.extend(judge::load(l, &cand, serving.as_ref()));
             v.evidence.insert(
                 "load".into(),
-                json!({ "candidate": cand, "serving": serving, "thresholds": l }),
+                json!({ "candidate": side(&cand), "serving": side(&serving), "thresholds": l }),
             );
         }
-        if let (Some((m, u)), Some(before)) = (&url, before) {
+        let mut evidence = Vec::new();
+        for ((m, u), before) in urls.iter().zip(before) {
             let after = metrics::scrape(u, m.timeout).await;
             let (f, e) = judge::metrics(
                 m,
@@ -75,7 +109,16 @@ pub(super) async fn run(ctl: &impl Host, service: &str, id: u64) -> Result<Verdi
                 t0.elapsed(),
             );
             v.failures.extend(f);
-            v.evidence.insert("metrics".into(), e);
+            evidence.push(e);
+        }
+        match evidence.len() {
+            0 => {}
+            1 => {
+                v.evidence.insert("metrics".into(), evidence.remove(0));
+            }
+            _ => {
+                v.evidence.insert("metrics".into(), json!(evidence));
+            }
         }
     }
 
@@ -94,6 +137,36 @@ pub(super) async fn run(ctl: &impl Host, service: &str, id: u64) -> Result<Verdi
     Ok(v)
 }
 
+/// The candidate's metrics endpoints: one per member when the URL names `{addr}` or
+/// `{port}`, else the one URL.
+fn metrics_urls(inp: &ValidationInputs) -> Vec<(&MetricsCheck, String)> {
+    let Some(m) = inp.checks.metrics.as_ref() else {
+        return Vec::new();
+    };
+    let mut urls: Vec<String> = inp
+        .candidate
+        .iter()
+        .map(|c| judge::expand_url(&m.url, c.addr))
+        .collect();
+    urls.dedup();
+    urls.into_iter().map(|u| (m, u)).collect()
+}
+
+/// The configured load against each of `members`, all at once.
+async fn load_all(l: &LoadCheck, members: &[Member]) -> Result<Vec<LoadReport>> {
+    let mut runs = tokio::task::JoinSet::new();
+    for (i, m) in members.iter().enumerate() {
+        let (target, spec) = (judge::load_target(l, m.addr), l.run.clone());
+        runs.spawn(async move { (i, load::run(target, &spec).await) });
+    }
+    let mut out = Vec::new();
+    while let Some(done) = runs.join_next().await {
+        out.push(done?);
+    }
+    out.sort_by_key(|(i, _)| *i);
+    Ok(out.into_iter().map(|(_, r)| r).collect())
+}
+
 /// Sends a share of new flows to the candidate for the canary's duration while probing its
 /// health; the datapath counters must show the candidate actually got traffic.
 async fn run_canary(
@@ -108,13 +181,16 @@ async fn run_canary(
         .await?;
     let mut health_failures = 0u32;
     let deadline = Instant::now() + canary.duration;
-    let spec = inp
-        .checks
-        .health
-        .as_ref()
-        .map(|h| judge::health_spec(h, inp.protocol, inp.candidate));
+    let specs: Vec<_> = match &inp.checks.health {
+        Some(h) => inp
+            .candidate
+            .iter()
+            .map(|m| judge::health_spec(h, inp.protocol, m.addr))
+            .collect(),
+        None => Vec::new(),
+    };
     while Instant::now() < deadline {
-        if let Some(spec) = &spec {
+        for spec in &specs {
             if health::check_once(spec).await.is_err() {
                 health_failures += 1;
             }

@@ -11,7 +11,7 @@ use serde_json::json;
 use super::{core::Core, events::AUTO};
 use crate::{
     deploy::{Phase, Step},
-    domain::now_ms,
+    domain::{ms_after, now_ms},
 };
 
 impl Core {
@@ -100,7 +100,7 @@ impl Core {
         if !self.is_current(service, Some(id), Phase::Promoted) {
             return Ok(());
         }
-        let warm_until = now_ms() + warm.as_millis() as u64;
+        let warm_until = ms_after(now_ms(), warm);
         self.step(
             service,
             Some(id),

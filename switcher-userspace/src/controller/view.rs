@@ -4,9 +4,12 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::health::BackendHealth;
+use std::{collections::BTreeMap, net::SocketAddr};
+
+use super::health::{BackendHealth, MemberKey};
 use crate::{
-    datapath::ServiceReading,
+    config::{describe, Member},
+    datapath::{read::MemberReading, Census, ServiceReading},
     deploy::{Deployment, Phase},
     domain::Color,
     state::Slot,
@@ -35,6 +38,20 @@ pub struct ServiceView {
     pub deployment: Option<DeploymentView>,
 }
 
+impl StatusView {
+    /// Each member's last probe from the health monitor's board, and each pool's health.
+    pub fn fill_health(&mut self, board: &BTreeMap<MemberKey, BackendHealth>) {
+        for s in &mut self.services {
+            for (c, view) in [(Color::Blue, &mut s.blue), (Color::Green, &mut s.green)] {
+                for m in &mut view.members {
+                    m.health = board.get(&(s.name.clone(), c, m.addr)).cloned();
+                }
+                view.health = pool_health(&view.members);
+            }
+        }
+    }
+}
+
 impl ServiceView {
     pub fn color(&self, c: Color) -> &ColorView {
         match c {
@@ -47,6 +64,7 @@ impl ServiceView {
 /// One colour of one service: its slot, what the datapath counted for it, and its health.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ColorView {
+    /// The pool in one line (`ADDR:PORT` for a pool of one); null: no backend.
     pub backend: Option<String>,
     pub version: Option<String>,
     /// Known good (see [`Slot::trusted`]); `validated` on the wire, as before.
@@ -61,9 +79,84 @@ pub struct ColorView {
     /// Open TCP flows pinned to this colour: what still drains after a flip away from it.
     #[serde(default)]
     pub pinned: u64,
-    /// The health monitor's last probe (the dashboard's; `null` in `status`).
+    /// The health monitor's last probes: of the one member, or of the pool as a whole (up
+    /// when every member is); null when nothing is probed.
     #[serde(default)]
     pub health: Option<BackendHealth>,
+    /// Each member of the pool.
+    #[serde(default)]
+    pub members: Vec<MemberView>,
+}
+
+/// One member of a colour's pool: its share of new flows, its traffic and its health.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MemberView {
+    pub addr: SocketAddr,
+    pub weight: u8,
+    /// Its share of the colour's new flows (its slots of the lookup table); 0 while out of
+    /// service.
+    pub share: f64,
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+    /// Open TCP connections pinned to it.
+    pub pinned: u64,
+    pub health: Option<BackendHealth>,
+}
+
+impl MemberView {
+    /// The slot's members joined with what the datapath read of them (by address), the
+    /// census (by counter slot) and the health board (by address).
+    pub fn join(
+        members: &[Member],
+        readings: &[MemberReading],
+        census: &Census,
+        health: &[BackendHealth],
+    ) -> Vec<MemberView> {
+        members
+            .iter()
+            .map(|m| {
+                let r = readings.iter().find(|r| r.addr == m.addr);
+                let k = r.map(|r| r.counters).unwrap_or_default();
+                let addr = m.addr.to_string();
+                MemberView {
+                    addr: m.addr,
+                    weight: m.weight,
+                    share: r.map_or(0.0, |r| r.share),
+                    packets: k.packets,
+                    bytes: k.bytes,
+                    new_flows: k.new_flows,
+                    pinned: r.map_or(0, |r| {
+                        census.member_pinned.get(&r.slot).copied().unwrap_or(0)
+                    }),
+                    health: health.iter().find(|h| h.backend == addr).cloned(),
+                }
+            })
+            .collect()
+    }
+}
+
+/// A pool's health as one: its only member's, or every member's together (up when all are).
+pub fn pool_health(members: &[MemberView]) -> Option<BackendHealth> {
+    let probed: Vec<&BackendHealth> = members.iter().filter_map(|m| m.health.as_ref()).collect();
+    match probed.as_slice() {
+        [] => None,
+        [one] if members.len() == 1 => Some((*one).clone()),
+        all => {
+            let mut h = all[0].clone();
+            h.backend = format!("{} members", members.len());
+            h.up = all.iter().all(|m| m.up) && all.len() == members.len();
+            h.latency_seconds = all.iter().map(|m| m.latency_seconds).fold(0.0, f64::max);
+            h.checked_at_ms = all.iter().map(|m| m.checked_at_ms).max().unwrap_or(0);
+            h.error = all
+                .iter()
+                .find_map(|m| m.error.as_ref().map(|e| format!("{}: {e}", m.backend)));
+            h.ok_total = all.iter().map(|m| m.ok_total).sum();
+            h.failed_total = all.iter().map(|m| m.failed_total).sum();
+            h.in_service = all.iter().any(|m| m.in_service);
+            Some(h)
+        }
+    }
 }
 
 impl ColorView {
@@ -72,11 +165,11 @@ impl ColorView {
         reading: &ServiceReading,
         c: Color,
         pinned: u64,
-        health: Option<BackendHealth>,
+        members: Vec<MemberView>,
     ) -> Self {
         let k = reading.counters(c);
         Self {
-            backend: slot.backend.map(|b| b.to_string()),
+            backend: (!slot.members.is_empty()).then(|| describe(&slot.members)),
             version: slot.version.clone(),
             trusted: slot.trusted,
             packets: k.packets,
@@ -86,7 +179,8 @@ impl ColorView {
             resets: k.resets,
             unreachables: k.unreachables,
             pinned,
-            health,
+            health: pool_health(&members),
+            members,
         }
     }
 }
@@ -117,6 +211,7 @@ pub struct DeploymentView {
     pub id: u64,
     pub phase: Phase,
     pub color: Color,
+    /// The candidate's pool in one line.
     pub backend: String,
     pub version: Option<String>,
     pub since_ms: u64,
@@ -133,7 +228,7 @@ impl DeploymentView {
             id: d.id,
             phase: d.phase,
             color: d.color,
-            backend: d.backend.to_string(),
+            backend: describe(&d.members),
             version: d.version.clone(),
             since_ms: last.map_or(0, |t| t.at_ms),
             actor: last.map_or(String::new(), |t| t.actor.clone()),
@@ -151,21 +246,42 @@ mod tests {
     /// The documents scripts read (`status --json`, the dashboard): their keys are a contract.
     #[test]
     fn a_colour_is_documented_with_the_keys_scripts_read() {
+        let addr: SocketAddr = "198.18.2.2:514".parse().expect("addr");
         let slot = Slot {
-            backend: Some("198.18.2.2:514".parse().expect("addr")),
+            members: vec![Member::new(addr)],
+            deployed: true,
             version: Some("v2".into()),
             trusted: true,
         };
         let mut r = ServiceReading::default();
         r.counters[Color::Green.index() as usize].packets = 7;
-        let v =
-            serde_json::to_value(ColorView::new(&slot, &r, Color::Green, 3, None)).expect("json");
+        let reading = MemberReading {
+            addr,
+            slot: 4,
+            share: 1.0,
+            counters: switcher_common::MemberCounters {
+                packets: 7,
+                bytes: 70,
+                new_flows: 1,
+            },
+        };
+        let census = Census {
+            member_pinned: [(4, 3)].into(),
+            ..Default::default()
+        };
+        let members = MemberView::join(&slot.members, &[reading], &census, &[]);
+        let v = serde_json::to_value(ColorView::new(&slot, &r, Color::Green, 3, members))
+            .expect("json");
         assert_eq!(
             v,
             serde_json::json!({
                 "backend": "198.18.2.2:514", "version": "v2", "validated": true,
                 "packets": 7, "bytes": 0, "new_flows": 0, "pin_misses": 0, "resets": 0,
-                "unreachables": 0, "pinned": 3, "health": null
+                "unreachables": 0, "pinned": 3, "health": null,
+                "members": [{
+                    "addr": "198.18.2.2:514", "weight": 1, "share": 1.0, "packets": 7,
+                    "bytes": 70, "new_flows": 1, "pinned": 3, "health": null
+                }]
             })
         );
         // Older documents without `pinned` and `health` still read.

@@ -2,8 +2,13 @@
 //! local API on a root-only Unix socket ([`socket`]) and the metrics and dashboard over HTTP
 //! (`web`), reloads on SIGHUP, and stops on SIGINT/SIGTERM. By default it detaches the
 //! datapath on exit; with `--keep-attached` (what the systemd unit uses) it leaves it pinned
-//! so a restart or upgrade never interrupts traffic.
+//! so a restart or upgrade never interrupts traffic. One daemon per datapath and state
+//! folder: [`lock`].
 
+#[cfg(test)]
+mod api_fuzz;
+pub mod lock;
+mod private_dir;
 mod socket;
 
 use std::{path::PathBuf, time::Duration};
@@ -15,16 +20,21 @@ use tracing::{error, info, warn};
 use crate::{
     config::{Config, HttpConfig},
     controller::Controller,
-    datapath::{self, BpfDatapath},
+    datapath::{self, BpfDatapath, FlowPolicy, FlowSweeper},
     web,
 };
 
 /// How often the redirect allow-list is re-read from the kernel.
 const REDIRECT_REFRESH: Duration = Duration::from_secs(2);
+/// How often closed, idle and orphaned connections leave the protected flow table: well
+/// inside the closing grace, and a removed service's id quarantine.
+const FLOW_SWEEP: Duration = Duration::from_secs(5);
 
 pub async fn run(cfg: Config, cfg_path: PathBuf, keep_attached: bool) -> Result<()> {
-    // The socket first: a daemon already serving it makes this one stop before it touches
-    // the datapath.
+    // The locks first, held until the end: a daemon already running on this datapath or
+    // state folder (whatever its socket) makes this one stop before it touches either, and
+    // before it could remove that daemon's socket.
+    let _locks = lock::DaemonLocks::acquire(&cfg.daemon.bpffs_dir, &cfg.daemon.state_dir)?;
     let socket = socket::Bound::bind(&cfg.daemon.socket).await?;
     let http = cfg.http.clone();
     let probe_interval = cfg.daemon.probe_interval;
@@ -52,13 +62,7 @@ async fn serve(
     }
     let web = match http.listen {
         Some(addr) => match start_web(addr, ctl, http, maps_dir, state_dir).await {
-            Ok(task) => {
-                // Backends are probed for the metrics and the dashboard: only while served.
-                if let Some(interval) = probe_interval {
-                    ctl.start_health_monitor(interval);
-                }
-                Some(task)
-            }
+            Ok(task) => Some(task),
             // The controller matters more than its dashboard: run on, loudly.
             Err(e) => {
                 error!("metrics and dashboard are not served: {e:#}");
@@ -68,6 +72,16 @@ async fn serve(
         None => None,
     };
     let _web = AbortOnDrop(web);
+    // Every pool member is probed: the verdicts take dead members out of their tables, and
+    // the metrics and the dashboard show them.
+    if let Some(interval) = probe_interval {
+        ctl.start_health_monitor(interval);
+    }
+    ctl.start_flow_sweeper(
+        FlowSweeper::open(maps_dir).context("opening the flow tables for the sweeper")?,
+        FlowPolicy::default(),
+        FLOW_SWEEP,
+    );
     let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut sighup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
@@ -80,7 +94,7 @@ async fn serve(
                 Ok((stream, _)) => {
                     let ctl = ctl.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = socket::serve(stream, ctl).await {
+                        if let Err(e) = socket::serve(stream, ctl, socket::Access::ROOT).await {
                             warn!("api connection: {e:#}");
                         }
                     });

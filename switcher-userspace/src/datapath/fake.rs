@@ -4,7 +4,7 @@
 //! what a crash would leave behind.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     net::SocketAddr,
     sync::{Arc, Mutex, MutexGuard},
 };
@@ -12,9 +12,13 @@ use std::{
 use anyhow::{anyhow, bail, Result};
 use switcher_common::{ActiveWord, ColorCounters, Endpoint, Reason};
 
-use super::{encode, read::Census, Datapath, FlipOutcome, ServiceReading};
+use super::{
+    encode,
+    read::{Census, MemberReading},
+    Datapath, FlipOutcome, ServiceReading,
+};
 use crate::{
-    config::Service,
+    config::{Member, Service},
     domain::{Color, XdpMode},
 };
 
@@ -23,7 +27,8 @@ use crate::{
 pub struct FakeService {
     pub name: String,
     pub id: u32,
-    pub backends: [Option<SocketAddr>; 2],
+    /// Each colour's pool, by colour index.
+    pub pools: [Vec<Member>; 2],
     pub canary_share: u32,
 }
 
@@ -44,6 +49,13 @@ pub struct FakeMaps {
     pub fail_reads: bool,
     /// Every canary share written, in order: (service id, share).
     pub canary_writes: Vec<(u32, u32)>,
+    /// Affinity epochs by service id (bumped by rollbacks).
+    pub epochs: BTreeMap<u32, u32>,
+    /// Members out of service: (service id, colour, address).
+    pub down: HashSet<(u32, Color, SocketAddr)>,
+    /// The next apply fails after writing this many services (a map write failing midway),
+    /// then the setting clears.
+    pub fail_apply_after: Option<usize>,
 }
 
 impl FakeMaps {
@@ -81,10 +93,14 @@ impl Datapath for FakeDatapath {
         let mut m = self.maps();
         let keys: Vec<Endpoint> = services.iter().map(encode::service_key).collect();
         let existing: HashMap<Endpoint, u32> = m.services.iter().map(|(k, v)| (*k, v.id)).collect();
-        let ids = encode::assign_ids(&existing, &keys)?;
+        let ids = encode::assign_ids(&existing, &keys, &Default::default())?;
         m.services.retain(|k, _| keys.contains(k));
         let mut out = BTreeMap::new();
-        for ((s, key), id) in services.iter().zip(keys).zip(ids) {
+        let fail_after = m.fail_apply_after.take();
+        for (i, ((s, key), id)) in services.iter().zip(keys).zip(ids).enumerate() {
+            if fail_after == Some(i) {
+                bail!("writing service {}: injected failure", s.name);
+            }
             let canary_share = m.services.get(&key).map_or(0, |v| v.canary_share);
             if !m.services.contains_key(&key) {
                 m.active.insert(id, ActiveWord::new(s.active.index(), 0));
@@ -94,7 +110,7 @@ impl Datapath for FakeDatapath {
                 FakeService {
                     name: s.name.clone(),
                     id,
-                    backends: [s.backend(Color::Blue), s.backend(Color::Green)],
+                    pools: [s.blue.clone(), s.green.clone()],
                     canary_share,
                 },
             );
@@ -116,7 +132,7 @@ impl Datapath for FakeDatapath {
         let has_backend = m
             .services
             .values()
-            .any(|s| s.id == id && s.backends[to.index() as usize].is_some());
+            .any(|s| s.id == id && !s.pools[to.index() as usize].is_empty());
         if !has_backend {
             bail!("{to} has no backend");
         }
@@ -144,6 +160,40 @@ impl Datapath for FakeDatapath {
         Ok(())
     }
 
+    fn void_affinity(&mut self, id: u32) -> Result<()> {
+        *self.maps().epochs.entry(id).or_default() += 1;
+        Ok(())
+    }
+
+    fn set_member_in_service(
+        &mut self,
+        id: u32,
+        color: Color,
+        addr: SocketAddr,
+        in_service: bool,
+    ) -> Result<bool> {
+        let mut m = self.maps();
+        let member = m.services.values().any(|s| {
+            s.id == id
+                && s.pools[color.index() as usize]
+                    .iter()
+                    .any(|m| m.addr == addr)
+        });
+        if !member {
+            bail!("{addr} is not a member of the {color} pool of service id {id}");
+        }
+        Ok(if in_service {
+            m.down.remove(&(id, color, addr))
+        } else {
+            m.down.insert((id, color, addr))
+        })
+    }
+
+    fn retire_drained(&mut self, _: &[Endpoint]) -> Result<Vec<(u32, SocketAddr)>> {
+        // The fake keeps no reverse entries: a removed member has nothing to drain.
+        Ok(Vec::new())
+    }
+
     fn set_redirect_targets(&mut self, ifindexes: &[u32]) -> Result<()> {
         self.maps().redirect_targets = ifindexes.to_vec();
         Ok(())
@@ -169,6 +219,35 @@ impl Datapath for FakeDatapath {
         })
     }
 
+    fn members(&self, id: u32, c: Color) -> Result<Vec<MemberReading>> {
+        let m = self.maps();
+        let s = m
+            .services
+            .values()
+            .find(|s| s.id == id)
+            .ok_or_else(|| anyhow!("service id {id} is not in the datapath"))?;
+        let pool = &s.pools[c.index() as usize];
+        let up = pool
+            .iter()
+            .filter(|p| !m.down.contains(&(id, c, p.addr)))
+            .count();
+        Ok(pool
+            .iter()
+            .enumerate()
+            .map(|(i, p)| MemberReading {
+                addr: p.addr,
+                slot: i as u16,
+                // All out of service: all keep their share (as the real table does).
+                share: match (up, m.down.contains(&(id, c, p.addr))) {
+                    (0, _) => 1.0 / pool.len() as f64,
+                    (_, true) => 0.0,
+                    (up, false) => 1.0 / up as f64,
+                },
+                counters: Default::default(),
+            })
+            .collect())
+    }
+
     fn reasons(&self) -> Result<Vec<(Reason, u64)>> {
         Ok(Reason::ALL.iter().map(|r| (*r, 0)).collect())
     }
@@ -178,6 +257,7 @@ impl Datapath for FakeDatapath {
         Ok(Census {
             pinned: m.open_flows.clone(),
             entries: m.open_flows.values().flatten().sum(),
+            member_pinned: Default::default(),
         })
     }
 

@@ -20,8 +20,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use switcher_common::{
-    names, ActiveWord, Backend, ColorCounters, Endpoint, FlipMark, FlowKey, FlowValue, FragKey,
-    FragValue, ReverseValue, ServiceValue,
+    names, ActiveWord, ColorCounters, Endpoint, FlipMark, FlowKey, FlowValue, FragKey, FragValue,
+    MemberCounters, Pool, ReverseValue, ServiceValue, MAP_ABI_VERSION,
 };
 use tracing::info;
 
@@ -36,6 +36,9 @@ pub struct BpfDatapath {
     pub(super) ebpf: Ebpf,
     pub(super) reader: MapReader,
     dir: PathBuf,
+    /// What each colour of each programmed service holds, as last written (the health
+    /// monitor's changes rebuild a pool from it).
+    pub(super) pools: super::program::Pools,
 }
 
 impl BpfDatapath {
@@ -45,6 +48,7 @@ impl BpfDatapath {
         bpffs::ensure_mounted(bpffs_dir)?;
         let dir = super::pins_dir(bpffs_dir);
         let maps_dir = super::maps_dir(bpffs_dir);
+        refuse_other_abi_versions(bpffs_dir)?;
         for d in [&maps_dir, &dir.join("links")] {
             std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
         }
@@ -65,7 +69,12 @@ impl BpfDatapath {
         tc.load()
             .context("verifier rejected the TC egress program")?;
         let reader = MapReader::open(&maps_dir)?;
-        Ok(Self { ebpf, reader, dir })
+        Ok(Self {
+            ebpf,
+            reader,
+            dir,
+            pools: Default::default(),
+        })
     }
 
     /// The versioned pin folder (maps and links).
@@ -175,14 +184,6 @@ impl BpfDatapath {
         Ok(())
     }
 
-    pub(super) fn array<T: aya::Pod>(&self, name: &str) -> Result<Array<&MapData, T>> {
-        let map = self
-            .ebpf
-            .map(name)
-            .ok_or_else(|| anyhow!("map {name} missing"))?;
-        Array::try_from(map).with_context(|| format!("map {name}"))
-    }
-
     pub(super) fn array_mut<T: aya::Pod>(&mut self, name: &str) -> Result<Array<&mut MapData, T>> {
         let map = self
             .ebpf
@@ -228,16 +229,27 @@ where
 /// reuse them as they are, and the programs would read them wrongly or fail to verify).
 fn check_pinned_layouts(maps_dir: &Path) -> Result<()> {
     use std::mem::size_of;
-    let expected: [(&str, usize, usize); 11] = [
+    let expected: [(&str, usize, usize); 14] = [
         (
             names::SERVICES,
             size_of::<Endpoint>(),
             size_of::<ServiceValue>(),
         ),
-        (names::BACKENDS, 4, size_of::<Backend>()),
+        (names::POOLS, 4, size_of::<Pool>()),
         (names::ACTIVE, 4, size_of::<ActiveWord>()),
         (names::FLIP_MARKS, 4, size_of::<FlipMark>()),
         (names::FLOWS, size_of::<FlowKey>(), size_of::<FlowValue>()),
+        (
+            names::HALF_FLOWS,
+            size_of::<FlowKey>(),
+            size_of::<FlowValue>(),
+        ),
+        (
+            names::SOFT_FLOWS,
+            size_of::<FlowKey>(),
+            size_of::<FlowValue>(),
+        ),
+        (names::MEMBER_COUNTERS, 4, size_of::<MemberCounters>()),
         (names::FRAGS, size_of::<FragKey>(), size_of::<FragValue>()),
         (
             names::REVERSE,
@@ -264,6 +276,30 @@ fn check_pinned_layouts(maps_dir: &Path) -> Result<()> {
                 pin.display(),
                 info.key_size(),
                 info.value_size()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A datapath of another map layout still pinned under `bpffs_dir` (an older or newer build)
+/// holds the interfaces: this one could neither adopt it nor attach beside it.
+fn refuse_other_abi_versions(bpffs_dir: &Path) -> Result<()> {
+    let Ok(entries) = std::fs::read_dir(bpffs_dir) else {
+        return Ok(());
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let other = name
+            .strip_prefix('v')
+            .and_then(|v| v.parse::<u32>().ok())
+            .filter(|v| *v != MAP_ABI_VERSION);
+        if let Some(v) = other {
+            bail!(
+                "a datapath with map layout v{v} is pinned in {} (this switcher uses v{MAP_ABI_VERSION}): \
+                 the maps cannot be adopted. Stop the old daemon and run `switcher detach` (this \
+                 interrupts switching until this daemon starts), then start this one",
+                e.path().display()
             );
         }
     }

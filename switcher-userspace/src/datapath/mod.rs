@@ -4,7 +4,7 @@
 //!
 //! The aya side is split by concern: [`loader`] (load or adopt, attach, pins), [`program`]
 //! (writing services, flips, canaries), [`read`] (counters, marks, the flow table),
-//! [`encode`] (pure map entries and ids).
+//! [`sweep`] (removing closed and idle connections), [`encode`] (pure map entries and ids).
 
 pub mod bpffs;
 pub mod encode;
@@ -14,6 +14,7 @@ mod flow_table;
 pub mod loader;
 mod program;
 pub mod read;
+pub mod sweep;
 pub mod xdp_features;
 
 #[cfg(feature = "bench")]
@@ -21,14 +22,16 @@ mod bench;
 
 use std::{
     collections::BTreeMap,
+    net::SocketAddr,
     path::{Path, PathBuf},
 };
 
 use anyhow::{Context as _, Result};
-use switcher_common::{Reason, MAP_ABI_VERSION};
+use switcher_common::{Endpoint, Reason, MAP_ABI_VERSION};
 
 pub use loader::{remove_pins, BpfDatapath};
-pub use read::{Census, MapReader, ServiceReading};
+pub use read::{Census, MapReader, MemberReading, ServiceReading};
+pub use sweep::{FlowPolicy, FlowSweep, FlowSweeper};
 
 use crate::{
     config::Service,
@@ -71,15 +74,33 @@ pub trait Datapath: Send {
     fn flip(&mut self, id: u32, to: Color) -> Result<FlipOutcome>;
     /// The canary share (1/65536 of new flows to the inactive colour) of service `id`.
     fn set_canary(&mut self, id: u32, share: u32) -> Result<()>;
+    /// Voids service `id`'s UDP affinity entries at once (a rollback: every sender moves).
+    fn void_affinity(&mut self, id: u32) -> Result<()>;
+    /// Takes a member of a colour's pool out of service (no new flows; its established ones
+    /// stay) or puts it back; only its share of new flows moves. True when it changed.
+    fn set_member_in_service(
+        &mut self,
+        id: u32,
+        color: Color,
+        addr: SocketAddr,
+        in_service: bool,
+    ) -> Result<bool>;
+    /// Of the members a reload removed from their pool while connections still used them,
+    /// lets go of those in `unused` (the flow sweeper found no flow on them): their replies no
+    /// longer need the VIP. A member a reload has made a member again stays. Returns the
+    /// (service id, member) let go.
+    fn retire_drained(&mut self, unused: &[Endpoint]) -> Result<Vec<(u32, SocketAddr)>>;
     /// The interfaces the datapath may XDP_REDIRECT to.
     fn set_redirect_targets(&mut self, ifindexes: &[u32]) -> Result<()>;
     /// Attaches to `interfaces`, replacing the programs inside links an earlier daemon left.
     fn attach(&mut self, interfaces: &[String], mode: XdpMode) -> Result<()>;
     /// Active word, flip mark and counters of service `id`.
     fn read(&self, id: u32) -> Result<ServiceReading>;
+    /// The members of `c`'s pool in use, with their share of new flows and their counters.
+    fn members(&self, id: u32, c: Color) -> Result<Vec<MemberReading>>;
     /// Reason counters, summed over CPUs.
     fn reasons(&self) -> Result<Vec<(Reason, u64)>>;
-    /// A census of the flow table, walked now.
+    /// A census of the established-connection table, walked now.
     fn census(&self) -> Result<Census>;
     /// Lets go of the datapath: detached and unpinned, or (`keep_attached`) left running and
     /// pinned for the next daemon to adopt.
@@ -94,6 +115,14 @@ pub fn pins_dir(bpffs_dir: &Path) -> PathBuf {
 /// Where this build's maps are pinned ([`MapReader::open`] takes it).
 pub fn maps_dir(bpffs_dir: &Path) -> PathBuf {
     pins_dir(bpffs_dir).join("maps")
+}
+
+/// CLOCK_MONOTONIC_COARSE in ns: the clock bpf_ktime_get_coarse_ns reads (flow entries'
+/// times).
+pub fn monotonic_coarse_ns() -> Result<u64> {
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC_COARSE)
+        .context("clock_gettime(CLOCK_MONOTONIC_COARSE)")?;
+    Ok(t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
 }
 
 /// CLOCK_MONOTONIC in ns: the clock bpf_ktime_get_ns reads.
@@ -122,6 +151,15 @@ impl Datapath for Closed {
     fn set_canary(&mut self, _: u32, _: u32) -> Result<()> {
         Self::err()
     }
+    fn void_affinity(&mut self, _: u32) -> Result<()> {
+        Self::err()
+    }
+    fn set_member_in_service(&mut self, _: u32, _: Color, _: SocketAddr, _: bool) -> Result<bool> {
+        Self::err()
+    }
+    fn retire_drained(&mut self, _: &[Endpoint]) -> Result<Vec<(u32, SocketAddr)>> {
+        Self::err()
+    }
     fn set_redirect_targets(&mut self, _: &[u32]) -> Result<()> {
         Self::err()
     }
@@ -129,6 +167,9 @@ impl Datapath for Closed {
         Self::err()
     }
     fn read(&self, _: u32) -> Result<ServiceReading> {
+        Self::err()
+    }
+    fn members(&self, _: u32, _: Color) -> Result<Vec<MemberReading>> {
         Self::err()
     }
     fn reasons(&self) -> Result<Vec<(Reason, u64)>> {

@@ -1,22 +1,47 @@
 //! Writing the maps: services (in an order that never shows a packet a half-programmed
-//! service), flips, canary shares and the redirect allow-list; and [`Datapath`] for
-//! [`BpfDatapath`].
+//! service), their pools (into the buffer not in use, then one aligned switch), flips, canary
+//! shares, affinity epochs and the redirect allow-list; and [`Datapath`] for [`BpfDatapath`].
 
-use std::collections::{BTreeMap, BTreeSet, HashMap as StdHashMap};
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap as StdHashMap, HashSet},
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
 
 use anyhow::{anyhow, bail, Context as _, Result};
+use aya::maps::{PerCpuArray, PerCpuValues};
 use switcher_common::{
-    backend_index, names, ActiveWord, Backend, Endpoint, FlipMark, Reason, ReverseValue,
-    ServiceValue,
+    names, pool_index, ActiveWord, Endpoint, FlipMark, MemberCounters, Pool, Reason, ReverseValue,
+    ServiceValue, FRAG_TTL_NS, MEMBER_SLOTS, REV_F_DRAINING, REV_F_STATELESS,
 };
 
 use super::{
-    encode, monotonic_ns, read::Census, BpfDatapath, Datapath, FlipOutcome, ServiceReading,
+    encode::{self, PoolMember},
+    monotonic_ns,
+    read::Census,
+    BpfDatapath, Datapath, FlipOutcome, ServiceReading,
 };
 use crate::{
     config::Service,
     domain::{Color, XdpMode},
 };
+
+/// What each colour of each programmed service holds: its members, their counter slots and
+/// health, by (service id, colour).
+#[derive(Debug, Default)]
+pub(super) struct Pools {
+    pub by_color: StdHashMap<(u32, Color), Vec<PoolMember>>,
+    /// Members taken out of service (their health): (service id, colour, address).
+    pub down: HashSet<(u32, Color, SocketAddr)>,
+    /// Ids of services removed lately, and when: not given to a new service before
+    /// [`ID_QUARANTINE`] has passed.
+    pub retired: StdHashMap<u32, Instant>,
+}
+
+/// How long a removed service's id stays unused: its fragment entries (which name the id for
+/// the counters) live [`FRAG_TTL_NS`], and the daemon's flow sweep removes its established
+/// entries within a few seconds. A new service given the id sooner would be charged for them.
+pub const ID_QUARANTINE: Duration = Duration::from_secs(FRAG_TTL_NS / 1_000_000_000 + 10);
 
 impl BpfDatapath {
     /// See [`Datapath::apply`].
@@ -25,7 +50,48 @@ impl BpfDatapath {
         let keys: Vec<Endpoint> = services.iter().map(encode::service_key).collect();
         let existing_ids: StdHashMap<Endpoint, u32> =
             existing.iter().map(|(k, v)| (*k, v.id)).collect();
-        let ids = encode::assign_ids(&existing_ids, &keys)?;
+        self.pools
+            .retired
+            .retain(|_, at| at.elapsed() < ID_QUARANTINE);
+        // Ids of services removed lately or by this very call are not handed out.
+        let quarantined: HashSet<u32> = self
+            .pools
+            .retired
+            .keys()
+            .copied()
+            .chain(
+                existing
+                    .iter()
+                    .filter(|(k, _)| !keys.contains(k))
+                    .map(|(_, v)| v.id),
+            )
+            .collect();
+        let ids = encode::assign_ids(&existing_ids, &keys, &quarantined)?;
+        if self.pools.by_color.is_empty() {
+            self.recover_pools(&existing)?;
+        }
+
+        // Member counter slots: a member keeps its slot while it stays in its pool.
+        let held: StdHashMap<(u32, Color, SocketAddr), u16> = self
+            .pools
+            .by_color
+            .iter()
+            .flat_map(|((id, c), ms)| ms.iter().map(move |m| ((*id, *c, m.member.addr), m.slot)))
+            .collect();
+        let mut wanted = Vec::new();
+        for (s, id) in services.iter().zip(&ids) {
+            for c in Color::BOTH {
+                for m in s.members(c) {
+                    wanted.push((*id, c, m.addr));
+                }
+            }
+        }
+        let (slots, fresh) = encode::assign_slots(&held, &wanted, MEMBER_SLOTS)?;
+        for slot in fresh {
+            self.zero_member_counters(slot)?;
+        }
+        let mut slot_of: StdHashMap<(u32, Color, SocketAddr), u16> =
+            wanted.iter().copied().zip(slots).collect();
 
         // Ports first: a service must never be visible while its port is still filtered out.
         let ports: BTreeSet<u16> = services.iter().map(|s| s.port).collect();
@@ -38,6 +104,7 @@ impl BpfDatapath {
         for (key, v) in &existing {
             if !keys.contains(key) {
                 self.remove_service(key, v.id)?;
+                self.pools.retired.insert(v.id, Instant::now());
             }
         }
         // Then the ports of removed services that no remaining service uses.
@@ -52,48 +119,152 @@ impl BpfDatapath {
         }
         let mut reverse_wanted = Vec::new();
         let mut out = BTreeMap::new();
+        let mut by_color = StdHashMap::new();
         for ((s, key), id) in services.iter().zip(&keys).zip(ids) {
+            let known = existing.get(key);
+            let mut active = match known {
+                Some(_) => self.reader.active(id)?,
+                None => ActiveWord::new(s.active.index(), 0),
+            };
             for c in Color::BOTH {
-                let b = s.backend(c).map(encode::backend).unwrap_or_default();
-                self.array_mut::<Backend>(names::BACKENDS)?
-                    .set(backend_index(id, c.index()), b, 0)
-                    .with_context(|| format!("writing {} backend of {}", c, s.name))?;
-                if let Some((rk, rv)) = encode::reverse(s, c, id) {
+                let members: Vec<PoolMember> = s
+                    .members(c)
+                    .iter()
+                    .map(|m| PoolMember {
+                        member: *m,
+                        slot: slot_of.remove(&(id, c, m.addr)).unwrap_or_default(),
+                        in_service: !self.pools.down.contains(&(id, c, m.addr)),
+                    })
+                    .collect();
+                let pool = encode::pool(&members)?;
+                // A service the packets can see gets the pool in its unused buffer, then the
+                // switch; a new one starts on buffer 0.
+                let buffer = if known.is_some() {
+                    active.buffer(c.index()) ^ 1
+                } else {
+                    0
+                };
+                self.write_pool(id, c, buffer, &pool)
+                    .with_context(|| format!("writing the {c} pool of {}", s.name))?;
+                if known.is_some() {
+                    active = active.pool_switched(c.index());
+                }
+                by_color.insert((id, c), members);
+                for (rk, rv) in encode::reverse(s, c, id) {
                     self.hash_mut::<Endpoint, ReverseValue>(names::REVERSE)?
                         .insert(rk, rv, 0)
                         .with_context(|| format!("writing reverse entry for {}", s.name))?;
                     reverse_wanted.push(rk);
                 }
             }
-            let known = existing.get(key);
+            self.array_mut::<ActiveWord>(names::ACTIVE)?
+                .set(id, active, 0)
+                .context("writing ACTIVE")?;
             if known.is_none() {
-                self.array_mut::<ActiveWord>(names::ACTIVE)?
-                    .set(id, ActiveWord::new(s.active.index(), 0), 0)
-                    .context("writing ACTIVE")?;
                 self.array_mut::<FlipMark>(names::FLIP_MARKS)?
                     .set(id, FlipMark::default(), 0)
                     .context("writing FLIP_MARKS")?;
             }
-            // Last: the service becomes visible only once its backends are in place. A
-            // running canary keeps its share: only the controller starts and ends it.
-            let mut value = encode::service_value(s, id);
+            // Last: the service becomes visible only once its pools are in place. A running
+            // canary keeps its share and the affinity epoch stays: only the controller
+            // changes them.
+            let mut value = encode::service_value(s, id, known.map_or(0, |v| v.epoch));
             value.canary_share = known.map_or(0, |v| v.canary_share);
             self.hash_mut::<Endpoint, ServiceValue>(names::SERVICES)?
                 .insert(*key, value, 0)
                 .with_context(|| format!("writing service {}", s.name))?;
             out.insert(s.name.clone(), id);
         }
-        let stale: Vec<Endpoint> = self
+        let live: HashSet<u32> = out.values().copied().collect();
+        self.pools.by_color = by_color;
+        self.pools.down.retain(|(id, _, _)| live.contains(id));
+        let stale: Vec<(Endpoint, ReverseValue)> = self
             .hash::<Endpoint, ReverseValue>(names::REVERSE)?
-            .keys()
-            .filter_map(|k| k.ok())
-            .filter(|k| !reverse_wanted.contains(k))
+            .iter()
+            .filter_map(|r| r.ok())
+            .filter(|(k, _)| !reverse_wanted.contains(k))
             .collect();
         let mut rev = self.hash_mut::<Endpoint, ReverseValue>(names::REVERSE)?;
-        for k in stale {
-            rev.remove(&k).context("removing stale reverse entry")?;
+        for (k, v) in stale {
+            // A member that left a remaining service may still carry connections: their
+            // replies keep the VIP until the flow sweeper finds none left. A stateless UDP
+            // service has no connections to wait for.
+            if live.contains(&v.service_id) && v.flags & REV_F_STATELESS == 0 {
+                if v.flags & REV_F_DRAINING == 0 {
+                    let draining = ReverseValue {
+                        flags: v.flags | REV_F_DRAINING,
+                        ..v
+                    };
+                    rev.insert(k, draining, 0)
+                        .context("marking a removed member's reverse entry")?;
+                }
+            } else {
+                rev.remove(&k).context("removing stale reverse entry")?;
+            }
         }
         Ok(out)
+    }
+
+    /// See [`Datapath::retire_drained`].
+    pub fn retire_drained(&mut self, unused: &[Endpoint]) -> Result<Vec<(u32, SocketAddr)>> {
+        let mut rev = self.hash_mut::<Endpoint, ReverseValue>(names::REVERSE)?;
+        let mut retired = Vec::new();
+        for k in unused {
+            // Only while still draining: a reload may have made it a member again.
+            match rev.get(k, 0) {
+                Ok(v) if v.flags & REV_F_DRAINING != 0 => {
+                    rev.remove(k).context("removing a drained reverse entry")?;
+                    retired.push((v.service_id, super::read::endpoint_addr(k)));
+                }
+                _ => {}
+            }
+        }
+        Ok(retired)
+    }
+
+    /// After adopting the maps of an earlier daemon: which member holds which counter slot,
+    /// read back from the pools in use, so counters stay with their members.
+    fn recover_pools(&mut self, existing: &StdHashMap<Endpoint, ServiceValue>) -> Result<()> {
+        for v in existing.values() {
+            let active = self.reader.active(v.id)?;
+            for c in Color::BOTH {
+                let pool = self.reader.pool(v.id, c, active.buffer(c.index()))?;
+                let members = (0..pool.members as usize)
+                    .filter_map(|i| pool.member.get(i))
+                    .filter(|b| b.valid != 0)
+                    .map(|b| PoolMember {
+                        member: crate::config::Member::new(super::read::socket_addr(b)),
+                        slot: b.slot,
+                        in_service: true,
+                    })
+                    .collect();
+                self.pools.by_color.insert((v.id, c), members);
+            }
+        }
+        Ok(())
+    }
+
+    fn write_pool(&mut self, id: u32, c: Color, buffer: u8, pool: &Pool) -> Result<()> {
+        self.array_mut::<Pool>(names::POOLS)?
+            .set(pool_index(id, c.index(), buffer), *pool, 0)
+            .context("writing POOLS")
+    }
+
+    fn zero_member_counters(&mut self, slot: u16) -> Result<()> {
+        let cpus = aya::util::nr_cpus()
+            .map_err(|(_, e)| e)
+            .context("counting CPUs")?;
+        let map = self
+            .ebpf
+            .map_mut(names::MEMBER_COUNTERS)
+            .ok_or_else(|| anyhow!("map {} missing", names::MEMBER_COUNTERS))?;
+        let mut counters: PerCpuArray<_, MemberCounters> =
+            PerCpuArray::try_from(map).context("MEMBER_COUNTERS")?;
+        let zeros = PerCpuValues::try_from(vec![MemberCounters::default(); cpus])
+            .context("per-CPU values")?;
+        counters
+            .set(u32::from(slot), zeros, 0)
+            .context("zeroing a member's counters")
     }
 
     fn remove_service(&mut self, key: &Endpoint, id: u32) -> Result<()> {
@@ -101,24 +272,68 @@ impl BpfDatapath {
             .remove(key)
             .context("removing service")?;
         for c in Color::BOTH {
-            self.array_mut::<Backend>(names::BACKENDS)?
-                .set(backend_index(id, c.index()), Backend::default(), 0)
-                .context("clearing backend")?;
+            for buffer in [0, 1] {
+                self.write_pool(id, c, buffer, &Pool::default())?;
+            }
         }
         Ok(())
     }
 
+    /// See [`Datapath::set_member_in_service`].
+    pub fn set_member_in_service(
+        &mut self,
+        id: u32,
+        c: Color,
+        addr: SocketAddr,
+        in_service: bool,
+    ) -> Result<bool> {
+        let key = (id, c, addr);
+        let changed = if in_service {
+            self.pools.down.remove(&key)
+        } else {
+            self.pools.down.insert(key)
+        };
+        let Some(members) = self.pools.by_color.get_mut(&(id, c)) else {
+            bail!("service id {id} has no {c} pool");
+        };
+        let Some(m) = members.iter_mut().find(|m| m.member.addr == addr) else {
+            bail!("{addr} is not a member of the {c} pool of service id {id}");
+        };
+        if !changed {
+            return Ok(false);
+        }
+        m.in_service = in_service;
+        let pool = encode::pool(members)?;
+        let active = self.reader.active(id)?;
+        self.write_pool(id, c, active.buffer(c.index()) ^ 1, &pool)?;
+        self.array_mut::<ActiveWord>(names::ACTIVE)?
+            .set(id, active.pool_switched(c.index()), 0)
+            .context("writing ACTIVE")?;
+        Ok(true)
+    }
+
     /// See [`Datapath::set_canary`].
     pub fn set_canary(&mut self, id: u32, share: u32) -> Result<()> {
+        self.update_service(id, |v| v.canary_share = share.min(0xffff))
+            .context("writing the canary share")
+    }
+
+    /// See [`Datapath::void_affinity`].
+    pub fn void_affinity(&mut self, id: u32) -> Result<()> {
+        self.update_service(id, |v| v.epoch = v.epoch.wrapping_add(1))
+            .context("writing the affinity epoch")
+    }
+
+    fn update_service(&mut self, id: u32, f: impl FnOnce(&mut ServiceValue)) -> Result<()> {
         let (key, mut v) = self
             .services()?
             .into_iter()
             .find(|(_, v)| v.id == id)
             .ok_or_else(|| anyhow!("service id {id} is not in the datapath"))?;
-        v.canary_share = share.min(0xffff);
+        f(&mut v);
         self.hash_mut::<Endpoint, ServiceValue>(names::SERVICES)?
             .insert(key, v, 0)
-            .context("writing the canary share")
+            .map_err(anyhow::Error::from)
     }
 
     /// All services in the maps: key → value.
@@ -129,12 +344,6 @@ impl BpfDatapath {
             .collect::<Result<_>>()
     }
 
-    fn backend_slot(&self, id: u32, c: Color) -> Result<Backend> {
-        self.array::<Backend>(names::BACKENDS)?
-            .get(&backend_index(id, c.index()), 0)
-            .context("reading BACKENDS")
-    }
-
     /// See [`Datapath::flip`]: writes the flip mark, then the one aligned 4-byte ACTIVE word
     /// that every following packet reads.
     pub fn flip(&mut self, id: u32, to: Color) -> Result<FlipOutcome> {
@@ -143,7 +352,7 @@ impl BpfDatapath {
         if from == to {
             return Ok(FlipOutcome::unchanged(cur));
         }
-        if self.backend_slot(id, to)?.valid == 0 {
+        if self.reader.pool(id, to, cur.buffer(to.index()))?.members == 0 {
             bail!("{to} has no backend");
         }
         let next = cur.flipped_to(to.index());
@@ -197,6 +406,21 @@ impl Datapath for BpfDatapath {
     fn set_canary(&mut self, id: u32, share: u32) -> Result<()> {
         BpfDatapath::set_canary(self, id, share)
     }
+    fn void_affinity(&mut self, id: u32) -> Result<()> {
+        BpfDatapath::void_affinity(self, id)
+    }
+    fn set_member_in_service(
+        &mut self,
+        id: u32,
+        c: Color,
+        addr: SocketAddr,
+        in_service: bool,
+    ) -> Result<bool> {
+        BpfDatapath::set_member_in_service(self, id, c, addr, in_service)
+    }
+    fn retire_drained(&mut self, unused: &[Endpoint]) -> Result<Vec<(u32, SocketAddr)>> {
+        BpfDatapath::retire_drained(self, unused)
+    }
     fn set_redirect_targets(&mut self, ifindexes: &[u32]) -> Result<()> {
         BpfDatapath::set_redirect_targets(self, ifindexes)
     }
@@ -205,6 +429,9 @@ impl Datapath for BpfDatapath {
     }
     fn read(&self, id: u32) -> Result<ServiceReading> {
         self.reader.service(id)
+    }
+    fn members(&self, id: u32, c: Color) -> Result<Vec<super::MemberReading>> {
+        self.reader.members(id, c)
     }
     fn reasons(&self) -> Result<Vec<(Reason, u64)>> {
         self.reader.reasons()

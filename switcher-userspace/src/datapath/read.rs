@@ -5,6 +5,7 @@
 
 use std::{
     collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::Path,
     sync::Mutex,
     time::{Duration, Instant},
@@ -13,8 +14,9 @@ use std::{
 use anyhow::{Context as _, Result};
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
 use switcher_common::{
-    backend_index, names, ActiveWord, ColorCounters, FlipMark, FlowKey, FlowValue, Reason, BLUE,
-    FLOW_OPEN, GREEN,
+    backend_index, names, pool_index, ActiveWord, Backend, ColorCounters, Endpoint, FlipMark,
+    FlowKey, FlowValue, MemberCounters, Pool, Reason, BLUE, FAMILY_V4, FLOW_OPEN, GREEN,
+    POOL_TABLE_SIZE,
 };
 
 use super::flow_table;
@@ -50,11 +52,14 @@ impl ServiceReading {
     }
 }
 
-/// What one walk of the flow table found.
+/// What one walk of the established-connection table found.
 #[derive(Debug, Clone, Default)]
 pub struct Census {
-    /// Open TCP flows (no FIN/RST seen) by service id and colour: what a flip leaves draining.
+    /// Open TCP connections (no FIN/RST seen) by service id and colour: what a flip leaves
+    /// draining.
     pub pinned: BTreeMap<u32, [u64; 2]>,
+    /// The same by member counter slot.
+    pub member_pinned: BTreeMap<u16, u64>,
     pub entries: u64,
 }
 
@@ -63,6 +68,7 @@ impl Census {
         self.entries += 1;
         if v.state == FLOW_OPEN {
             self.pinned.entry(v.service_id).or_default()[(v.color & 1) as usize] += 1;
+            *self.member_pinned.entry(v.backend.slot).or_default() += 1;
         }
     }
 
@@ -71,16 +77,48 @@ impl Census {
     }
 }
 
+/// One member of a colour's pool as the datapath sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MemberReading {
+    pub addr: SocketAddr,
+    pub slot: u16,
+    /// Its share of the table (of new flows); 0 when out of service.
+    pub share: f64,
+    pub counters: MemberCounters,
+}
+
+/// A member's address as the maps store it.
+pub fn socket_addr(b: &Backend) -> SocketAddr {
+    SocketAddr::new(ip(&b.addr, b.family), u16::from_be(b.port_be))
+}
+
+/// A (reverse) endpoint's address.
+pub fn endpoint_addr(e: &Endpoint) -> SocketAddr {
+    SocketAddr::new(ip(&e.addr, e.family), u16::from_be(e.port_be))
+}
+
+fn ip(addr: &[u8; 16], family: u8) -> IpAddr {
+    if family == FAMILY_V4 {
+        IpAddr::V4(Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3]))
+    } else {
+        IpAddr::V6(Ipv6Addr::from(*addr))
+    }
+}
+
 /// Several services, the reasons and a (possibly shared) census, read together.
 #[derive(Debug, Clone, Default)]
 pub struct Readings {
     pub services: BTreeMap<u32, ServiceReading>,
+    /// The members of each service's colours: (id, colour index) → members.
+    pub members: BTreeMap<(u32, u8), Vec<MemberReading>>,
     pub census: Census,
     pub reasons: Vec<(Reason, u64)>,
 }
 
 pub struct MapReader {
     counters: PerCpuArray<MapData, ColorCounters>,
+    member_counters: PerCpuArray<MapData, MemberCounters>,
+    pools: Array<MapData, Pool>,
     reasons: PerCpuArray<MapData, u64>,
     active: Array<MapData, ActiveWord>,
     marks: Array<MapData, FlipMark>,
@@ -104,6 +142,8 @@ impl MapReader {
     pub fn open(maps_dir: &Path) -> Result<Self> {
         Ok(Self {
             counters: open(maps_dir, names::COLOR_COUNTERS)?,
+            member_counters: open(maps_dir, names::MEMBER_COUNTERS)?,
+            pools: open(maps_dir, names::POOLS)?,
             reasons: open(maps_dir, names::REASON_COUNTERS)?,
             active: open(maps_dir, names::ACTIVE)?,
             marks: open(maps_dir, names::FLIP_MARKS)?,
@@ -117,6 +157,44 @@ impl MapReader {
         self.active
             .get(&id, 0)
             .with_context(|| format!("reading ACTIVE[{id}]"))
+    }
+
+    /// The pool of `c` in `buffer`.
+    pub fn pool(&self, id: u32, c: Color, buffer: u8) -> Result<Pool> {
+        self.pools
+            .get(&pool_index(id, c.index(), buffer), 0)
+            .with_context(|| format!("reading the {c} pool of service id {id}"))
+    }
+
+    /// The members of `c`'s pool in use, with their counters.
+    pub fn members(&self, id: u32, c: Color) -> Result<Vec<MemberReading>> {
+        let active = self.active(id)?;
+        let pool = self.pool(id, c, active.buffer(c.index()))?;
+        let mut slots = [0usize; switcher_common::MAX_MEMBERS];
+        for &m in pool.table.iter() {
+            if let Some(n) = slots.get_mut(m as usize) {
+                *n += 1;
+            }
+        }
+        (0..(pool.members as usize).min(switcher_common::MAX_MEMBERS))
+            .map(|i| {
+                let b = &pool.member[i];
+                let per_cpu = self
+                    .member_counters
+                    .get(&u32::from(b.slot), 0)
+                    .context("reading MEMBER_COUNTERS")?;
+                let mut counters = MemberCounters::default();
+                for v in per_cpu.iter() {
+                    counters.add(v);
+                }
+                Ok(MemberReading {
+                    addr: socket_addr(b),
+                    slot: b.slot,
+                    share: slots[i] as f64 / POOL_TABLE_SIZE as f64,
+                    counters,
+                })
+            })
+            .collect()
     }
 
     /// Active word, flip mark and both colours' counters (summed over CPUs) of service `id`.
@@ -189,6 +267,9 @@ impl MapReader {
         let mut out = Readings::default();
         for &id in ids {
             out.services.insert(id, self.service(id)?);
+            for c in Color::BOTH {
+                out.members.insert((id, c.index()), self.members(id, c)?);
+            }
         }
         out.census = self.census()?;
         out.reasons = self.reasons()?;

@@ -23,24 +23,65 @@ const NLM_F_REQUEST: u16 = 1;
 const NLMSG_ERROR: u16 = 2;
 
 /// The ifindexes of this network namespace whose driver accepts redirected XDP frames now.
+/// An interface that disappears between the listing and its question is left out; any other
+/// failure fails the whole list (the caller keeps the previous one).
 pub fn redirect_targets() -> Result<Vec<u32>> {
     let sock = GenlSocket::open()?;
     let family = sock.family_id("netdev").context(
         "the kernel has no \"netdev\" generic-netlink family (Linux 6.3+): redirect disabled",
     )?;
-    let mut out = Vec::new();
-    for iface in nix::net::if_::if_nameindex()
+    let ifindexes: Vec<u32> = nix::net::if_::if_nameindex()
         .context("listing interfaces")?
         .iter()
-    {
-        let ifindex = iface.index();
-        let attrs = sock.request(
+        .map(|iface| iface.index())
+        .collect();
+    allow_list(ifindexes, |ifindex| {
+        sock.exchange(
             family,
             NETDEV_CMD_DEV_GET,
-            &attr_u32(NETDEV_A_DEV_IFINDEX, ifindex),
-        )?;
-        if accepts_redirect(&attrs) {
-            out.push(ifindex);
+            &mut attr_u32(NETDEV_A_DEV_IFINDEX, ifindex),
+        )
+    })
+}
+
+/// What one interface's NETDEV_CMD_DEV_GET reply means for the allow-list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    /// It takes redirected frames.
+    Target,
+    /// It does not (or the kernel does not say).
+    NotTarget,
+    /// It went away after the listing (ENODEV; ENOENT from the namespace's lookup).
+    Gone,
+}
+
+/// Decodes one interface's raw reply; an error reply other than "no such device" is an error.
+fn interface_answer(reply: &[u8]) -> Result<Answer> {
+    match reply_attrs(reply) {
+        Ok(attrs) if accepts_redirect(&attrs) => Ok(Answer::Target),
+        Ok(_) => Ok(Answer::NotTarget),
+        Err(e) => match e
+            .downcast_ref::<io::Error>()
+            .and_then(io::Error::raw_os_error)
+        {
+            Some(libc::ENODEV | libc::ENOENT) => Ok(Answer::Gone),
+            _ => Err(e),
+        },
+    }
+}
+
+/// The interfaces among `ifindexes` that take redirected frames, asking each with `ask` (its
+/// raw reply). One that is gone is skipped; a failed exchange or any other refusal fails.
+fn allow_list(
+    ifindexes: impl IntoIterator<Item = u32>,
+    mut ask: impl FnMut(u32) -> Result<Vec<u8>>,
+) -> Result<Vec<u32>> {
+    let mut out = Vec::new();
+    for ifindex in ifindexes {
+        let reply = ask(ifindex)?;
+        match interface_answer(&reply).with_context(|| format!("interface {ifindex}"))? {
+            Answer::Target => out.push(ifindex),
+            Answer::NotTarget | Answer::Gone => {}
         }
     }
     Ok(out)
@@ -74,12 +115,13 @@ impl GenlSocket {
         }
     }
 
-    fn request(&self, family: u16, cmd: u8, attrs: &[u8]) -> Result<Vec<u8>> {
-        self.request_raw(family, cmd, &mut attrs.to_vec())
-    }
-
     /// Sends one request and returns the attributes of its reply.
     fn request_raw(&self, family: u16, cmd: u8, attrs: &mut Vec<u8>) -> Result<Vec<u8>> {
+        reply_attrs(&self.exchange(family, cmd, attrs)?)
+    }
+
+    /// Sends one request and returns its reply as it arrived (an error reply included).
+    fn exchange(&self, family: u16, cmd: u8, attrs: &mut Vec<u8>) -> Result<Vec<u8>> {
         let len = 16 + 4 + attrs.len();
         let mut msg = Vec::with_capacity(len);
         msg.extend_from_slice(&(len as u32).to_ne_bytes());
@@ -100,7 +142,8 @@ impl GenlSocket {
         if n < 0 {
             return Err(io::Error::last_os_error()).context("reading a generic-netlink reply");
         }
-        reply_attrs(&buf[..n as usize])
+        buf.truncate(n as usize);
+        Ok(buf)
     }
 }
 
@@ -219,13 +262,69 @@ mod tests {
         assert!(!accepts_redirect(&attrs[..8]));
     }
 
+    /// An NLMSG_ERROR reply carrying `-errno` (and the request's 16-byte header).
+    #[cfg(target_endian = "little")]
+    fn error_reply(errno: i32) -> Vec<u8> {
+        let mut err = vec![36, 0, 0, 0, 2, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0];
+        err.extend_from_slice(&(-errno).to_le_bytes());
+        err.extend_from_slice(&[0; 16]);
+        err
+    }
+
+    #[test]
+    #[cfg(target_endian = "little")]
+    fn an_interface_gone_between_listing_and_asking_is_skipped() {
+        assert_eq!(
+            interface_answer(&error_reply(libc::ENODEV)).expect("gone"),
+            Answer::Gone
+        );
+        assert_eq!(
+            interface_answer(&error_reply(libc::ENOENT)).expect("gone"),
+            Answer::Gone
+        );
+        assert_eq!(
+            interface_answer(&dev_get_reply(0b100)).expect("reply"),
+            Answer::Target
+        );
+        assert_eq!(
+            interface_answer(&dev_get_reply(0b011)).expect("reply"),
+            Answer::NotTarget
+        );
+        // Interface 2 vanished after the listing: 1 and 3 stay targets.
+        let replies = |ifindex: u32| -> Result<Vec<u8>> {
+            Ok(match ifindex {
+                2 => error_reply(libc::ENODEV),
+                4 => dev_get_reply(0b011),
+                _ => dev_get_reply(0b100),
+            })
+        };
+        assert_eq!(
+            allow_list([1, 2, 3, 4], replies).expect("the rest is kept"),
+            vec![1, 3]
+        );
+    }
+
+    #[test]
+    #[cfg(target_endian = "little")]
+    fn any_other_refusal_or_a_failed_exchange_fails_the_list() {
+        let e = allow_list([1, 2], |i| {
+            Ok(if i == 2 {
+                error_reply(libc::EPERM)
+            } else {
+                dev_get_reply(0b100)
+            })
+        })
+        .expect_err("EPERM is not a vanished interface");
+        assert!(format!("{e:#}").contains("interface 2"), "{e:#}");
+        assert!(allow_list([1], |_| anyhow::bail!("recv failed")).is_err());
+        assert!(interface_answer(&dev_get_reply(1)[..19]).is_err());
+    }
+
     #[test]
     #[cfg(target_endian = "little")]
     fn errors_and_short_replies_are_errors() {
         // NLMSG_ERROR carrying -ENODEV: the interface went away between list and ask.
-        let mut err = vec![36, 0, 0, 0, 2, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0];
-        err.extend_from_slice(&(-19i32).to_le_bytes());
-        err.extend_from_slice(&[0; 16]);
+        let err = error_reply(libc::ENODEV);
         let e = reply_attrs(&err).expect_err("refused");
         let io = e
             .downcast_ref::<io::Error>()

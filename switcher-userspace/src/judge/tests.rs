@@ -159,12 +159,46 @@ fn metrics_checks_use_the_delta_and_missing_data_fails() {
 #[test]
 fn a_sudden_drop_needs_a_baseline() {
     assert!(
-        !traffic_dropped(0.0, 0.0, 0.5),
+        !traffic_dropped(0.0, None, 0.5),
         "no traffic yet: no baseline"
     );
-    assert!(!traffic_dropped(900.0, 1000.0, 0.5));
-    assert!(traffic_dropped(400.0, 1000.0, 0.5));
-    assert!(traffic_dropped(0.0, 10.0, 0.5));
+    assert!(!traffic_dropped(900.0, Some(1000.0), 0.5));
+    assert!(traffic_dropped(400.0, Some(1000.0), 0.5));
+    assert!(traffic_dropped(0.0, Some(10.0), 0.5));
+    assert!(
+        !traffic_dropped(0.0, Some(9.0), 0.5),
+        "a trickle under the floor is not judged"
+    );
+}
+
+/// Issue 11: one remote sender's burst, then silence, must not roll a deployment back. The
+/// baseline is the median of the rounds, which a burst does not move.
+#[test]
+fn a_burst_then_silence_is_not_a_drop() {
+    let mut j = WatchJudge::new(policy(2));
+    let mut n = 0;
+    let mut step = |j: &mut WatchJudge, packets: u64| {
+        let before = n;
+        n += packets;
+        j.round(round((before, 0), (n, 0), None))
+    };
+    for _ in 0..5 {
+        assert_eq!(step(&mut j, 100), Round::Passed, "steady 100/s");
+    }
+    assert_eq!(step(&mut j, 50_000), Round::Passed, "a burst");
+    for _ in 0..5 {
+        assert_eq!(step(&mut j, 100), Round::Passed, "back to usual: no drop");
+    }
+    // A quiet service: only a few packets, then none. Under the floor, never a drop.
+    let mut q = WatchJudge::new(policy(2));
+    let mut m = 0;
+    for packets in [5, 5, 5, 0, 0, 0] {
+        let before = m;
+        m += packets;
+        assert_eq!(q.round(round((before, 0), (m, 0), None)), Round::Passed);
+    }
+    // A real drop of the usual traffic still fails.
+    assert!(matches!(step(&mut j, 10), Round::Failed { .. }));
 }
 
 #[test]
@@ -241,6 +275,7 @@ fn policy(failures: u32) -> WatchPolicy {
         max_resets: Some(0),
         max_unreachables: None,
         min_rate_ratio: Some(0.5),
+        min_healthy_share: 0.5,
     }
 }
 
@@ -281,7 +316,7 @@ fn the_watch_rolls_back_after_enough_consecutive_failures_only() {
         }
         other => panic!("{other:?}"),
     }
-    // Traffic fell under half the best round (1000/s): the second failure in a row.
+    // Traffic fell under half the usual rate (1000/s): the second failure in a row.
     match j.round(round((4000, 1), (4300, 1), None)) {
         Round::Failed {
             round,
@@ -299,4 +334,102 @@ fn the_watch_rolls_back_after_enough_consecutive_failures_only() {
         other => panic!("{other:?}"),
     }
     assert_eq!(j.rounds(), 5);
+}
+
+fn at(r: LoadReport, addr: &str) -> LoadReport {
+    LoadReport {
+        target: addr.parse().expect("addr"),
+        ..r
+    }
+}
+
+#[test]
+fn an_environment_is_judged_per_member_and_as_a_whole() {
+    let l = cfg();
+    let serving = [
+        at(report(10, 900.0, 0, 100), "198.18.1.2:601"),
+        at(report(10, 1000.0, 0, 100), "198.18.1.3:601"),
+        at(report(10, 1100.0, 0, 100), "198.18.1.4:601"),
+    ];
+    // The typical serving node: the median throughput.
+    assert_eq!(
+        serving_reference(&serving).map(|r| r.throughput_lps),
+        Some(1000.0)
+    );
+    let good = [
+        at(report(11, 950.0, 0, 100), "198.18.2.2:601"),
+        at(report(12, 1000.0, 0, 100), "198.18.2.3:601"),
+    ];
+    assert!(load_environment(&l, &good, &serving).is_empty());
+    // One slow member fails, named; the healthy one does not.
+    let one_slow = [
+        at(report(11, 950.0, 0, 100), "198.18.2.2:601"),
+        at(report(30, 950.0, 0, 100), "198.18.2.3:601"),
+    ];
+    let f = load_environment(&l, &one_slow, &serving);
+    assert!(
+        f.iter().any(|x| x.starts_with("load 198.18.2.3:601: p99")),
+        "{f:?}"
+    );
+    assert!(!f.iter().any(|x| x.contains("198.18.2.2:601")), "{f:?}");
+    // Each member fine on its own against the typical node, but the environment as a whole
+    // is slower than 0.8 x the serving one's mean per node.
+    let mut lenient = cfg();
+    lenient.min_throughput = None;
+    lenient.min_throughput_ratio = Some(0.8);
+    let strong_serving = [
+        at(report(10, 900.0, 0, 100), "198.18.1.2:601"),
+        at(report(10, 1000.0, 0, 100), "198.18.1.3:601"),
+        at(report(10, 1400.0, 0, 100), "198.18.1.4:601"),
+    ];
+    let weak = [
+        at(report(11, 850.0, 0, 100), "198.18.2.2:601"),
+        at(report(11, 850.0, 0, 100), "198.18.2.3:601"),
+    ];
+    let f = load_environment(&lenient, &weak, &strong_serving);
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert!(
+        f.iter().any(|x| x.starts_with("load (environment)")),
+        "{f:?}"
+    );
+    assert_eq!(
+        load_environment(&l, &[], &serving),
+        ["load: the candidate has no member to load"]
+    );
+}
+
+#[test]
+fn the_load_sample_is_spread_over_the_pool() {
+    let members: Vec<crate::config::Member> = (0..20u8)
+        .map(|i| {
+            crate::config::Member::new(format!("198.18.2.{}:601", i + 2).parse().expect("addr"))
+        })
+        .collect();
+    assert_eq!(
+        crate::judge::sample(&members[..5], LOAD_SAMPLE).len(),
+        5,
+        "all of a small pool"
+    );
+    let s = crate::judge::sample(&members, LOAD_SAMPLE);
+    assert_eq!(s.len(), LOAD_SAMPLE);
+    assert_eq!(s[0], members[0]);
+    assert!(s.contains(&members[17]), "reaches the end: {s:?}");
+}
+
+#[test]
+fn the_healthy_share_of_an_environment() {
+    let m = |i: u8| -> std::net::SocketAddr { format!("198.18.2.{i}:601").parse().expect("addr") };
+    let ok = |i| (m(i), None);
+    let bad = |i| (m(i), Some("refused".to_string()));
+    assert_eq!(healthy_share(&[ok(2), ok(3), bad(4)], 0.5), None);
+    let f = healthy_share(&[ok(2), bad(3), bad(4)], 0.5).expect("fails");
+    assert!(f.starts_with("1 of 3 members healthy (33% < 50%)"), "{f}");
+    assert!(f.contains("198.18.2.3:601: refused"), "{f}");
+    // None healthy fails whatever the threshold; one member reads as before.
+    assert!(healthy_share(&[bad(2), bad(3)], 0.0).is_some());
+    assert_eq!(
+        healthy_share(&[bad(2)], 0.5).as_deref(),
+        Some("198.18.2.2:601: refused")
+    );
+    assert_eq!(healthy_share(&[], 0.5), None);
 }

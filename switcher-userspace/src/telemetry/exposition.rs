@@ -1,6 +1,10 @@
 //! One scrape: the catalog, a map sample and the health board encoded as OpenMetrics text.
 //! Values are read at scrape time; nothing is cached between scrapes, so every scrape shows
 //! what the kernel counted up to that moment.
+//!
+//! Series per pool member carry a `backend` label (`ADDR:PORT`): at most
+//! [`switcher_common::MAX_MEMBERS`] members per colour, two colours per service, so each such
+//! metric has at most 128 series per service.
 
 use std::{
     collections::BTreeMap,
@@ -16,7 +20,7 @@ use prometheus_client::{
 };
 
 use crate::{
-    controller::{BackendHealth, CatalogEntry, Recorded},
+    controller::{BackendHealth, CatalogEntry, MemberKey, MemberView, Recorded},
     datapath::read::{Readings, ServiceReading},
     deploy::Phase,
     domain::Color,
@@ -42,7 +46,7 @@ const COLORS: [Color; 2] = Color::BOTH;
 pub struct ScrapeData {
     pub catalog: std::sync::Arc<Vec<CatalogEntry>>,
     pub readings: Readings,
-    pub health: BTreeMap<(String, Color), BackendHealth>,
+    pub health: BTreeMap<MemberKey, BackendHealth>,
     /// CLOCK_MONOTONIC and wall clock at the sample, to date kernel timestamps.
     pub mono_ns: u64,
     pub wall: SystemTime,
@@ -95,6 +99,36 @@ impl Family<'_> {
     }
 }
 
+/// One series per pool member: `write` gets the family, the member's labels (service, color,
+/// backend) and the member.
+fn member_family(
+    enc: &mut DescriptorEncoder,
+    pools: &[(&CatalogEntry, Color, Vec<MemberView>)],
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    t: MetricType,
+    mut write: impl FnMut(&mut Family, &[(&str, &str)], &MemberView) -> fmt::Result,
+) -> fmt::Result {
+    let mut f = family(enc, name, help, unit, t)?;
+    for (e, c, members) in pools {
+        let color = c.to_string();
+        for m in members {
+            let backend = m.addr.to_string();
+            write(
+                &mut f,
+                &[
+                    ("service", &e.name),
+                    ("color", &color),
+                    ("backend", &backend),
+                ],
+                m,
+            )?;
+        }
+    }
+    Ok(())
+}
+
 impl ScrapeData {
     fn services(&self) -> impl Iterator<Item = (&CatalogEntry, &ServiceReading)> {
         self.catalog
@@ -109,6 +143,29 @@ impl ScrapeData {
             .duration_since(UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
         wall - (self.mono_ns.saturating_sub(mono)) as f64 / 1e9
+    }
+
+    /// The members of each colour of every service with a reading, joined with their
+    /// counters, open connections and health as `status` and the dashboard join them.
+    fn pools(&self) -> Vec<(&CatalogEntry, Color, Vec<MemberView>)> {
+        let mut out = Vec::new();
+        for (e, _) in self.services() {
+            for c in COLORS {
+                let slot = &e.slot(c).members;
+                let probed: Vec<BackendHealth> = slot
+                    .iter()
+                    .filter_map(|m| self.health.get(&(e.name.clone(), c, m.addr)).cloned())
+                    .collect();
+                let readings = self
+                    .readings
+                    .members
+                    .get(&(e.id, c.index()))
+                    .map_or(&[][..], Vec::as_slice);
+                let members = MemberView::join(slot, readings, &self.readings.census, &probed);
+                out.push((e, c, members));
+            }
+        }
+        out
     }
 
     /// Per-colour counters of every service.
@@ -195,6 +252,65 @@ impl Collector for ScrapeData {
                 )?;
             }
         }
+        let pools = self.pools();
+        member_family(
+            &mut enc,
+            &pools,
+            "member_packets",
+            "Packets steered to a member of a colour's pool",
+            None,
+            MetricType::Counter,
+            |f, l, m| f.counter(l, m.packets),
+        )?;
+        member_family(
+            &mut enc,
+            &pools,
+            "member",
+            "Bytes (IP packet lengths) steered to a member of a colour's pool",
+            Some(&Unit::Bytes),
+            MetricType::Counter,
+            |f, l, m| f.counter(l, m.bytes),
+        )?;
+        member_family(
+            &mut enc,
+            &pools,
+            "member_new_flows",
+            "New flows (TCP SYNs, UDP affinity entries) assigned to a member of a colour's pool",
+            None,
+            MetricType::Counter,
+            |f, l, m| f.counter(l, m.new_flows),
+        )?;
+        member_family(
+            &mut enc,
+            &pools,
+            "member_pinned_flows",
+            "Open TCP flows pinned to a member of a colour's pool",
+            None,
+            MetricType::Gauge,
+            |f, l, m| f.gauge(l, m.pinned as i64),
+        )?;
+        member_family(
+            &mut enc,
+            &pools,
+            "member_share",
+            "Share (0 to 1) of its colour's new flows a member gets: its slots of the lookup table, 0 while out of service",
+            None,
+            MetricType::Gauge,
+            |f, l, m| f.gauge_f(l, m.share),
+        )?;
+        member_family(
+            &mut enc,
+            &pools,
+            "member_in_service",
+            "1 while a probed member is in service, 0 once its health probes took it out of its pool's table (when every member is out, all keep their share)",
+            None,
+            MetricType::Gauge,
+            |f, l, m| match &m.health {
+                Some(h) => f.gauge(l, h.in_service as i64),
+                None => Ok(()),
+            },
+        )?;
+
         let f = family(
             &mut enc,
             "flow_table_entries",
@@ -288,11 +404,11 @@ impl Collector for ScrapeData {
         let mut up = family(
             &mut enc,
             "backend_up",
-            "1 if the backend passed its last health probe",
+            "1 if the pool member passed its last health probe",
             None,
             MetricType::Gauge,
         )?;
-        for ((service, c), h) in &self.health {
+        for ((service, c, _), h) in &self.health {
             let color = c.to_string();
             up.gauge(
                 &[
@@ -306,11 +422,11 @@ impl Collector for ScrapeData {
         let mut lat = family(
             &mut enc,
             "backend_probe_duration",
-            "Duration of the backend's last successful health probe",
+            "Duration of the pool member's last successful health probe",
             Some(&Unit::Seconds),
             MetricType::Gauge,
         )?;
-        for ((service, c), h) in &self.health {
+        for ((service, c, _), h) in &self.health {
             if h.ok_total > 0 {
                 let color = c.to_string();
                 lat.gauge_f(
@@ -326,11 +442,11 @@ impl Collector for ScrapeData {
         let mut probes = family(
             &mut enc,
             "backend_probes",
-            "Health probes of a backend, by result",
+            "Health probes of a pool member, by result",
             None,
             MetricType::Counter,
         )?;
-        for ((service, c), h) in &self.health {
+        for ((service, c, _), h) in &self.health {
             let color = c.to_string();
             for (result, n) in [("ok", h.ok_total), ("failed", h.failed_total)] {
                 probes.counter(
@@ -364,3 +480,6 @@ impl Collector for ScrapeData {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests;

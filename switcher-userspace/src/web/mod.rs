@@ -1,8 +1,10 @@
 //! The daemon's HTTP listener: `/metrics` (OpenMetrics), the dashboard at `/` with its live
 //! event stream, and the dashboard's actions (promote, flip, rollback), which need the token.
+//! Connections, event streams and the time a request may take are bounded ([`listener`]).
 
 pub mod assets;
 pub mod auth;
+pub mod listener;
 pub mod snapshot;
 
 use std::{
@@ -36,6 +38,7 @@ use crate::{
     domain::Color,
     telemetry::exposition,
 };
+use listener::Limits;
 
 #[derive(Clone)]
 struct App {
@@ -49,6 +52,7 @@ struct App {
     last_scrape: Arc<AtomicU64>,
     /// Listening on a loopback address: requests must name a loopback host too.
     loopback: bool,
+    limits: Limits,
 }
 
 /// A bound listener, ready to serve.
@@ -88,6 +92,7 @@ impl Server {
                 loopback: addr.ip().is_loopback(),
                 snapshots,
                 last_scrape: Arc::new(AtomicU64::new(0)),
+                limits: Limits::DEFAULT,
             },
         })
     }
@@ -111,6 +116,7 @@ impl Server {
             self.snapshots,
             app.viewers.clone(),
         )));
+        let (loopback, limits) = (app.loopback, app.limits);
         let router = Router::new()
             .route("/", get(assets::index))
             .route("/assets/:file", get(assets::file))
@@ -118,44 +124,53 @@ impl Server {
             .route("/api/snapshot", get(snapshot_json))
             .route("/api/events", get(events))
             .route("/api/services/:name/:action", post(action))
-            .layer(axum::middleware::from_fn_with_state(app.clone(), guard))
             .with_state(app);
-        axum::serve(
-            self.listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await
-        .context("HTTP listener")
+        listener::serve(self.listener, protect(router, loopback, limits), limits).await;
+        Ok(())
     }
 }
+
+/// `router` behind the listener's guards: the host check and security headers, and the
+/// request deadline.
+fn protect(router: Router, loopback: bool, limits: Limits) -> Router {
+    router
+        .layer(axum::middleware::from_fn_with_state(
+            limits.request_timeout,
+            listener::deadline,
+        ))
+        .layer(axum::middleware::from_fn_with_state(loopback, guard))
+}
+
+/// Every response's policy: the page's own scripts and styles only, and no framing by any
+/// other page (clickjacking the action buttons).
+const CONTENT_SECURITY_POLICY: &str =
+    "default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; frame-ancestors 'none'";
 
 /// Refuses requests for another host name on a loopback listener (a page on some web site
 /// that rebinds its DNS name to 127.0.0.1 must not read the dashboard), and keeps every page
 /// to its own origin's scripts.
 async fn guard(
-    State(app): State<App>,
+    State(loopback): State<bool>,
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    if app.loopback {
-        let host = req
-            .headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .map(host_name);
-        if host.is_some_and(|h| !matches!(h, "localhost" | "127.0.0.1" | "::1")) {
-            return error(
-                StatusCode::FORBIDDEN,
-                "this listener answers only to localhost".into(),
-            );
-        }
-    }
-    let mut resp = next.run(req).await;
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(host_name);
+    let foreign = loopback && host.is_some_and(|h| !matches!(h, "localhost" | "127.0.0.1" | "::1"));
+    let mut resp = if foreign {
+        error(
+            StatusCode::FORBIDDEN,
+            "this listener answers only to localhost".into(),
+        )
+    } else {
+        next.run(req).await
+    };
     resp.headers_mut().insert(
         header::CONTENT_SECURITY_POLICY,
-        axum::http::HeaderValue::from_static(
-            "default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:",
-        ),
+        axum::http::HeaderValue::from_static(CONTENT_SECURITY_POLICY),
     );
     resp
 }
@@ -228,9 +243,13 @@ async fn snapshot_json(State(app): State<App>) -> Response {
 struct Viewer(Arc<AtomicUsize>);
 
 impl Viewer {
-    fn new(n: &Arc<AtomicUsize>) -> Self {
-        n.fetch_add(1, Ordering::Relaxed);
-        Self(n.clone())
+    /// One more stream, unless `max` are open already.
+    fn try_new(n: &Arc<AtomicUsize>, max: usize) -> Option<Self> {
+        n.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+            (v < max).then_some(v + 1)
+        })
+        .ok()?;
+        Some(Self(n.clone()))
     }
 }
 
@@ -240,11 +259,18 @@ impl Drop for Viewer {
     }
 }
 
-/// Server-sent events: the current snapshot at once, then every new one.
-async fn events(
-    State(app): State<App>,
-) -> Sse<impl futures_util::Stream<Item = Result<SseEvent, Infallible>>> {
-    let viewer = Viewer::new(&app.viewers);
+/// Server-sent events: the current snapshot at once, then every new one. At most
+/// `limits.event_streams` at once: each holds a connection and a subscriber.
+async fn events(State(app): State<App>) -> Response {
+    let Some(viewer) = Viewer::try_new(&app.viewers, app.limits.event_streams) else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "{} event streams are open already: close a dashboard",
+                app.limits.event_streams
+            ),
+        );
+    };
     // The first event is built now: the published snapshot may be old if nobody watched.
     let first = snapshot::build(&app.ctl, &app.reader, &Default::default())
         .await
@@ -260,9 +286,11 @@ async fn events(
                 }
             };
             let ev = SseEvent::default().event("snapshot").data(doc.as_str());
-            Some((Ok(ev), (rx, None, viewer)))
+            Some((Ok::<_, Infallible>(ev), (rx, None, viewer)))
         });
-    Sse::new(stream).keep_alive(KeepAlive::default())
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
 }
 
 #[derive(Deserialize, Default)]
@@ -344,6 +372,71 @@ fn error(code: StatusCode, message: String) -> Response {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    use super::*;
+
+    /// The head of the response to `GET /` with `host`, through the listener and the guards.
+    async fn head(host: &str) -> String {
+        let router = Router::new().route("/", get(|| async { "page" }));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let limits = Limits::DEFAULT;
+        let server = tokio::spawn(listener::serve(
+            listener,
+            protect(router, true, limits),
+            limits,
+        ));
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let req = format!("GET / HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.expect("write");
+        let mut all = String::new();
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut all))
+            .await
+            .expect("answered")
+            .expect("read");
+        server.abort();
+        all.split("\r\n\r\n")
+            .next()
+            .unwrap_or_default()
+            .to_lowercase()
+    }
+
+    #[tokio::test]
+    async fn every_response_forbids_framing_and_foreign_hosts_are_refused() {
+        let ok = head("localhost:9477").await;
+        assert!(ok.starts_with("http/1.1 200"), "{ok}");
+        let csp = ok
+            .lines()
+            .find(|l| l.starts_with("content-security-policy:"))
+            .unwrap_or_else(|| panic!("no CSP: {ok}"));
+        assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+        assert!(csp.contains("default-src 'self'"), "{csp}");
+        let refused = head("evil.example").await;
+        assert!(refused.starts_with("http/1.1 403"), "{refused}");
+        assert!(
+            refused.contains("frame-ancestors 'none'"),
+            "refusals carry the policy too: {refused}"
+        );
+    }
+
+    #[test]
+    fn event_streams_are_capped_and_a_closed_one_frees_its_place() {
+        let n = Arc::new(AtomicUsize::new(0));
+        let open: Vec<Viewer> = (0..3)
+            .map(|_| Viewer::try_new(&n, 3).expect("under the cap"))
+            .collect();
+        assert!(Viewer::try_new(&n, 3).is_none(), "a fourth is refused");
+        assert_eq!(n.load(Ordering::Relaxed), 3);
+        drop(open);
+        assert_eq!(n.load(Ordering::Relaxed), 0);
+        assert!(Viewer::try_new(&n, 3).is_some());
+    }
+
     #[test]
     fn host_names() {
         assert_eq!(super::host_name("127.0.0.1:9477"), "127.0.0.1");

@@ -10,7 +10,9 @@ use tokio::sync::{broadcast, watch};
 use tracing::warn;
 
 use crate::{
-    controller::{BackendHealth, CatalogEntry, ColorView, Controller, Event},
+    controller::{
+        BackendHealth, CatalogEntry, ColorView, Controller, Event, MemberKey, MemberView,
+    },
     datapath::{monotonic_ns, read::Readings, MapReader},
     domain::{now_ms, Color},
 };
@@ -23,7 +25,7 @@ const EVENTS: usize = 60;
 pub fn document(
     catalog: &[CatalogEntry],
     readings: &Readings,
-    health: &std::collections::BTreeMap<(String, Color), BackendHealth>,
+    health: &std::collections::BTreeMap<MemberKey, BackendHealth>,
     events: &VecDeque<Event>,
     mono_ns: u64,
 ) -> Value {
@@ -33,13 +35,21 @@ pub fn document(
         .filter_map(|e| {
             let s = readings.services.get(&e.id)?;
             let color = |c: Color| {
-                ColorView::new(
-                    e.slot(c),
-                    s,
-                    c,
-                    readings.census.pinned(e.id, c),
-                    health.get(&(e.name.clone(), c)).cloned(),
-                )
+                let probed: Vec<BackendHealth> = health
+                    .iter()
+                    .filter(|((n, hc, _), _)| *n == e.name && *hc == c)
+                    .map(|(_, h)| h.clone())
+                    .collect();
+                let members = MemberView::join(
+                    &e.slot(c).members,
+                    readings
+                        .members
+                        .get(&(e.id, c.index()))
+                        .map_or(&[][..], Vec::as_slice),
+                    &readings.census,
+                    &probed,
+                );
+                ColorView::new(e.slot(c), s, c, readings.census.pinned(e.id, c), members)
             };
             let active = s.active_color();
             let last_flip = (s.mark.flip_ns != 0).then(|| {
@@ -150,7 +160,8 @@ mod tests {
 
     fn entry() -> CatalogEntry {
         let slot = |b: &str, trusted| Slot {
-            backend: Some(b.parse().expect("addr")),
+            members: vec![crate::config::Member::new(b.parse().expect("addr"))],
+            deployed: false,
             version: None,
             trusted,
         };
@@ -162,7 +173,7 @@ mod tests {
             protocol: "udp".into(),
             blue: slot("198.18.1.2:514", true),
             green: slot("198.18.2.2:514", false),
-            health: [None, None],
+            health: [Vec::new(), Vec::new()],
             current: None,
             recent: Vec::new(),
         }
@@ -184,7 +195,11 @@ mod tests {
         readings.census.entries = 2;
         let mut health = std::collections::BTreeMap::new();
         health.insert(
-            ("udp4".to_string(), Color::Blue),
+            (
+                "udp4".to_string(),
+                Color::Blue,
+                "198.18.1.2:514".parse().expect("addr"),
+            ),
             BackendHealth {
                 backend: "198.18.1.2:514".into(),
                 up: true,
@@ -193,6 +208,8 @@ mod tests {
                 error: None,
                 ok_total: 1,
                 failed_total: 0,
+                in_service: true,
+                streak: 1,
             },
         );
         // Someone without a reading (not in the maps yet) is left out.

@@ -1,5 +1,5 @@
 //! The lab's address plan: the v4/v6 addresses and subnets of every namespace and the VIP
-//! nets, and the veth interface names.
+//! nets, the ingest nodes' addresses on the backend hosts, and the veth interface names.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -43,6 +43,35 @@ pub const BLUE_NET_V6: &str = "2001:2:0:1::/64";
 pub const GREEN_NET_V4: &str = "198.18.2.0/24";
 /// Green's subnet.
 pub const GREEN_NET_V6: &str = "2001:2:0:2::/64";
+
+/// Most ingest nodes a backend host carries (see [`node_v4`]).
+pub const MAX_NODES: usize = 64;
+
+/// Node `index` of a backend host whose main address is `main` (blue's [`BLUE_V4`] or green's
+/// [`GREEN_V4`]): node 0 is that address, node `i` the `i`-th one after it (198.18.1.2,
+/// 198.18.1.3, ...). Below [`MAX_NODES`], so never the subnet's broadcast address.
+pub const fn node_v4(main: Ipv4Addr, index: usize) -> Ipv4Addr {
+    assert!(index < MAX_NODES, "node index out of range");
+    let [a, b, c, d] = main.octets();
+    Ipv4Addr::new(a, b, c, d + index as u8)
+}
+
+/// Node `index`'s IPv6 address, from the host's main one (as [`node_v4`]: 2001:2:0:1::2,
+/// 2001:2:0:1::3, ...).
+pub const fn node_v6(main: Ipv6Addr, index: usize) -> Ipv6Addr {
+    assert!(index < MAX_NODES, "node index out of range");
+    let s = main.segments();
+    Ipv6Addr::new(
+        s[0],
+        s[1],
+        s[2],
+        s[3],
+        s[4],
+        s[5],
+        s[6],
+        s[7] + index as u16,
+    )
+}
 
 /// Interface name of the client's and the backends' veth end.
 pub const HOST_IF: &str = "eth0";

@@ -6,6 +6,10 @@
 //! green ns   eth0 198.18.2.2/24, 2001:2:0:2::2/64  ──veth── edge ns  to-green  198.18.2.1/24,   2001:2:0:2::1/64
 //! ```
 //!
+//! A lab built with [`Lab::up_with_nodes`] has N ingest nodes per colour: blue's and green's
+//! `eth0` carry N addresses each (198.18.1.2, 198.18.1.3, ...; 2001:2:0:1::2, ...), one per
+//! [`Node`]; [`Lab::start_rsyslog_at`] binds a real rsyslog to one node's addresses.
+//!
 //! The client reaches the VIP nets (198.18.10.0/24, 2001:2:0:10::/64) and the backend nets via
 //! the edge; the backends default-route via the edge; the edge forwards (v4 and v6) with
 //! `rp_filter` off. Namespaces are named `{prefix}-client`, `{prefix}-edge`, `{prefix}-blue` and
@@ -34,6 +38,7 @@
 mod addr;
 mod claim;
 mod command;
+mod flows;
 mod netns;
 mod proc;
 mod rsyslog;
@@ -41,7 +46,8 @@ mod snmp;
 mod topology;
 
 pub use addr::*;
+pub use flows::{flow_port, flow_stream, send_flows, FlowProto, FlowReport, Flows};
 pub use netns::{cleanup_stale, in_netns, netns_list, require_root};
 pub use proc::Proc;
 pub use snmp::Snmp;
-pub use topology::{Host, Lab};
+pub use topology::{Host, Lab, Node};

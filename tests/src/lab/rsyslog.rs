@@ -1,8 +1,10 @@
-//! rsyslog in the lab: [`Lab::start_rsyslog`] writes a config for a real `rsyslogd` (imudp and
-//! imtcp into one raw-message file), starts it in a namespace and waits until it listens.
+//! rsyslog in the lab: [`Lab::start_rsyslog`] and [`Lab::start_rsyslog_at`] write a config for a
+//! real `rsyslogd` (imudp and imtcp into one raw-message file), start it in a namespace and wait
+//! until it listens.
 
 use std::fs;
 use std::io::ErrorKind;
+use std::net::IpAddr;
 use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -25,7 +27,25 @@ impl Lab {
         out_file: &Path,
         workdir: &Path,
     ) -> Result<Proc> {
+        self.start_rsyslog_at(host, &[], &[port], out_file, workdir)
+    }
+
+    /// Like [`Lab::start_rsyslog`], listening with imudp and imtcp on every one of `ports`, bound
+    /// to each of `addrs` (their `address=` parameter), or to all addresses when `addrs` is
+    /// empty: one rsyslog per ingest node ([`super::Node`]), each writing its own file. Give
+    /// each its own `workdir`.
+    pub fn start_rsyslog_at(
+        &self,
+        host: Host,
+        addrs: &[IpAddr],
+        ports: &[u16],
+        out_file: &Path,
+        workdir: &Path,
+    ) -> Result<Proc> {
         require_tool("rsyslogd", "-v", "rsyslog")?;
+        let Some(&first_port) = ports.first() else {
+            bail!("rsyslog needs at least one port");
+        };
         fs::create_dir_all(workdir).with_context(|| format!("creating {}", workdir.display()))?;
         // rsyslogd resolves relative paths against its own cwd, so hand it absolute ones.
         let workdir = std::path::absolute(workdir).context("absolute workdir")?;
@@ -38,24 +58,10 @@ impl Lab {
                 );
             }
         }
-        let conf_path = workdir.join(format!("rsyslog-{port}.conf"));
-        let pid_path = workdir.join(format!("rsyslog-{port}.pid"));
-        // Inputs bound to their own ruleset so rsyslog's internal messages never reach out_file.
-        let conf = format!(
-            r#"global(workDirectory="{workdir}" net.enableDNS="off")
-module(load="imudp")
-module(load="imtcp")
-template(name="switcher_raw" type="string" string="%rawmsg%\n")
-ruleset(name="ingest") {{
-    action(type="omfile" file="{out}" template="switcher_raw")
-}}
-input(type="imudp" port="{port}" ruleset="ingest")
-input(type="imtcp" port="{port}" ruleset="ingest")
-"#,
-            workdir = workdir.display(),
-            out = out_file.display(),
-        );
-        fs::write(&conf_path, conf).with_context(|| format!("writing {}", conf_path.display()))?;
+        let conf_path = workdir.join(format!("rsyslog-{first_port}.conf"));
+        let pid_path = workdir.join(format!("rsyslog-{first_port}.pid"));
+        fs::write(&conf_path, config(&workdir, &out_file, addrs, ports))
+            .with_context(|| format!("writing {}", conf_path.display()))?;
         match fs::remove_file(&pid_path) {
             Ok(()) => {}
             Err(e) if e.kind() == ErrorKind::NotFound => {}
@@ -70,7 +76,7 @@ input(type="imtcp" port="{port}" ruleset="ingest")
             .arg("-i")
             .arg(&pid_path);
         let proc = self.spawn_command(cmd)?;
-        if let Err(e) = self.wait_listening(host, port, &proc, Duration::from_secs(10)) {
+        if let Err(e) = self.wait_listening(host, addrs, ports, &proc, Duration::from_secs(10)) {
             let _ = proc.stop();
             return Err(e.context(format!(
                 "rsyslogd in {} did not come up; stderr:\n{}",
@@ -81,16 +87,39 @@ input(type="imtcp" port="{port}" ruleset="ingest")
         Ok(proc)
     }
 
-    /// Polls `ss` until `port` has UDP and TCP listeners on the v4 and v6 wildcard addresses.
-    fn wait_listening(&self, host: Host, port: u16, proc: &Proc, timeout: Duration) -> Result<()> {
+    /// Polls `ss` until every port has UDP and TCP listeners on each of `addrs`, or on the v4
+    /// and v6 wildcard addresses when `addrs` is empty.
+    fn wait_listening(
+        &self,
+        host: Host,
+        addrs: &[IpAddr],
+        ports: &[u16],
+        proc: &Proc,
+        timeout: Duration,
+    ) -> Result<()> {
         let deadline = Instant::now() + timeout;
-        let suffix = format!(":{port}");
-        let has = |listing: &str, wildcards: &[&str]| {
+        // Each address as `ss -n` prints it, with the spellings it may use.
+        let wanted: Vec<Vec<String>> = if addrs.is_empty() {
+            vec![
+                vec!["0.0.0.0".into(), "*".into()],
+                vec!["[::]".into(), "*".into()],
+            ]
+        } else {
+            addrs
+                .iter()
+                .map(|a| match a {
+                    IpAddr::V4(v4) => vec![v4.to_string()],
+                    IpAddr::V6(v6) => vec![format!("[{v6}]")],
+                })
+                .collect()
+        };
+        let has = |listing: &str, port: u16, spellings: &[String]| {
+            let suffix = format!(":{port}");
             listing.lines().any(|line| {
                 line.split_whitespace()
                     .nth(3)
                     .and_then(|local| local.strip_suffix(suffix.as_str()))
-                    .is_some_and(|addr| wildcards.contains(&addr))
+                    .is_some_and(|addr| spellings.iter().any(|s| s == addr))
             })
         };
         loop {
@@ -99,15 +128,81 @@ input(type="imtcp" port="{port}" ruleset="ingest")
             }
             let udp = self.run(host, &["ss", "-H", "-l", "-n", "-u"])?;
             let tcp = self.run(host, &["ss", "-H", "-l", "-n", "-t"])?;
-            let v4 = ["0.0.0.0", "*"];
-            let v6 = ["[::]", "*"];
-            if has(&udp, &v4) && has(&udp, &v6) && has(&tcp, &v4) && has(&tcp, &v6) {
+            let missing: Vec<String> = ports
+                .iter()
+                .flat_map(|&port| wanted.iter().map(move |w| (port, w)))
+                .filter(|(port, w)| !(has(&udp, *port, w) && has(&tcp, *port, w)))
+                .map(|(port, w)| format!("{}:{port}", w[0]))
+                .collect();
+            if missing.is_empty() {
                 return Ok(());
             }
             if Instant::now() >= deadline {
-                bail!("nothing listens on UDP and TCP port {port} (v4 and v6) after {timeout:?}");
+                bail!(
+                    "nothing listens on UDP and TCP at {} after {timeout:?}",
+                    missing.join(", ")
+                );
             }
             thread::sleep(Duration::from_millis(50));
         }
+    }
+}
+
+/// The rsyslog config: one imudp and one imtcp input per (address, port), all into one
+/// ruleset that writes the raw message.
+fn config(workdir: &Path, out_file: &Path, addrs: &[IpAddr], ports: &[u16]) -> String {
+    let mut inputs = String::new();
+    for port in ports {
+        if addrs.is_empty() {
+            for kind in ["imudp", "imtcp"] {
+                inputs += &format!("input(type=\"{kind}\" port=\"{port}\" ruleset=\"ingest\")\n");
+            }
+        }
+        for addr in addrs {
+            for kind in ["imudp", "imtcp"] {
+                inputs += &format!(
+                    "input(type=\"{kind}\" address=\"{addr}\" port=\"{port}\" ruleset=\"ingest\")\n"
+                );
+            }
+        }
+    }
+    // Inputs bound to their own ruleset so rsyslog's internal messages never reach out_file.
+    format!(
+        r#"global(workDirectory="{workdir}" net.enableDNS="off")
+module(load="imudp")
+module(load="imtcp")
+template(name="switcher_raw" type="string" string="%rawmsg%\n")
+ruleset(name="ingest") {{
+    action(type="omfile" file="{out}" template="switcher_raw")
+}}
+{inputs}"#,
+        workdir = workdir.display(),
+        out = out_file.display(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_config_listens_everywhere_and_a_node_only_on_its_addresses() {
+        let (w, o) = (Path::new("/w"), Path::new("/w/out.log"));
+        let all = config(w, o, &[], &[1514]);
+        assert!(all.contains("input(type=\"imudp\" port=\"1514\" ruleset=\"ingest\")"));
+        assert!(all.contains("input(type=\"imtcp\" port=\"1514\" ruleset=\"ingest\")"));
+        let addrs: Vec<IpAddr> = vec![
+            "198.18.1.3".parse().expect("v4"),
+            "2001:2:0:1::3".parse().expect("v6"),
+        ];
+        let node = config(w, o, &addrs, &[514, 601]);
+        assert_eq!(node.matches("input(").count(), 8, "{node}");
+        assert!(node.contains(
+            "input(type=\"imtcp\" address=\"2001:2:0:1::3\" port=\"601\" ruleset=\"ingest\")"
+        ));
+        assert!(
+            !node.contains("input(type=\"imudp\" port="),
+            "no wildcard input: {node}"
+        );
     }
 }

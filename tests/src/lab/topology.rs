@@ -1,5 +1,6 @@
-//! The topology drawn in the module docs of `lab` (mod.rs): [`Host`], one of its namespaces, and
-//! [`Lab`], which builds and checks it, tracks what runs in it and tears it all down.
+//! The topology drawn in the module docs of `lab` (mod.rs): [`Host`], one of its namespaces,
+//! [`Node`], one ingest node of a backend host (an address of its own), and [`Lab`], which
+//! builds and checks it, tracks what runs in it and tears it all down.
 
 use std::fs;
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -22,7 +23,7 @@ use super::snmp::Snmp;
 use crate::privilege::notice;
 
 /// One of the lab's namespaces.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Host {
     Client,
     Edge,
@@ -73,6 +74,52 @@ impl Host {
     }
 }
 
+/// One ingest node of a colour's environment: an address of its own (v4 and v6) on the
+/// backend host's `eth0`. Node 0 is the host's main address ([`BLUE_V4`], [`GREEN_V4`]), node
+/// `i` the `i`-th after it (198.18.1.3, ...; see [`node_v4`]). A lab has
+/// [`Lab::nodes_per_colour`] of them on blue and on green.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Node {
+    /// [`Host::Blue`] or [`Host::Green`].
+    pub host: Host,
+    pub index: usize,
+}
+
+impl Node {
+    /// Node `index` of `host`; fails for the client and the edge, and from [`MAX_NODES`] on.
+    pub fn new(host: Host, index: usize) -> Result<Node> {
+        if !matches!(host, Host::Blue | Host::Green) {
+            bail!(
+                "only blue and green carry ingest nodes, not {}",
+                host.name()
+            );
+        }
+        if index >= MAX_NODES {
+            bail!("node {index} of {}: at most {MAX_NODES} nodes", host.name());
+        }
+        Ok(Node { host, index })
+    }
+
+    pub fn v4(self) -> Ipv4Addr {
+        node_v4(self.host.v4(), self.index)
+    }
+
+    pub fn v6(self) -> Ipv6Addr {
+        node_v6(self.host.v6(), self.index)
+    }
+
+    /// `blue-0`, `green-2`, ...: for file names and reports.
+    pub fn name(self) -> String {
+        format!("{}-{}", self.host.name(), self.index)
+    }
+}
+
+impl std::fmt::Display for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.name(), self.v4())
+    }
+}
+
 fn write_sysctl(key: &str, value: &str) -> Result<()> {
     let path = Path::new("/proc/sys").join(key);
     fs::write(&path, value).with_context(|| format!("writing {value} to {}", path.display()))
@@ -92,6 +139,8 @@ fn validate_prefix(prefix: &str) -> Result<()> {
 pub struct Lab {
     prefix: String,
     names: [String; 4],
+    /// Ingest nodes on blue and on green each (addresses on the host's `eth0`).
+    nodes: usize,
     procs: Mutex<Vec<Proc>>,
     /// Set once torn down (or handed over with [`Lab::keep`]), so Drop does nothing.
     finished: bool,
@@ -123,8 +172,18 @@ impl Lab {
     /// and claims `prefix` for this process: a prefix a live process owns is refused, one left
     /// by a dead owner or a kept lab is taken over and what it left removed.
     pub fn up(prefix: &str) -> Result<Lab> {
+        Lab::up_with_nodes(prefix, 1)
+    }
+
+    /// Like [`Lab::up`], with `nodes` ingest nodes on blue and on green each (1 to
+    /// [`MAX_NODES`]): the extra ones are more addresses on the backend host's `eth0`
+    /// (198.18.1.3, 2001:2:0:1::3, ...; see [`Node`]), each checked with a ping from the edge.
+    pub fn up_with_nodes(prefix: &str, nodes: usize) -> Result<Lab> {
         require_root()?;
         validate_prefix(prefix)?;
+        if !(1..=MAX_NODES).contains(&nodes) {
+            bail!("a lab has 1 to {MAX_NODES} nodes per colour, not {nodes}");
+        }
         require_tool("ip", "-V", "iproute2")?;
         require_tool("ethtool", "--version", "ethtool")?;
         require_tool("ping", "-V", "iputils-ping")?;
@@ -142,6 +201,7 @@ impl Lab {
         let lab = Lab {
             prefix: prefix.to_owned(),
             names: Host::ALL.map(|h| format!("{prefix}-{}", h.name())),
+            nodes,
             procs: Mutex::new(Vec::new()),
             finished: false,
             claim: Some(claim),
@@ -194,6 +254,20 @@ impl Lab {
     /// The lab's prefix.
     pub fn prefix(&self) -> &str {
         &self.prefix
+    }
+
+    /// Ingest nodes on blue and on green each: 1 unless built with [`Lab::up_with_nodes`].
+    pub fn nodes_per_colour(&self) -> usize {
+        self.nodes
+    }
+
+    /// The ingest nodes of `host` (blue or green; none for the client and the edge), node 0
+    /// first.
+    pub fn nodes(&self, host: Host) -> Vec<Node> {
+        match host {
+            Host::Blue | Host::Green => (0..self.nodes).map(|index| Node { host, index }).collect(),
+            Host::Client | Host::Edge => Vec::new(),
+        }
     }
 
     /// The namespace name of `host`, e.g. `swlab-edge`.
@@ -421,6 +495,22 @@ impl Lab {
                 self.ip(h, &["link", "set", dev, "up"])?;
             }
         }
+        // More ingest nodes: more addresses on the backend's eth0, in its /24 and /64, so the
+        // edge reaches them on the same link and they answer from their own address.
+        for node in [Host::Blue, Host::Green]
+            .into_iter()
+            .flat_map(|h| self.nodes(h).into_iter().skip(1))
+        {
+            let (a4, a6) = (node.v4(), node.v6());
+            self.ip(
+                node.host,
+                &["addr", "add", &format!("{a4}/24"), "dev", HOST_IF],
+            )?;
+            self.ip(
+                node.host,
+                &["addr", "add", &format!("{a6}/64"), "dev", HOST_IF, "nodad"],
+            )?;
+        }
         self.sysctls(
             Host::Edge,
             &[
@@ -463,7 +553,7 @@ impl Lab {
     }
 
     fn verify(&self) -> Result<()> {
-        let checks = [
+        let mut checks = vec![
             (Host::Client, EDGE_CLIENT_V4.to_string()),
             (Host::Client, EDGE_CLIENT_V6.to_string()),
             (Host::Edge, BLUE_V4.to_string()),
@@ -471,6 +561,13 @@ impl Lab {
             (Host::Edge, GREEN_V4.to_string()),
             (Host::Edge, GREEN_V6.to_string()),
         ];
+        for node in [Host::Blue, Host::Green]
+            .into_iter()
+            .flat_map(|h| self.nodes(h).into_iter().skip(1))
+        {
+            checks.push((Host::Edge, node.v4().to_string()));
+            checks.push((Host::Edge, node.v6().to_string()));
+        }
         for (host, addr) in &checks {
             // A few tries: the first packet may wait for neighbour resolution.
             let mut last = None;
@@ -514,5 +611,19 @@ mod tests {
         // The longest tag with the largest pid still fits.
         let long = format!("swabcdef{}_{}", 4_194_304, 999);
         assert!(validate_prefix(&long).is_ok(), "{long}");
+    }
+
+    #[test]
+    fn nodes_follow_the_hosts_main_address() {
+        let b = |i| Node::new(Host::Blue, i).expect("blue node");
+        assert_eq!(b(0).v4(), BLUE_V4);
+        assert_eq!(b(0).v6(), BLUE_V6);
+        assert_eq!(b(2).v4().to_string(), "198.18.1.4");
+        assert_eq!(b(2).v6().to_string(), "2001:2:0:1::4");
+        let g = Node::new(Host::Green, MAX_NODES - 1).expect("last green node");
+        assert_eq!(g.v4().to_string(), "198.18.2.65");
+        assert_eq!(g.name(), "green-63");
+        assert!(Node::new(Host::Green, MAX_NODES).is_err());
+        assert!(Node::new(Host::Edge, 0).is_err());
     }
 }

@@ -8,17 +8,7 @@ async fn a_restart_reconciles_with_the_maps_and_resumes_or_closes_deployments() 
     let dp = FakeDatapath::default();
     let cfg = dir.config(&UDP.replace("window_ms = 300", "window_ms = 60000"));
     let ctl = start(&cfg, &dp).await;
-    let d = ctl
-        .deploy(
-            "u",
-            Color::Green,
-            green("198.18.2.9:514"),
-            None,
-            false,
-            "cli:t",
-        )
-        .await
-        .expect("deploy");
+    let d = deploy_green(&ctl, "u", green("198.18.2.9:514")).await;
     ctl.flip(
         "u",
         Color::Green,
@@ -62,9 +52,7 @@ async fn shutdown_ends_a_running_canary() {
         _dir,
         ..
     } = tcp_setup("[service.canary]\npercent = 20\nduration_ms = 30000").await;
-    ctl.deploy("t", Color::Green, cand, None, false, "cli:t")
-        .await
-        .expect("deploy");
+    deploy_green(&ctl, "t", vec![Member::new(cand)]).await;
     ctl.promote("t", "cli:t", None).await.expect("validating");
     let share = || dp.maps().service("t").expect("t").canary_share;
     for _ in 0..200 {
@@ -85,16 +73,7 @@ async fn a_canary_share_left_by_a_crashed_daemon_is_cleared_at_start() {
     let dp = FakeDatapath::default();
     let cfg = dir.config(UDP);
     let ctl = start(&cfg, &dp).await;
-    ctl.deploy(
-        "u",
-        Color::Green,
-        green("198.18.2.9:514"),
-        None,
-        false,
-        "cli:t",
-    )
-    .await
-    .expect("deploy");
+    deploy_green(&ctl, "u", green("198.18.2.9:514")).await;
     // What a daemon killed during a canary leaves: the share in the maps, the deployment
     // validating in the saved state. (Dropped without shutdown: nothing cleans up.)
     drop(ctl);
@@ -125,17 +104,7 @@ async fn a_watch_interrupted_by_a_restart_resumes_and_finishes_its_window() {
     let dp = FakeDatapath::default();
     let cfg = dir.config(&UDP.replace("window_ms = 300", "window_ms = 1500"));
     let ctl = start(&cfg, &dp).await;
-    let d = ctl
-        .deploy(
-            "u",
-            Color::Green,
-            green("198.18.2.9:514"),
-            None,
-            false,
-            "cli:t",
-        )
-        .await
-        .expect("deploy");
+    let d = deploy_green(&ctl, "u", green("198.18.2.9:514")).await;
     ctl.flip(
         "u",
         Color::Green,

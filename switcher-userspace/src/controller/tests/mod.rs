@@ -4,6 +4,7 @@
 
 mod lifecycle;
 mod operations;
+mod pools;
 mod tasks;
 
 use std::{
@@ -16,7 +17,7 @@ use std::{
 use tokio::net::TcpListener;
 
 use super::*;
-use crate::{datapath::fake::FakeDatapath, deploy::Phase};
+use crate::{config::Member, datapath::fake::FakeDatapath, deploy::Phase};
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
@@ -158,6 +159,15 @@ async fn until_phase(ctl: &Controller, service: &str, id: u64, want: Phase) {
     );
 }
 
-fn green(a: &str) -> SocketAddr {
-    a.parse().expect("addr")
+/// A pool of one.
+fn green(a: &str) -> Vec<Member> {
+    vec![Member::new(a.parse().expect("addr"))]
+}
+
+/// Deploys `members` into the green slot of `service` as the CLI would (no version, not
+/// forced).
+async fn deploy_green(ctl: &Controller, service: &str, members: Vec<Member>) -> Deployment {
+    ctl.deploy(service, Color::Green, members, None, false, "cli:t")
+        .await
+        .expect("deploy")
 }

@@ -20,12 +20,8 @@ async fn an_unvalidated_candidate_flips_only_when_forced_then_is_watched_stable_
         .await
         .expect("deploy");
     assert_eq!(d.phase, Phase::Deployed);
-    let slot = dp.maps().service("u").expect("u").backends[1];
-    assert_eq!(
-        slot,
-        Some(green("198.18.2.9:514")),
-        "the idle slot is programmed"
-    );
+    let slot = dp.maps().service("u").expect("u").pools[1].clone();
+    assert_eq!(slot, green("198.18.2.9:514"), "the idle slot is programmed");
 
     let now = Instant::now();
     let e = ctl
@@ -230,17 +226,7 @@ async fn the_previous_colour_stays_a_rollback_target_only_while_warm() {
     let dp = FakeDatapath::default();
     let cfg = dir.config(&UDP.replace("[service.watch]", "warm_ms = 300\n[service.watch]"));
     let ctl = start(&cfg, &dp).await;
-    let d = ctl
-        .deploy(
-            "u",
-            Color::Green,
-            green("198.18.2.9:514"),
-            None,
-            false,
-            "cli:t",
-        )
-        .await
-        .expect("deploy");
+    let d = deploy_green(&ctl, "u", green("198.18.2.9:514")).await;
     ctl.flip(
         "u",
         Color::Green,
@@ -268,16 +254,14 @@ async fn deployed_backends_win_over_the_file_across_reloads_and_restarts() {
     let cfg = dir.config(UDP);
     let ctl = start(&cfg, &dp).await;
     let deployed = green("198.18.2.9:514");
-    ctl.deploy("u", Color::Green, deployed, None, false, "cli:t")
-        .await
-        .expect("deploy");
-    let green_backend = |dp: &FakeDatapath| dp.maps().service("u").expect("u").backends[1];
+    deploy_green(&ctl, "u", deployed.clone()).await;
+    let green_backend = |dp: &FakeDatapath| dp.maps().service("u").expect("u").pools[1].clone();
     // The file still names 198.18.2.2 for green, and then another backend: the deployed one
     // stays, in the state and in the datapath.
     for file_green in ["198.18.2.2:514", "198.18.2.7:514"] {
         dir.config(&UDP.replace("198.18.2.2:514", file_green));
         ctl.reload("cli:t").await.expect("reload");
-        assert_eq!(green_backend(&dp), Some(deployed), "{file_green}");
+        assert_eq!(green_backend(&dp), deployed, "{file_green}");
         let s = ctl.status(Some("u")).await.expect("status");
         assert_eq!(
             s.services[0].green.backend.as_deref(),
@@ -286,7 +270,7 @@ async fn deployed_backends_win_over_the_file_across_reloads_and_restarts() {
     }
     ctl.shutdown(true).await.expect("shutdown");
     let ctl = start(&cfg, &dp).await;
-    assert_eq!(green_backend(&dp), Some(deployed), "after a restart too");
+    assert_eq!(green_backend(&dp), deployed, "after a restart too");
     ctl.shutdown(true).await.expect("shutdown");
 }
 
@@ -299,10 +283,7 @@ async fn abort_during_validation_stops_it_and_its_canary() {
         _dir,
         ..
     } = tcp_setup("[service.canary]\npercent = 20\nduration_ms = 30000").await;
-    let d = ctl
-        .deploy("t", Color::Green, cand, None, false, "cli:t")
-        .await
-        .expect("deploy");
+    let d = deploy_green(&ctl, "t", vec![Member::new(cand)]).await;
     let p = ctl.promote("t", "cli:t", None).await.expect("validating");
     assert!(matches!(
         p,
@@ -341,17 +322,7 @@ async fn promoting_a_validated_deployment_flips_at_once() {
     // A deployment that passed validation but was never flipped (its daemon stopped right
     // after the verdict): ready, in the saved state.
     let ctl = start(&cfg, &dp).await;
-    let d = ctl
-        .deploy(
-            "u",
-            Color::Green,
-            green("198.18.2.9:514"),
-            None,
-            false,
-            "cli:t",
-        )
-        .await
-        .expect("deploy");
+    let d = deploy_green(&ctl, "u", green("198.18.2.9:514")).await;
     ctl.shutdown(true).await.expect("shutdown");
     let mut state = State::load(&dir.0).expect("state");
     let st = state.services.get_mut("u").expect("u");
@@ -381,4 +352,67 @@ async fn promoting_a_validated_deployment_flips_at_once() {
         .filter(|t| t.to == Phase::Validating)
         .count();
     assert_eq!(validations, 1);
+}
+
+/// Issue 11: a reload or a deploy whose map writes fail midway applies nothing: the datapath
+/// is written back to what it was, and the state does not change.
+#[tokio::test]
+async fn a_failed_map_write_applies_nothing() {
+    let dir = Dir::new();
+    let dp = FakeDatapath::default();
+    let two = format!(
+        "{UDP}{}",
+        UDP.replace("name = \"u\"", "name = \"v\"")
+            .replace("198.18.10.10", "198.18.10.12")
+            .replace("198.18.1.2", "198.18.1.5")
+            .replace("198.18.2.2", "198.18.2.5")
+    );
+    let ctl = start(&dir.config(&two), &dp).await;
+    let before = |dp: &FakeDatapath| {
+        let m = dp.maps();
+        let mut v: Vec<(String, Vec<Member>, Vec<Member>)> = m
+            .services
+            .values()
+            .map(|s| (s.name.clone(), s.pools[0].clone(), s.pools[1].clone()))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    };
+    let programmed = before(&dp);
+    // The new file grows both blue pools; the second service's write fails.
+    dir.config(
+        &two.replace(
+            "blue = { backend = \"198.18.1.2:514\" }",
+            "blue = { backends = [\"198.18.1.2:514\", \"198.18.1.3:514\"] }",
+        )
+        .replace(
+            "blue = { backend = \"198.18.1.5:514\" }",
+            "blue = { backends = [\"198.18.1.5:514\", \"198.18.1.6:514\"] }",
+        ),
+    );
+    dp.maps().fail_apply_after = Some(1);
+    let e = ctl.reload("cli:t").await.expect_err("the write fails");
+    assert!(format!("{e:#}").contains("nothing applied"), "{e:#}");
+    assert_eq!(before(&dp), programmed, "the datapath is as it was");
+    let s = ctl.status(None).await.expect("status");
+    assert!(
+        s.services.iter().all(|v| v.blue.members.len() == 1),
+        "the state too"
+    );
+    // A deploy whose write fails records no deployment.
+    dp.maps().fail_apply_after = Some(0);
+    ctl.deploy("u", Color::Green, green("198.18.2.9:514"), None, false, "t")
+        .await
+        .expect_err("the write fails");
+    assert_eq!(before(&dp), programmed);
+    assert!(ctl.history("u").await.expect("history").is_empty());
+    let s = ctl.status(Some("u")).await.expect("status");
+    assert_eq!(
+        s.services[0].green.backend.as_deref(),
+        Some("198.18.2.2:514")
+    );
+    // The same reload, once the datapath takes it, applies whole.
+    ctl.reload("cli:t").await.expect("reload");
+    assert!(before(&dp).iter().all(|(_, blue, _)| blue.len() == 2));
+    ctl.shutdown(true).await.expect("shutdown");
 }

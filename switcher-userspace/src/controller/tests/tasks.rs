@@ -11,10 +11,7 @@ async fn promote_validates_flips_and_watches_a_healthy_candidate() {
         _dir,
         ..
     } = tcp_setup("[service.watch]\nwindow_ms = 300\ninterval_ms = 50").await;
-    let d = ctl
-        .deploy("t", Color::Green, cand, None, false, "cli:t")
-        .await
-        .expect("deploy");
+    let d = deploy_green(&ctl, "t", vec![Member::new(cand)]).await;
     let mut events = ctl.subscribe();
     let p = ctl
         .promote("t", "cli:t", Some(Duration::from_secs(10)))
@@ -60,10 +57,7 @@ async fn a_dead_candidate_is_rejected_and_never_gets_traffic() {
     // A port that refuses connections: bound, then closed.
     let dead = listener().await.1;
     let ctl = start(&dir.config(&tcp(blue, "")), &dp).await;
-    let d = ctl
-        .deploy("t", Color::Green, dead, None, false, "cli:t")
-        .await
-        .expect("deploy");
+    let d = deploy_green(&ctl, "t", vec![Member::new(dead)]).await;
     let e = ctl
         .promote("t", "cli:t", Some(Duration::from_secs(10)))
         .await
@@ -92,10 +86,7 @@ async fn a_candidate_failing_after_the_flip_is_rolled_back_automatically() {
         _dir,
         ..
     } = tcp_setup("[service.watch]\nwindow_ms = 20000\ninterval_ms = 50\nfailures = 2").await;
-    let d = ctl
-        .deploy("t", Color::Green, cand, None, false, "cli:t")
-        .await
-        .expect("deploy");
+    let d = deploy_green(&ctl, "t", vec![Member::new(cand)]).await;
     ctl.promote("t", "cli:t", Some(Duration::from_secs(10)))
         .await
         .expect("promoted");
@@ -127,9 +118,7 @@ async fn a_silent_canary_rejects_and_leaves_no_share_behind() {
         _dir,
         ..
     } = tcp_setup("[service.canary]\npercent = 10\nduration_ms = 200").await;
-    ctl.deploy("t", Color::Green, cand, None, false, "cli:t")
-        .await
-        .expect("deploy");
+    deploy_green(&ctl, "t", vec![Member::new(cand)]).await;
     let e = ctl
         .promote("t", "cli:t", Some(Duration::from_secs(10)))
         .await
@@ -170,9 +159,7 @@ async fn a_validation_that_errors_is_rejected_and_its_canary_share_cleared() {
         _dir,
         ..
     } = tcp_setup("[service.canary]\npercent = 10\nduration_ms = 200").await;
-    ctl.deploy("t", Color::Green, cand, None, false, "cli:t")
-        .await
-        .expect("deploy");
+    deploy_green(&ctl, "t", vec![Member::new(cand)]).await;
     // The canary's share is written, then reading the counters fails: no verdict possible.
     dp.maps().fail_reads = true;
     let e = ctl
@@ -197,10 +184,7 @@ async fn a_watch_that_cannot_watch_rolls_back() {
         _dir,
         ..
     } = tcp_setup("[service.watch]\nwindow_ms = 20000\ninterval_ms = 50").await;
-    let d = ctl
-        .deploy("t", Color::Green, cand, None, false, "cli:t")
-        .await
-        .expect("deploy");
+    let d = deploy_green(&ctl, "t", vec![Member::new(cand)]).await;
     ctl.promote("t", "cli:t", Some(Duration::from_secs(10)))
         .await
         .expect("promoted");

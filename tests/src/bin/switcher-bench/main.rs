@@ -1,5 +1,6 @@
 //! `cargo xtask bench`: switcher measured side by side with what operators would otherwise use
-//! (nftables DNAT, a userspace L4 proxy, no switch at all), in one run on the lab topology.
+//! (nftables DNAT, a userspace L4 proxy, no switch at all), in one run on the lab topology, and
+//! what pools of members cost (per packet, per rebuild) and move when a member leaves.
 //!
 //! It reports; it does not assert timings, but a section fails (and the run exits non-zero)
 //! when a measurement is invalid. The other sections still run, so one failure does not hide
@@ -23,6 +24,7 @@ mod flip_latency;
 mod forwarding;
 mod machine;
 mod plot;
+mod pools;
 mod report;
 mod scale;
 mod scrape_cost;
@@ -82,6 +84,13 @@ const SECTIONS: &[Section] = &[
         run: datapath_cost::run,
         markdown: Some(datapath_cost::markdown),
         summary: Some(summary::datapath_cost),
+    },
+    Section {
+        key: "pools",
+        title: "Pools",
+        run: pools::run,
+        markdown: Some(pools::markdown),
+        summary: Some(pools::summary),
     },
     Section {
         key: "forwarding",

@@ -117,9 +117,13 @@ pub fn run(opts: &Opts) -> Result<Value> {
         if target > have {
             let add = (target - have) as u32;
             let tcp4 = b.id("bench-tcp4")?;
+            let tcp4: Vec<_> = synthetic::services(&b.maps_dir())?
+                .into_iter()
+                .filter(|(id, _)| *id == tcp4)
+                .collect();
             crate::synthetic::fill_flows(
                 &b.maps_dir(),
-                &[tcp4],
+                &tcp4,
                 next_synthetic,
                 next_synthetic + add,
             )?;

@@ -99,17 +99,6 @@ fn flips(rig: &Rig, n: u32, scrapes: Option<&Scrapes>) -> Result<Vec<Flip>> {
     Ok(out)
 }
 
-/// Ids of every service programmed in the datapath pinned in `maps`.
-fn service_ids(maps: &std::path::Path) -> Result<Vec<u32>> {
-    use aya::maps::{HashMap, Map, MapData};
-    use switcher_common::{names, Endpoint, ServiceValue};
-    let path = maps.join(names::SERVICES);
-    let data = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
-    let m: HashMap<MapData, Endpoint, ServiceValue> =
-        HashMap::try_from(Map::HashMap(data)).context("SERVICES as a hash map")?;
-    Ok(m.iter().filter_map(|r| r.ok()).map(|(_, v)| v.id).collect())
-}
-
 pub fn run(opts: &Opts) -> Result<Value> {
     let rig = Rig::up("sc", &services())?;
     let scrapes = if opts.quick { 30 } else { 300 };
@@ -193,8 +182,8 @@ pub fn run(opts: &Opts) -> Result<Value> {
         .bpffs
         .join(format!("v{}", switcher_common::MAP_ABI_VERSION))
         .join("maps");
-    let ids = service_ids(&maps)?;
-    crate::synthetic::fill_flows(&maps, &ids, 0, switcher_common::FLOW_TABLE_SIZE)?;
+    let services = crate::synthetic::services(&maps)?;
+    crate::synthetic::fill_flows(&maps, &services, 0, switcher_common::FLOW_TABLE_SIZE)?;
     std::thread::sleep(switcher::datapath::read::CENSUS_MAX_AGE + Duration::from_millis(500));
     let t0 = Instant::now();
     let text = rig.metrics()?;
