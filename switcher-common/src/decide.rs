@@ -172,7 +172,15 @@ pub fn decide_tcp(
             return d;
         }
         let mut d = Decision::from_entry(Source::Established, e);
-        let state = if closing { FLOW_CLOSING } else { e.state };
+        // Data without FIN or RST on a closing entry: the connection is alive after all (a
+        // reset or FIN spoofed with its tuple marked it), so the sweeper must not remove it.
+        let state = if closing {
+            FLOW_CLOSING
+        } else if payload && e.state == FLOW_CLOSING {
+            FLOW_OPEN
+        } else {
+            e.state
+        };
         let flags = e.flags | data;
         // Closing is recorded once (its time starts the grace the daemon waits before it
         // removes the entry); data once; otherwise a touch now and then for the idle timeout.

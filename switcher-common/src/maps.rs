@@ -54,6 +54,7 @@ pub mod names {
     pub const REVERSE: &str = "REVERSE";
     pub const COLOR_COUNTERS: &str = "COLOR_COUNTERS";
     pub const MEMBER_COUNTERS: &str = "MEMBER_COUNTERS";
+    pub const MEMBER_LIVE: &str = "MEMBER_LIVE";
     pub const REASON_COUNTERS: &str = "REASON_COUNTERS";
     pub const REDIRECT_OK: &str = "REDIRECT_OK";
     pub const SERVICE_PORTS: &str = "SERVICE_PORTS";

@@ -99,8 +99,9 @@ proptest! {
     #![proptest_config(config(5000))]
 
     /// An established entry decides, whatever else the tables hold: same colour, same member
-    /// (the entry's), only the entry itself is touched, and only to record closing, data, or
-    /// the idle clock. The one exception: a SYN on a closing entry starts a new connection.
+    /// (the entry's), only the entry itself is touched, and only to record closing (or data
+    /// reopening it), data, or the idle clock. The one exception: a SYN on a closing entry
+    /// starts a new connection.
     #[test]
     fn established_entry_never_changes_colour_or_member(
         f in flags(),
@@ -125,7 +126,14 @@ proptest! {
         prop_assert_eq!(d.color, e.color);
         prop_assert_eq!((d.half, d.soft), (Op::Keep, Op::Keep));
         prop_assert!(!d.new_flow && !d.pin_miss);
-        let state = if closing(f) { FLOW_CLOSING } else { e.state };
+        // Data without FIN or RST reopens a closing entry (the connection lives).
+        let state = if closing(f) {
+            FLOW_CLOSING
+        } else if payload && e.state == FLOW_CLOSING {
+            FLOW_OPEN
+        } else {
+            e.state
+        };
         let fl = e.flags | if payload { FLOW_F_DATA } else { 0 };
         let must_write = state != e.state || fl != e.flags;
         let may_write = must_write || (e.state == FLOW_OPEN && stale(&e, now));

@@ -20,8 +20,8 @@ use crate::{
     counters, forward,
     frame::XdpFrame,
     maps::{
-        Scratch, ACTIVE, FLIP_MARKS, FLOWS, FRAGS, HALF_FLOWS, POOLS, SCRATCH, SERVICES,
-        SERVICE_PORTS, SOFT_FLOWS,
+        Scratch, ACTIVE, FLIP_MARKS, FLOWS, FRAGS, HALF_FLOWS, MEMBER_LIVE, POOLS, SCRATCH,
+        SERVICES, SERVICE_PORTS, SOFT_FLOWS,
     },
 };
 
@@ -126,7 +126,11 @@ pub fn run(ctx: &XdpContext) -> Option<u32> {
             max_age_ns: svc.udp_max_age_ns,
             epoch: svc.epoch,
         };
-        let entry = (found == Found::Soft).then_some(&s.found);
+        // An entry whose member left its table (health, or a pool change) is void: the sender
+        // moves with the member's share, as its new flows would.
+        let entry = (found == Found::Soft)
+            .then_some(&s.found)
+            .filter(|e| member_live(e.backend.slot));
         decide::decide_udp(affinity.then_some(&a), entry, &st, now)
     };
 
@@ -215,6 +219,12 @@ fn lookup_soft(s: &mut Scratch) -> Found {
         }
         None => Found::None,
     }
+}
+
+/// Whether the member with counter slot `slot` is in its pool's table in use.
+#[inline(always)]
+fn member_live(slot: u16) -> bool {
+    MEMBER_LIVE.get(u32::from(slot)).is_some_and(|v| *v != 0)
 }
 
 /// The member of `color`'s pool this flow's hash falls on.

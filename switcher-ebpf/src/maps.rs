@@ -48,6 +48,10 @@ pub static REVERSE: HashMap<Endpoint, ReverseValue> =
 pub static COLOR_COUNTERS: PerCpuArray<ColorCounters> = PerCpuArray::pinned(MAX_SERVICES * 2, 0);
 #[map]
 pub static MEMBER_COUNTERS: PerCpuArray<MemberCounters> = PerCpuArray::pinned(MEMBER_SLOTS, 0);
+/// By member counter slot: 1 while the member holds slots of its pool's table in use, else 0
+/// (out of service, or no longer a member). UDP affinity follows a member only while it is 1.
+#[map]
+pub static MEMBER_LIVE: Array<u32> = Array::pinned(MEMBER_SLOTS, 0);
 /// Interfaces (ifindex → 1) that accept XDP_REDIRECTed frames, kept current by the daemon.
 /// A redirect anywhere else would be dropped after the program returned.
 #[map]

@@ -405,10 +405,10 @@ fn tcp_flow_stays_pinned_across_flips_and_new_syn_goes_to_active() {
     assert_eq!(out, to_blue("S"));
     let (_, out) = t.xdp(&tcp4(c, 42000, "198.18.10.10", 601, "FA", b"x"));
     assert_eq!(out, to_blue("FA"));
-    let (_, out) = t.xdp(&tcp4(c, 42000, "198.18.10.10", 601, "A", b"x"));
+    let (_, out) = t.xdp(&tcp4(c, 42000, "198.18.10.10", 601, "A", b""));
     assert_eq!(
         out,
-        to_blue("A"),
+        tcp4(c, 42000, "198.18.1.2", 1601, "A", b""),
         "last ACK of the closing flow still goes to blue"
     );
     let (_, out) = t.xdp(&tcp4(c, 42000, "198.18.10.10", 601, "S", b"x"));

@@ -7,6 +7,7 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::time::Instant;
 
 use support::*;
 use switcher::datapath::{encode, Datapath, FlowPolicy, FlowSweeper};
@@ -52,9 +53,14 @@ green = {{ backends = [{}] }}
     )
 }
 
-/// [`services`] with 3 members per colour, without the tcp4 member `m`.
+/// [`services`] with 3 members per colour, without the member `m`.
 fn without(m: SocketAddr) -> String {
-    let all = services(3, None);
+    without_in(&services(3, None), m)
+}
+
+/// The config `all` without the member `m`.
+fn without_in(all: &str, m: SocketAddr) -> String {
+    let all = all.to_string();
     let fewer = all.replacen(&format!("\"{m}\", "), "", 1);
     if fewer == all {
         all.replacen(&format!(", \"{m}\""), "", 1)
@@ -298,11 +304,12 @@ fn a_removed_member_keeps_replies_translated_until_its_last_connection_is_gone()
     assert_eq!(dest(&mut t, &tcp(40100, "AF")), m);
     let mut sweeper = sweeper;
     assert_eq!(sweeper.sweep(&now).expect("sweep").closed, 1);
+    let walked_at = Instant::now();
     let drained = sweeper.drained_members(&now).expect("drained");
     let m_key = encode::endpoint(m.ip(), m.port(), PROTO_TCP);
     assert_eq!(drained, vec![m_key]);
     assert_eq!(
-        t.dp().retire_drained(&drained).expect("retire"),
+        t.dp().retire_drained(&drained, walked_at).expect("retire"),
         vec![(id, m)]
     );
     let (out, from_m) = reply(&mut t);
@@ -314,7 +321,105 @@ fn a_removed_member_keeps_replies_translated_until_its_last_connection_is_gone()
     t.cfg = t.loaded.apply(&without(m2)).expect("reload without m2");
     t.cfg = t.loaded.apply(&services(3, None)).expect("m2 back");
     let m2_key = encode::endpoint(m2.ip(), m2.port(), PROTO_TCP);
-    assert_eq!(t.dp().retire_drained(&[m2_key]).expect("retire"), vec![]);
+    let walked_at = Instant::now();
+    assert_eq!(
+        t.dp().retire_drained(&[m2_key], walked_at).expect("retire"),
+        vec![]
+    );
     let from_m2 = tcp4(&m2.ip().to_string(), m2.port(), CLIENT, 40101, "A", b"");
     assert_eq!(t.tc(&from_m2).1, tcp4(VIP, 601, CLIENT, 40101, "A", b""));
+    // ... and removed again after the sweeper's walk began: that walk's report is stale.
+    t.cfg = t
+        .loaded
+        .apply(&without(m2))
+        .expect("reload without m2 again");
+    assert_eq!(
+        t.dp().retire_drained(&[m2_key], walked_at).expect("retire"),
+        vec![]
+    );
+    assert_eq!(t.tc(&from_m2).1, tcp4(VIP, 601, CLIENT, 40101, "A", b""));
+
+    // While its connection lasts, m2 cannot join another service: that service's reverse
+    // entry would take the connection's replies away from tcp4's VIP.
+    let elsewhere = format!(
+        "{}\n[[service]]\nname = \"other\"\nvip = \"198.18.10.11\"\nport = 601\n\
+         protocol = \"tcp\"\nforward = \"pass\"\nblue = {{ backend = \"{m2}\" }}\n\
+         green = {{ backend = \"198.18.3.2:601\" }}\n",
+        without(m2)
+    );
+    let e = t
+        .loaded
+        .apply(&elsewhere)
+        .expect_err("a draining member joins no other service");
+    let e = format!("{e:#}");
+    assert!(
+        e.contains(&format!("{m2} cannot join blue of other")),
+        "{e}"
+    );
+    assert_eq!(t.tc(&from_m2).1, tcp4(VIP, 601, CLIENT, 40101, "A", b""));
+}
+
+/// A member taken out by health, then removed from the config and later added back, starts
+/// in service like any new member: the old verdict does not keep it out of the table.
+#[test]
+fn a_member_that_left_and_came_back_starts_in_service() {
+    if !privileged() {
+        return;
+    }
+    let mut t = TestDatapath::new(&services(3, None));
+    let id = t.id("tcp4");
+    let victim = dest(&mut t, &tcp(40200, "S"));
+    t.dp()
+        .set_member_in_service(id, Color::Blue, victim, false)
+        .expect("health takes it out");
+    let share = |t: &mut TestDatapath| {
+        t.dp()
+            .members(id, Color::Blue)
+            .expect("members")
+            .into_iter()
+            .find(|m| m.addr == victim)
+            .map(|m| m.share)
+    };
+    assert_eq!(share(&mut t), Some(0.0));
+    t.cfg = t.loaded.apply(&without(victim)).expect("removed");
+    assert_eq!(share(&mut t), None);
+    t.cfg = t.loaded.apply(&services(3, None)).expect("back");
+    let back = share(&mut t).expect("a member again");
+    assert!(back > 0.3, "in service again: share {back}");
+}
+
+/// UDP affinity keeps a sender on its member only while the member is in its pool's table:
+/// taken out by health or removed by a reload, the sender moves with the member's share at
+/// its next datagram (not after its idle time), and stays where it moved.
+#[test]
+fn udp_affinity_follows_a_member_only_while_it_is_in_the_table() {
+    if !privileged() {
+        return;
+    }
+    let with_affinity = services(3, None).replacen(
+        "forward = \"pass\"\n",
+        "forward = \"pass\"\nudp_affinity_idle_ms = 60000\n",
+        1,
+    );
+    let mut t = TestDatapath::new(&with_affinity);
+    let id = t.id("udp4");
+    let m = dest(&mut t, &udp(45300));
+    assert_eq!(dest(&mut t, &udp(45300)), m);
+    t.dp()
+        .set_member_in_service(id, Color::Blue, m, false)
+        .expect("health takes it out");
+    let moved = dest(&mut t, &udp(45300));
+    assert_ne!(moved, m, "a sender does not stay on a dead member");
+    t.dp()
+        .set_member_in_service(id, Color::Blue, m, true)
+        .expect("back in");
+    assert_eq!(dest(&mut t, &udp(45300)), moved, "and stays where it moved");
+
+    t.cfg = t
+        .loaded
+        .apply(&without_in(&with_affinity, moved))
+        .expect("reload without it");
+    let again = dest(&mut t, &udp(45300));
+    assert_ne!(again, moved, "nor on a removed one");
+    assert_eq!(dest(&mut t, &udp(45300)), again);
 }

@@ -160,10 +160,14 @@ fn a_reset_from_the_backend_closes_the_established_entry() {
     let (_, out) = t.tc(&tcp4("198.18.1.2", 1601, CLIENT, 42004, "R", b""));
     assert_eq!(out, tcp4(VIP, 601, CLIENT, 42004, "R", b""));
     assert_eq!(pinned(&mut t, id), [0, 0], "closing, not open");
-    // Within the grace its retransmissions still reach the same member.
+    // Within the grace its retransmissions still reach the same member. Data reopens the
+    // entry (the reset might have been spoofed), and the member's next reset closes it again.
     t.dp().flip(id, Color::Green).expect("flip");
     let (_, out) = t.xdp(&to_vip(42004, "A", b"x"));
     assert_eq!(out, to_blue(42004, "A", b"x"));
+    assert_eq!(pinned(&mut t, id), [1, 0], "reopened by data");
+    t.tc(&tcp4("198.18.1.2", 1601, CLIENT, 42004, "R", b""));
+    assert_eq!(pinned(&mut t, id), [0, 0], "closed by the member's reset");
     let swept = sweep(
         &mut t,
         &FlowPolicy {
@@ -302,4 +306,32 @@ fn udp_affinity_to_an_old_colour_ends_at_its_maximum_age() {
         "past its maximum age the sender follows the flip"
     );
     assert_eq!(t.xdp(&dgram).1, on_green, "and stays on the active colour");
+}
+
+/// A reset spoofed with a live connection's tuple marks its entry closing; the client's next
+/// data reopens it, so the sweep keeps the connection on its member.
+#[test]
+fn data_after_a_spoofed_reset_keeps_the_connection() {
+    if !privileged() {
+        return;
+    }
+    let mut t = TestDatapath::new(SERVICES);
+    let id = t.id("tcp4");
+    connect(&mut t, 42010);
+    t.xdp(&to_vip(42010, "R", b""));
+    assert_eq!(pinned(&mut t, id), [0, 0], "closing");
+    let (_, out) = t.xdp(&to_vip(42010, "AP", b"<14>1 still here\n"));
+    assert_eq!(out, to_blue(42010, "AP", b"<14>1 still here\n"));
+    assert_eq!(pinned(&mut t, id), [1, 0], "open again");
+    let swept = sweep(
+        &mut t,
+        &FlowPolicy {
+            closing_grace_ns: 0,
+            idle_ns: u64::MAX,
+        },
+    );
+    assert_eq!((swept.seen, swept.closed), (1, 0));
+    t.dp().flip(id, Color::Green).expect("flip");
+    let (_, out) = t.xdp(&to_vip(42010, "AP", b"x"));
+    assert_eq!(out, to_blue(42010, "AP", b"x"), "still on its member");
 }

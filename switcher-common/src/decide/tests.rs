@@ -137,6 +137,20 @@ fn established_entries_record_data_closing_and_activity_once() {
 }
 
 #[test]
+fn data_without_fin_or_rst_reopens_a_closing_entry() {
+    // A reset spoofed with the client's tuple marked it closing; the client's next data says
+    // the connection lives: open again, so the sweep keeps it.
+    let closing = entry(BLUE, FLOW_CLOSING, NOW - 10);
+    let d = decide_tcp(ACK, true, est(&closing), &st(GREEN, None), NOW);
+    assert_eq!((d.est, d.state, d.color), (Op::Put, FLOW_OPEN, BLUE));
+    // A FIN carrying data closes; a bare ACK after the FIN changes nothing.
+    let d = decide_tcp(FIN_ACK, true, est(&closing), &st(GREEN, None), NOW);
+    assert_eq!(d.state, FLOW_CLOSING);
+    let d = decide_tcp(ACK, false, est(&closing), &st(GREEN, None), NOW);
+    assert_eq!((d.est, d.state), (Op::Keep, FLOW_CLOSING));
+}
+
+#[test]
 fn a_syn_after_close_starts_a_new_connection() {
     let closed = entry(BLUE, FLOW_CLOSING, NOW - 10);
     let d = decide_tcp(SYN, false, est(&closed), &st(GREEN, None), NOW);

@@ -238,8 +238,8 @@ impl Core {
     /// verdict), and says so when that changed anything.
     /// Lets go of members removed from their pool once no flow uses them (see
     /// [`Datapath::retire_drained`]), with an event for each.
-    pub fn retire_drained(&mut self, unused: &[Endpoint]) -> Result<()> {
-        for (id, member) in self.dp.retire_drained(unused)? {
+    pub fn retire_drained(&mut self, unused: &[Endpoint], walked_at: Instant) -> Result<()> {
+        for (id, member) in self.dp.retire_drained(unused, walked_at)? {
             let service = self
                 .ids
                 .iter()

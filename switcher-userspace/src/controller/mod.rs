@@ -324,9 +324,10 @@ impl Controller {
             loop {
                 tick.tick().await;
                 let (back, result) = match tokio::task::spawn_blocking(move || {
-                    let r = sweeper
-                        .sweep(&policy)
-                        .and_then(|s| Ok((s, sweeper.drained_members(&policy)?)));
+                    let r = sweeper.sweep(&policy).and_then(|s| {
+                        let walked_at = std::time::Instant::now();
+                        Ok((s, sweeper.drained_members(&policy)?, walked_at))
+                    });
                     (sweeper, r)
                 })
                 .await
@@ -342,10 +343,10 @@ impl Controller {
                     return;
                 };
                 match result {
-                    Ok((sweep, drained)) => {
+                    Ok((sweep, drained, walked_at)) => {
                         ctl.recorded().swept(&sweep);
                         if !drained.is_empty() {
-                            if let Err(e) = ctl.lock().await.retire_drained(&drained) {
+                            if let Err(e) = ctl.lock().await.retire_drained(&drained, walked_at) {
                                 warn!("letting go of drained members: {e:#}");
                             }
                         }

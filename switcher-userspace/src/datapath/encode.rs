@@ -177,13 +177,17 @@ pub struct NoFreeId;
 pub struct NoFreeSlot(pub u32);
 
 /// Counter slots for `wanted` members (any key that names a member for good, e.g. service,
-/// colour and address): a member already holding one keeps it, a new one takes the lowest
-/// free slot below `max`. Returns the slots in order and the ones given out new (their
-/// counters must start at zero).
+/// colour and address): a member already holding one keeps it, a new one takes the next free
+/// slot below `max` from `from` on, wrapping around. Handing slots out in turn keeps a slot
+/// a member just left unused for long: flows still pinned to that member carry it (for
+/// their counters and their UDP affinity), and must not be taken for a new member's.
+/// Returns the slots in order and the ones given out new (their counters must start at
+/// zero).
 pub fn assign_slots<K: std::hash::Hash + Eq + Clone>(
     existing: &HashMap<K, u16>,
     wanted: &[K],
     max: u32,
+    from: u32,
 ) -> Result<(Vec<u16>, Vec<u16>), NoFreeSlot> {
     let mut used = vec![false; max as usize];
     for k in wanted {
@@ -194,7 +198,8 @@ pub fn assign_slots<K: std::hash::Hash + Eq + Clone>(
         }
     }
     let mut fresh = Vec::new();
-    let mut next_free = 0usize;
+    let n = used.len();
+    let mut next = from as usize % n.max(1);
     let mut given: HashMap<K, u16> = HashMap::new();
     let mut out = Vec::with_capacity(wanted.len());
     for k in wanted {
@@ -202,12 +207,13 @@ pub fn assign_slots<K: std::hash::Hash + Eq + Clone>(
             out.push(s);
             continue;
         }
-        while next_free < used.len() && used[next_free] {
-            next_free += 1;
-        }
-        let slot = used.get_mut(next_free).ok_or(NoFreeSlot(max))?;
-        *slot = true;
-        let s = next_free as u16;
+        let free = (0..n)
+            .map(|i| (next + i) % n)
+            .find(|&i| !used[i])
+            .ok_or(NoFreeSlot(max))?;
+        used[free] = true;
+        next = free + 1;
+        let s = free as u16;
         given.insert(k.clone(), s);
         fresh.push(s);
         out.push(s);
@@ -367,15 +373,22 @@ drain_ms = 1500
     #[test]
     fn members_keep_their_counter_slots_and_new_ones_take_free_ones() {
         let existing: HashMap<&str, u16> = [("a", 0), ("b", 2), ("gone", 1)].into();
-        let (slots, fresh) = assign_slots(&existing, &["b", "c", "a", "d", "c"], 8).expect("room");
+        let (slots, fresh) =
+            assign_slots(&existing, &["b", "c", "a", "d", "c"], 8, 0).expect("room");
         assert_eq!(
             slots,
             [2, 1, 0, 3, 1],
             "a repeated key keeps the slot it was given"
         );
         assert_eq!(fresh, [1, 3]);
+        // From a cursor on: the slot "gone" just left (1) is not taken before the others...
+        let (slots, fresh) = assign_slots(&existing, &["a", "b", "x", "y"], 8, 3).expect("room");
+        assert_eq!((slots, fresh), (vec![0, 2, 3, 4], vec![3, 4]));
+        // ... and wrapping around, once the end is reached.
+        let (slots, fresh) = assign_slots(&existing, &["a", "b", "x", "y"], 8, 7).expect("room");
+        assert_eq!((slots, fresh), (vec![0, 2, 7, 1], vec![7, 1]));
         assert_eq!(
-            assign_slots(&HashMap::new(), &["a", "b", "c"], 2),
+            assign_slots(&HashMap::new(), &["a", "b", "c"], 2, 0),
             Err(NoFreeSlot(2))
         );
     }

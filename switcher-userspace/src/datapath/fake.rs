@@ -7,6 +7,7 @@ use std::{
     collections::{BTreeMap, HashMap, HashSet},
     net::SocketAddr,
     sync::{Arc, Mutex, MutexGuard},
+    time::Instant,
 };
 
 use anyhow::{anyhow, bail, Result};
@@ -189,7 +190,7 @@ impl Datapath for FakeDatapath {
         })
     }
 
-    fn retire_drained(&mut self, _: &[Endpoint]) -> Result<Vec<(u32, SocketAddr)>> {
+    fn retire_drained(&mut self, _: &[Endpoint], _: Instant) -> Result<Vec<(u32, SocketAddr)>> {
         // The fake keeps no reverse entries: a removed member has nothing to drain.
         Ok(Vec::new())
     }

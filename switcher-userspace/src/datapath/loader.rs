@@ -229,7 +229,7 @@ where
 /// reuse them as they are, and the programs would read them wrongly or fail to verify).
 fn check_pinned_layouts(maps_dir: &Path) -> Result<()> {
     use std::mem::size_of;
-    let expected: [(&str, usize, usize); 14] = [
+    let expected: [(&str, usize, usize); 15] = [
         (
             names::SERVICES,
             size_of::<Endpoint>(),
@@ -250,6 +250,7 @@ fn check_pinned_layouts(maps_dir: &Path) -> Result<()> {
             size_of::<FlowValue>(),
         ),
         (names::MEMBER_COUNTERS, 4, size_of::<MemberCounters>()),
+        (names::MEMBER_LIVE, 4, 4),
         (names::FRAGS, size_of::<FragKey>(), size_of::<FragValue>()),
         (
             names::REVERSE,

@@ -24,6 +24,7 @@ use std::{
     collections::BTreeMap,
     net::SocketAddr,
     path::{Path, PathBuf},
+    time::Instant,
 };
 
 use anyhow::{Context as _, Result};
@@ -87,9 +88,14 @@ pub trait Datapath: Send {
     ) -> Result<bool>;
     /// Of the members a reload removed from their pool while connections still used them,
     /// lets go of those in `unused` (the flow sweeper found no flow on them): their replies no
-    /// longer need the VIP. A member a reload has made a member again stays. Returns the
-    /// (service id, member) let go.
-    fn retire_drained(&mut self, unused: &[Endpoint]) -> Result<Vec<(u32, SocketAddr)>>;
+    /// longer need the VIP. A member a reload has made a member again, or marked draining
+    /// again after `walked_at` (when the sweeper's walk began), stays. Returns the (service
+    /// id, member) let go.
+    fn retire_drained(
+        &mut self,
+        unused: &[Endpoint],
+        walked_at: Instant,
+    ) -> Result<Vec<(u32, SocketAddr)>>;
     /// The interfaces the datapath may XDP_REDIRECT to.
     fn set_redirect_targets(&mut self, ifindexes: &[u32]) -> Result<()>;
     /// Attaches to `interfaces`, replacing the programs inside links an earlier daemon left.
@@ -157,7 +163,7 @@ impl Datapath for Closed {
     fn set_member_in_service(&mut self, _: u32, _: Color, _: SocketAddr, _: bool) -> Result<bool> {
         Self::err()
     }
-    fn retire_drained(&mut self, _: &[Endpoint]) -> Result<Vec<(u32, SocketAddr)>> {
+    fn retire_drained(&mut self, _: &[Endpoint], _: Instant) -> Result<Vec<(u32, SocketAddr)>> {
         Self::err()
     }
     fn set_redirect_targets(&mut self, _: &[u32]) -> Result<()> {

@@ -12,7 +12,7 @@ use anyhow::{anyhow, bail, Context as _, Result};
 use aya::maps::{PerCpuArray, PerCpuValues};
 use switcher_common::{
     names, pool_index, ActiveWord, Endpoint, FlipMark, MemberCounters, Pool, Reason, ReverseValue,
-    ServiceValue, FRAG_TTL_NS, MEMBER_SLOTS, REV_F_DRAINING, REV_F_STATELESS,
+    ServiceValue, FRAG_TTL_NS, MAX_MEMBERS, MEMBER_SLOTS, REV_F_DRAINING, REV_F_STATELESS,
 };
 
 use super::{
@@ -36,6 +36,10 @@ pub(super) struct Pools {
     /// Ids of services removed lately, and when: not given to a new service before
     /// [`ID_QUARANTINE`] has passed.
     pub retired: StdHashMap<u32, Instant>,
+    /// Where the next new member's counter slot is looked for ([`encode::assign_slots`]).
+    pub next_slot: u32,
+    /// Reverse entries of removed members marked draining by this daemon, and when.
+    pub draining_since: StdHashMap<Endpoint, Instant>,
 }
 
 /// How long a removed service's id stays unused: its fragment entries (which name the id for
@@ -67,6 +71,7 @@ impl BpfDatapath {
             )
             .collect();
         let ids = encode::assign_ids(&existing_ids, &keys, &quarantined)?;
+        self.refuse_draining_elsewhere(services, &ids)?;
         if self.pools.by_color.is_empty() {
             self.recover_pools(&existing)?;
         }
@@ -86,9 +91,27 @@ impl BpfDatapath {
                 }
             }
         }
-        let (slots, fresh) = encode::assign_slots(&held, &wanted, MEMBER_SLOTS)?;
+        if self.pools.next_slot == 0 {
+            // A new daemon (or one that adopted the maps): after the slots in use.
+            self.pools.next_slot = held
+                .values()
+                .max()
+                .map_or(0, |m| (u32::from(*m) + 1) % MEMBER_SLOTS);
+        }
+        let (slots, fresh) =
+            encode::assign_slots(&held, &wanted, MEMBER_SLOTS, self.pools.next_slot)?;
+        if let Some(last) = fresh.last() {
+            self.pools.next_slot = (u32::from(*last) + 1) % MEMBER_SLOTS;
+        }
         for slot in fresh {
             self.zero_member_counters(slot)?;
+        }
+        // Slots of members that leave: no affinity entry may follow them any more.
+        let kept: HashSet<u16> = slots.iter().copied().collect();
+        let mut live = self.array_mut::<u32>(names::MEMBER_LIVE)?;
+        for slot in held.values().filter(|s| !kept.contains(s)) {
+            live.set(u32::from(*slot), 0, 0)
+                .context("clearing MEMBER_LIVE")?;
         }
         let mut slot_of: StdHashMap<(u32, Color, SocketAddr), u16> =
             wanted.iter().copied().zip(slots).collect();
@@ -100,22 +123,6 @@ impl BpfDatapath {
             port_map
                 .set(u32::from(*p), 1, 0)
                 .context("writing SERVICE_PORTS")?;
-        }
-        for (key, v) in &existing {
-            if !keys.contains(key) {
-                self.remove_service(key, v.id)?;
-                self.pools.retired.insert(v.id, Instant::now());
-            }
-        }
-        // Then the ports of removed services that no remaining service uses.
-        let mut port_map = self.array_mut::<u32>(names::SERVICE_PORTS)?;
-        for key in existing.keys() {
-            let p = u16::from_be(key.port_be);
-            if !ports.contains(&p) {
-                port_map
-                    .set(u32::from(p), 0, 0)
-                    .context("clearing SERVICE_PORTS")?;
-            }
         }
         let mut reverse_wanted = Vec::new();
         let mut out = BTreeMap::new();
@@ -175,15 +182,40 @@ impl BpfDatapath {
                 .with_context(|| format!("writing service {}", s.name))?;
             out.insert(s.name.clone(), id);
         }
+        // Removed services go last: if a write above failed, the caller's restore finds them
+        // as they were, with their ids (and so their flows and counters).
+        for (key, v) in &existing {
+            if !keys.contains(key) {
+                self.remove_service(key, v.id)?;
+                self.pools.retired.insert(v.id, Instant::now());
+            }
+        }
+        // Then the ports of removed services that no remaining service uses.
+        let mut port_map = self.array_mut::<u32>(names::SERVICE_PORTS)?;
+        for key in existing.keys() {
+            let p = u16::from_be(key.port_be);
+            if !ports.contains(&p) {
+                port_map
+                    .set(u32::from(p), 0, 0)
+                    .context("clearing SERVICE_PORTS")?;
+            }
+        }
         let live: HashSet<u32> = out.values().copied().collect();
+        // Health verdicts only of members still in their pool: one that left and comes back
+        // later starts in service, as a new member does.
+        self.pools.down.retain(|(id, c, a)| {
+            by_color
+                .get(&(*id, *c))
+                .is_some_and(|ms: &Vec<PoolMember>| ms.iter().any(|m| m.member.addr == *a))
+        });
         self.pools.by_color = by_color;
-        self.pools.down.retain(|(id, _, _)| live.contains(id));
         let stale: Vec<(Endpoint, ReverseValue)> = self
             .hash::<Endpoint, ReverseValue>(names::REVERSE)?
             .iter()
             .filter_map(|r| r.ok())
             .filter(|(k, _)| !reverse_wanted.contains(k))
             .collect();
+        let mut marked = Vec::new();
         let mut rev = self.hash_mut::<Endpoint, ReverseValue>(names::REVERSE)?;
         for (k, v) in stale {
             // A member that left a remaining service may still carry connections: their
@@ -197,29 +229,89 @@ impl BpfDatapath {
                     };
                     rev.insert(k, draining, 0)
                         .context("marking a removed member's reverse entry")?;
+                    marked.push(k);
                 }
             } else {
                 rev.remove(&k).context("removing stale reverse entry")?;
             }
         }
+        let now = Instant::now();
+        self.pools
+            .draining_since
+            .extend(marked.into_iter().map(|k| (k, now)));
         Ok(out)
     }
 
     /// See [`Datapath::retire_drained`].
-    pub fn retire_drained(&mut self, unused: &[Endpoint]) -> Result<Vec<(u32, SocketAddr)>> {
+    pub fn retire_drained(
+        &mut self,
+        unused: &[Endpoint],
+        walked_at: Instant,
+    ) -> Result<Vec<(u32, SocketAddr)>> {
+        // Only what has been draining since before the sweeper's walk: a reload may have made
+        // it a member again (and another removed it again, with new connections).
+        let since = &self.pools.draining_since;
+        let candidates: Vec<Endpoint> = unused
+            .iter()
+            .filter(|k| since.get(k).is_none_or(|at| *at < walked_at))
+            .copied()
+            .collect();
         let mut rev = self.hash_mut::<Endpoint, ReverseValue>(names::REVERSE)?;
         let mut retired = Vec::new();
-        for k in unused {
-            // Only while still draining: a reload may have made it a member again.
-            match rev.get(k, 0) {
+        for k in candidates {
+            // Only while still draining: it may be a member again.
+            match rev.get(&k, 0) {
                 Ok(v) if v.flags & REV_F_DRAINING != 0 => {
-                    rev.remove(k).context("removing a drained reverse entry")?;
-                    retired.push((v.service_id, super::read::endpoint_addr(k)));
+                    rev.remove(&k).context("removing a drained reverse entry")?;
+                    retired.push((k, v.service_id));
                 }
                 _ => {}
             }
         }
-        Ok(retired)
+        for (k, _) in &retired {
+            self.pools.draining_since.remove(k);
+        }
+        Ok(retired
+            .into_iter()
+            .map(|(k, id)| (id, super::read::endpoint_addr(&k)))
+            .collect())
+    }
+
+    /// A member removed from one service while connections still use it cannot join another
+    /// yet: the reverse entry is per member, and the other service's would take the replies
+    /// of those connections away from their VIP.
+    fn refuse_draining_elsewhere(&self, services: &[Service], ids: &[u32]) -> Result<()> {
+        let draining = super::read::draining(&self.hash(names::REVERSE)?);
+        if draining.is_empty() {
+            return Ok(());
+        }
+        let name_of = |id: u32| {
+            services
+                .iter()
+                .zip(ids)
+                .find(|(_, i)| **i == id)
+                .map(|(s, _)| s.name.as_str())
+        };
+        for (s, &id) in services.iter().zip(ids) {
+            for c in Color::BOTH {
+                for (rk, _) in encode::reverse(s, c, id) {
+                    let Some(&owner) = draining.get(&rk) else {
+                        continue;
+                    };
+                    // Its old service stays (a service being removed lets go of it).
+                    if let Some(other) = name_of(owner).filter(|_| owner != id) {
+                        bail!(
+                            "{} cannot join {c} of {}: it left {other}, whose connections still \
+                             use it (its replies would lose their VIP); it can join once they \
+                             have closed (`switcher status` shows them pinned)",
+                            super::read::endpoint_addr(&rk),
+                            s.name
+                        );
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// After adopting the maps of an earlier daemon: which member holds which counter slot,
@@ -247,7 +339,22 @@ impl BpfDatapath {
     fn write_pool(&mut self, id: u32, c: Color, buffer: u8, pool: &Pool) -> Result<()> {
         self.array_mut::<Pool>(names::POOLS)?
             .set(pool_index(id, c.index(), buffer), *pool, 0)
-            .context("writing POOLS")
+            .context("writing POOLS")?;
+        // Which members the table names: UDP affinity keeps a sender on its member only while
+        // it does. Written with the spare buffer, just before the switch to it: a packet in
+        // between moves its sender one packet early, which the switch would do anyway.
+        let mut in_table = [false; MAX_MEMBERS];
+        for &m in pool.table.iter() {
+            if let Some(x) = in_table.get_mut(usize::from(m)) {
+                *x = true;
+            }
+        }
+        let mut live = self.array_mut::<u32>(names::MEMBER_LIVE)?;
+        for (b, named) in pool.member.iter().zip(in_table).take(pool.members as usize) {
+            live.set(u32::from(b.slot), u32::from(named), 0)
+                .context("writing MEMBER_LIVE")?;
+        }
+        Ok(())
     }
 
     fn zero_member_counters(&mut self, slot: u16) -> Result<()> {
@@ -287,17 +394,18 @@ impl BpfDatapath {
         addr: SocketAddr,
         in_service: bool,
     ) -> Result<bool> {
-        let key = (id, c, addr);
-        let changed = if in_service {
-            self.pools.down.remove(&key)
-        } else {
-            self.pools.down.insert(key)
-        };
+        // The member first: a verdict about one that has left its pool changes nothing.
         let Some(members) = self.pools.by_color.get_mut(&(id, c)) else {
             bail!("service id {id} has no {c} pool");
         };
         let Some(m) = members.iter_mut().find(|m| m.member.addr == addr) else {
             bail!("{addr} is not a member of the {c} pool of service id {id}");
+        };
+        let key = (id, c, addr);
+        let changed = if in_service {
+            self.pools.down.remove(&key)
+        } else {
+            self.pools.down.insert(key)
         };
         if !changed {
             return Ok(false);
@@ -418,8 +526,12 @@ impl Datapath for BpfDatapath {
     ) -> Result<bool> {
         BpfDatapath::set_member_in_service(self, id, c, addr, in_service)
     }
-    fn retire_drained(&mut self, unused: &[Endpoint]) -> Result<Vec<(u32, SocketAddr)>> {
-        BpfDatapath::retire_drained(self, unused)
+    fn retire_drained(
+        &mut self,
+        unused: &[Endpoint],
+        walked_at: Instant,
+    ) -> Result<Vec<(u32, SocketAddr)>> {
+        BpfDatapath::retire_drained(self, unused, walked_at)
     }
     fn set_redirect_targets(&mut self, ifindexes: &[u32]) -> Result<()> {
         BpfDatapath::set_redirect_targets(self, ifindexes)

@@ -15,8 +15,8 @@ use anyhow::{Context as _, Result};
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
 use switcher_common::{
     backend_index, names, pool_index, ActiveWord, Backend, ColorCounters, Endpoint, FlipMark,
-    FlowKey, FlowValue, MemberCounters, Pool, Reason, BLUE, FAMILY_V4, FLOW_OPEN, GREEN,
-    POOL_TABLE_SIZE,
+    FlowKey, FlowValue, MemberCounters, Pool, Reason, ReverseValue, BLUE, FAMILY_V4, FLOW_OPEN,
+    GREEN, POOL_TABLE_SIZE, REV_F_DRAINING,
 };
 
 use super::flow_table;
@@ -90,6 +90,19 @@ pub struct MemberReading {
 /// A member's address as the maps store it.
 pub fn socket_addr(b: &Backend) -> SocketAddr {
     SocketAddr::new(ip(&b.addr, b.family), u16::from_be(b.port_be))
+}
+
+/// Members removed from their pool while connections still use them: their reverse entries
+/// marked draining, by member, with the service they left.
+pub fn draining<T: std::borrow::Borrow<MapData>>(
+    reverse: &HashMap<T, Endpoint, ReverseValue>,
+) -> std::collections::HashMap<Endpoint, u32> {
+    reverse
+        .iter()
+        .filter_map(|r| r.ok())
+        .filter(|(_, v)| v.flags & REV_F_DRAINING != 0)
+        .map(|(k, v)| (k, v.service_id))
+        .collect()
 }
 
 /// A (reverse) endpoint's address.

@@ -16,7 +16,6 @@ use anyhow::{Context as _, Result};
 use aya::maps::{HashMap, Map, MapData};
 use switcher_common::{
     names, Endpoint, FlowKey, FlowValue, ReverseValue, ServiceValue, FLOW_CLOSING, PROTO_UDP,
-    REV_F_DRAINING,
 };
 
 use super::{encode, flow_table, monotonic_coarse_ns};
@@ -82,13 +81,7 @@ impl FlowSweeper {
     /// not an established or recent half-open connection, not a soft entry still within its
     /// idle time (the service's UDP affinity idle, or `policy.idle_ns` for TCP).
     pub fn drained_members(&self, policy: &FlowPolicy) -> Result<Vec<Endpoint>> {
-        let draining: StdHashMap<Endpoint, u32> = self
-            .reverse
-            .iter()
-            .filter_map(|r| r.ok())
-            .filter(|(_, v)| v.flags & REV_F_DRAINING != 0)
-            .map(|(k, v)| (k, v.service_id))
-            .collect();
+        let draining = super::read::draining(&self.reverse);
         if draining.is_empty() {
             return Ok(Vec::new());
         }
@@ -113,16 +106,19 @@ impl FlowSweeper {
                 used.insert(member);
             }
         };
-        flow_table::for_each(&self.flows, &mut note)?;
+        // Half-open before established: a handshake completing during the walks moves its
+        // entry from the one to the other, and must be seen in one of them.
         flow_table::for_each(&self.half, |k, v| {
             // A handshake completes within the grace or not at all.
             if now.saturating_sub(v.last_seen_ns) < policy.closing_grace_ns {
                 note(k, v);
             }
         })?;
+        flow_table::for_each(&self.flows, &mut note)?;
         flow_table::for_each(&self.soft, |k, v| {
+            // A service the walk of SERVICES missed counts as using the member: keep it.
             let idle = if k.proto == PROTO_UDP {
-                udp_idle.get(&v.service_id).copied().unwrap_or_default()
+                udp_idle.get(&v.service_id).copied().unwrap_or(u64::MAX)
             } else {
                 policy.idle_ns
             };
@@ -131,6 +127,32 @@ impl FlowSweeper {
             }
         })?;
         Ok(draining.into_keys().filter(|m| !used.contains(m)).collect())
+    }
+
+    /// Why `policy` removes the entry (`k`, `v`) now, if it does. `live` is a walk of
+    /// SERVICES: a walk can miss a key the controller rewrote meanwhile, so "gone" is
+    /// confirmed by a lookup of the service itself.
+    fn doomed(
+        &self,
+        live: &StdHashMap<Endpoint, u32>,
+        policy: &FlowPolicy,
+        now: u64,
+        k: &FlowKey,
+        v: &FlowValue,
+    ) -> Option<Doom> {
+        let idle = now.saturating_sub(v.last_seen_ns);
+        let key = encode::flow_service_key(k);
+        if live.get(&key) != Some(&v.service_id)
+            && self.services.get(&key, 0).map(|s| s.id).ok() != Some(v.service_id)
+        {
+            Some(Doom::ServiceGone)
+        } else if v.state == FLOW_CLOSING && idle >= policy.closing_grace_ns {
+            Some(Doom::Closed)
+        } else if idle >= policy.idle_ns {
+            Some(Doom::Idle)
+        } else {
+            None
+        }
     }
 
     /// One pass over the table: removes what `policy` says is done with.
@@ -145,25 +167,41 @@ impl FlowSweeper {
             .collect::<Result<_>>()?;
         let now = monotonic_coarse_ns()?;
         let mut doomed: Vec<FlowKey> = Vec::new();
-        let mut sweep = FlowSweep::default();
+        let mut seen = 0;
         flow_table::for_each(&self.flows, |k, v| {
-            sweep.seen += 1;
-            let idle = now.saturating_sub(v.last_seen_ns);
-            if live.get(&encode::flow_service_key(k)) != Some(&v.service_id) {
-                sweep.service_gone += 1;
-            } else if v.state == FLOW_CLOSING && idle >= policy.closing_grace_ns {
-                sweep.closed += 1;
-            } else if idle >= policy.idle_ns {
-                sweep.idle += 1;
-            } else {
-                return;
+            seen += 1;
+            if self.doomed(&live, policy, now, k, v).is_some() {
+                doomed.push(*k);
             }
-            doomed.push(*k);
         })?;
+        let mut sweep = FlowSweep {
+            seen,
+            ..FlowSweep::default()
+        };
         for k in &doomed {
-            // Gone meanwhile (a SYN reused the tuple and the connection closed): nothing to do.
-            let _ = self.flows.remove(k);
+            // Judged again on the entry as it is now: since the walk a packet may have touched
+            // it, or a new connection reused the tuple.
+            let Ok(v) = self.flows.get(k, 0) else {
+                continue;
+            };
+            let Some(why) = self.doomed(&live, policy, now, k, &v) else {
+                continue;
+            };
+            if self.flows.remove(k).is_ok() {
+                match why {
+                    Doom::ServiceGone => sweep.service_gone += 1,
+                    Doom::Closed => sweep.closed += 1,
+                    Doom::Idle => sweep.idle += 1,
+                }
+            }
         }
         Ok(sweep)
     }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Doom {
+    ServiceGone,
+    Closed,
+    Idle,
 }
