@@ -66,10 +66,6 @@ blue  = { backend = "[2001:2:0:1::2]:1601" }
 
 const B0_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x02];
 
-fn mac(m: [u8; 6]) -> String {
-    m.map(|b| format!("{b:02x}")).join(":")
-}
-
 /// A backend's namespace: b0 198.18.1.2/24, 2001:2:0:1::2/64, with the client (198.18.0.1,
 /// 2001:2::1, MAC_CLIENT) one hop away on b0 and b0's peer b0p standing in for the wire.
 /// The datapath is attached to b0. Fields drop in order: datapath and pins before the namespace.
@@ -84,20 +80,7 @@ struct Rig {
 impl Rig {
     fn new() -> Self {
         let ns = Netns::new();
-        ns.ip(&[
-            "link",
-            "add",
-            "b0",
-            "address",
-            &mac(B0_MAC),
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "b0p",
-            "address",
-            &mac(MAC_CLIENT),
-        ]);
+        ns.veth("b0", B0_MAC, "b0p", MAC_CLIENT);
         ns.ip(&["addr", "add", "198.18.1.2/24", "dev", "b0"]);
         ns.ip(&["addr", "add", "2001:2:0:1::2/64", "dev", "b0", "nodad"]);
         for dev in ["b0", "b0p"] {
@@ -106,17 +89,7 @@ impl Rig {
         ns.ip(&["route", "add", "198.18.0.0/24", "dev", "b0"]);
         ns.ip(&["-6", "route", "add", "2001:2::/64", "dev", "b0"]);
         for client in ["198.18.0.1", "2001:2::1"] {
-            ns.ip(&[
-                "neigh",
-                "add",
-                client,
-                "lladdr",
-                &mac(MAC_CLIENT),
-                "dev",
-                "b0",
-                "nud",
-                "permanent",
-            ]);
+            ns.neighbour(client, MAC_CLIENT, "b0");
         }
         let (b0, b0p) = (ns.ifindex("b0"), ns.ifindex("b0p"));
         let mut t = TestDatapath::new(SERVICES);

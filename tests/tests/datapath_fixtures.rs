@@ -372,10 +372,6 @@ fn strip_vlans(p: &[u8]) -> Vec<u8> {
     v
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 #[test]
 fn tcp_flow_stays_pinned_across_flips_and_new_syn_goes_to_active() {
     if !privileged() {

@@ -98,10 +98,6 @@ const VIA_OUT0: Wire = Wire {
     ttl: 63,
 };
 
-fn mac(m: [u8; 6]) -> String {
-    m.map(|b| format!("{b:02x}")).join(":")
-}
-
 /// The edge namespace of the module docs, and a datapath whose REDIRECT_OK holds in0 and out0.
 /// Fields drop in order: the datapath (and its pins) before the namespace.
 struct Rig {
@@ -116,25 +112,8 @@ impl Rig {
     fn new() -> Self {
         let ns = Netns::new();
         ns.ip(&["link", "add", "in0", "type", "veth", "peer", "name", "in0p"]);
-        for (dev, peer, own, neigh) in [
-            ("out0", "out0p", OUT0_MAC, BLUE_MAC),
-            ("out1", "out1p", OUT1_MAC, OUT1_NEIGH_MAC),
-        ] {
-            ns.ip(&[
-                "link",
-                "add",
-                dev,
-                "address",
-                &mac(own),
-                "type",
-                "veth",
-                "peer",
-                "name",
-                peer,
-                "address",
-                &mac(neigh),
-            ]);
-        }
+        ns.veth("out0", OUT0_MAC, "out0p", BLUE_MAC);
+        ns.veth("out1", OUT1_MAC, "out1p", OUT1_NEIGH_MAC);
         for dev in ["out0", "out0p"] {
             ns.ip(&["link", "set", dev, "mtu", &OUT0_MTU.to_string()]);
         }
@@ -155,17 +134,7 @@ impl Rig {
             ("198.18.2.2", "out1", OUT1_NEIGH_MAC),
             ("2001:2:0:2::2", "out1", OUT1_NEIGH_MAC),
         ] {
-            ns.ip(&[
-                "neigh",
-                "add",
-                addr,
-                "lladdr",
-                &mac(lladdr),
-                "dev",
-                dev,
-                "nud",
-                "permanent",
-            ]);
+            ns.neighbour(addr, lladdr, dev);
         }
         // bpf_fib_lookup answers BPF_FIB_LKUP_RET_FWD_DISABLED unless the ingress device
         // forwards. Set after the devices exist: writing `all` updates every device.
@@ -255,10 +224,6 @@ fn xdp_md(len: usize, ingress_ifindex: u32) -> Vec<u8> {
         .iter()
         .flat_map(|w: &u32| w.to_ne_bytes())
         .collect()
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// Where two frames first differ, with 16 bytes of each from a little before that point.

@@ -76,6 +76,11 @@ impl TestDatapath {
 pub const XDP_PASS: u32 = 2;
 pub const XDP_DROP: u32 = 1;
 
+/// Bytes as lowercase hex, for comparing frames in assertions.
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
 pub fn v4(s: &str) -> [u8; 4] {
     s.parse::<std::net::Ipv4Addr>().expect("v4").octets()
 }

@@ -43,6 +43,31 @@ impl Netns {
         run(Command::new("ip").arg("-n").arg(&self.name).args(args));
     }
 
+    /// A veth pair `dev` (MAC `mac`) and `peer` (MAC `peer_mac`).
+    pub fn veth(&self, dev: &str, mac: [u8; 6], peer: &str, peer_mac: [u8; 6]) {
+        let (mac, peer_mac) = (mac_text(mac), mac_text(peer_mac));
+        self.ip(&[
+            "link", "add", dev, "address", &mac, "type", "veth", "peer", "name", peer, "address",
+            &peer_mac,
+        ]);
+    }
+
+    /// A permanent neighbour entry: `addr` is at `mac` on `dev`.
+    pub fn neighbour(&self, addr: &str, mac: [u8; 6], dev: &str) {
+        let mac = mac_text(mac);
+        self.ip(&[
+            "neigh",
+            "add",
+            addr,
+            "lladdr",
+            &mac,
+            "dev",
+            dev,
+            "nud",
+            "permanent",
+        ]);
+    }
+
     /// Writes `value` to /proc/sys/`key` as seen from inside the namespace (net.* sysctls are
     /// per namespace, resolved from the writing thread's namespace).
     pub fn sysctl(&self, key: &str, value: &str) {
@@ -99,4 +124,9 @@ fn run(cmd: &mut Command) {
         out.status,
         String::from_utf8_lossy(&out.stderr).trim()
     );
+}
+
+/// A MAC address as ip(8) writes it.
+fn mac_text(m: [u8; 6]) -> String {
+    m.map(|b| format!("{b:02x}")).join(":")
 }
