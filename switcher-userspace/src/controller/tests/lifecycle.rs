@@ -9,16 +9,7 @@ async fn a_restart_reconciles_with_the_maps_and_resumes_or_closes_deployments() 
     let cfg = dir.config(&UDP.replace("window_ms = 300", "window_ms = 60000"));
     let ctl = start(&cfg, &dp).await;
     let d = deploy_green(&ctl, "u", green("198.18.2.9:514")).await;
-    ctl.flip(
-        "u",
-        Color::Green,
-        true,
-        Some("test".into()),
-        "cli:t",
-        Instant::now(),
-    )
-    .await
-    .expect("flip");
+    force_flip(&ctl, "u", Color::Green).await;
     ctl.shutdown(true).await.expect("shutdown");
     assert_eq!(dp.maps().closed, Some(true), "left attached");
     let e = ctl.status(None).await.expect_err("closed");
@@ -105,16 +96,7 @@ async fn a_watch_interrupted_by_a_restart_resumes_and_finishes_its_window() {
     let cfg = dir.config(&UDP.replace("window_ms = 300", "window_ms = 1500"));
     let ctl = start(&cfg, &dp).await;
     let d = deploy_green(&ctl, "u", green("198.18.2.9:514")).await;
-    ctl.flip(
-        "u",
-        Color::Green,
-        true,
-        Some("t".into()),
-        "cli:t",
-        Instant::now(),
-    )
-    .await
-    .expect("flip");
+    force_flip(&ctl, "u", Color::Green).await;
     let until = ctl
         .history("u")
         .await

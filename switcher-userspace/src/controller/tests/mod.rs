@@ -171,3 +171,17 @@ async fn deploy_green(ctl: &Controller, service: &str, members: Vec<Member>) -> 
         .await
         .expect("deploy")
 }
+
+/// A forced manual flip of `service` to `to`, as `switcher flip --force --reason` does.
+async fn force_flip(ctl: &Controller, service: &str, to: Color) {
+    ctl.flip(
+        service,
+        to,
+        true,
+        Some("test".into()),
+        "cli:t",
+        Instant::now(),
+    )
+    .await
+    .expect("flip");
+}

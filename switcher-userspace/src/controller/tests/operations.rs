@@ -227,16 +227,7 @@ async fn the_previous_colour_stays_a_rollback_target_only_while_warm() {
     let cfg = dir.config(&UDP.replace("[service.watch]", "warm_ms = 300\n[service.watch]"));
     let ctl = start(&cfg, &dp).await;
     let d = deploy_green(&ctl, "u", green("198.18.2.9:514")).await;
-    ctl.flip(
-        "u",
-        Color::Green,
-        true,
-        Some("t".into()),
-        "cli:t",
-        Instant::now(),
-    )
-    .await
-    .expect("flip");
+    force_flip(&ctl, "u", Color::Green).await;
     until_phase(&ctl, "u", d.id, Phase::Stable).await;
     tokio::time::sleep(Duration::from_millis(400)).await;
     let e = ctl
