@@ -128,7 +128,8 @@ pub fn tcp6(src: &str, sport: u16, dst: &str, dport: u16, flags: &str, payload: 
     v
 }
 
-fn tcp_flags(
+/// Sets the flags `flags` names (S, A, F, R, P) on a TCP header being built.
+pub fn tcp_flags(
     mut b: etherparse::PacketBuilderStep<etherparse::TcpHeader>,
     flags: &str,
 ) -> etherparse::PacketBuilderStep<etherparse::TcpHeader> {

@@ -2,9 +2,9 @@
 //! every checksum from scratch): the expected output of a redirect has the FIB's MACs and a
 //! decremented TTL, and the fallback fixtures need TTLs other than 64.
 
-use etherparse::{PacketBuilder, PacketBuilderStep, TcpHeader};
+use etherparse::PacketBuilder;
 
-use super::{v4, v6, MAC_CLIENT, MAC_EDGE};
+use super::{tcp_flags, v4, v6, MAC_CLIENT, MAC_EDGE};
 
 /// The Ethernet addresses and the TTL (hop limit) a frame is built with.
 #[derive(Clone, Copy, Debug)]
@@ -62,18 +62,4 @@ impl Wire {
         tcp_flags(b, flags).write(&mut v, b"").expect("build tcp6");
         v
     }
-}
-
-fn tcp_flags(mut b: PacketBuilderStep<TcpHeader>, flags: &str) -> PacketBuilderStep<TcpHeader> {
-    for c in flags.chars() {
-        b = match c {
-            'S' => b.syn(),
-            'A' => b.ack(1),
-            'F' => b.fin(),
-            'R' => b.rst(),
-            'P' => b.psh(),
-            other => panic!("unknown tcp flag {other}"),
-        };
-    }
-    b
 }
