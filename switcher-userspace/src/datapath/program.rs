@@ -108,9 +108,10 @@ impl BpfDatapath {
         }
         // Slots of members that leave: no affinity entry may follow them any more.
         let kept: HashSet<u16> = slots.iter().copied().collect();
-        let mut live = self.array_mut::<u32>(names::MEMBER_LIVE)?;
+        let mut member_live = self.array_mut::<u32>(names::MEMBER_LIVE)?;
         for slot in held.values().filter(|s| !kept.contains(s)) {
-            live.set(u32::from(*slot), 0, 0)
+            member_live
+                .set(u32::from(*slot), 0, 0)
                 .context("clearing MEMBER_LIVE")?;
         }
         let mut slot_of: StdHashMap<(u32, Color, SocketAddr), u16> =
@@ -124,7 +125,7 @@ impl BpfDatapath {
                 .set(u32::from(*p), 1, 0)
                 .context("writing SERVICE_PORTS")?;
         }
-        let mut reverse_wanted = Vec::new();
+        let mut reverse_wanted = HashSet::new();
         let mut out = BTreeMap::new();
         let mut by_color = StdHashMap::new();
         for ((s, key), id) in services.iter().zip(&keys).zip(ids) {
@@ -161,7 +162,7 @@ impl BpfDatapath {
                     self.hash_mut::<Endpoint, ReverseValue>(names::REVERSE)?
                         .insert(rk, rv, 0)
                         .with_context(|| format!("writing reverse entry for {}", s.name))?;
-                    reverse_wanted.push(rk);
+                    reverse_wanted.insert(rk);
                 }
             }
             self.array_mut::<ActiveWord>(names::ACTIVE)?
@@ -215,6 +216,10 @@ impl BpfDatapath {
             .filter_map(|r| r.ok())
             .filter(|(k, _)| !reverse_wanted.contains(k))
             .collect();
+        // A member listed again is no longer draining.
+        self.pools
+            .draining_since
+            .retain(|k, _| !reverse_wanted.contains(k));
         let mut marked = Vec::new();
         let mut rev = self.hash_mut::<Endpoint, ReverseValue>(names::REVERSE)?;
         for (k, v) in stale {

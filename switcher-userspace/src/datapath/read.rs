@@ -181,7 +181,11 @@ impl MapReader {
 
     /// The members of `c`'s pool in use, with their counters.
     pub fn members(&self, id: u32, c: Color) -> Result<Vec<MemberReading>> {
-        let active = self.active(id)?;
+        self.members_under(id, c, self.active(id)?)
+    }
+
+    /// [`Self::members`] with the service's active word read already.
+    fn members_under(&self, id: u32, c: Color, active: ActiveWord) -> Result<Vec<MemberReading>> {
         let pool = self.pool(id, c, active.buffer(c.index()))?;
         let mut slots = [0usize; switcher_common::MAX_MEMBERS];
         for &m in pool.table.iter() {
@@ -279,10 +283,13 @@ impl MapReader {
     pub fn readings(&self, ids: &[u32]) -> Result<Readings> {
         let mut out = Readings::default();
         for &id in ids {
-            out.services.insert(id, self.service(id)?);
+            let service = self.service(id)?;
             for c in Color::BOTH {
-                out.members.insert((id, c.index()), self.members(id, c)?);
+                // The pools in use are the ones the service's active word read just now names.
+                let members = self.members_under(id, c, service.active)?;
+                out.members.insert((id, c.index()), members);
             }
+            out.services.insert(id, service);
         }
         out.census = self.census()?;
         out.reasons = self.reasons()?;
