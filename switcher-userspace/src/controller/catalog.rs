@@ -2,7 +2,11 @@
 //! change from the controller's state and shared, so a scrape holds the controller's lock only
 //! for an `Arc` clone.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    net::SocketAddr,
+    sync::{Arc, PoisonError},
+    time::Duration,
+};
 
 use crate::{
     config::Service,
@@ -99,10 +103,7 @@ impl CatalogCache {
         now: u64,
         build: impl FnOnce() -> Vec<CatalogEntry>,
     ) -> Arc<Vec<CatalogEntry>> {
-        let mut cache = match self.0.lock() {
-            Ok(c) => c,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut cache = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some((at, c)) = cache.as_ref() {
             if *at == now {
                 return c.clone();

@@ -3,9 +3,9 @@
 //! members out of their pool's table and put them back.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     net::SocketAddr,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, PoisonError},
 };
 
 use serde::{Deserialize, Serialize};
@@ -48,11 +48,11 @@ pub struct HealthBoard(Arc<Mutex<BTreeMap<MemberKey, BackendHealth>>>);
 
 impl HealthBoard {
     pub fn snapshot(&self) -> BTreeMap<MemberKey, BackendHealth> {
-        match self.0.lock() {
-            Ok(m) => m.clone(),
-            // A panicking prober leaves the last complete results behind: still valid.
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        // A panicking prober leaves the last complete results behind: still valid.
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// The members of one colour of `service`, in address order.
@@ -72,10 +72,7 @@ impl HealthBoard {
         member: SocketAddr,
         result: Result<f64, String>,
     ) -> Option<bool> {
-        let mut m = match self.0.lock() {
-            Ok(m) => m,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut m = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         let e = m
             .entry((service.to_string(), color, member))
             .or_insert_with(|| BackendHealth {
@@ -123,11 +120,8 @@ impl HealthBoard {
     }
 
     /// Forgets members no longer in any pool.
-    pub(super) fn retain(&self, live: &[MemberKey]) {
-        let mut m = match self.0.lock() {
-            Ok(m) => m,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+    pub(super) fn retain(&self, live: &BTreeSet<MemberKey>) {
+        let mut m = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         m.retain(|k, _| live.contains(k));
     }
 }
@@ -162,7 +156,7 @@ mod tests {
             b.record("svc", Color::Green, n, Err("x".into())),
             Some(false)
         );
-        b.retain(&[("svc".into(), Color::Green, n)]);
+        b.retain(&BTreeSet::from([("svc".into(), Color::Green, n)]));
         assert_eq!(b.members("svc", Color::Green).len(), 1);
     }
 }

@@ -30,7 +30,7 @@ mod watch;
 use std::{
     collections::BTreeMap,
     path::PathBuf,
-    sync::Arc,
+    sync::{Arc, PoisonError},
     time::{Duration, Instant},
 };
 
@@ -359,10 +359,11 @@ impl Controller {
     }
 
     fn keep_background(&self, name: &'static str, task: tokio::task::AbortHandle) {
-        let mut tasks = match self.0.background.lock() {
-            Ok(t) => t,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut tasks = self
+            .0
+            .background
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if let Some(old) = tasks.insert(name, task) {
             old.abort();
         }
@@ -380,10 +381,13 @@ impl Controller {
     /// Stops every task, ends canary shares (none may outlive the daemon that watches it) and
     /// lets go of the datapath: detached, or left attached and pinned for the next daemon.
     pub async fn shutdown(&self, keep_attached: bool) -> Result<()> {
-        let background = match self.0.background.lock() {
-            Ok(mut t) => std::mem::take(&mut *t),
-            Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
-        };
+        let background = std::mem::take(
+            &mut *self
+                .0
+                .background
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
         for task in background.into_values() {
             task.abort();
         }

@@ -3,7 +3,10 @@
 //! controller takes them out of their pool's table or puts them back). Probes are the
 //! validation's own checks.
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::BTreeSet,
+    time::{Duration, Instant},
+};
 
 use tracing::warn;
 
@@ -18,11 +21,11 @@ pub(super) async fn run(ctl: impl Host, board: HealthBoard, interval: Duration) 
         tick.tick().await;
         let catalog = ctl.catalog().await;
         let mut probes = tokio::task::JoinSet::new();
-        let mut live = Vec::new();
+        let mut live = BTreeSet::new();
         for entry in catalog.iter() {
             for color in Color::BOTH {
                 for (member, spec) in &entry.health[color.index() as usize] {
-                    live.push((entry.name.clone(), color, *member));
+                    live.insert((entry.name.clone(), color, *member));
                     let (board, service, member, spec) =
                         (board.clone(), entry.name.clone(), *member, spec.clone());
                     probes.spawn(async move {

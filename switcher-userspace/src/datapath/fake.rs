@@ -6,7 +6,7 @@
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     net::SocketAddr,
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
     time::Instant,
 };
 
@@ -82,10 +82,7 @@ pub struct FakeDatapath(pub Arc<Mutex<FakeMaps>>);
 
 impl FakeDatapath {
     pub fn maps(&self) -> MutexGuard<'_, FakeMaps> {
-        match self.0.lock() {
-            Ok(m) => m,
-            Err(poisoned) => poisoned.into_inner(),
-        }
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 

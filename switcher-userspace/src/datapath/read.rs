@@ -7,7 +7,7 @@ use std::{
     collections::BTreeMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::Path,
-    sync::Mutex,
+    sync::{Mutex, PoisonError},
     time::{Duration, Instant},
 };
 
@@ -265,10 +265,7 @@ impl MapReader {
     /// The flow census, walked again when older than [`CENSUS_MAX_AGE`]. Concurrent callers
     /// wait for one walk instead of each doing their own.
     pub fn census(&self) -> Result<Census> {
-        let mut cached = match self.census.lock() {
-            Ok(c) => c,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut cached = self.census.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some((at, c)) = cached.as_ref() {
             if at.elapsed() < CENSUS_MAX_AGE {
                 return Ok(c.clone());

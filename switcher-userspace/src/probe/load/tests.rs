@@ -59,10 +59,11 @@ impl Sink {
     /// Stops the sink and fails the test if any frame was malformed.
     fn finish(self) {
         self.task.abort();
-        let bad = match self.malformed.lock() {
-            Ok(b) => b.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        };
+        let bad = self
+            .malformed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
         assert!(bad.is_empty(), "malformed frames: {bad:?}");
     }
 }
