@@ -51,9 +51,19 @@ pub enum Request {
         force: bool,
         #[serde(default)]
         reason: Option<String>,
+        /// Fleet mode: this host only (an audited emergency override).
+        #[serde(default)]
+        local: bool,
     },
     Rollback {
         service: String,
+        /// Fleet mode: this host only; needs `force` and a `reason`.
+        #[serde(default)]
+        local: bool,
+        #[serde(default)]
+        force: bool,
+        #[serde(default)]
+        reason: Option<String>,
     },
     Abort {
         service: String,
@@ -65,6 +75,8 @@ pub enum Request {
     Watch,
     /// Re-reads the config file; an invalid one changes nothing.
     Reload,
+    /// Fleet mode: every host's applied revision, colour, config hash and drift.
+    FleetStatus,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

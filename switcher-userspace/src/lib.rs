@@ -6,6 +6,7 @@
 //! cli        the command line; talks to the daemon through `api` (wire types + client)
 //! daemon     `switcher daemon`: the API socket, signals, lifecycle; starts `web`
 //! web        HTTP: /metrics, the dashboard, its actions
+//! fleet      fleet mode: etcd agent and writer, one more caller of the controller
 //! telemetry  OpenMetrics text from the catalog, the maps and the recorded metrics
 //! controller the one entry point for every operation; tasks, recovery, health monitor
 //! judge      pure verdicts on measurements      deploy, state: state machine, durable state
@@ -22,6 +23,7 @@ pub mod daemon;
 pub mod datapath;
 pub mod deploy;
 pub mod domain;
+pub mod fleet;
 pub mod judge;
 pub mod probe;
 pub mod state;

@@ -563,6 +563,7 @@ impl Rig {
             to,
             force: false,
             reason: None,
+            local: false,
         })?;
         serde_json::from_value(v).context("decoding flip reply")
     }

@@ -393,6 +393,7 @@ fn invalid_reload_changes_nothing_and_flip_refuses_unvalidated() {
             to: Color::Green,
             force: true,
             reason: None,
+            local: false,
         })
         .expect_err("reason needed");
     assert!(e.to_string().contains("--reason"), "{e:#}");
@@ -401,6 +402,7 @@ fn invalid_reload_changes_nothing_and_flip_refuses_unvalidated() {
         to: Color::Green,
         force: true,
         reason: Some("hotfix, validated by hand".into()),
+        local: false,
     })
     .expect("forced flip");
     let d = history(&rig, "tcp4").pop().expect("deployment");
@@ -411,6 +413,9 @@ fn invalid_reload_changes_nothing_and_flip_refuses_unvalidated() {
     std::thread::sleep(Duration::from_millis(500));
     rig.call(&Request::Rollback {
         service: "tcp4".into(),
+        local: false,
+        force: false,
+        reason: None,
     })
     .expect("rollback");
     assert_eq!(active(&rig, "tcp4"), Color::Blue);

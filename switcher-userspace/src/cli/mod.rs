@@ -1,6 +1,7 @@
 //! The `switcher` command line: the daemon, and the commands that talk to it over the API
 //! socket. Human output by default (rendered in [`render`]), `--json` for scripts.
 
+mod fleet;
 pub mod render;
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
@@ -93,14 +94,30 @@ enum Cmd {
         force: bool,
         #[arg(long, value_name = "TEXT")]
         reason: Option<String>,
+        /// Fleet mode: flip this host only, an audited emergency override (needs --force
+        /// --reason); without it the whole fleet flips and every host acknowledges.
+        #[arg(long)]
+        local: bool,
         #[arg(long)]
         json: bool,
     },
-    /// Back to the previous colour (kept warm), at once.
+    /// Back to the previous colour (kept warm), at once; in fleet mode on every host.
     Rollback {
         service: String,
+        /// Fleet mode: this host only, an audited emergency override (needs --force --reason).
+        #[arg(long, requires_all = ["force", "reason"])]
+        local: bool,
+        #[arg(long)]
+        force: bool,
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
         #[arg(long)]
         json: bool,
+    },
+    /// Fleet mode: the hosts kept on the same colours and config through etcd.
+    Fleet {
+        #[command(subcommand)]
+        cmd: FleetCmd,
     },
     /// Cancel a deployment that has not been flipped to.
     Abort {
@@ -129,6 +146,20 @@ enum Cmd {
         bpffs_dir: PathBuf,
     },
 }
+
+#[derive(Subcommand)]
+enum FleetCmd {
+    /// Per host: connected or not, applied revision and colour per service, config hash
+    /// match, lag behind the desired state, last error.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Fleet flips wait for every host's acknowledgement (and, on failure, for the fleet's
+/// rollback): up to twice the configured deadline, at most 10 minutes each.
+const FLEET_WAIT: Duration = Duration::from_secs(25 * 60);
 
 /// A pool given on the command line (one argument, comma-separated: clap would take a bare
 /// `Vec` for repeated arguments).
@@ -278,18 +309,24 @@ fn run() -> Result<()> {
             to,
             force,
             reason,
+            local,
             json,
         } => {
-            let v = api::call(
+            let v = api::call_with_timeout(
                 &socket,
                 &Request::Flip {
                     service: service.clone(),
                     to,
                     force,
                     reason,
+                    local,
                 },
+                FLEET_WAIT,
             )?;
             print_json_or(json, &v, || {
+                if v.get("hosts").is_some() {
+                    return fleet::flip_lines(&v);
+                }
                 let out: FlipOutcome =
                     serde_json::from_value(v.clone()).context("decoding flip reply")?;
                 Ok(if out.changed {
@@ -302,9 +339,36 @@ fn run() -> Result<()> {
                 })
             })
         }
-        Cmd::Rollback { service, json } => {
-            let v = api::call(&socket, &Request::Rollback { service })?;
-            print_json_or(json, &v, || render::deployment_line(&v))
+        Cmd::Rollback {
+            service,
+            local,
+            force,
+            reason,
+            json,
+        } => {
+            let v = api::call_with_timeout(
+                &socket,
+                &Request::Rollback {
+                    service,
+                    local,
+                    force,
+                    reason,
+                },
+                FLEET_WAIT,
+            )?;
+            print_json_or(json, &v, || {
+                if v.get("hosts").is_some() {
+                    fleet::flip_lines(&v)
+                } else {
+                    render::deployment_line(&v)
+                }
+            })
+        }
+        Cmd::Fleet {
+            cmd: FleetCmd::Status { json },
+        } => {
+            let v = api::call(&socket, &Request::FleetStatus)?;
+            print_json_or(json, &v, || fleet::status_lines(&v))
         }
         Cmd::Abort { service, json } => {
             let v = api::call(&socket, &Request::Abort { service })?;

@@ -41,7 +41,36 @@ pub const DEFAULT_MIN_HEALTHY_SHARE: f64 = 0.5;
 pub struct Config {
     pub daemon: DaemonConfig,
     pub http: HttpConfig,
+    /// None: single-host mode, the default.
+    pub fleet: Option<FleetConfig>,
     pub services: Vec<Service>,
+}
+
+/// `[fleet]`: this host is one of many kept on the same colours and service config through
+/// etcd (`crate::fleet`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FleetConfig {
+    /// `http://host:port` or `https://host:port` (then `tls` is required).
+    pub endpoints: Vec<String>,
+    /// The key prefix: `/switcher/<cluster>/`.
+    pub cluster: String,
+    /// This host's name in the fleet (default: the hostname).
+    pub host_id: String,
+    /// The lease this host's report lives under: how long after it goes silent it counts as
+    /// disconnected.
+    pub lease_ttl: Duration,
+    /// How long a fleet flip waits for every connected host's acknowledgement.
+    pub ack_deadline: Duration,
+    /// One connection attempt, and one etcd request.
+    pub connect_timeout: Duration,
+    pub tls: Option<FleetTls>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct FleetTls {
+    pub ca: PathBuf,
+    /// Client certificate and key, both or neither.
+    pub identity: Option<(PathBuf, PathBuf)>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

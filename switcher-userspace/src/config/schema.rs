@@ -10,6 +10,7 @@ use serde::Deserialize;
 pub(super) struct RawConfig {
     pub(super) daemon: RawDaemon,
     pub(super) http: Option<RawHttp>,
+    pub(super) fleet: Option<RawFleet>,
     #[serde(default, rename = "service")]
     pub(super) services: Vec<RawService>,
 }
@@ -32,6 +33,27 @@ pub(super) struct RawHttp {
     pub(super) enabled: Option<bool>,
     pub(super) listen: Option<String>,
     pub(super) token_file: Option<PathBuf>,
+}
+
+/// `[fleet]`: present only on hosts coordinated through etcd.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawFleet {
+    pub(super) endpoints: Vec<String>,
+    pub(super) cluster: String,
+    pub(super) host_id: Option<String>,
+    pub(super) lease_ttl_s: Option<u64>,
+    pub(super) ack_deadline_ms: Option<u64>,
+    pub(super) connect_timeout_ms: Option<u64>,
+    pub(super) tls: Option<RawFleetTls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawFleetTls {
+    pub(super) ca: PathBuf,
+    pub(super) cert: Option<PathBuf>,
+    pub(super) key: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -528,3 +528,65 @@ mod fuzz {
         }
     }
 }
+
+#[test]
+fn a_fleet_section_is_optional_and_checked_whole() {
+    assert_eq!(Config::parse(GOOD).expect("single host").fleet, None);
+    let fleet = GOOD.replace(
+        "[daemon]",
+        "[fleet]\nendpoints = [\"http://198.18.0.1:2379\", \"http://198.18.0.2:2379/\"]\n\
+         cluster = \"edge-eu\"\nhost_id = \"edge-1.eu\"\n\n[daemon]",
+    );
+    let f = Config::parse(&fleet)
+        .expect("fleet")
+        .fleet
+        .expect("fleet section");
+    assert_eq!(f.cluster, "edge-eu");
+    assert_eq!(f.host_id, "edge-1.eu");
+    assert_eq!(f.lease_ttl, Duration::from_secs(5));
+    assert_eq!(f.ack_deadline, Duration::from_secs(5));
+    assert_eq!(f.tls, None);
+    // Without host_id: the hostname.
+    let unnamed = fleet.replace("host_id = \"edge-1.eu\"\n", "");
+    let host = Config::parse(&unnamed)
+        .expect("default host id")
+        .fleet
+        .expect("fleet")
+        .host_id;
+    assert!(!host.is_empty());
+
+    let bad = GOOD.replace(
+        "[daemon]",
+        "[fleet]\nendpoints = [\"198.18.0.1:2379\", \"https://e:2379\"]\ncluster = \"a/b\"\n\
+         host_id = \"has space\"\nlease_ttl_s = 1\nack_deadline_ms = 5\n\
+         [fleet.tls]\nca = \"relative.pem\"\ncert = \"/etc/c.pem\"\n\n[daemon]",
+    );
+    let e = errors(&bad);
+    let fields: Vec<&str> = e.iter().map(|e| e.field.as_str()).collect();
+    for f in [
+        "fleet.endpoints[0]",
+        "fleet.cluster",
+        "fleet.host_id",
+        "fleet.lease_ttl_s",
+        "fleet.ack_deadline_ms",
+        "fleet.tls.ca",
+        "fleet.tls",
+    ] {
+        assert!(fields.contains(&f), "{f} not reported: {e:?}");
+    }
+    let no_tls = GOOD.replace(
+        "[daemon]",
+        "[fleet]\nendpoints = [\"https://e:2379\"]\ncluster = \"c\"\nhost_id = \"h\"\n\n[daemon]",
+    );
+    let e = errors(&no_tls);
+    assert!(
+        e.iter()
+            .any(|e| e.field == "fleet.tls" && e.reason.contains("https")),
+        "{e:?}"
+    );
+    let empty = GOOD.replace(
+        "[daemon]",
+        "[fleet]\nendpoints = []\ncluster = \"c\"\n\n[daemon]",
+    );
+    assert!(errors(&empty).iter().any(|e| e.field == "fleet.endpoints"));
+}

@@ -22,6 +22,7 @@ use super::{
 };
 
 mod checks;
+mod fleet;
 use checks::checks;
 
 /// Bounds of the numeric settings. Every duration the controller adds to a clock or a tokio
@@ -149,6 +150,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
         Forward::Redirect,
     );
     let http = http_config(raw.http.unwrap_or_default(), &mut errs);
+    let fleet = raw.fleet.map(|f| fleet::fleet(f, &mut errs));
     let probe_interval = match raw.daemon.probe_interval_ms {
         Some(0) => None,
         Some(ms) if !PROBE_INTERVALS.contains(&ms) => {
@@ -224,6 +226,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
             probe_interval,
         },
         http,
+        fleet,
         services,
     })
 }

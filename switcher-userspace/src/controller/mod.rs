@@ -253,6 +253,12 @@ impl Controller {
         self.lock().await.abort(service, actor)
     }
 
+    /// Every service as it runs now: the config with each colour's deployed pool.
+    pub async fn effective_services(&self) -> Vec<crate::config::Service> {
+        let core = self.lock().await;
+        core.state.effective(&core.cfg)
+    }
+
     /// Every deployment of `service`, oldest first, the open one last.
     pub async fn history(&self, service: &str) -> Result<Vec<Deployment>> {
         self.lock().await.history(service)

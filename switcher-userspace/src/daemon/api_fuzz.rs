@@ -136,7 +136,7 @@ proptest! {
                 .expect("controller");
             let (server, client) = UnixStream::pair().expect("pair");
             let me = nix::unistd::geteuid().as_raw();
-            let task = tokio::spawn(serve(server, ctl.clone(), Access { uid: me }));
+            let task = tokio::spawn(serve(server, ctl.clone(), None, Access { uid: me }));
             let (r, mut w) = client.into_split();
             let mut r = BufReader::new(r);
             for l in &lines {

@@ -21,6 +21,7 @@ use crate::{
     config::{Config, HttpConfig},
     controller::Controller,
     datapath::{self, BpfDatapath, FlowPolicy, FlowSweeper},
+    fleet::Fleet,
     web,
 };
 
@@ -41,9 +42,28 @@ pub async fn run(cfg: Config, cfg_path: PathBuf, keep_attached: bool) -> Result<
     let state_dir = cfg.daemon.state_dir.clone();
     let maps_dir = datapath::maps_dir(&cfg.daemon.bpffs_dir);
     let dp = BpfDatapath::load(&cfg.daemon.bpffs_dir)?;
+    let fleet_cfg = cfg.fleet.clone();
     let ctl = Controller::start(cfg, cfg_path, Box::new(dp)).await?;
+    // The agent is one more caller of the controller; it stops before the controller does.
+    let (fleet, agent) = match fleet_cfg {
+        Some(f) => {
+            let (fleet, task) = Fleet::start(f, ctl.clone());
+            (Some(fleet), AbortOnDrop(Some(task)))
+        }
+        None => (None, AbortOnDrop(None)),
+    };
     // From here on the datapath is ours: however serving ends, the controller shuts down.
-    let served = serve(&ctl, socket, &http, &maps_dir, &state_dir, probe_interval).await;
+    let served = serve(
+        &ctl,
+        fleet.as_ref(),
+        socket,
+        &http,
+        &maps_dir,
+        &state_dir,
+        probe_interval,
+    )
+    .await;
+    drop(agent);
     let shut = ctl.shutdown(keep_attached).await;
     served.and(shut)
 }
@@ -51,6 +71,7 @@ pub async fn run(cfg: Config, cfg_path: PathBuf, keep_attached: bool) -> Result<
 /// Serves the HTTP listener and the API socket until SIGINT or SIGTERM.
 async fn serve(
     ctl: &Controller,
+    fleet: Option<&Fleet>,
     socket: socket::Bound,
     http: &HttpConfig,
     maps_dir: &std::path::Path,
@@ -61,7 +82,7 @@ async fn serve(
         info!(service = %s.name, vip = %s.vip, port = s.port, protocol = %s.protocol, active = %s.active, "service programmed");
     }
     let web = match http.listen {
-        Some(addr) => match start_web(addr, ctl, http, maps_dir, state_dir).await {
+        Some(addr) => match start_web(addr, ctl, fleet, http, maps_dir, state_dir).await {
             Ok(task) => Some(task),
             // The controller matters more than its dashboard: run on, loudly.
             Err(e) => {
@@ -92,9 +113,9 @@ async fn serve(
             _ = refresh.tick() => ctl.refresh_redirect_targets().await,
             accepted = socket.listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    let ctl = ctl.clone();
+                    let (ctl, fleet) = (ctl.clone(), fleet.cloned());
                     tokio::spawn(async move {
-                        if let Err(e) = socket::serve(stream, ctl, socket::Access::ROOT).await {
+                        if let Err(e) = socket::serve(stream, ctl, fleet, socket::Access::ROOT).await {
                             warn!("api connection: {e:#}");
                         }
                     });
@@ -126,11 +147,13 @@ impl Drop for AbortOnDrop {
 async fn start_web(
     addr: std::net::SocketAddr,
     ctl: &Controller,
+    fleet: Option<&Fleet>,
     http: &HttpConfig,
     maps_dir: &std::path::Path,
     state_dir: &std::path::Path,
 ) -> Result<tokio::task::JoinHandle<()>> {
     let mut server = web::Server::bind(addr, ctl.clone(), maps_dir).await?;
+    server.set_fleet(fleet.cloned());
     let token = web::auth::load_or_generate(http.token_file.as_deref(), state_dir)?;
     server.set_token(token.value.clone());
     let addr = server.local_addr()?;

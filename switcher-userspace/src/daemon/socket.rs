@@ -23,6 +23,7 @@ use super::{lock::is_lock_file, private_dir};
 use crate::{
     api::{Request, Response},
     controller::Controller,
+    fleet::{route, Fleet},
 };
 
 /// Longest request line accepted (the newline excluded); a longer one is answered with an
@@ -138,7 +139,12 @@ async fn next_line(r: &mut BufReader<OwnedReadHalf>, buf: &mut Vec<u8>) -> Resul
     Ok(Line::Request(std::mem::take(buf)))
 }
 
-pub(super) async fn serve(stream: UnixStream, ctl: Controller, access: Access) -> Result<()> {
+pub(super) async fn serve(
+    stream: UnixStream,
+    ctl: Controller,
+    fleet: Option<Fleet>,
+    access: Access,
+) -> Result<()> {
     let peer = stream.peer_cred().ok();
     let actor = actor(&stream);
     let (r, mut w) = stream.into_split();
@@ -169,7 +175,7 @@ pub(super) async fn serve(stream: UnixStream, ctl: Controller, access: Access) -
         if let Request::Watch = req {
             return stream_events(&ctl, &mut w).await;
         }
-        let resp = match handle(&ctl, req, &actor, accepted).await {
+        let resp = match handle(&ctl, fleet.as_ref(), req, &actor, accepted).await {
             Ok(v) => Response::ok(v),
             Err(e) => Response::err(format!("{e:#}")),
         };
@@ -220,6 +226,7 @@ async fn stream_events(ctl: &Controller, w: &mut OwnedWriteHalf) -> Result<()> {
 /// One request, translated to its controller method.
 async fn handle(
     ctl: &Controller,
+    fleet: Option<&Fleet>,
     req: Request,
     actor: &str,
     accepted: Instant,
@@ -236,22 +243,35 @@ async fn handle(
             ctl.deploy(&service, color, members, version, force, actor)
                 .await?,
         )?,
-        Request::Promote { service, wait } => serde_json::to_value(
-            ctl.promote(&service, actor, wait.then_some(PROMOTE_WAIT))
-                .await?,
-        )?,
+        Request::Promote { service, wait } => {
+            route::refuse_in_fleet(fleet, "promote")?;
+            serde_json::to_value(
+                ctl.promote(&service, actor, wait.then_some(PROMOTE_WAIT))
+                    .await?,
+            )?
+        }
         Request::Flip {
             service,
             to,
             force,
             reason,
-        } => serde_json::to_value(
-            ctl.flip(&service, to, force, reason, actor, accepted)
-                .await?,
-        )?,
-        Request::Rollback { service } => {
-            serde_json::to_value(ctl.rollback(&service, actor).await?)?
+            local,
+        } => {
+            route::flip(
+                fleet, ctl, &service, to, force, reason, local, actor, accepted,
+            )
+            .await?
         }
+        Request::Rollback {
+            service,
+            local,
+            force,
+            reason,
+        } => route::rollback(fleet, ctl, &service, force, reason, local, actor).await?,
+        Request::FleetStatus => match fleet {
+            Some(f) => serde_json::to_value(f.status().await)?,
+            None => bail!("this daemon is not in fleet mode (its config has no [fleet] section)"),
+        },
         Request::Abort { service } => serde_json::to_value(ctl.abort(&service, actor).await?)?,
         Request::History { service } => serde_json::to_value(ctl.history(&service).await?)?,
         Request::Reload => serde_json::to_value(ctl.reload(actor).await?)?,
@@ -331,7 +351,7 @@ mod tests {
         let others = Access {
             uid: me().wrapping_add(1),
         };
-        let served = tokio::spawn(serve(server, ctl.clone(), others));
+        let served = tokio::spawn(serve(server, ctl.clone(), None, others));
         client
             .write_all(b"{\"op\":\"status\"}\n")
             .await
@@ -347,7 +367,7 @@ mod tests {
 
         // The same client with its own uid allowed is served.
         let (server, client) = UnixStream::pair().expect("pair");
-        tokio::spawn(serve(server, ctl, Access { uid: me() }));
+        tokio::spawn(serve(server, ctl, None, Access { uid: me() }));
         let (r, mut w) = client.into_split();
         w.write_all(b"{\"op\":\"status\"}\n").await.expect("write");
         let mut lines = BufReader::new(r).lines();
@@ -361,7 +381,7 @@ mod tests {
         let dir = Dir::new();
         let ctl = controller(&dir).await;
         let (server, client) = UnixStream::pair().expect("pair");
-        let served = tokio::spawn(serve(server, ctl, Access { uid: me() }));
+        let served = tokio::spawn(serve(server, ctl, None, Access { uid: me() }));
         let (mut r, mut w) = client.into_split();
         // 1 MiB on one line: the server must not buffer it whole. The write may fail once
         // the server has closed: what counts is its answer.
@@ -389,7 +409,7 @@ mod tests {
         let dir = Dir::new();
         let ctl = controller(&dir).await;
         let (server, client) = UnixStream::pair().expect("pair");
-        tokio::spawn(serve(server, ctl, Access { uid: me() }));
+        tokio::spawn(serve(server, ctl, None, Access { uid: me() }));
         let (r, mut w) = client.into_split();
         // A valid request padded with spaces to exactly MAX_REQUEST bytes.
         let mut line = b"{\"op\":\"status\"}".to_vec();

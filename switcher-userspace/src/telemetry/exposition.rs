@@ -52,6 +52,79 @@ pub struct ScrapeData {
     pub wall: SystemTime,
     /// How long the previous scrape took (a scrape cannot time itself and still be output).
     pub previous_scrape_seconds: f64,
+    /// Fleet mode only.
+    pub fleet: Option<FleetSample>,
+}
+
+/// Fleet mode as one scrape sees it.
+#[derive(Debug, Clone)]
+pub struct FleetSample {
+    pub connected: bool,
+    pub reconnects: u64,
+    /// Per service: (desired revision last seen, revision applied here).
+    pub revisions: BTreeMap<String, (i64, i64)>,
+    /// While connected: (hosts with a live lease, hosts in drift or disconnected).
+    pub hosts: Option<(u64, u64)>,
+}
+
+impl FleetSample {
+    fn encode(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
+        family(
+            enc,
+            "fleet_connected",
+            "1 while this host reaches etcd and holds its lease; 0 while it fails static",
+            None,
+            MetricType::Gauge,
+        )?
+        .single(i64::from(self.connected))?;
+        let f = family(
+            enc,
+            "fleet_reconnects",
+            "Times this host reconnected to etcd after losing it",
+            None,
+            MetricType::Counter,
+        )?;
+        ConstCounter::new(self.reconnects).encode(f.0)?;
+        let mut f = family(
+            enc,
+            "fleet_desired_revision",
+            "The etcd revision of the service's desired state, as last seen by this host",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (s, (desired, _)) in &self.revisions {
+            f.gauge(&[("service", s)], *desired)?;
+        }
+        let mut f = family(
+            enc,
+            "fleet_applied_revision",
+            "The desired revision this host applied last",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (s, (_, applied)) in &self.revisions {
+            f.gauge(&[("service", s)], *applied)?;
+        }
+        if let Some((live, drift)) = self.hosts {
+            family(
+                enc,
+                "fleet_hosts_connected",
+                "Hosts of the fleet with a live lease",
+                None,
+                MetricType::Gauge,
+            )?
+            .single(live as i64)?;
+            family(
+                enc,
+                "fleet_hosts_in_drift",
+                "Hosts whose colour, config or applied revision differs from the desired state, or that are disconnected",
+                None,
+                MetricType::Gauge,
+            )?
+            .single(drift as i64)?;
+        }
+        Ok(())
+    }
 }
 
 /// Encodes `data` and the recorded metrics, all named `switcher_*`.
@@ -477,6 +550,9 @@ impl Collector for ScrapeData {
             MetricType::Gauge,
         )?;
         f.gauge(&[("version", env!("CARGO_PKG_VERSION"))], 1)?;
+        if let Some(fleet) = &self.fleet {
+            fleet.encode(&mut enc)?;
+        }
         Ok(())
     }
 }

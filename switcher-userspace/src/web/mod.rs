@@ -36,6 +36,7 @@ use crate::{
     controller::Controller,
     datapath::{monotonic_ns, MapReader},
     domain::Color,
+    fleet::{route, Fleet},
     telemetry::exposition,
 };
 use listener::Limits;
@@ -43,6 +44,8 @@ use listener::Limits;
 #[derive(Clone)]
 struct App {
     ctl: Controller,
+    /// Fleet mode: flips and rollbacks go to the fleet; `/api/fleet` and fleet metrics.
+    fleet: Option<Fleet>,
     reader: Arc<MapReader>,
     token: Arc<String>,
     snapshots: watch::Receiver<Arc<String>>,
@@ -86,6 +89,7 @@ impl Server {
             snapshots: tx,
             app: App {
                 ctl,
+                fleet: None,
                 reader,
                 token: Arc::new(String::new()),
                 viewers: Arc::new(AtomicUsize::new(0)),
@@ -95,6 +99,10 @@ impl Server {
                 limits: Limits::DEFAULT,
             },
         })
+    }
+
+    pub fn set_fleet(&mut self, fleet: Option<Fleet>) {
+        self.app.fleet = fleet;
     }
 
     /// The token mutating actions need; until it is set every action is refused.
@@ -123,6 +131,7 @@ impl Server {
             .route("/metrics", get(metrics))
             .route("/api/snapshot", get(snapshot_json))
             .route("/api/events", get(events))
+            .route("/api/fleet", get(fleet_json))
             .route("/api/services/:name/:action", post(action))
             .with_state(app);
         listener::serve(self.listener, protect(router, loopback, limits), limits).await;
@@ -197,6 +206,10 @@ async fn metrics(State(app): State<App>) -> Response {
     let recorded = app.ctl.recorded().clone();
     let reader = app.reader.clone();
     let health = app.ctl.health().snapshot();
+    let fleet = match &app.fleet {
+        Some(f) => Some(fleet_sample(f).await),
+        None => None,
+    };
     let previous = f64::from_bits(app.last_scrape.load(Ordering::Relaxed));
     // Map reads are syscalls: keep them off the async workers.
     let body = tokio::task::spawn_blocking(move || -> Result<String> {
@@ -208,6 +221,7 @@ async fn metrics(State(app): State<App>) -> Response {
             mono_ns: monotonic_ns()?,
             wall: SystemTime::now(),
             previous_scrape_seconds: previous,
+            fleet,
         };
         exposition::encode(data, &recorded).map_err(|_| anyhow::anyhow!("encoding metrics"))
     })
@@ -228,6 +242,39 @@ async fn metrics(State(app): State<App>) -> Response {
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("scrape task: {e}"),
         ),
+    }
+}
+
+/// The fleet as etcd has it (fleet mode), for the dashboard's fleet view.
+async fn fleet_json(State(app): State<App>) -> Response {
+    match &app.fleet {
+        Some(f) => Json(f.status().await).into_response(),
+        None => error(
+            StatusCode::NOT_FOUND,
+            "this daemon is not in fleet mode".into(),
+        ),
+    }
+}
+
+/// What a scrape shows of fleet mode: this host's link to etcd and, while connected, how
+/// many hosts drift.
+async fn fleet_sample(f: &Fleet) -> exposition::FleetSample {
+    let m = f.membership();
+    let status = if m.connected {
+        Some(f.status().await)
+    } else {
+        None
+    };
+    exposition::FleetSample {
+        connected: m.connected,
+        reconnects: m.reconnects,
+        revisions: m.revisions,
+        hosts: status.filter(|s| s.connected).map(|s| {
+            (
+                s.hosts.iter().filter(|h| h.connected).count() as u64,
+                s.in_drift as u64,
+            )
+        }),
     }
 }
 
@@ -324,16 +371,26 @@ async fn action(
     let body = body.map(|Json(b)| b).unwrap_or_default();
     let actor = format!("dashboard:{peer}");
     let result = match action.as_str() {
-        "promote" => app
-            .ctl
-            .promote(&service, &actor, None)
+        "promote" => match route::refuse_in_fleet(app.fleet.as_ref(), "promote") {
+            Ok(()) => app
+                .ctl
+                .promote(&service, &actor, None)
+                .await
+                .and_then(|p| Ok(serde_json::to_value(p)?)),
+            Err(e) => Err(e),
+        },
+        "rollback" => {
+            route::rollback(
+                app.fleet.as_ref(),
+                &app.ctl,
+                &service,
+                false,
+                None,
+                false,
+                &actor,
+            )
             .await
-            .and_then(|p| Ok(serde_json::to_value(p)?)),
-        "rollback" => app
-            .ctl
-            .rollback(&service, &actor)
-            .await
-            .and_then(|d| Ok(serde_json::to_value(d)?)),
+        }
         "flip" => {
             let Some(to) = body.to else {
                 return error(
@@ -341,10 +398,18 @@ async fn action(
                     "flip needs {\"to\": \"blue\"|\"green\"}".into(),
                 );
             };
-            app.ctl
-                .flip(&service, to, body.force, body.reason, &actor, accepted)
-                .await
-                .and_then(|r| Ok(serde_json::to_value(r)?))
+            route::flip(
+                app.fleet.as_ref(),
+                &app.ctl,
+                &service,
+                to,
+                body.force,
+                body.reason,
+                false,
+                &actor,
+                accepted,
+            )
+            .await
         }
         other => {
             return error(

@@ -174,7 +174,12 @@ fn run() -> Result<()> {
         }
         if !flipped_back && t >= back_at {
             for s in ["udp4", "tcp4"] {
-                let v = rig.call(&Request::Rollback { service: s.into() })?;
+                let v = rig.call(&Request::Rollback {
+                    service: s.into(),
+                    local: false,
+                    force: false,
+                    reason: None,
+                })?;
                 let d: Deployment = serde_json::from_value(v)?;
                 say(&format!(
                     "switcher rollback {s}  -> deployment {} {}; blue was kept warm, traffic is back on its nodes",

@@ -81,3 +81,30 @@ pub const EDGE_TO_CLIENT: &str = "to-client";
 pub const EDGE_TO_BLUE: &str = "to-blue";
 /// Edge interface towards green.
 pub const EDGE_TO_GREEN: &str = "to-green";
+
+/// The control net of fleet tests: the etcd members ([`etcd_member_v4`]) and the edges that
+/// [`super::Etcd::connect`] joins to them ([`control_v4`]). Only the lab's edges and the etcd
+/// namespace carry it (the benchmark's synthetic 198.19.0.0/16 SYN sources never enter a lab).
+pub const CONTROL_NET_V4: &str = "198.19.0.0/24";
+/// The edge's interface on the control net.
+pub const CONTROL_IF: &str = "ctl0";
+/// Most members of an [`super::Etcd`] cluster.
+pub const MAX_ETCD_MEMBERS: usize = 3;
+/// Most labs joined to one control net ([`control_v4`] indexes).
+pub const MAX_CONTROL_LABS: usize = 100;
+/// etcd's client port on every member.
+pub const ETCD_CLIENT_PORT: u16 = 2379;
+/// etcd's peer port on every member.
+pub const ETCD_PEER_PORT: u16 = 2380;
+
+/// etcd member `index`'s address (198.19.0.1, .2, .3).
+pub const fn etcd_member_v4(index: usize) -> Ipv4Addr {
+    assert!(index < MAX_ETCD_MEMBERS, "etcd member index out of range");
+    Ipv4Addr::new(198, 19, 0, 1 + index as u8)
+}
+
+/// The address of the edge joined to the control net as number `index` (198.19.0.100, ...).
+pub const fn control_v4(index: usize) -> Ipv4Addr {
+    assert!(index < MAX_CONTROL_LABS, "control net index out of range");
+    Ipv4Addr::new(198, 19, 0, 100 + index as u8)
+}

@@ -13,8 +13,9 @@
 //!   its owner for the lab's lifetime (created before any namespace, removed after the last
 //!   one is gone), so "is its owner alive?" has an exact answer with no pid reuse to fool it.
 //!   A claim that nobody holds and that does not say `kept` is stale: its owner died.
-//! - **Sweeping.** [`sweep_stale`] removes what stale labs left: their namespaces and the
-//!   processes inside (sinks, daemons entered with nsenter, senders), their bpffs pins, their
+//! - **Sweeping.** [`sweep_stale`] removes what stale labs left: their namespaces (the four
+//!   hosts' and an [`super::Etcd`]'s `<prefix>-etcd`) and the processes inside (sinks, daemons
+//!   entered with nsenter, senders, etcd members), their bpffs pins, their
 //!   temporary folders; plus those of labs made before owners were recorded (names of the old
 //!   `sw<tag><pid%10000><n>` form, only once their namespaces are gone) and pins
 //!   `/sys/fs/bpf/switcher-<tag>-<pid>-<n>` of a [`crate::loaded`]-style datapath whose pid is
@@ -406,14 +407,31 @@ fn other_dirs(prefix: &str) -> [PathBuf; 2] {
     ]
 }
 
+/// Namespaces a lab's owner makes besides the four [`Host`]s: `{prefix}-etcd`
+/// ([`super::Etcd`]). Swept, and removed by [`Lab::down`], like the hosts' own.
+const EXTRA_NETNS: [&str; 1] = ["etcd"];
+
+/// Every namespace suffix of a lab: the hosts' names, then [`EXTRA_NETNS`].
+fn netns_suffixes() -> impl Iterator<Item = &'static str> {
+    Host::ALL
+        .iter()
+        .map(|h| h.name())
+        .chain(EXTRA_NETNS.iter().copied())
+}
+
+/// The namespaces besides the hosts' that lab `prefix` may have (see [`EXTRA_NETNS`]).
+pub(super) fn extra_netns(prefix: &str) -> impl Iterator<Item = String> + '_ {
+    EXTRA_NETNS.iter().map(move |s| format!("{prefix}-{s}"))
+}
+
 /// Removes what lab `prefix` may have left: its namespaces (killing what runs inside), its
 /// pins, its work folders. Missing pieces are fine. Returns what was removed.
 pub(super) fn remove_leftovers(prefix: &str) -> Result<Vec<String>> {
     let mut removed = Vec::new();
     let mut errors = Vec::new();
     let existing = netns_list()?;
-    for host in Host::ALL {
-        let name = format!("{prefix}-{}", host.name());
+    for suffix in netns_suffixes() {
+        let name = format!("{prefix}-{suffix}");
         if existing.contains(&name) {
             match remove_netns(&name) {
                 Ok(()) => removed.push(format!("namespace {name}")),
@@ -469,11 +487,9 @@ pub(super) fn test_prefix_form(prefix: &str) -> Option<Form> {
     (!n.is_empty() && n.chars().all(|c| c.is_ascii_digit())).then_some(Form::Claimed)
 }
 
-/// The lab prefix of a namespace name (`<prefix>-client` ...).
+/// The lab prefix of a namespace name (`<prefix>-client` ..., `<prefix>-etcd`).
 pub(super) fn lab_of_netns(name: &str) -> Option<&str> {
-    Host::ALL
-        .iter()
-        .find_map(|h| name.strip_suffix(h.name())?.strip_suffix('-'))
+    netns_suffixes().find_map(|s| name.strip_suffix(s)?.strip_suffix('-'))
 }
 
 fn list_names(dir: &Path) -> Vec<String> {
@@ -656,6 +672,8 @@ mod tests {
         assert_eq!(lab_of_netns("swad12_0-edge"), Some("swad12_0"));
         assert_eq!(lab_of_netns("swlab-client"), Some("swlab"));
         assert_eq!(lab_of_netns("x-green"), Some("x"));
+        assert_eq!(lab_of_netns("swad12_0-etcd"), Some("swad12_0"));
+        assert_eq!(lab_of_netns("etcd"), None);
         assert_eq!(lab_of_netns("green"), None);
         assert_eq!(lab_of_netns("other"), None);
     }

@@ -19,6 +19,9 @@
 //! held until the lab is down), claims its prefix for this process, and first sweeps what
 //! labs of dead owners left (`claim.rs` says how an owner is known to be dead).
 //!
+//! Fleet tests add an etcd cluster in a namespace of its own, `{prefix}-etcd`, on the control
+//! net 198.19.0.0/24, and join edges to it with `ctl0` ([`Etcd`], `etcd.rs`).
+//!
 //! Everything a [`Lab`] starts ([`Lab::spawn`], [`Lab::spawn_ready`], [`Lab::start_rsyslog`]) is
 //! tracked and killed, and the namespaces deleted, by [`Lab::down`] or when the `Lab` is dropped
 //! (also while a test panics).
@@ -38,6 +41,7 @@
 mod addr;
 mod claim;
 mod command;
+mod etcd;
 mod flows;
 mod netns;
 mod proc;
@@ -46,6 +50,7 @@ mod snmp;
 mod topology;
 
 pub use addr::*;
+pub use etcd::{base64_decode, base64_encode, Etcd, Kv};
 pub use flows::{flow_port, flow_stream, send_flows, FlowProto, FlowReport, Flows};
 pub use netns::{cleanup_stale, in_netns, netns_list, require_root};
 pub use proc::Proc;

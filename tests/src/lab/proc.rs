@@ -220,7 +220,8 @@ impl Proc {
         }
     }
 
-    fn kill_and_wait(&self) -> Result<ExitStatus> {
+    /// SIGKILL at once (no grace) and reap; the status if it had already exited.
+    pub(super) fn kill_and_wait(&self) -> Result<ExitStatus> {
         let mut child = lock(&self.0.child);
         if let Some(status) = child.try_wait()? {
             return Ok(status);

@@ -356,8 +356,14 @@ impl Lab {
         if let Err(e) = stop_all(&procs) {
             errors.push(format!("{e:#}"));
         }
-        for name in &self.names {
-            if let Err(e) = remove_netns(name) {
+        // An Etcd of this lab dropped after it (or leaked) goes too: nothing of the prefix stays.
+        for name in self
+            .names
+            .iter()
+            .cloned()
+            .chain(claim::extra_netns(&self.prefix))
+        {
+            if let Err(e) = remove_netns(&name) {
                 errors.push(format!("{e:#}"));
             }
         }

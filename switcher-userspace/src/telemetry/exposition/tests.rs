@@ -114,6 +114,7 @@ fn scrape() -> String {
         mono_ns: 0,
         wall: SystemTime::now(),
         previous_scrape_seconds: 0.0,
+        fleet: None,
     };
     encode(data, &Recorded::default()).expect("encode")
 }

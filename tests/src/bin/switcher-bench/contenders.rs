@@ -269,6 +269,7 @@ impl Stage {
                     to,
                     force: false,
                     reason: None,
+                    local: false,
                 })?;
                 // The TCP service flips with it; the UDP one carries the in-kernel mark.
                 let w = self.api(&api::Request::Flip {
@@ -276,6 +277,7 @@ impl Stage {
                     to,
                     force: false,
                     reason: None,
+                    local: false,
                 })?;
                 if v["changed"] != true || w["changed"] != true {
                     bail!("switcher flip to {to} changed nothing: {v} {w}");

@@ -66,6 +66,7 @@ pub fn run(opts: &Opts) -> Result<Value> {
             to,
             force: false,
             reason: None,
+            local: false,
         })?;
         round_trip.push(t0.elapsed().as_nanos() as f64);
         let ns = v["api_to_map_ns"]

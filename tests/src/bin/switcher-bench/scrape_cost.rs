@@ -80,6 +80,7 @@ fn flips(rig: &Rig, n: u32, scrapes: Option<&Scrapes>) -> Result<Vec<Flip>> {
             to,
             force: false,
             reason: None,
+            local: false,
         })?;
         let after = scrapes.map(Scrapes::now);
         if v["changed"] != true {

@@ -1,0 +1,105 @@
+//! Human output of the fleet commands: a fleet flip's per-host results, `fleet status`.
+
+use std::fmt::Write as _;
+
+use anyhow::{Context as _, Result};
+
+/// A fleet flip or rollback: the revision written, then one line per host.
+pub fn flip_lines(v: &serde_json::Value) -> Result<String> {
+    let f: crate::fleet::FleetFlip =
+        serde_json::from_value(v.clone()).context("decoding the fleet reply")?;
+    let mut out = String::new();
+    if !f.changed {
+        let _ = writeln!(
+            out,
+            "{}: already {} fleet-wide (revision {})",
+            f.service, f.to, f.revision
+        );
+        return Ok(out);
+    }
+    let _ = writeln!(
+        out,
+        "{}: {} -> {} on the fleet (revision {}), {} host(s) acknowledged in {:.1} ms",
+        f.service,
+        f.from,
+        f.to,
+        f.revision,
+        f.hosts.iter().filter(|h| h.result == "applied").count(),
+        f.ack_ms
+    );
+    for h in &f.hosts {
+        let _ = writeln!(
+            out,
+            "  {:<20} {:<8} {}{}{}",
+            h.host,
+            h.result,
+            h.active.map_or("-".to_string(), |c| c.to_string()),
+            h.ack_ms.map_or(String::new(), |ms| format!("  {ms:.1} ms")),
+            h.error.as_ref().map_or(String::new(), |e| format!("  {e}"))
+        );
+    }
+    for h in &f.excluded {
+        let _ = writeln!(out, "  {h:<20} excluded (no live lease: disconnected)");
+    }
+    Ok(out)
+}
+
+/// `fleet status`: the desired state per service, then each host and what differs.
+pub fn status_lines(v: &serde_json::Value) -> Result<String> {
+    let s: crate::fleet::FleetStatus =
+        serde_json::from_value(v.clone()).context("decoding the fleet status")?;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "fleet {} (asked {}: {}){}",
+        s.cluster,
+        s.host,
+        if s.connected {
+            "connected"
+        } else {
+            "DISCONNECTED"
+        },
+        s.error.as_ref().map_or(String::new(), |e| format!(": {e}"))
+    );
+    for (name, d) in &s.desired {
+        let _ = writeln!(
+            out,
+            "  desired {name}: {} (revision {}, config {}) by {}: {}",
+            d.desired.active, d.revision, d.desired.config_hash, d.desired.actor, d.desired.reason
+        );
+    }
+    for h in &s.hosts {
+        let _ = writeln!(
+            out,
+            "  {:<20} {}{}",
+            h.host,
+            if h.connected {
+                "connected"
+            } else {
+                "disconnected"
+            },
+            if h.drift.is_empty() {
+                "  in sync".to_string()
+            } else {
+                format!("  DRIFT: {}", h.drift.join("; "))
+            }
+        );
+        for (name, sv) in &h.services {
+            let _ = writeln!(
+                out,
+                "    {name}: {} generation {} applied revision {} lag {} config {}",
+                sv.report.active,
+                sv.report.generation,
+                sv.report.applied_revision,
+                sv.lag,
+                if sv.config_matches {
+                    "matches"
+                } else {
+                    "DIFFERS"
+                }
+            );
+        }
+    }
+    let _ = writeln!(out, "  hosts in drift: {}", s.in_drift);
+    Ok(out)
+}

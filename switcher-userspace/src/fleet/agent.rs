@@ -1,0 +1,375 @@
+//! The fleet agent: connects, takes a lease, reads the desired state afresh, applies what is
+//! new through the controller, reports, then watches `desired/` from the revision it read.
+//! Any failure ends the session: the host keeps what it applied (fail static), shows itself
+//! disconnected, and the next session starts again with a fresh read.
+
+use std::{convert::Infallible, time::Duration};
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use etcd_client::{Client, Compare, CompareOp, EventType, PutOptions, Txn, TxnOp, WatchOptions};
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use super::{
+    etcd::{self, within},
+    model::{config_hash, Nack},
+    AuditEntry, Desired, Fleet, HostReport, ServiceReport,
+};
+use crate::{
+    controller::{Event, AUTO},
+    deploy::Phase,
+    domain::now_ms,
+};
+
+const MIN_BACKOFF: Duration = Duration::from_millis(200);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// A session that lasted this long was healthy: the next failure starts the backoff again.
+const HEALTHY_SESSION: Duration = Duration::from_secs(10);
+
+pub(super) async fn run(f: Fleet) {
+    let mut backoff = MIN_BACKOFF;
+    loop {
+        let started = Instant::now();
+        let Err(e) = session(&f).await;
+        warn!(cluster = %f.0.cfg.cluster, "fleet: disconnected from etcd, serving the last applied state: {e:#}");
+        {
+            let mut l = f.local();
+            l.client = None;
+            l.last_error = Some(format!("{e:#}"));
+        }
+        if started.elapsed() > HEALTHY_SESSION {
+            backoff = MIN_BACKOFF;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+async fn session(f: &Fleet) -> Result<Infallible> {
+    let cfg = &f.0.cfg;
+    let limit = cfg.connect_timeout;
+    let start = f.local().next_endpoint;
+    let (mut client, endpoint) = etcd::connect(cfg, start).await?;
+    // The next session starts with the endpoint after this one, should this one fail.
+    f.local().next_endpoint = endpoint + 1;
+    let ttl = i64::try_from(cfg.lease_ttl.as_secs()).context("lease TTL")?;
+    let lease = within(limit, client.lease_grant(ttl, None))
+        .await
+        .context("granting this host's lease")?
+        .id();
+    let (mut keeper, mut alive) = within(limit, client.lease_keep_alive(lease))
+        .await
+        .context("keeping the lease alive")?;
+    let joined = serde_json::json!({ "at_ms": now_ms() }).to_string();
+    within(limit, client.put(f.0.keys.known(f.host()), joined, None))
+        .await
+        .context("registering this host")?;
+    {
+        let mut l = f.local();
+        if l.connected_since_ms.is_some() {
+            l.reconnects += 1;
+        }
+        l.connected_since_ms = Some(now_ms());
+        l.client = Some(client.clone());
+        l.last_error = None;
+    }
+    info!(cluster = %cfg.cluster, host = %f.host(), lease, endpoint = %cfg.endpoints[endpoint], "fleet: connected to etcd");
+    flush_audit(f, &mut client).await?;
+    // Each pass: a fresh read, then a watch from the revision read. A canceled watch (its
+    // start was compacted away) sends us round again.
+    loop {
+        let read = sync(f, &mut client, lease).await?;
+        let opts = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(read + 1)
+            .with_progress_notify();
+        let (mut requests, mut watch) =
+            within(limit, client.watch(f.0.keys.desired_prefix(), Some(opts)))
+                .await
+                .context("watching the desired state")?
+                .split();
+        let mut tick = tokio::time::interval(cfg.lease_ttl / 3);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut heard = Instant::now();
+        let mut events = f.0.ctl.subscribe();
+        loop {
+            tokio::select! {
+                ev = events.recv() => match ev {
+                    Ok(ev) if ev.actor == AUTO && ev.phase == Some(Phase::RolledBack) => {
+                        propagate_rollback(f, ev);
+                    }
+                    Ok(_) => {}
+                    // Missed events: whatever rolled back shows as drift in the next report.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        warn!(missed = n, "fleet: the agent missed controller events");
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                        bail!("the controller stopped");
+                    }
+                },
+                _ = tick.tick() => {
+                    within(limit, keeper.keep_alive()).await.context("renewing the lease")?;
+                    // Answered by a progress response (or events): a watch that stays silent
+                    // past a whole lease TTL is stuck, however healthy the connection looks.
+                    requests.request_progress().await.context("asking the watch for progress")?;
+                    if heard.elapsed() > cfg.lease_ttl {
+                        bail!("the watch on the desired state has been silent for {:?}", heard.elapsed());
+                    }
+                    report(f, &mut client, lease).await?;
+                    flush_audit(f, &mut client).await?;
+                }
+                m = alive.message() => {
+                    let m = m.context("lease keep-alive")?.ok_or_else(|| anyhow!("the lease keep-alive stream ended"))?;
+                    if m.ttl() <= 0 {
+                        bail!("lease {lease} expired");
+                    }
+                }
+                m = watch.message() => {
+                    let m = m.context("watching the desired state")?.ok_or_else(|| anyhow!("the watch ended"))?;
+                    heard = Instant::now();
+                    if m.canceled() || m.compact_revision() > 0 {
+                        info!(compacted = m.compact_revision(), "fleet: watch canceled; reading the desired state afresh");
+                        break;
+                    }
+                    let mut changed = false;
+                    for ev in m.events() {
+                        let Some(kv) = ev.kv() else { continue };
+                        let key = String::from_utf8_lossy(kv.key());
+                        let Some(name) = super::keys::Keys::name_under(&f.0.keys.desired_prefix(), &key) else {
+                            continue;
+                        };
+                        match ev.event_type() {
+                            EventType::Put => match serde_json::from_slice::<Desired>(kv.value()) {
+                                Ok(d) => {
+                                    apply(f, name, kv.mod_revision(), d).await;
+                                    changed = true;
+                                }
+                                Err(e) => warn!(key = %key, "ignoring a desired state that does not parse: {e}"),
+                            },
+                            // Nobody wants anything of it any more: keep serving as is.
+                            EventType::Delete => {
+                                f.local().desired.remove(name);
+                                changed = true;
+                            }
+                        }
+                    }
+                    if changed {
+                        report(f, &mut client, lease).await?;
+                    }
+                }
+                _ = f.0.nudge.notified() => {
+                    report(f, &mut client, lease).await?;
+                    flush_audit(f, &mut client).await?;
+                }
+            }
+        }
+    }
+}
+
+/// Reads the whole desired state, seeds services nobody has described yet with this host's
+/// own, applies what is new and reports. Returns the revision read.
+async fn sync(f: &Fleet, client: &mut Client, lease: i64) -> Result<i64> {
+    let limit = f.0.cfg.connect_timeout;
+    let (entries, read) =
+        etcd::read_prefix::<Desired>(client, &f.0.keys.desired_prefix(), limit).await?;
+    let mut desired: std::collections::BTreeMap<String, (i64, Desired)> = entries
+        .into_iter()
+        .map(|e| (e.name, (e.mod_revision, e.value)))
+        .collect();
+    for s in f.0.ctl.effective_services().await {
+        if desired.contains_key(&s.name) {
+            continue;
+        }
+        let active = f.0.ctl.status(Some(&s.name)).await?.services[0].active;
+        let d = Desired {
+            active,
+            config_hash: config_hash(&s),
+            actor: format!("seed:{}", f.host()),
+            reason: "first host to describe this service".into(),
+            at_ms: now_ms(),
+        };
+        let key = f.0.keys.desired(&s.name);
+        let value = serde_json::to_string(&d)?;
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key, value, None)]);
+        let resp = within(limit, client.txn(txn))
+            .await
+            .context("seeding the desired state")?;
+        if resp.succeeded() {
+            let rev = resp.header().map_or(0, |h| h.revision());
+            info!(service = %s.name, revision = rev, %active, "fleet: seeded the desired state");
+            desired.insert(s.name.clone(), (rev, d));
+        }
+        // Lost the race: the winner's value arrives through the watch.
+    }
+    for (name, (rev, d)) in desired {
+        apply(f, &name, rev, d).await;
+    }
+    report(f, client, lease).await?;
+    Ok(read)
+}
+
+/// Applies desired revision `rev` of `service` unless it was applied already; a revision
+/// that cannot be applied is refused (a NACK, with why) and the host keeps its state.
+async fn apply(f: &Fleet, service: &str, rev: i64, d: Desired) {
+    {
+        let mut l = f.local();
+        l.desired.insert(service.to_string(), (rev, d.clone()));
+        if l.applied.get(service).is_some_and(|&a| a >= rev) {
+            return;
+        }
+    }
+    let started = Instant::now();
+    match apply_here(f, service, rev, &d).await {
+        Ok(flipped) => {
+            let mut l = f.local();
+            l.applied.insert(service.to_string(), rev);
+            l.nacks.remove(service);
+            l.overrides.remove(service);
+            info!(service, revision = rev, active = %d.active, flipped, took_us = started.elapsed().as_micros() as u64, "fleet: applied");
+        }
+        Err(e) => {
+            warn!(
+                service,
+                revision = rev,
+                "fleet: refused the desired state, keeping the current one: {e:#}"
+            );
+            f.local().nacks.insert(
+                service.to_string(),
+                Nack {
+                    revision: rev,
+                    error: format!("{e:#}"),
+                    at_ms: now_ms(),
+                },
+            );
+        }
+    }
+}
+
+/// Whether it flipped.
+async fn apply_here(f: &Fleet, service: &str, rev: i64, d: &Desired) -> Result<bool> {
+    let ctl = &f.0.ctl;
+    let svc = ctl
+        .effective_services()
+        .await
+        .into_iter()
+        .find(|s| s.name == service)
+        .ok_or_else(|| anyhow!("{service} is not configured on this host"))?;
+    let here = config_hash(&svc);
+    if here != d.config_hash {
+        bail!(
+            "the service config here ({here}) differs from the one the fleet runs ({}): load \
+             the same config on every host",
+            d.config_hash
+        );
+    }
+    if ctl.status(Some(service)).await?.services[0].active == d.active {
+        return Ok(false);
+    }
+    // The fleet decided; locally this is a forced flip with the fleet's reason on record.
+    ctl.flip(
+        service,
+        d.active,
+        true,
+        Some(format!("fleet revision {rev}: {}", d.reason)),
+        &format!("fleet:{}", d.actor),
+        std::time::Instant::now(),
+    )
+    .await?;
+    Ok(true)
+}
+
+/// Puts this host's report under its lease: applied revisions and refusals, and the colour
+/// and generation as this host's BPF maps have them.
+async fn report(f: &Fleet, client: &mut Client, lease: i64) -> Result<()> {
+    let ctl = &f.0.ctl;
+    let status = ctl.status(None).await?;
+    let hashes: std::collections::BTreeMap<String, String> = ctl
+        .effective_services()
+        .await
+        .iter()
+        .map(|s| (s.name.clone(), config_hash(s)))
+        .collect();
+    let mut services = std::collections::BTreeMap::new();
+    {
+        let l = f.local();
+        for s in &status.services {
+            services.insert(
+                s.name.clone(),
+                ServiceReport {
+                    applied_revision: l.applied.get(&s.name).copied().unwrap_or(0),
+                    active: s.active,
+                    generation: s.generation,
+                    config_hash: hashes.get(&s.name).cloned().unwrap_or_default(),
+                    nack: l.nacks.get(&s.name).cloned(),
+                    overridden: l.overrides.get(&s.name).cloned(),
+                },
+            );
+        }
+    }
+    let r = HostReport {
+        host: f.host().to_string(),
+        at_ms: now_ms(),
+        services,
+    };
+    within(
+        f.0.cfg.connect_timeout,
+        client.put(
+            f.0.keys.host(f.host()),
+            serde_json::to_string(&r)?,
+            Some(PutOptions::new().with_lease(lease)),
+        ),
+    )
+    .await
+    .context("reporting this host")?;
+    Ok(())
+}
+
+/// Sends the audit entries recorded while they could not be (a local override offline).
+async fn flush_audit(f: &Fleet, client: &mut Client) -> Result<()> {
+    let pending: Vec<AuditEntry> = std::mem::take(&mut f.local().pending_audit);
+    for (i, e) in pending.iter().enumerate() {
+        let key = f.0.keys.audit(e.at_ms, f.host(), i as u64);
+        if let Err(err) = within(
+            f.0.cfg.connect_timeout,
+            client.put(key, serde_json::to_string(e)?, None),
+        )
+        .await
+        {
+            // Kept for the next session, in order.
+            f.local()
+                .pending_audit
+                .splice(0..0, pending[i..].iter().cloned());
+            return Err(err.context("writing the audit trail"));
+        }
+    }
+    Ok(())
+}
+
+/// This host's post-flip watch rolled `ev.service` back by itself: the fleet follows, so no
+/// host is left on a colour that failed somewhere. Written (and acknowledged) from a task of
+/// its own: the agent must keep reporting meanwhile, its own acknowledgement included.
+fn propagate_rollback(f: &Fleet, ev: Event) {
+    let f = f.clone();
+    tokio::spawn(async move {
+        let to = match f.0.ctl.status(Some(&ev.service)).await {
+            Ok(s) => s.services[0].active,
+            Err(e) => {
+                warn!(service = %ev.service, "fleet: reading the colour after a rollback: {e:#}");
+                return;
+            }
+        };
+        let wanted = f.local().desired.get(&ev.service).map(|(_, d)| d.active);
+        if wanted == Some(to) {
+            return;
+        }
+        let reason = format!("automatic rollback on {}: {}", f.host(), ev.message);
+        match f.follow(&ev.service, to, AUTO, &reason).await {
+            Ok(r) => {
+                info!(service = %ev.service, revision = r.revision, %to, "fleet: rolled the fleet back after this host's watch failed")
+            }
+            Err(e) => warn!(service = %ev.service, "fleet: could not roll the fleet back: {e:#}"),
+        }
+    });
+}

@@ -1,0 +1,579 @@
+//! Fleet mode against a real etcd (on loopback, started per test), with hosts that are real
+//! controllers over the in-memory datapath: convergence, acknowledgements, refusals,
+//! conflicting writers, fail static, partition and rejoin, compaction.
+
+mod etcd_proc;
+mod proxy;
+
+use std::{
+    path::PathBuf,
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use etcd_client::GetOptions;
+
+use self::{etcd_proc::EtcdProc, proxy::Proxy};
+use super::*;
+use crate::{config::Config, datapath::fake::FakeDatapath, domain::Color};
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// One edge host: a controller over the in-memory datapath, and its fleet agent.
+struct Host {
+    dir: PathBuf,
+    ctl: Controller,
+    fleet: Fleet,
+    agent: tokio::task::JoinHandle<()>,
+    maps: FakeDatapath,
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        self.agent.abort();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+const GREEN_A: &str = "198.18.2.2:514";
+const GREEN_B: &str = "198.18.2.3:514";
+
+impl Host {
+    /// Host `name` of `cluster`, reaching etcd on `port`; its green pool is `green`.
+    async fn start(cluster: &str, name: &str, port: u16, green: &str) -> Host {
+        Host::start_with(cluster, name, port, green, "").await
+    }
+
+    /// [`Host::start`] with `extra` appended to the service (its sub-tables).
+    async fn start_with(cluster: &str, name: &str, port: u16, green: &str, extra: &str) -> Host {
+        let dir = std::env::temp_dir().join(format!(
+            "switcher-fleet-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("host dir");
+        let path = dir.join("switcher.toml");
+        let text = format!(
+            "[daemon]\ninterfaces = [\"lo\"]\nstate_dir = \"{state}\"\nprobe_interval_ms = 0\n\
+             [http]\nenabled = false\n\
+             [fleet]\nendpoints = [\"http://127.0.0.1:{port}\"]\ncluster = \"{cluster}\"\n\
+             host_id = \"{name}\"\nlease_ttl_s = 2\nack_deadline_ms = 3000\nconnect_timeout_ms = 500\n\
+             [[service]]\nname = \"syslog\"\nvip = \"198.18.10.1\"\nport = 514\nprotocol = \"udp\"\n\
+             blue = {{ backend = \"198.18.1.2:514\" }}\ngreen = {{ backend = \"{green}\" }}\n{extra}",
+            state = dir.join("state").display(),
+        );
+        std::fs::write(&path, text).expect("config");
+        let cfg = Config::load(&path).expect("valid config");
+        let fleet_cfg = cfg.fleet.clone().expect("a [fleet] section");
+        let maps = FakeDatapath::default();
+        let ctl = Controller::start(cfg, path, Box::new(maps.clone()))
+            .await
+            .expect("controller");
+        let (fleet, agent) = Fleet::start(fleet_cfg, ctl.clone());
+        Host {
+            dir,
+            ctl,
+            fleet,
+            agent,
+            maps,
+        }
+    }
+
+    /// The colour this host's datapath has (read back from its maps).
+    async fn active(&self) -> Color {
+        self.ctl
+            .status(Some("syslog"))
+            .await
+            .expect("status")
+            .services[0]
+            .active
+    }
+}
+
+/// Polls `check` every 20 ms until it holds or `limit` passes (then panics with `what`).
+async fn until<F, Fut>(limit: Duration, what: &str, mut check: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    loop {
+        if check().await {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < limit, "not within {limit:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Until `from` sees `n` connected hosts and none in drift.
+async fn in_sync(from: &Fleet, n: usize) -> Duration {
+    until(
+        Duration::from_secs(15),
+        &format!("{n} hosts in sync"),
+        || async {
+            let s = from.status().await;
+            s.connected && s.hosts.iter().filter(|h| h.connected).count() == n && s.in_drift == 0
+        },
+    )
+    .await
+}
+
+fn cluster(tag: &str) -> String {
+    format!("{tag}-{}", std::process::id())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_seed_and_converge_and_every_host_acknowledges_a_fleet_flip_and_rollback() {
+    let etcd = EtcdProc::start("converge").await;
+    let c = cluster("converge");
+    let mut hosts = Vec::new();
+    for i in 0..3 {
+        hosts.push(Host::start(&c, &format!("edge-{i}"), etcd.client_port, GREEN_A).await);
+    }
+    in_sync(&hosts[0].fleet, 3).await;
+
+    let r = hosts[1]
+        .fleet
+        .flip("syslog", Color::Green, true, Some("test".into()), "cli:t")
+        .await
+        .expect("fleet flip");
+    assert!(r.changed && r.rolled_back.is_none(), "{r:?}");
+    assert_eq!(r.hosts.len(), 3, "{r:?}");
+    for h in &r.hosts {
+        assert_eq!(
+            (h.result.as_str(), h.active),
+            ("applied", Some(Color::Green)),
+            "{r:?}"
+        );
+    }
+    for h in &hosts {
+        assert_eq!(h.active().await, Color::Green, "every datapath flipped");
+    }
+    // Asked again: nothing to write.
+    let again = hosts[2]
+        .fleet
+        .flip("syslog", Color::Green, true, Some("test".into()), "cli:t")
+        .await
+        .expect("flip again");
+    assert!(!again.changed && again.revision == r.revision, "{again:?}");
+
+    let back = hosts[2]
+        .fleet
+        .rollback("syslog", "cli:t")
+        .await
+        .expect("fleet rollback");
+    assert_eq!((back.from, back.to), (Color::Green, Color::Blue));
+    assert!(back.revision > r.revision);
+    assert!(back.hosts.iter().all(|h| h.result == "applied"), "{back:?}");
+    for h in &hosts {
+        assert_eq!(h.active().await, Color::Blue);
+    }
+    let st = hosts[0].fleet.status().await;
+    assert_eq!(st.in_drift, 0, "{st:?}");
+    assert_eq!(st.desired["syslog"].revision, back.revision);
+    assert!(st
+        .hosts
+        .iter()
+        .all(|h| h.services["syslog"].report.applied_revision == back.revision));
+
+    // The audit trail names who asked, on which host.
+    let mut client = etcd.client().await;
+    let audit = client
+        .get(
+            Keys::new(&c).audit_prefix(),
+            Some(GetOptions::new().with_prefix()),
+        )
+        .await
+        .expect("audit");
+    let entries: Vec<AuditEntry> = audit
+        .kvs()
+        .iter()
+        .map(|kv| serde_json::from_slice(kv.value()).expect("audit entry"))
+        .collect();
+    assert!(
+        entries.iter().any(|e| e.action == "flip"
+            && e.host == "edge-1"
+            && e.actor == "cli:t@edge-1"
+            && e.to == Color::Green),
+        "{entries:?}"
+    );
+    assert!(
+        entries
+            .iter()
+            .any(|e| e.action == "rollback" && e.host == "edge-2"),
+        "{entries:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_with_another_service_config_refuses_and_the_whole_fleet_stays_on_the_old_colour() {
+    let etcd = EtcdProc::start("nack").await;
+    let c = cluster("nack");
+    let a = Host::start(&c, "edge-a", etcd.client_port, GREEN_A).await;
+    let b = Host::start(&c, "edge-b", etcd.client_port, GREEN_A).await;
+    // Joins last: the desired state was seeded with the others' definition.
+    let odd = Host::start(&c, "edge-odd", etcd.client_port, GREEN_B).await;
+    until(Duration::from_secs(10), "three hosts report", || async {
+        a.fleet
+            .status()
+            .await
+            .hosts
+            .iter()
+            .filter(|h| h.connected)
+            .count()
+            == 3
+    })
+    .await;
+    let st = a.fleet.status().await;
+    let odd_view = st
+        .hosts
+        .iter()
+        .find(|h| h.host == "edge-odd")
+        .expect("odd listed");
+    assert!(
+        odd_view.drift.iter().any(|d| d.contains("config")),
+        "a different definition is drift: {odd_view:?}"
+    );
+
+    let err = a
+        .fleet
+        .flip("syslog", Color::Green, true, Some("test".into()), "cli:t")
+        .await
+        .expect_err("one host refuses");
+    let msg = format!("{err:#}");
+    assert!(msg.contains("edge-odd refused"), "{msg}");
+    assert!(msg.contains("rolled back to blue"), "{msg}");
+    assert!(msg.contains("differs from the one the fleet runs"), "{msg}");
+    for h in [&a, &b, &odd] {
+        assert_eq!(h.active().await, Color::Blue, "nobody is left on green");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_on_a_stale_revision_is_refused_and_concurrent_flips_write_once() {
+    let etcd = EtcdProc::start("race").await;
+    let c = cluster("race");
+    let a = Host::start(&c, "edge-a", etcd.client_port, GREEN_A).await;
+    let b = Host::start(&c, "edge-b", etcd.client_port, GREEN_A).await;
+    in_sync(&a.fleet, 2).await;
+    let read = a.fleet.status().await.desired["syslog"].revision;
+    let won = b
+        .fleet
+        .flip("syslog", Color::Green, true, Some("first".into()), "cli:b")
+        .await
+        .expect("first writer");
+    // A writer that read before that write must not overwrite it.
+    let mut client = a.fleet.client().expect("connected");
+    let stale = Desired {
+        active: Color::Blue,
+        config_hash: "x".into(),
+        actor: "cli:a".into(),
+        reason: "late".into(),
+        at_ms: 1,
+    };
+    let err = a
+        .fleet
+        .compare_and_write(&mut client, "syslog", read, &stale, Color::Blue, "flip")
+        .await
+        .expect_err("stale revision");
+    let msg = format!("{err:#}");
+    assert!(msg.contains("changed while this request was made"), "{msg}");
+    assert!(
+        msg.contains(&format!("-> {}", won.revision)) && msg.contains("cli:b@edge-b"),
+        "{msg}"
+    );
+    assert_eq!(
+        a.fleet.status().await.desired["syslog"].revision,
+        won.revision,
+        "nothing written"
+    );
+
+    // Two operators at once, on two hosts: one write, never two.
+    for round in 0..5 {
+        let to = if round % 2 == 0 {
+            Color::Blue
+        } else {
+            Color::Green
+        };
+        let (x, y) = tokio::join!(
+            a.fleet.flip("syslog", to, true, Some("x".into()), "cli:x"),
+            b.fleet.flip("syslog", to, true, Some("y".into()), "cli:y"),
+        );
+        let changed = [&x, &y]
+            .iter()
+            .filter(|r| matches!(r, Ok(f) if f.changed))
+            .count();
+        assert_eq!(changed, 1, "round {round}: {x:?} / {y:?}");
+        for r in [&x, &y] {
+            if let Err(e) = r {
+                assert!(
+                    format!("{e:#}").contains("changed while this request was made"),
+                    "{e:#}"
+                );
+            }
+        }
+        assert_eq!(a.active().await, to);
+        assert_eq!(b.active().await, to);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_etcd_hosts_fail_static_refuse_fleet_changes_and_converge_when_it_returns() {
+    let mut etcd = EtcdProc::start("static").await;
+    let c = cluster("static");
+    let a = Host::start(&c, "edge-a", etcd.client_port, GREEN_A).await;
+    let b = Host::start(&c, "edge-b", etcd.client_port, GREEN_A).await;
+    in_sync(&a.fleet, 2).await;
+    a.fleet
+        .flip("syslog", Color::Green, true, Some("t".into()), "cli:t")
+        .await
+        .expect("flip");
+    etcd.stop();
+    until(
+        Duration::from_secs(10),
+        "both hosts see etcd gone",
+        || async { !a.fleet.membership().connected && !b.fleet.membership().connected },
+    )
+    .await;
+    // Serving goes on as last applied; nothing flips on stale data.
+    assert_eq!(
+        (a.active().await, b.active().await),
+        (Color::Green, Color::Green)
+    );
+    let err = a
+        .fleet
+        .flip("syslog", Color::Blue, true, Some("t".into()), "cli:t")
+        .await
+        .expect_err("no fleet write without etcd");
+    assert!(
+        format!("{err:#}").contains("disconnected from etcd"),
+        "{err:#}"
+    );
+    let st = a.fleet.status().await;
+    assert!(!st.connected && st.error.is_some(), "{st:?}");
+    // The emergency override: this host only, with a reason.
+    let refused = route::flip(
+        Some(&b.fleet),
+        &b.ctl,
+        "syslog",
+        Color::Blue,
+        false,
+        None,
+        true,
+        "cli:t",
+        Instant::now(),
+    )
+    .await;
+    assert!(
+        format!("{:#}", refused.expect_err("needs force and reason"))
+            .contains("--local --force --reason")
+    );
+    route::flip(
+        Some(&b.fleet),
+        &b.ctl,
+        "syslog",
+        Color::Blue,
+        true,
+        Some("etcd down, green broken here".into()),
+        true,
+        "cli:t",
+        Instant::now(),
+    )
+    .await
+    .expect("local override");
+    assert_eq!(b.active().await, Color::Blue);
+
+    etcd.resume().await;
+    until(Duration::from_secs(15), "both reconnect", || async {
+        a.fleet.membership().connected && b.fleet.membership().connected
+    })
+    .await;
+    // The override stays (the fleet has not agreed), shown as drift with its reason.
+    let drift = until(
+        Duration::from_secs(10),
+        "the override shows as drift",
+        || async {
+            let s = a.fleet.status().await;
+            s.hosts.iter().any(|h| {
+                h.host == "edge-b"
+                    && h.drift
+                        .iter()
+                        .any(|d| d.contains("etcd down, green broken here"))
+            })
+        },
+    )
+    .await;
+    assert!(drift < Duration::from_secs(10));
+    assert_eq!(b.active().await, Color::Blue);
+    // Its audit entry was written once etcd was back.
+    let mut client = etcd.client().await;
+    let audit = client
+        .get(
+            Keys::new(&c).audit_prefix(),
+            Some(GetOptions::new().with_prefix()),
+        )
+        .await
+        .expect("audit");
+    assert!(
+        audit
+            .kvs()
+            .iter()
+            .any(|kv| String::from_utf8_lossy(kv.value()).contains("local-override")),
+        "the override is audited"
+    );
+    // The fleet agrees again with the next revision: every host on it, drift gone.
+    a.fleet
+        .flip("syslog", Color::Blue, true, Some("agree".into()), "cli:t")
+        .await
+        .expect("flip to blue");
+    in_sync(&a.fleet, 2).await;
+    assert_eq!(
+        (a.active().await, b.active().await),
+        (Color::Blue, Color::Blue)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_host_is_excluded_and_converges_on_rejoin_even_after_a_compaction() {
+    let etcd = EtcdProc::start("partition").await;
+    let c = cluster("partition");
+    let proxy = Proxy::start(etcd.client_port).await;
+    let a = Host::start(&c, "edge-a", etcd.client_port, GREEN_A).await;
+    let cut = Host::start(&c, "edge-cut", proxy.port, GREEN_A).await;
+    in_sync(&a.fleet, 2).await;
+    // A black hole, not a reset: only keep-alives can tell.
+    proxy.stall();
+    let noticed = until(Duration::from_secs(10), "the cut host notices", || async {
+        !cut.fleet.membership().connected
+    })
+    .await;
+    until(Duration::from_secs(10), "its lease expires", || async {
+        a.fleet
+            .status()
+            .await
+            .hosts
+            .iter()
+            .any(|h| h.host == "edge-cut" && !h.connected)
+    })
+    .await;
+    let r = a
+        .fleet
+        .flip("syslog", Color::Green, true, Some("t".into()), "cli:t")
+        .await
+        .expect("the connected hosts flip");
+    assert_eq!(r.excluded, vec!["edge-cut".to_string()], "{r:?}");
+    assert_eq!(r.hosts.len(), 1, "{r:?}");
+    assert_eq!(cut.active().await, Color::Blue, "fail static while cut off");
+    // History it missed is compacted away: the rejoin must not depend on it.
+    for to in [Color::Blue, Color::Green, Color::Blue, Color::Green] {
+        a.fleet
+            .flip("syslog", to, true, Some("churn".into()), "cli:t")
+            .await
+            .expect("churn");
+    }
+    let mut client = etcd.client().await;
+    let rev = client
+        .get("x", None)
+        .await
+        .expect("rev")
+        .header()
+        .map_or(0, |h| h.revision());
+    client
+        .compact(
+            rev,
+            Some(etcd_client::CompactionOptions::new().with_physical()),
+        )
+        .await
+        .expect("compact");
+    proxy.heal();
+    let rejoin = in_sync(&a.fleet, 2).await;
+    assert_eq!(
+        cut.active().await,
+        Color::Green,
+        "converged to the desired colour"
+    );
+    eprintln!("noticed the black hole in {noticed:?}; converged {rejoin:?} after healing");
+    // Watches still work after the compaction: the next flip reaches both.
+    let r = a
+        .fleet
+        .flip("syslog", Color::Blue, true, Some("after".into()), "cli:t")
+        .await
+        .expect("flip after compaction");
+    assert!(
+        r.hosts.iter().all(|h| h.result == "applied") && r.hosts.len() == 2,
+        "{r:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_that_fails_on_one_host_rolls_the_whole_fleet_back() {
+    let etcd = EtcdProc::start("watch").await;
+    let c = cluster("watch");
+    // Any TCP reset the candidate sends during the watch fails it.
+    let watch =
+        "[service.watch]\nwindow_ms = 20000\ninterval_ms = 100\nfailures = 1\nmax_resets = 0\n";
+    let mut hosts = Vec::new();
+    for i in 0..3 {
+        hosts.push(
+            Host::start_with(&c, &format!("edge-{i}"), etcd.client_port, GREEN_A, watch).await,
+        );
+    }
+    in_sync(&hosts[0].fleet, 3).await;
+    // The same candidate deployed on every host (its definition, hence its hash, unchanged).
+    let member = crate::config::Member::new(GREEN_A.parse().expect("addr"));
+    for h in &hosts {
+        h.ctl
+            .deploy(
+                "syslog",
+                Color::Green,
+                vec![member],
+                Some("v2".into()),
+                false,
+                "cli:t",
+            )
+            .await
+            .expect("deploy");
+    }
+    let r = hosts[0]
+        .fleet
+        .flip(
+            "syslog",
+            Color::Green,
+            true,
+            Some("promote v2".into()),
+            "cli:t",
+        )
+        .await
+        .expect("fleet flip");
+    assert!(r.hosts.iter().all(|h| h.result == "applied"), "{r:?}");
+    // Only edge-2's datapath sees the candidate reset connections.
+    let bad = &hosts[2];
+    let id = bad.maps.maps().id("syslog").expect("programmed");
+    let rolled = until(
+        Duration::from_secs(15),
+        "the fleet follows edge-2's rollback",
+        || async {
+            bad.maps.maps().counters.entry(id).or_default()[Color::Green.index() as usize]
+                .resets += 1;
+            let s = hosts[0].fleet.status().await;
+            let d = &s.desired["syslog"].desired;
+            d.active == Color::Blue && s.in_drift == 0
+        },
+    )
+    .await;
+    let d = hosts[1].fleet.status().await.desired["syslog"]
+        .desired
+        .clone();
+    assert!(d.reason.contains("automatic rollback on edge-2"), "{d:?}");
+    assert_eq!(d.actor, "auto@edge-2");
+    for h in &hosts {
+        assert_eq!(
+            h.active().await,
+            Color::Blue,
+            "no host left on the failed colour"
+        );
+    }
+    eprintln!("fleet rolled back {rolled:?} after the resets began");
+}

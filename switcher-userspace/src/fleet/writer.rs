@@ -1,0 +1,436 @@
+//! Fleet-wide flips and rollbacks: the desired state is written by a transaction that
+//! compares the revision it read (two operators never lose each other's write; the loser is
+//! told), then every connected host's acknowledgement of that revision is awaited. A flip
+//! some host refuses or does not acknowledge in time is written back, fleet-wide.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use etcd_client::{Client, Compare, CompareOp, EventType, TxnOp, TxnOpResponse, WatchOptions};
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+use super::{
+    etcd::{self, within},
+    model::config_hash,
+    AuditEntry, Desired, Fleet, HostReport,
+};
+use crate::domain::{now_ms, Color};
+
+/// What a fleet flip or rollback did, host by host.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FleetFlip {
+    pub service: String,
+    pub from: Color,
+    pub to: Color,
+    /// The desired revision written (the one read, when nothing changed).
+    pub revision: i64,
+    pub changed: bool,
+    /// Every host connected when the revision was written.
+    pub hosts: Vec<HostAck>,
+    /// Hosts that joined the fleet once but had no live lease: not waited for.
+    pub excluded: Vec<String>,
+    /// From the write's commit to the last acknowledgement, on this host's clock.
+    pub ack_ms: f64,
+    /// The revision that put the fleet back, when this flip failed somewhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolled_back: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HostAck {
+    pub host: String,
+    /// `applied`, `refused` (a NACK: it kept its state), `missed` (no answer by the
+    /// deadline) or `lost` (its lease expired while we waited).
+    pub result: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active: Option<Color>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// When its acknowledgement was seen, from the write's commit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ack_ms: Option<f64>,
+}
+
+impl HostAck {
+    fn failed(&self) -> bool {
+        matches!(self.result.as_str(), "refused" | "missed")
+    }
+}
+
+impl Fleet {
+    /// Flips `service` to `to` on every host. A colour this host does not trust needs
+    /// `force` and a reason, as a local flip does.
+    pub async fn flip(
+        &self,
+        service: &str,
+        to: Color,
+        force: bool,
+        reason: Option<String>,
+        actor: &str,
+    ) -> Result<FleetFlip> {
+        if force && reason.as_deref().is_none_or(|r| r.trim().is_empty()) {
+            bail!("--force needs --reason TEXT: the reason is recorded");
+        }
+        if !force {
+            let view = self.0.ctl.status(Some(service)).await?;
+            let slot = if to == Color::Blue {
+                &view.services[0].blue
+            } else {
+                &view.services[0].green
+            };
+            if !slot.trusted && view.services[0].active != to {
+                bail!(
+                    "{to} of {service} has not been validated on this host; flip with --force \
+                     --reason TEXT"
+                );
+            }
+        }
+        let why = reason.unwrap_or_else(|| "manual flip".into());
+        self.write_and_wait(service, Some(to), actor, &why, "flip", true)
+            .await
+    }
+
+    /// Back to the other colour on every host at once.
+    pub async fn rollback(&self, service: &str, actor: &str) -> Result<FleetFlip> {
+        self.write_and_wait(
+            service,
+            None,
+            actor,
+            "rollback requested",
+            "rollback",
+            false,
+        )
+        .await
+    }
+
+    /// The whole fleet to `to` because this host's watch rolled back there by itself.
+    pub(super) async fn follow(
+        &self,
+        service: &str,
+        to: Color,
+        actor: &str,
+        reason: &str,
+    ) -> Result<FleetFlip> {
+        self.write_and_wait(service, Some(to), actor, reason, "watch-rollback", false)
+            .await
+    }
+
+    /// `to`: None for "the other colour than desired now".
+    async fn write_and_wait(
+        &self,
+        service: &str,
+        to: Option<Color>,
+        actor: &str,
+        reason: &str,
+        action: &str,
+        revert_on_failure: bool,
+    ) -> Result<FleetFlip> {
+        let mut client = self.client()?;
+        let limit = self.0.cfg.connect_timeout;
+        let key = self.0.keys.desired(service);
+        let got = within(limit, client.get(key.clone(), None))
+            .await
+            .context("reading the desired state")?;
+        let kv = got.kvs().first().ok_or_else(|| {
+            anyhow!(
+                "{service} is not in fleet {}'s desired state (no host runs it yet)",
+                self.0.cfg.cluster
+            )
+        })?;
+        let (read_rev, current) = (
+            kv.mod_revision(),
+            serde_json::from_slice::<Desired>(kv.value())
+                .with_context(|| format!("the desired state of {service} does not parse"))?,
+        );
+        let to = to.unwrap_or(current.active.other());
+        let svc = self
+            .0
+            .ctl
+            .effective_services()
+            .await
+            .into_iter()
+            .find(|s| s.name == service)
+            .ok_or_else(|| anyhow!("{service} is not configured on this host"))?;
+        let hash = config_hash(&svc);
+        if current.active == to && current.config_hash == hash {
+            return Ok(FleetFlip {
+                service: service.to_string(),
+                from: to,
+                to,
+                revision: read_rev,
+                changed: false,
+                hosts: Vec::new(),
+                excluded: Vec::new(),
+                ack_ms: 0.0,
+                rolled_back: None,
+            });
+        }
+        let who = format!("{actor}@{}", self.host());
+        let desired = Desired {
+            active: to,
+            config_hash: hash,
+            actor: who.clone(),
+            reason: reason.to_string(),
+            at_ms: now_ms(),
+        };
+        let (rev, committed) = self
+            .compare_and_write(
+                &mut client,
+                service,
+                read_rev,
+                &desired,
+                current.active,
+                action,
+            )
+            .await?;
+        let (hosts, excluded) = self
+            .wait_acks(&mut client, service, rev, to, committed)
+            .await?;
+        let ack_ms = hosts
+            .iter()
+            .filter_map(|h| h.ack_ms)
+            .fold(0.0_f64, f64::max);
+        let mut reply = FleetFlip {
+            service: service.to_string(),
+            from: current.active,
+            to,
+            revision: rev,
+            changed: true,
+            hosts,
+            excluded,
+            ack_ms,
+            rolled_back: None,
+        };
+        let failed: Vec<String> = reply
+            .hosts
+            .iter()
+            .filter(|h| h.failed())
+            .map(|h| match &h.error {
+                Some(e) => format!("{} {}: {e}", h.host, h.result),
+                None => format!("{} {}", h.host, h.result),
+            })
+            .collect();
+        if failed.is_empty() {
+            return Ok(reply);
+        }
+        if !revert_on_failure {
+            bail!(
+                "{action} of {service} to {to} (revision {rev}) was not acknowledged by every host: {}",
+                failed.join("; ")
+            );
+        }
+        let back = Desired {
+            active: current.active,
+            config_hash: current.config_hash.clone(),
+            actor: format!("fleet-rollback:{}", self.host()),
+            reason: format!("revision {rev} failed on: {}", failed.join("; ")),
+            at_ms: now_ms(),
+        };
+        let (back_rev, committed) = self
+            .compare_and_write(&mut client, service, rev, &back, to, "fleet-rollback")
+            .await
+            .context("writing the fleet back after a failed flip")?;
+        let (back_hosts, _) = self
+            .wait_acks(&mut client, service, back_rev, current.active, committed)
+            .await?;
+        reply.rolled_back = Some(back_rev);
+        let back_failed: Vec<&str> = back_hosts
+            .iter()
+            .filter(|h| h.failed())
+            .map(|h| h.host.as_str())
+            .collect();
+        bail!(
+            "{action} of {service} to {to} failed on {} host(s): {}; the fleet was rolled back \
+             to {} (revision {back_rev}){}. Per host: {}",
+            failed.len(),
+            failed.join("; "),
+            current.active,
+            if back_failed.is_empty() {
+                String::new()
+            } else {
+                format!(", not yet acknowledged by {}", back_failed.join(", "))
+            },
+            serde_json::to_string(&reply.hosts)?
+        )
+    }
+
+    /// Writes `desired` if the key is still at `read_rev`, with its audit entry, in one
+    /// transaction. Returns the new revision and when it committed.
+    pub(super) async fn compare_and_write(
+        &self,
+        client: &mut Client,
+        service: &str,
+        read_rev: i64,
+        desired: &Desired,
+        from: Color,
+        action: &str,
+    ) -> Result<(i64, Instant)> {
+        let key = self.0.keys.desired(service);
+        let audit = AuditEntry {
+            at_ms: desired.at_ms,
+            actor: desired.actor.clone(),
+            host: self.host().to_string(),
+            service: service.to_string(),
+            action: action.to_string(),
+            from: Some(from),
+            to: desired.active,
+            reason: desired.reason.clone(),
+            revision: None,
+            evidence: None,
+        };
+        let txn = etcd_client::Txn::new()
+            .when([Compare::mod_revision(
+                key.clone(),
+                CompareOp::Equal,
+                read_rev,
+            )])
+            .and_then([
+                TxnOp::put(key.clone(), serde_json::to_string(desired)?, None),
+                TxnOp::put(
+                    self.0
+                        .keys
+                        .audit(desired.at_ms, self.host(), read_rev as u64),
+                    serde_json::to_string(&audit)?,
+                    None,
+                ),
+            ])
+            .or_else([TxnOp::get(key, None)]);
+        let resp = within(self.0.cfg.connect_timeout, client.txn(txn))
+            .await
+            .context("writing the desired state")?;
+        let committed = Instant::now();
+        if resp.succeeded() {
+            return Ok((resp.header().map_or(0, |h| h.revision()), committed));
+        }
+        let now = resp.op_responses().into_iter().find_map(|r| match r {
+            TxnOpResponse::Get(g) => g.kvs().first().map(|kv| {
+                let d = serde_json::from_slice::<Desired>(kv.value()).ok();
+                (kv.mod_revision(), d)
+            }),
+            _ => None,
+        });
+        match now {
+            Some((rev, Some(d))) => bail!(
+                "the desired state of {service} changed while this request was made (revision \
+                 {read_rev} -> {rev}: {} by {}, {:?}); nothing was written: check `switcher \
+                 fleet status` and ask again",
+                d.active,
+                d.actor,
+                d.reason
+            ),
+            _ => bail!(
+                "the desired state of {service} changed or vanished while this request was \
+                 made; nothing was written"
+            ),
+        }
+    }
+
+    /// Waits until every host connected now has applied or refused revision `rev`, or the
+    /// ack deadline passed. Returns each host's answer, and the known hosts not connected.
+    async fn wait_acks(
+        &self,
+        client: &mut Client,
+        service: &str,
+        rev: i64,
+        to: Color,
+        committed: Instant,
+    ) -> Result<(Vec<HostAck>, Vec<String>)> {
+        let limit = self.0.cfg.connect_timeout;
+        let prefix = self.0.keys.hosts_prefix();
+        let (reports, read) = etcd::read_prefix::<HostReport>(client, &prefix, limit).await?;
+        let (known, _) =
+            etcd::read_prefix::<serde_json::Value>(client, &self.0.keys.known_prefix(), limit)
+                .await?;
+        let mut acks: BTreeMap<String, HostAck> = BTreeMap::new();
+        let live: BTreeSet<String> = reports.iter().map(|e| e.name.clone()).collect();
+        let excluded = known
+            .into_iter()
+            .map(|e| e.name)
+            .filter(|n| !live.contains(n))
+            .collect();
+        for e in &reports {
+            acks.insert(e.name.clone(), judge(&e.value, service, rev, to, None));
+        }
+        let deadline = committed + self.0.cfg.ack_deadline;
+        let (_requests, mut watch) = within(
+            limit,
+            client.watch(
+                prefix.clone(),
+                Some(
+                    WatchOptions::new()
+                        .with_prefix()
+                        .with_start_revision(read + 1),
+                ),
+            ),
+        )
+        .await
+        .context("watching the host reports")?
+        .split();
+        let waiting =
+            |acks: &BTreeMap<String, HostAck>| acks.values().any(|a| a.result == "waiting");
+        while waiting(&acks) {
+            let Ok(m) = tokio::time::timeout_at(deadline, watch.message()).await else {
+                break;
+            };
+            let Some(m) = m.context("watching the host reports")? else {
+                bail!("the watch on the host reports ended");
+            };
+            let seen = committed.elapsed().as_secs_f64() * 1e3;
+            for ev in m.events() {
+                let Some(kv) = ev.kv() else { continue };
+                let key = String::from_utf8_lossy(kv.key());
+                let Some(host) = super::keys::Keys::name_under(&prefix, &key) else {
+                    continue;
+                };
+                let Some(a) = acks.get_mut(host).filter(|a| a.result == "waiting") else {
+                    continue;
+                };
+                match ev.event_type() {
+                    EventType::Put => {
+                        if let Ok(r) = serde_json::from_slice::<HostReport>(kv.value()) {
+                            *a = judge(&r, service, rev, to, Some(seen));
+                        }
+                    }
+                    EventType::Delete => a.result = "lost".into(),
+                }
+            }
+        }
+        for a in acks.values_mut().filter(|a| a.result == "waiting") {
+            a.result = "missed".into();
+            a.error = Some(format!(
+                "no acknowledgement of revision {rev} within {:?}",
+                self.0.cfg.ack_deadline
+            ));
+        }
+        Ok((acks.into_values().collect(), excluded))
+    }
+}
+
+/// What `r` says about revision `rev` of `service`: applied, refused, or still waiting.
+fn judge(r: &HostReport, service: &str, rev: i64, to: Color, seen_ms: Option<f64>) -> HostAck {
+    let mut a = HostAck {
+        host: r.host.clone(),
+        result: "waiting".into(),
+        active: None,
+        generation: None,
+        error: None,
+        ack_ms: None,
+    };
+    let Some(s) = r.services.get(service) else {
+        return a;
+    };
+    a.active = Some(s.active);
+    a.generation = Some(s.generation);
+    if s.applied_revision >= rev && s.active == to {
+        a.result = "applied".into();
+        a.ack_ms = Some(seen_ms.unwrap_or(0.0));
+    } else if let Some(n) = s.nack.as_ref().filter(|n| n.revision >= rev) {
+        a.result = "refused".into();
+        a.error = Some(n.error.clone());
+        a.ack_ms = Some(seen_ms.unwrap_or(0.0));
+    }
+    a
+}
