@@ -14,9 +14,9 @@ use switcher::{
     fleet::{FleetFlip, FleetStatus},
 };
 use switcher_tests::{
-    lab::{etcd_member_v4, Etcd, ETCD_CLIENT_PORT},
+    lab::{etcd_member_v4, Etcd, Host, ETCD_CLIENT_PORT, GREEN_V4},
     poll,
-    rig::{self, Rig},
+    rig::{self, Rig, STANDARD_CHECKS, UDP_PORT},
 };
 
 /// How long any one condition may take to come true.
@@ -37,7 +37,12 @@ fn fleet_section(cluster: &str, i: usize, members: usize) -> String {
 /// `n` hosts (labs with a daemon each, standard services) and an etcd of `members` members,
 /// every edge joined to it; returns once every host reports in sync.
 fn fleet(tag: &str, n: usize, members: usize) -> (Vec<Rig>, Etcd) {
-    let services = rig::standard_services("redirect", "");
+    fleet_with(tag, n, members, "")
+}
+
+/// [`fleet`] with `checks` appended to every service.
+fn fleet_with(tag: &str, n: usize, members: usize, checks: &str) -> (Vec<Rig>, Etcd) {
+    let services = rig::standard_services("redirect", checks);
     let mut rigs = Vec::new();
     for i in 0..n {
         let text = format!("{}{services}", fleet_section(tag, i, members));
@@ -405,4 +410,111 @@ fn etcd_lost_fails_static_and_a_killed_host_daemon_converges_after_restart() {
         Color::Green,
         "the restarted host converged"
     );
+}
+
+/// The desired deployment phase of `service` as `rig` reads it.
+fn fleet_phase(rig: &Rig, service: &str) -> Option<String> {
+    let s = fleet_status(rig);
+    let d = s.desired.get(service)?.desired.deployment.clone()?;
+    Some(serde_json::to_value(d.phase).ok()?.as_str()?.to_string())
+}
+
+#[test]
+fn a_candidate_unhealthy_from_one_host_only_flips_nobody_and_that_host_is_named() {
+    if !privileged() {
+        return;
+    }
+    let (rigs, _etcd) = fleet_with("flu", 3, 1, STANDARD_CHECKS);
+    // edge-1's green environment fails its health check; the others' pass.
+    rigs[1]
+        .fault(Host::Green, r#"{"health_ok": false}"#)
+        .expect("fault");
+    let green = format!("{GREEN_V4}:{}", rig::TCP_PORT);
+    let d = fleet_cli(
+        &rigs[0],
+        &["deploy", "tcp4", "--green", &green, "--version", "v2"],
+    )
+    .expect("fleet deploy");
+    all_applied(&d, 3);
+    let (_, out) = rigs[2].cli(&["promote", "tcp4", "--wait"]).expect("cli");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "promote must fail: {err}");
+    assert!(
+        err.contains("failed on 1 host(s): edge-1") && err.contains("health"),
+        "{err}"
+    );
+    for r in &rigs {
+        assert_eq!(active(r, "tcp4"), Color::Blue, "nobody flipped");
+    }
+    assert_eq!(fleet_phase(&rigs[0], "tcp4").as_deref(), Some("rejected"));
+}
+
+#[test]
+fn kill_9_of_the_driving_daemon_mid_promote_another_host_finishes_and_the_killed_one_converges() {
+    if !privileged() {
+        return;
+    }
+    // A 3 s canary keeps the validation going long enough to kill its driver in the middle.
+    let checks = format!("{STANDARD_CHECKS}[service.canary]\npercent = 20\nduration_ms = 3000\n");
+    let (mut rigs, _etcd) = fleet_with("flk", 3, 1, &checks);
+    let count = 6000u64;
+    let senders: Vec<_> = rigs
+        .iter()
+        .map(|r| r.stream("udp", "k", count, 500).expect("udp sender"))
+        .collect();
+    for r in &rigs {
+        r.wait_received("k", "udp at blue", WAIT, |g| g.blue.len() >= 200)
+            .expect("flowing");
+    }
+    let green = format!("{GREEN_V4}:{UDP_PORT}");
+    fleet_cli(&rigs[0], &["deploy", "udp4", "--green", &green]).expect("fleet deploy");
+    let (_, out) = rigs[0].cli(&["promote", "udp4"]).expect("cli");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    poll::until_state_every("validating", WAIT, Duration::from_millis(50), || {
+        Ok(match fleet_phase(&rigs[1], "udp4") {
+            Some(p) if p == "validating" => Ok(()),
+            other => Err(format!("{other:?}")),
+        })
+    })
+    .expect("validation under way");
+    rigs[0].kill_daemon().expect("kill -9 the driver");
+    let killed = Instant::now();
+    poll::until_state_every(
+        "another driver finishes",
+        WAIT,
+        Duration::from_millis(100),
+        || {
+            Ok(match fleet_phase(&rigs[1], "udp4") {
+                Some(p) if p == "promoted" => Ok(()),
+                other => Err(format!("{other:?}")),
+            })
+        },
+    )
+    .expect("finished by another host");
+    eprintln!(
+        "the deployment was finished {:?} after its driver was killed",
+        killed.elapsed()
+    );
+    for r in &rigs[1..] {
+        assert_eq!(active(r, "udp4"), Color::Green);
+    }
+    rigs[0].start_daemon().expect("restart");
+    wait_in_sync(&rigs[1], 3);
+    assert_eq!(
+        active(&rigs[0], "udp4"),
+        Color::Green,
+        "the restarted host converged"
+    );
+    for (i, (r, s)) in rigs.iter().zip(&senders).enumerate() {
+        assert_eq!(
+            rig::finish_sender(s, Duration::from_secs(60)).expect("sender"),
+            count
+        );
+        let got = r.wait_stream("k", count as usize, WAIT).expect("sinks");
+        assert_eq!(got.loss_and_duplicates(count), (vec![], vec![]), "host {i}");
+    }
 }

@@ -276,7 +276,13 @@ fn run() -> Result<()> {
                     force,
                 },
             )?;
-            print_json_or(json, &v, || render::deployment_line(&v))
+            print_json_or(json, &v, || {
+                if v.get("hosts").is_some() {
+                    fleet::flip_lines(&v)
+                } else {
+                    render::deployment_line(&v)
+                }
+            })
         }
         Cmd::Promote {
             service,
@@ -290,10 +296,23 @@ fn run() -> Result<()> {
             let v = api::call_with_timeout(
                 &socket,
                 &req,
-                Duration::from_secs(if wait { 660 } else { 30 }),
+                // A fleet promote waits for every host's validation (at most its deadline,
+                // at most an hour) and then for the flip's acknowledgements.
+                if wait {
+                    FLEET_WAIT + Duration::from_secs(3600)
+                } else {
+                    Duration::from_secs(30)
+                },
             )?;
             print_json_or(json, &v, || {
-                if wait {
+                if v.get("hosts").is_some() {
+                    fleet::flip_lines(&v)
+                } else if let Some(driver) = v.get("driver").and_then(|d| d.as_str()) {
+                    Ok(format!(
+                        "{service}: every host of the fleet validates; {driver} drives the \
+                         deployment. Follow it with `switcher fleet status`\n"
+                    ))
+                } else if wait {
                     render::deployment_line(&v)
                 } else {
                     Ok(format!(

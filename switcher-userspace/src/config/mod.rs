@@ -61,6 +61,8 @@ pub struct FleetConfig {
     pub lease_ttl: Duration,
     /// How long a fleet flip waits for every connected host's acknowledgement.
     pub ack_deadline: Duration,
+    /// How long a fleet promote waits for every host's validation verdict.
+    pub promote_deadline: Duration,
     /// One connection attempt, and one etcd request.
     pub connect_timeout: Duration,
     pub tls: Option<FleetTls>,

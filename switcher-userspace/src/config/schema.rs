@@ -44,6 +44,7 @@ pub(super) struct RawFleet {
     pub(super) host_id: Option<String>,
     pub(super) lease_ttl_s: Option<u64>,
     pub(super) ack_deadline_ms: Option<u64>,
+    pub(super) promote_deadline_ms: Option<u64>,
     pub(super) connect_timeout_ms: Option<u64>,
     pub(super) tls: Option<RawFleetTls>,
 }

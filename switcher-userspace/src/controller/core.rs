@@ -33,6 +33,9 @@ pub(super) struct Core {
     pub ids: BTreeMap<String, u32>,
     /// The validation or watch task of each service.
     tasks: HashMap<String, AbortHandle>,
+    /// Services whose validation runs for the fleet: a pass stops at `ready` (the fleet's
+    /// driver decides the flip) instead of flipping here.
+    pub held: std::collections::BTreeSet<String>,
     pub out: Outputs,
 }
 
@@ -52,6 +55,7 @@ impl Core {
             state,
             ids,
             tasks: HashMap::new(),
+            held: Default::default(),
             out,
         }
     }

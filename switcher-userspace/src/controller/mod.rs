@@ -209,6 +209,36 @@ impl Controller {
         }
     }
 
+    /// Validates the deployed candidate for the fleet: a pass stops at `ready` without a
+    /// flip (the fleet's driver flips every host once all passed). Returns the deployment's
+    /// id; one validating or ready already is left as it is.
+    pub async fn validate(&self, service: &str, actor: &str) -> Result<u64> {
+        let mut core = self.lock().await;
+        let d = core.svc_state(service)?.current.clone().ok_or_else(|| {
+            anyhow!("{service} has nothing deployed; run `switcher deploy` first")
+        })?;
+        if matches!(d.phase, Phase::Validating | Phase::Ready) {
+            return Ok(d.id);
+        }
+        core.step(
+            service,
+            Some(d.id),
+            Step::StartValidation,
+            actor,
+            "fleet validation requested",
+            None,
+        )?;
+        core.held.insert(service.to_string());
+        core.save()?;
+        self.spawn_validation(&mut core, service, d.id);
+        Ok(d.id)
+    }
+
+    /// Deployment `id` of `service`, open or finished.
+    pub async fn deployment(&self, service: &str, id: u64) -> Option<Deployment> {
+        self.lock().await.deployment(service, id)
+    }
+
     /// Manual flip; an unvalidated colour needs `force` and a reason. `accepted` is when the
     /// request arrived: the time to the map write is recorded and returned.
     pub async fn flip(

@@ -113,6 +113,7 @@ impl Core {
         deploy::next(d.phase, Step::Abort)?;
         // A canary share must not outlive its validation: ended before anything is recorded.
         self.stop_task(service);
+        self.held.remove(service);
         self.clear_canary(service)?;
         self.step(
             service,

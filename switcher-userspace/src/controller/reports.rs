@@ -54,7 +54,11 @@ impl Host for Controller {
         if !core.is_current(service, Some(id), Phase::Validating) {
             return Ok(());
         }
+        let held = core.held.remove(service);
         match verdict {
+            Ok(v) if v.failures.is_empty() && held => {
+                core.pass_validation_held(service, id, v.evidence.into())
+            }
             Ok(v) if v.failures.is_empty() => {
                 core.pass_validation(service, id, v.evidence.into())?;
                 self.spawn_watch(&mut core, service, false);

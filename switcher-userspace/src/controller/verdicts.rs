@@ -39,6 +39,30 @@ impl Core {
         self.flip_validated(service, id)
     }
 
+    /// A pass of a validation run for the fleet: ready and trusted, no flip (the fleet's
+    /// driver writes it once every host passed).
+    pub fn pass_validation_held(
+        &mut self,
+        service: &str,
+        id: u64,
+        evidence: serde_json::Value,
+    ) -> Result<()> {
+        self.step(
+            service,
+            Some(id),
+            Step::ValidationPassed,
+            AUTO,
+            "all checks passed; the fleet decides the flip",
+            Some(evidence),
+        )?;
+        let st = self.svc_state(service)?;
+        if let Some(color) = st.current.as_ref().map(|d| d.color) {
+            st.slot_mut(color).trusted = true;
+        }
+        self.forget_task(service);
+        self.save()
+    }
+
     /// The flip of a deployment whose validation passed (phase ready), and its watch clock.
     pub fn flip_validated(&mut self, service: &str, id: u64) -> Result<()> {
         let d = self

@@ -239,16 +239,9 @@ async fn handle(
             members,
             version,
             force,
-        } => serde_json::to_value(
-            ctl.deploy(&service, color, members, version, force, actor)
-                .await?,
-        )?,
+        } => route::deploy(fleet, ctl, &service, color, members, version, force, actor).await?,
         Request::Promote { service, wait } => {
-            route::refuse_in_fleet(fleet, "promote")?;
-            serde_json::to_value(
-                ctl.promote(&service, actor, wait.then_some(PROMOTE_WAIT))
-                    .await?,
-            )?
+            route::promote(fleet, ctl, &service, wait.then_some(PROMOTE_WAIT), actor).await?
         }
         Request::Flip {
             service,
@@ -272,7 +265,7 @@ async fn handle(
             Some(f) => serde_json::to_value(f.status().await)?,
             None => bail!("this daemon is not in fleet mode (its config has no [fleet] section)"),
         },
-        Request::Abort { service } => serde_json::to_value(ctl.abort(&service, actor).await?)?,
+        Request::Abort { service } => route::abort(fleet, ctl, &service, actor).await?,
         Request::History { service } => serde_json::to_value(ctl.history(&service).await?)?,
         Request::Reload => serde_json::to_value(ctl.reload(actor).await?)?,
         Request::Watch => bail!("watch is served as a stream"),

@@ -11,8 +11,9 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::{
+    apply,
     etcd::{self, within},
-    model::{config_hash, Nack},
+    model::{config_hash, HostDeployment},
     AuditEntry, Desired, Fleet, HostReport, ServiceReport,
 };
 use crate::{
@@ -35,6 +36,7 @@ pub(super) async fn run(f: Fleet) {
         {
             let mut l = f.local();
             l.client = None;
+            l.lease = None;
             l.last_error = Some(format!("{e:#}"));
         }
         if started.elapsed() > HEALTHY_SESSION {
@@ -71,6 +73,7 @@ async fn session(f: &Fleet) -> Result<Infallible> {
         }
         l.connected_since_ms = Some(now_ms());
         l.client = Some(client.clone());
+        l.lease = Some(lease);
         l.last_error = None;
     }
     info!(cluster = %cfg.cluster, host = %f.host(), lease, endpoint = %cfg.endpoints[endpoint], "fleet: connected to etcd");
@@ -97,7 +100,10 @@ async fn session(f: &Fleet) -> Result<Infallible> {
                 ev = events.recv() => match ev {
                     Ok(ev) if ev.actor == AUTO && ev.phase == Some(Phase::RolledBack) => {
                         propagate_rollback(f, ev);
+                        report(f, &mut client, lease).await?;
                     }
+                    // A validation's verdict (or any step) is what a fleet driver waits for.
+                    Ok(ev) if ev.kind == "transition" => report(f, &mut client, lease).await?,
                     Ok(_) => {}
                     // Missed events: whatever rolled back shows as drift in the next report.
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
@@ -117,6 +123,7 @@ async fn session(f: &Fleet) -> Result<Infallible> {
                     }
                     report(f, &mut client, lease).await?;
                     flush_audit(f, &mut client).await?;
+                    super::driver::take_over_orphans(f, &mut client).await?;
                 }
                 m = alive.message() => {
                     let m = m.context("lease keep-alive")?.ok_or_else(|| anyhow!("the lease keep-alive stream ended"))?;
@@ -141,7 +148,7 @@ async fn session(f: &Fleet) -> Result<Infallible> {
                         match ev.event_type() {
                             EventType::Put => match serde_json::from_slice::<Desired>(kv.value()) {
                                 Ok(d) => {
-                                    apply(f, name, kv.mod_revision(), d).await;
+                                    apply::apply(f, name, kv.mod_revision(), d).await;
                                     changed = true;
                                 }
                                 Err(e) => warn!(key = %key, "ignoring a desired state that does not parse: {e}"),
@@ -187,6 +194,7 @@ async fn sync(f: &Fleet, client: &mut Client, lease: i64) -> Result<i64> {
             actor: format!("seed:{}", f.host()),
             reason: "first host to describe this service".into(),
             at_ms: now_ms(),
+            deployment: None,
         };
         let key = f.0.keys.desired(&s.name);
         let value = serde_json::to_string(&d)?;
@@ -204,80 +212,10 @@ async fn sync(f: &Fleet, client: &mut Client, lease: i64) -> Result<i64> {
         // Lost the race: the winner's value arrives through the watch.
     }
     for (name, (rev, d)) in desired {
-        apply(f, &name, rev, d).await;
+        apply::apply(f, &name, rev, d).await;
     }
     report(f, client, lease).await?;
     Ok(read)
-}
-
-/// Applies desired revision `rev` of `service` unless it was applied already; a revision
-/// that cannot be applied is refused (a NACK, with why) and the host keeps its state.
-async fn apply(f: &Fleet, service: &str, rev: i64, d: Desired) {
-    {
-        let mut l = f.local();
-        l.desired.insert(service.to_string(), (rev, d.clone()));
-        if l.applied.get(service).is_some_and(|&a| a >= rev) {
-            return;
-        }
-    }
-    let started = Instant::now();
-    match apply_here(f, service, rev, &d).await {
-        Ok(flipped) => {
-            let mut l = f.local();
-            l.applied.insert(service.to_string(), rev);
-            l.nacks.remove(service);
-            l.overrides.remove(service);
-            info!(service, revision = rev, active = %d.active, flipped, took_us = started.elapsed().as_micros() as u64, "fleet: applied");
-        }
-        Err(e) => {
-            warn!(
-                service,
-                revision = rev,
-                "fleet: refused the desired state, keeping the current one: {e:#}"
-            );
-            f.local().nacks.insert(
-                service.to_string(),
-                Nack {
-                    revision: rev,
-                    error: format!("{e:#}"),
-                    at_ms: now_ms(),
-                },
-            );
-        }
-    }
-}
-
-/// Whether it flipped.
-async fn apply_here(f: &Fleet, service: &str, rev: i64, d: &Desired) -> Result<bool> {
-    let ctl = &f.0.ctl;
-    let svc = ctl
-        .effective_services()
-        .await
-        .into_iter()
-        .find(|s| s.name == service)
-        .ok_or_else(|| anyhow!("{service} is not configured on this host"))?;
-    let here = config_hash(&svc);
-    if here != d.config_hash {
-        bail!(
-            "the service config here ({here}) differs from the one the fleet runs ({}): load \
-             the same config on every host",
-            d.config_hash
-        );
-    }
-    if ctl.status(Some(service)).await?.services[0].active == d.active {
-        return Ok(false);
-    }
-    // The fleet decided; locally this is a forced flip with the fleet's reason on record.
-    ctl.flip(
-        service,
-        d.active,
-        true,
-        Some(format!("fleet revision {rev}: {}", d.reason)),
-        &format!("fleet:{}", d.actor),
-        std::time::Instant::now(),
-    )
-    .await?;
-    Ok(true)
 }
 
 /// Puts this host's report under its lease: applied revisions and refusals, and the colour
@@ -304,8 +242,28 @@ async fn report(f: &Fleet, client: &mut Client, lease: i64) -> Result<()> {
                     config_hash: hashes.get(&s.name).cloned().unwrap_or_default(),
                     nack: l.nacks.get(&s.name).cloned(),
                     overridden: l.overrides.get(&s.name).cloned(),
+                    deployment: None,
                 },
             );
+        }
+    }
+    let mapped: Vec<(String, String, u64)> = f
+        .local()
+        .deployments
+        .iter()
+        .map(|(s, (fid, lid))| (s.clone(), fid.clone(), *lid))
+        .collect();
+    for (service, fleet_id, local_id) in mapped {
+        if let (Some(r), Some(d)) = (
+            services.get_mut(&service),
+            ctl.deployment(&service, local_id).await,
+        ) {
+            r.deployment = Some(HostDeployment {
+                fleet_id,
+                local_id,
+                phase: d.phase,
+                reason: d.last().map(|t| t.reason.clone()).unwrap_or_default(),
+            });
         }
     }
     let r = HostReport {

@@ -7,6 +7,7 @@
 //!   lease: it disappears when the host stops renewing it.
 //! - `known/<host>`: that a host has joined, without a lease, so a silent host is shown as
 //!   disconnected rather than forgotten.
+//! - `driver/<service>`: the host driving that service's fleet deployment, under its lease.
 //! - `audit/<ms>-<host>-<n>`: the audit trail (time, actor with host, reason, evidence).
 
 #[derive(Debug, Clone)]
@@ -27,6 +28,11 @@ impl Keys {
 
     pub fn desired(&self, service: &str) -> String {
         format!("{}desired/{service}", self.root)
+    }
+
+    /// Held (under its lease) by the host driving `service`'s fleet deployment.
+    pub fn driver(&self, service: &str) -> String {
+        format!("{}driver/{service}", self.root)
     }
 
     pub fn hosts_prefix(&self) -> String {

@@ -9,6 +9,8 @@
 //! disconnected and re-reads everything when it gets back.
 
 mod agent;
+mod apply;
+mod driver;
 mod etcd;
 pub mod keys;
 pub mod model;
@@ -65,6 +67,12 @@ struct Local {
     reconnects: u64,
     /// Where the next session starts trying endpoints.
     next_endpoint: usize,
+    /// The current session's lease (driver keys live under it).
+    lease: Option<i64>,
+    /// Per service: the fleet deployment this host deployed locally, and its local id.
+    deployments: BTreeMap<String, (String, u64)>,
+    /// Services whose fleet deployment a task of this host drives now.
+    driving: std::collections::BTreeSet<String>,
 }
 
 /// What the metrics and the status show of this host's fleet membership.

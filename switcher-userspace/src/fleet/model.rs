@@ -6,7 +6,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
-use crate::{config::Service, domain::Color};
+use crate::{
+    config::{Member, Service},
+    domain::Color,
+};
 
 /// `desired/<service>`: what every host must run. Its etcd `mod_revision` is the revision
 /// hosts acknowledge.
@@ -20,6 +23,47 @@ pub struct Desired {
     pub actor: String,
     pub reason: String,
     pub at_ms: u64,
+    /// The fleet deployment in progress or last finished, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployment: Option<FleetDeployment>,
+}
+
+/// One deployment of a candidate to every host: deployed everywhere, validated by every host
+/// from its own vantage point, flipped to only when all passed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FleetDeployment {
+    /// Unique in the fleet: `<desired revision it was created at>-<host>`.
+    pub id: String,
+    pub color: Color,
+    pub members: Vec<Member>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// Replace the slot even with connections pinned to it.
+    #[serde(default)]
+    pub force: bool,
+    pub phase: FleetPhase,
+    /// Why it is in this phase (who failed validation, ...).
+    #[serde(default)]
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FleetPhase {
+    /// On every host's idle slot; no traffic.
+    Deployed,
+    /// Every host validates; a driver holds `driver/<service>` and decides.
+    Validating,
+    /// Every host passed and the flip was written.
+    Promoted,
+    /// Some host failed validation or did not answer: nobody flipped.
+    Rejected,
+}
+
+impl FleetPhase {
+    pub fn is_open(self) -> bool {
+        matches!(self, FleetPhase::Deployed | FleetPhase::Validating)
+    }
 }
 
 /// `hosts/<host>`: one host's report, under its lease.
@@ -45,6 +89,18 @@ pub struct ServiceReport {
     /// A local emergency override since the last applied revision.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub overridden: Option<Override>,
+    /// This host's side of the fleet deployment: its local deployment and phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployment: Option<HostDeployment>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HostDeployment {
+    pub fleet_id: String,
+    pub local_id: u64,
+    pub phase: crate::deploy::Phase,
+    /// The last transition's reason (a failed validation says what failed).
+    pub reason: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 
 use super::Fleet;
-use crate::{controller::Controller, domain::Color};
+use crate::{config::Member, controller::Controller, domain::Color};
 
 /// A flip of `service` to `to`.
 #[allow(clippy::too_many_arguments)]
@@ -65,17 +65,67 @@ pub async fn rollback(
     }
 }
 
-/// Refuses what fleet mode does not do yet on one host's word.
-pub fn refuse_in_fleet(fleet: Option<&Fleet>, what: &str) -> Result<()> {
-    if let Some(f) = fleet {
-        bail!(
-            "{what} is not fleet-wide yet (fleet {}): validate the candidate, then `switcher \
-             flip SERVICE --to COLOUR` flips every host and waits for each one's \
-             acknowledgement",
-            f.0.cfg.cluster
-        );
+/// A deploy: to every host's idle slot in fleet mode.
+#[allow(clippy::too_many_arguments)]
+pub async fn deploy(
+    fleet: Option<&Fleet>,
+    ctl: &Controller,
+    service: &str,
+    color: Color,
+    members: Vec<Member>,
+    version: Option<String>,
+    force: bool,
+    actor: &str,
+) -> Result<serde_json::Value> {
+    Ok(match fleet {
+        Some(f) => serde_json::to_value(
+            f.deploy(service, color, members, version, force, actor)
+                .await?,
+        )?,
+        None => serde_json::to_value(
+            ctl.deploy(service, color, members, version, force, actor)
+                .await?,
+        )?,
+    })
+}
+
+/// A promote: in fleet mode this host drives the fleet deployment (every host validates, the
+/// flip is written only if all passed). With `wait`, answers once it is decided.
+pub async fn promote(
+    fleet: Option<&Fleet>,
+    ctl: &Controller,
+    service: &str,
+    wait: Option<std::time::Duration>,
+    actor: &str,
+) -> Result<serde_json::Value> {
+    let Some(f) = fleet else {
+        return Ok(serde_json::to_value(
+            ctl.promote(service, actor, wait).await?,
+        )?);
+    };
+    if wait.is_some() {
+        return Ok(serde_json::to_value(f.promote(service, actor).await?)?);
     }
-    Ok(())
+    let (f, name, who) = (f.clone(), service.to_string(), actor.to_string());
+    tokio::spawn(async move {
+        if let Err(e) = f.promote(&name, &who).await {
+            tracing::warn!(service = %name, "fleet promote: {e:#}");
+        }
+    });
+    Ok(serde_json::json!({ "phase": "validating", "driver": fleet.map(|f| f.host().to_string()) }))
+}
+
+/// An abort: of the fleet deployment on every host in fleet mode.
+pub async fn abort(
+    fleet: Option<&Fleet>,
+    ctl: &Controller,
+    service: &str,
+    actor: &str,
+) -> Result<serde_json::Value> {
+    Ok(match fleet {
+        Some(f) => serde_json::to_value(f.abort(service, actor).await?)?,
+        None => serde_json::to_value(ctl.abort(service, actor).await?)?,
+    })
 }
 
 fn override_reason(force: bool, reason: Option<String>) -> Result<String> {

@@ -14,8 +14,9 @@ use std::{
 use etcd_client::GetOptions;
 
 use self::{etcd_proc::EtcdProc, proxy::Proxy};
+use super::model::FleetPhase;
 use super::*;
-use crate::{config::Config, datapath::fake::FakeDatapath, domain::Color};
+use crate::{config::Config, datapath::fake::FakeDatapath, deploy::Phase, domain::Color};
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
@@ -272,10 +273,19 @@ async fn a_write_on_a_stale_revision_is_refused_and_concurrent_flips_write_once(
         actor: "cli:a".into(),
         reason: "late".into(),
         at_ms: 1,
+        deployment: None,
     };
     let err = a
         .fleet
-        .compare_and_write(&mut client, "syslog", read, &stale, Color::Blue, "flip")
+        .compare_and_write(
+            &mut client,
+            "syslog",
+            read,
+            &stale,
+            Color::Blue,
+            "flip",
+            false,
+        )
         .await
         .expect_err("stale revision");
     let msg = format!("{err:#}");
@@ -576,4 +586,297 @@ async fn a_watch_that_fails_on_one_host_rolls_the_whole_fleet_back() {
         );
     }
     eprintln!("fleet rolled back {rolled:?} after the resets began");
+}
+
+/// Validation: the health endpoint of [`Healthy`] (on loopback, the same for every host),
+/// then a canary in which the candidate must see traffic and reset nothing.
+fn checks(health_port: u16, canary_ms: u64) -> String {
+    format!(
+        "[service.health]\nhttp = \"http://127.0.0.1:{health_port}/health\"\nsuccesses = 1\n\
+         interval_ms = 50\ndeadline_ms = 3000\n[service.canary]\npercent = 10\nduration_ms = {canary_ms}\n"
+    )
+}
+
+/// An HTTP endpoint on loopback that answers every request with 200.
+struct Healthy {
+    port: u16,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Healthy {
+    async fn start() -> Healthy {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        let task = tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    let _ = s.read(&mut buf).await;
+                    let _ = s
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+                        )
+                        .await;
+                });
+            }
+        });
+        Healthy { port, task }
+    }
+}
+
+impl Drop for Healthy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Counts traffic to green on every host's datapath (and resets on `resetting`), as the
+/// canary's share of real flows would, until dropped.
+struct Traffic(tokio::task::JoinHandle<()>);
+
+impl Traffic {
+    fn start(hosts: &[&Host], resetting: Option<&Host>) -> Traffic {
+        let maps: Vec<FakeDatapath> = hosts.iter().map(|h| h.maps.clone()).collect();
+        let bad = resetting.map(|h| h.maps.clone());
+        Traffic(tokio::spawn(async move {
+            loop {
+                for m in &maps {
+                    let mut g = m.maps();
+                    if let Some(id) = g.id("syslog") {
+                        g.counters.entry(id).or_default()[Color::Green.index() as usize].packets +=
+                            10;
+                    }
+                }
+                if let Some(m) = &bad {
+                    let mut g = m.maps();
+                    if let Some(id) = g.id("syslog") {
+                        g.counters.entry(id).or_default()[Color::Green.index() as usize].resets +=
+                            1;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }))
+    }
+}
+
+impl Drop for Traffic {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn fleet_of(tag: &str, n: usize, port: u16, extra: &str) -> Vec<Host> {
+    let c = cluster(tag);
+    let mut hosts = Vec::new();
+    for i in 0..n {
+        hosts.push(Host::start_with(&c, &format!("edge-{i}"), port, GREEN_A, extra).await);
+    }
+    in_sync(&hosts[0].fleet, n).await;
+    hosts
+}
+
+fn green_b() -> Vec<crate::config::Member> {
+    vec![crate::config::Member::new(GREEN_B.parse().expect("addr"))]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_promote_validates_on_every_host_and_flips_only_when_all_passed() {
+    let etcd = EtcdProc::start("promote").await;
+    let health = Healthy::start().await;
+    let hosts = fleet_of("promote", 3, etcd.client_port, &checks(health.port, 300)).await;
+    let all: Vec<&Host> = hosts.iter().collect();
+    let _traffic = Traffic::start(&all, None);
+    let d = hosts[0]
+        .fleet
+        .deploy(
+            "syslog",
+            Color::Green,
+            green_b(),
+            Some("v2".into()),
+            false,
+            "cli:t",
+        )
+        .await
+        .expect("fleet deploy");
+    assert!(
+        d.hosts.iter().all(|h| h.result == "applied") && d.hosts.len() == 3,
+        "{d:?}"
+    );
+    for h in &hosts {
+        let s = h.ctl.status(Some("syslog")).await.expect("status");
+        let dep = s.services[0].deployment.as_ref().expect("deployed here");
+        assert_eq!(
+            (dep.phase, dep.backend.as_str()),
+            (Phase::Deployed, GREEN_B)
+        );
+        assert_eq!(
+            s.services[0].active,
+            Color::Blue,
+            "a deploy moves no traffic"
+        );
+    }
+    let r = hosts[1]
+        .fleet
+        .promote("syslog", "cli:t")
+        .await
+        .expect("fleet promote");
+    assert_eq!((r.from, r.to), (Color::Blue, Color::Green));
+    assert!(
+        r.hosts.iter().all(|h| h.result == "applied") && r.hosts.len() == 3,
+        "{r:?}"
+    );
+    for h in &hosts {
+        let s = h.ctl.status(Some("syslog")).await.expect("status");
+        assert_eq!(s.services[0].active, Color::Green);
+        let dep = s.services[0].deployment.as_ref().expect("deployment");
+        assert_eq!(
+            dep.phase,
+            Phase::Promoted,
+            "validated here, flipped as validated: {dep:?}"
+        );
+    }
+    let st = hosts[2].fleet.status().await;
+    let want = &st.desired["syslog"].desired;
+    assert_eq!(
+        want.deployment.as_ref().map(|d| d.phase),
+        Some(FleetPhase::Promoted)
+    );
+    assert_eq!(st.in_drift, 0, "{st:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_candidate_failing_on_one_host_flips_nobody_and_names_the_host() {
+    let etcd = EtcdProc::start("reject").await;
+    let health = Healthy::start().await;
+    let hosts = fleet_of("reject", 3, etcd.client_port, &checks(health.port, 300)).await;
+    let all: Vec<&Host> = hosts.iter().collect();
+    let _traffic = Traffic::start(&all, Some(&hosts[2]));
+    hosts[0]
+        .fleet
+        .deploy("syslog", Color::Green, green_b(), None, false, "cli:t")
+        .await
+        .expect("fleet deploy");
+    let e = hosts[0]
+        .fleet
+        .promote("syslog", "cli:t")
+        .await
+        .expect_err("rejected");
+    let msg = format!("{e:#}");
+    assert!(
+        msg.contains("failed on 1 host(s): edge-2") && msg.contains("reset"),
+        "{msg}"
+    );
+    for h in &hosts {
+        let s = h.ctl.status(Some("syslog")).await.expect("status");
+        assert_eq!(s.services[0].active, Color::Blue, "nobody flipped");
+    }
+    // The hosts that passed let go of their ready candidate.
+    until(
+        Duration::from_secs(5),
+        "every local deployment ended",
+        || async {
+            let mut ended = true;
+            for h in &hosts {
+                let s = h.ctl.status(Some("syslog")).await.expect("status");
+                ended &= s.services[0]
+                    .deployment
+                    .as_ref()
+                    .is_none_or(|d| d.phase.is_final());
+            }
+            ended
+        },
+    )
+    .await;
+    let st = hosts[1].fleet.status().await;
+    let dep = st.desired["syslog"]
+        .desired
+        .deployment
+        .clone()
+        .expect("deployment");
+    assert_eq!(dep.phase, FleetPhase::Rejected);
+    assert!(dep.reason.contains("edge-2"), "{dep:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_driver_dies_another_host_finishes_the_deployment_and_one_promote_wins() {
+    let etcd = EtcdProc::start("driver").await;
+    let health = Healthy::start().await;
+    let mut hosts = fleet_of("driver", 3, etcd.client_port, &checks(health.port, 2500)).await;
+    let all: Vec<&Host> = hosts.iter().collect();
+    let _traffic = Traffic::start(&all, None);
+    hosts[0]
+        .fleet
+        .deploy("syslog", Color::Green, green_b(), None, false, "cli:t")
+        .await
+        .expect("fleet deploy");
+    // Two operators promote at once: one drives, the other is told who does.
+    let (a, b) = (hosts[0].fleet.clone(), hosts[1].fleet.clone());
+    let first = tokio::spawn(async move { a.promote("syslog", "cli:a").await });
+    let second = tokio::spawn(async move { b.promote("syslog", "cli:b").await });
+    until(Duration::from_secs(5), "validation under way", || async {
+        let s = hosts[2].fleet.status().await;
+        s.desired["syslog"]
+            .desired
+            .deployment
+            .as_ref()
+            .map(|d| d.phase)
+            == Some(FleetPhase::Validating)
+    })
+    .await;
+    // Whichever drives dies with its daemon (its agent and the request): its lease runs out.
+    let mut client = etcd.client().await;
+    let key = Keys::new(&cluster("driver")).driver("syslog");
+    until(Duration::from_secs(5), "a driver key", || async {
+        let mut c = etcd.client().await;
+        c.get(key.clone(), None)
+            .await
+            .is_ok_and(|r| !r.kvs().is_empty())
+    })
+    .await;
+    let driver = client.get(key.clone(), None).await.expect("driver").kvs()[0]
+        .value_str()
+        .expect("utf8")
+        .to_string();
+    let (dead, driving, loser) = if driver == "edge-0" {
+        (0, first, second)
+    } else {
+        (1, second, first)
+    };
+    driving.abort();
+    let refused = loser
+        .await
+        .expect("join")
+        .expect_err("one promote is refused");
+    let msg = format!("{refused:#}");
+    assert!(
+        msg.contains(&format!("already driven by {driver}"))
+            || msg.contains("no fleet deployment waiting"),
+        "{msg}"
+    );
+    let gone = hosts.remove(dead);
+    drop(gone);
+    // A survivor takes over and finishes: every live host validated, the fleet flips.
+    let survivors: Vec<&Host> = hosts.iter().collect();
+    let took = until(
+        Duration::from_secs(30),
+        "the deployment finished by another driver",
+        || async {
+            let s = survivors[0].fleet.status().await;
+            let d = &s.desired["syslog"].desired;
+            d.active == Color::Green
+                && d.deployment.as_ref().map(|d| d.phase) == Some(FleetPhase::Promoted)
+        },
+    )
+    .await;
+    for h in &survivors {
+        until(Duration::from_secs(5), "survivor on green", || async {
+            h.active().await == Color::Green
+        })
+        .await;
+    }
+    eprintln!("taken over and finished {took:?} after the driver died");
 }

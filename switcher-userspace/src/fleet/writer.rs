@@ -60,6 +60,34 @@ impl HostAck {
     }
 }
 
+impl FleetFlip {
+    fn unchanged(service: &str, to: Color, revision: i64) -> Self {
+        FleetFlip {
+            service: service.to_string(),
+            from: to,
+            to,
+            revision,
+            changed: false,
+            hosts: Vec::new(),
+            excluded: Vec::new(),
+            ack_ms: 0.0,
+            rolled_back: None,
+        }
+    }
+
+    /// `host result: error` of every host that refused or missed.
+    pub(super) fn failures(&self) -> Vec<String> {
+        self.hosts
+            .iter()
+            .filter(|h| h.failed())
+            .map(|h| match &h.error {
+                Some(e) => format!("{} {}: {e}", h.host, h.result),
+                None => format!("{} {}", h.host, h.result),
+            })
+            .collect()
+    }
+}
+
 impl Fleet {
     /// Flips `service` to `to` on every host. A colour this host does not trust needs
     /// `force` and a reason, as a local flip does.
@@ -129,66 +157,96 @@ impl Fleet {
         revert_on_failure: bool,
     ) -> Result<FleetFlip> {
         let mut client = self.client()?;
-        let limit = self.0.cfg.connect_timeout;
-        let key = self.0.keys.desired(service);
-        let got = within(limit, client.get(key.clone(), None))
-            .await
-            .context("reading the desired state")?;
+        let (read_rev, current) = self.read_desired(&mut client, service).await?;
+        let to = to.unwrap_or(current.active.other());
+        let hash = config_hash(&self.local_service(service).await?);
+        if current.active == to && current.config_hash == hash {
+            return Ok(FleetFlip::unchanged(service, to, read_rev));
+        }
+        let next = Desired {
+            active: to,
+            config_hash: hash,
+            actor: format!("{actor}@{}", self.host()),
+            reason: reason.to_string(),
+            at_ms: now_ms(),
+            deployment: current.deployment.clone(),
+        };
+        self.commit(
+            &mut client,
+            service,
+            read_rev,
+            &current,
+            next,
+            action,
+            revert_on_failure,
+            false,
+        )
+        .await
+    }
+
+    /// The desired state of `service` and its revision.
+    pub(super) async fn read_desired(
+        &self,
+        client: &mut Client,
+        service: &str,
+    ) -> Result<(i64, Desired)> {
+        let got = within(
+            self.0.cfg.connect_timeout,
+            client.get(self.0.keys.desired(service), None),
+        )
+        .await
+        .context("reading the desired state")?;
         let kv = got.kvs().first().ok_or_else(|| {
             anyhow!(
                 "{service} is not in fleet {}'s desired state (no host runs it yet)",
                 self.0.cfg.cluster
             )
         })?;
-        let (read_rev, current) = (
-            kv.mod_revision(),
-            serde_json::from_slice::<Desired>(kv.value())
-                .with_context(|| format!("the desired state of {service} does not parse"))?,
-        );
-        let to = to.unwrap_or(current.active.other());
-        let svc = self
-            .0
+        let d = serde_json::from_slice::<Desired>(kv.value())
+            .with_context(|| format!("the desired state of {service} does not parse"))?;
+        Ok((kv.mod_revision(), d))
+    }
+
+    /// This host's definition of `service` as it runs now.
+    pub(super) async fn local_service(&self, service: &str) -> Result<crate::config::Service> {
+        self.0
             .ctl
             .effective_services()
             .await
             .into_iter()
             .find(|s| s.name == service)
-            .ok_or_else(|| anyhow!("{service} is not configured on this host"))?;
-        let hash = config_hash(&svc);
-        if current.active == to && current.config_hash == hash {
-            return Ok(FleetFlip {
-                service: service.to_string(),
-                from: to,
-                to,
-                revision: read_rev,
-                changed: false,
-                hosts: Vec::new(),
-                excluded: Vec::new(),
-                ack_ms: 0.0,
-                rolled_back: None,
-            });
-        }
-        let who = format!("{actor}@{}", self.host());
-        let desired = Desired {
-            active: to,
-            config_hash: hash,
-            actor: who.clone(),
-            reason: reason.to_string(),
-            at_ms: now_ms(),
-        };
+            .ok_or_else(|| anyhow!("{service} is not configured on this host"))
+    }
+
+    /// Writes `next` over `current` (read at `read_rev`), waits for every connected host, and
+    /// when one refused or missed it and `revert` is set, writes `current` back (the whole
+    /// fleet returns) and fails naming the hosts. `driver`: the write also requires that this
+    /// host still holds the service's driver key.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn commit(
+        &self,
+        client: &mut Client,
+        service: &str,
+        read_rev: i64,
+        current: &Desired,
+        next: Desired,
+        action: &str,
+        revert: bool,
+        driver: bool,
+    ) -> Result<FleetFlip> {
+        let to = next.active;
         let (rev, committed) = self
             .compare_and_write(
-                &mut client,
+                client,
                 service,
                 read_rev,
-                &desired,
+                &next,
                 current.active,
                 action,
+                driver,
             )
             .await?;
-        let (hosts, excluded) = self
-            .wait_acks(&mut client, service, rev, to, committed)
-            .await?;
+        let (hosts, excluded) = self.wait_acks(client, service, rev, to, committed).await?;
         let ack_ms = hosts
             .iter()
             .filter_map(|h| h.ack_ms)
@@ -204,37 +262,28 @@ impl Fleet {
             ack_ms,
             rolled_back: None,
         };
-        let failed: Vec<String> = reply
-            .hosts
-            .iter()
-            .filter(|h| h.failed())
-            .map(|h| match &h.error {
-                Some(e) => format!("{} {}: {e}", h.host, h.result),
-                None => format!("{} {}", h.host, h.result),
-            })
-            .collect();
+        let failed = reply.failures();
         if failed.is_empty() {
             return Ok(reply);
         }
-        if !revert_on_failure {
+        if !revert {
             bail!(
-                "{action} of {service} to {to} (revision {rev}) was not acknowledged by every host: {}",
-                failed.join("; ")
+                "{action} of {service} (revision {rev}) was not acknowledged by every host: {}. \
+                 Per host: {}",
+                failed.join("; "),
+                serde_json::to_string(&reply.hosts)?
             );
         }
-        let back = Desired {
-            active: current.active,
-            config_hash: current.config_hash.clone(),
-            actor: format!("fleet-rollback:{}", self.host()),
-            reason: format!("revision {rev} failed on: {}", failed.join("; ")),
-            at_ms: now_ms(),
-        };
+        let mut back = current.clone();
+        back.actor = format!("fleet-rollback:{}", self.host());
+        back.reason = format!("revision {rev} failed on: {}", failed.join("; "));
+        back.at_ms = now_ms();
         let (back_rev, committed) = self
-            .compare_and_write(&mut client, service, rev, &back, to, "fleet-rollback")
+            .compare_and_write(client, service, rev, &back, to, "fleet-rollback", driver)
             .await
-            .context("writing the fleet back after a failed flip")?;
+            .context("writing the fleet back after a failed change")?;
         let (back_hosts, _) = self
-            .wait_acks(&mut client, service, back_rev, current.active, committed)
+            .wait_acks(client, service, back_rev, current.active, committed)
             .await?;
         reply.rolled_back = Some(back_rev);
         let back_failed: Vec<&str> = back_hosts
@@ -259,6 +308,7 @@ impl Fleet {
 
     /// Writes `desired` if the key is still at `read_rev`, with its audit entry, in one
     /// transaction. Returns the new revision and when it committed.
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn compare_and_write(
         &self,
         client: &mut Client,
@@ -267,6 +317,7 @@ impl Fleet {
         desired: &Desired,
         from: Color,
         action: &str,
+        driver: bool,
     ) -> Result<(i64, Instant)> {
         let key = self.0.keys.desired(service);
         let audit = AuditEntry {
@@ -281,12 +332,22 @@ impl Fleet {
             revision: None,
             evidence: None,
         };
-        let txn = etcd_client::Txn::new()
-            .when([Compare::mod_revision(
-                key.clone(),
+        let mut when = vec![Compare::mod_revision(
+            key.clone(),
+            CompareOp::Equal,
+            read_rev,
+        )];
+        if driver {
+            // Only the driver of the deployment may move it on: a driver that lost its key
+            // (its lease ran out) and still runs cannot write over its successor.
+            when.push(Compare::value(
+                self.0.keys.driver(service),
                 CompareOp::Equal,
-                read_rev,
-            )])
+                self.host(),
+            ));
+        }
+        let txn = etcd_client::Txn::new()
+            .when(when)
             .and_then([
                 TxnOp::put(key.clone(), serde_json::to_string(desired)?, None),
                 TxnOp::put(
@@ -313,6 +374,10 @@ impl Fleet {
             _ => None,
         });
         match now {
+            Some((rev, _)) if driver && rev == read_rev => bail!(
+                "this host no longer drives the fleet deployment of {service} (its lease ran \
+                 out and another host took it over); nothing was written"
+            ),
             Some((rev, Some(d))) => bail!(
                 "the desired state of {service} changed while this request was made (revision \
                  {read_rev} -> {rev}: {} by {}, {:?}); nothing was written: check `switcher \

@@ -371,14 +371,7 @@ async fn action(
     let body = body.map(|Json(b)| b).unwrap_or_default();
     let actor = format!("dashboard:{peer}");
     let result = match action.as_str() {
-        "promote" => match route::refuse_in_fleet(app.fleet.as_ref(), "promote") {
-            Ok(()) => app
-                .ctl
-                .promote(&service, &actor, None)
-                .await
-                .and_then(|p| Ok(serde_json::to_value(p)?)),
-            Err(e) => Err(e),
-        },
+        "promote" => route::promote(app.fleet.as_ref(), &app.ctl, &service, None, &actor).await,
         "rollback" => {
             route::rollback(
                 app.fleet.as_ref(),

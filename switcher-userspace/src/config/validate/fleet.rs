@@ -15,6 +15,8 @@ const LEASE_TTL_S: RangeInclusive<u64> = 2..=300;
 const DEFAULT_LEASE_TTL_S: u64 = 5;
 const ACK_DEADLINES: RangeInclusive<u64> = 100..=10 * 60 * SECOND_MS;
 const DEFAULT_ACK_DEADLINE_MS: u64 = 5_000;
+const PROMOTE_DEADLINES: RangeInclusive<u64> = SECOND_MS..=60 * 60 * SECOND_MS;
+const DEFAULT_PROMOTE_DEADLINE_MS: u64 = 10 * 60 * SECOND_MS;
 const CONNECT_TIMEOUTS: RangeInclusive<u64> = 100..=60 * SECOND_MS;
 const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 2_000;
 
@@ -69,6 +71,12 @@ pub(super) fn fleet(raw: RawFleet, errs: &mut Errors) -> FleetConfig {
         ACK_DEADLINES,
         Duration::from_millis(DEFAULT_ACK_DEADLINE_MS),
     );
+    let promote_deadline = errs.ms(
+        raw.promote_deadline_ms,
+        "fleet.promote_deadline_ms",
+        PROMOTE_DEADLINES,
+        Duration::from_millis(DEFAULT_PROMOTE_DEADLINE_MS),
+    );
     let connect_timeout = errs.ms(
         raw.connect_timeout_ms,
         "fleet.connect_timeout_ms",
@@ -94,6 +102,7 @@ pub(super) fn fleet(raw: RawFleet, errs: &mut Errors) -> FleetConfig {
         host_id,
         lease_ttl: Duration::from_secs(lease_s),
         ack_deadline,
+        promote_deadline,
         connect_timeout,
         tls,
     }

@@ -7,6 +7,7 @@ fn desired(active: Color, hash: &str) -> Desired {
         actor: "cli:root".into(),
         reason: "t".into(),
         at_ms: 1,
+        deployment: None,
     }
 }
 
@@ -23,6 +24,7 @@ fn report(host: &str, applied: i64, active: Color, hash: &str) -> HostReport {
                 config_hash: hash.into(),
                 nack: None,
                 overridden: None,
+                deployment: None,
             },
         )]),
     }

@@ -1,0 +1,142 @@
+//! Applying one desired revision on this host: the fleet deployment's step (deploy the
+//! candidate, validate it, abort it), then the service definition check, then the colour.
+//! A revision that cannot be applied is refused (a NACK, with why) and the host keeps its
+//! state.
+
+use anyhow::{anyhow, bail, Result};
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use super::{
+    model::{config_hash, FleetDeployment, FleetPhase, Nack},
+    Desired, Fleet,
+};
+use crate::{deploy::Phase, domain::now_ms};
+
+/// Applies revision `rev` of `service` unless it was applied already.
+pub(super) async fn apply(f: &Fleet, service: &str, rev: i64, d: Desired) {
+    {
+        let mut l = f.local();
+        l.desired.insert(service.to_string(), (rev, d.clone()));
+        if l.applied.get(service).is_some_and(|&a| a >= rev) {
+            return;
+        }
+    }
+    let started = Instant::now();
+    match apply_here(f, service, rev, &d).await {
+        Ok(flipped) => {
+            let mut l = f.local();
+            l.applied.insert(service.to_string(), rev);
+            l.nacks.remove(service);
+            l.overrides.remove(service);
+            info!(service, revision = rev, active = %d.active, flipped, took_us = started.elapsed().as_micros() as u64, "fleet: applied");
+        }
+        Err(e) => {
+            warn!(
+                service,
+                revision = rev,
+                "fleet: refused the desired state, keeping the current one: {e:#}"
+            );
+            f.local().nacks.insert(
+                service.to_string(),
+                Nack {
+                    revision: rev,
+                    error: format!("{e:#}"),
+                    at_ms: now_ms(),
+                },
+            );
+        }
+    }
+}
+
+/// Whether it flipped.
+async fn apply_here(f: &Fleet, service: &str, rev: i64, d: &Desired) -> Result<bool> {
+    let ctl = &f.0.ctl;
+    let actor = format!("fleet:{}", d.actor);
+    if let Some(dep) = &d.deployment {
+        deployment_step(f, service, dep, &actor).await?;
+    }
+    let svc = ctl
+        .effective_services()
+        .await
+        .into_iter()
+        .find(|s| s.name == service)
+        .ok_or_else(|| anyhow!("{service} is not configured on this host"))?;
+    let here = config_hash(&svc);
+    if here != d.config_hash {
+        bail!(
+            "the service config here ({here}) differs from the one the fleet runs ({}): load \
+             the same config on every host",
+            d.config_hash
+        );
+    }
+    let view = ctl.status(Some(service)).await?;
+    if view.services[0].active == d.active {
+        return Ok(false);
+    }
+    // A candidate this host validated for the fleet is flipped to as a validated one (its
+    // watch starts); anything else is the fleet's forced decision, with its reason on record.
+    let validated = view.services[0]
+        .deployment
+        .as_ref()
+        .is_some_and(|l| l.phase == Phase::Ready && l.color == d.active);
+    ctl.flip(
+        service,
+        d.active,
+        !validated,
+        Some(format!("fleet revision {rev}: {}", d.reason)),
+        &actor,
+        std::time::Instant::now(),
+    )
+    .await?;
+    Ok(true)
+}
+
+/// Brings this host's side of fleet deployment `dep` to its phase.
+async fn deployment_step(
+    f: &Fleet,
+    service: &str,
+    dep: &FleetDeployment,
+    actor: &str,
+) -> Result<()> {
+    let ctl = &f.0.ctl;
+    let mapped = f.local().deployments.get(service).cloned();
+    let local = match mapped {
+        Some((fid, lid)) if fid == dep.id => ctl.deployment(service, lid).await,
+        _ => None,
+    };
+    let serving = ctl.status(Some(service)).await?.services[0].active == dep.color;
+    match (dep.phase, local) {
+        (FleetPhase::Rejected, Some(l))
+            if matches!(l.phase, Phase::Deployed | Phase::Validating | Phase::Ready) =>
+        {
+            ctl.abort(service, actor).await?;
+        }
+        (FleetPhase::Rejected, _) => {}
+        // Not here yet (a new deployment, or a host that rejoins): deploy it, unless the
+        // candidate already serves here.
+        (_, None) if !serving => {
+            let d = ctl
+                .deploy(
+                    service,
+                    dep.color,
+                    dep.members.clone(),
+                    dep.version.clone(),
+                    dep.force,
+                    actor,
+                )
+                .await?;
+            f.local()
+                .deployments
+                .insert(service.to_string(), (dep.id.clone(), d.id));
+            if dep.phase == FleetPhase::Validating {
+                ctl.validate(service, actor).await?;
+            }
+        }
+        (FleetPhase::Validating, Some(l)) if l.phase == Phase::Deployed => {
+            ctl.validate(service, actor).await?;
+        }
+        _ => {}
+    }
+    Ok(())
+}
