@@ -1,5 +1,7 @@
 //! Test support for switcher: the network-namespace lab and its helpers.
 
+#[cfg(feature = "rig")]
+pub mod fleet;
 pub mod lab;
 #[cfg(feature = "rig")]
 pub mod loaded;

@@ -14,7 +14,8 @@ use switcher::{
     fleet::{FleetFlip, FleetStatus},
 };
 use switcher_tests::{
-    lab::{etcd_member_v4, Etcd, Host, ETCD_CLIENT_PORT, GREEN_V4},
+    fleet::{self, FleetLab},
+    lab::{Host, GREEN_V4},
     poll,
     rig::{self, Rig, STANDARD_CHECKS, UDP_PORT},
 };
@@ -22,72 +23,22 @@ use switcher_tests::{
 /// How long any one condition may take to come true.
 const WAIT: Duration = Duration::from_secs(30);
 
-/// The `[fleet]` section of host `i`, reaching `members` etcd members.
-fn fleet_section(cluster: &str, i: usize, members: usize) -> String {
-    let endpoints: Vec<String> = (0..members)
-        .map(|m| format!("\"http://{}:{ETCD_CLIENT_PORT}\"", etcd_member_v4(m)))
-        .collect();
-    format!(
-        "[fleet]\nendpoints = [{}]\ncluster = \"{cluster}\"\nhost_id = \"edge-{i}\"\n\
-         lease_ttl_s = 2\nack_deadline_ms = 5000\nconnect_timeout_ms = 1000\n\n",
-        endpoints.join(", ")
-    )
-}
-
-/// `n` hosts (labs with a daemon each, standard services) and an etcd of `members` members,
-/// every edge joined to it; returns once every host reports in sync.
-fn fleet(tag: &str, n: usize, members: usize) -> (Vec<Rig>, Etcd) {
+/// `n` hosts and an etcd of `members` members, in sync.
+fn fleet(tag: &str, n: usize, members: usize) -> FleetLab {
     fleet_with(tag, n, members, "")
 }
 
 /// [`fleet`] with `checks` appended to every service.
-fn fleet_with(tag: &str, n: usize, members: usize, checks: &str) -> (Vec<Rig>, Etcd) {
-    let services = rig::standard_services("redirect", checks);
-    let mut rigs = Vec::new();
-    for i in 0..n {
-        let text = format!("{}{services}", fleet_section(tag, i, members));
-        rigs.push(Rig::up(&format!("{tag}{i}"), &text).expect("rig up"));
-    }
-    let etcd = Etcd::up(&rigs[0].lab, members).expect("etcd up");
-    for (i, r) in rigs.iter().enumerate() {
-        etcd.connect(&r.lab, i).expect("join the control net");
-    }
-    wait_in_sync(&rigs[0], n);
-    (rigs, etcd)
+fn fleet_with(tag: &str, n: usize, members: usize, checks: &str) -> FleetLab {
+    FleetLab::up(tag, n, members, checks).expect("fleet up")
 }
 
 fn fleet_status(rig: &Rig) -> FleetStatus {
-    let (_, out) = rig.cli(&["fleet", "status", "--json"]).expect("cli");
-    assert!(
-        out.status.success(),
-        "fleet status: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("fleet status json")
+    fleet::status(rig).expect("fleet status")
 }
 
-/// Until `rig` sees `n` connected hosts, none in drift.
 fn wait_in_sync(rig: &Rig, n: usize) -> Duration {
-    let start = Instant::now();
-    poll::until_state_every(
-        &format!("{n} hosts in sync"),
-        WAIT,
-        Duration::from_millis(50),
-        || {
-            let s = fleet_status(rig);
-            let live = s.hosts.iter().filter(|h| h.connected).count();
-            Ok(if s.connected && live == n && s.in_drift == 0 {
-                Ok(())
-            } else {
-                Err(format!(
-                    "{live} connected, {} in drift: {:?}",
-                    s.in_drift, s.hosts
-                ))
-            })
-        },
-    )
-    .expect("fleet in sync");
-    start.elapsed()
+    fleet::wait_in_sync(rig, n, WAIT).expect("fleet in sync")
 }
 
 /// The CLI on `rig` with `args` (and `--json`): the fleet's reply, or the error it printed.
@@ -126,7 +77,7 @@ fn five_hosts_flip_and_roll_back_together_losing_no_line_and_keeping_tcp_pinned(
         return;
     }
     const N: usize = 5;
-    let (rigs, _etcd) = fleet("fl5", N, 1);
+    let FleetLab { rigs, etcd: _etcd } = fleet("fl5", N, 1);
     // Per host: a UDP stream across both changes, a TCP connection opened before the flip
     // (stays on blue), and later one opened after it (goes to green).
     let (udp_count, tcp_count) = (4000u64, 2500u64);
@@ -245,7 +196,7 @@ fn a_partitioned_host_is_excluded_keeps_serving_and_converges_on_rejoin() {
     if !privileged() {
         return;
     }
-    let (rigs, etcd) = fleet("flp", 3, 1);
+    let FleetLab { rigs, etcd } = fleet("flp", 3, 1);
     let cut = &rigs[2];
     let stream = cut
         .stream("udp", "p", 6000, 500)
@@ -329,7 +280,7 @@ fn etcd_lost_fails_static_and_a_killed_host_daemon_converges_after_restart() {
     if !privileged() {
         return;
     }
-    let (mut rigs, mut etcd) = fleet("fle", 3, 3);
+    let FleetLab { mut rigs, mut etcd } = fleet("fle", 3, 3);
     // One member of three down: the fleet still flips.
     etcd.stop_member(0).expect("stop a member");
     // Hosts that were talking to it move to another member.
@@ -424,7 +375,7 @@ fn a_candidate_unhealthy_from_one_host_only_flips_nobody_and_that_host_is_named(
     if !privileged() {
         return;
     }
-    let (rigs, _etcd) = fleet_with("flu", 3, 1, STANDARD_CHECKS);
+    let FleetLab { rigs, etcd: _etcd } = fleet_with("flu", 3, 1, STANDARD_CHECKS);
     // edge-1's green environment fails its health check; the others' pass.
     rigs[1]
         .fault(Host::Green, r#"{"health_ok": false}"#)
@@ -456,7 +407,10 @@ fn kill_9_of_the_driving_daemon_mid_promote_another_host_finishes_and_the_killed
     }
     // A 3 s canary keeps the validation going long enough to kill its driver in the middle.
     let checks = format!("{STANDARD_CHECKS}[service.canary]\npercent = 20\nduration_ms = 3000\n");
-    let (mut rigs, _etcd) = fleet_with("flk", 3, 1, &checks);
+    let FleetLab {
+        mut rigs,
+        etcd: _etcd,
+    } = fleet_with("flk", 3, 1, &checks);
     let count = 6000u64;
     let senders: Vec<_> = rigs
         .iter()

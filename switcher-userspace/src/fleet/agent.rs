@@ -23,7 +23,8 @@ use crate::{
 };
 
 const MIN_BACKOFF: Duration = Duration::from_millis(200);
-const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// A host cut off retries at least this often: a healed partition is noticed within it.
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// A session that lasted this long was healthy: the next failure starts the backoff again.
 const HEALTHY_SESSION: Duration = Duration::from_secs(10);
 
@@ -242,6 +243,7 @@ async fn report(f: &Fleet, client: &mut Client, lease: i64) -> Result<()> {
                     config_hash: hashes.get(&s.name).cloned().unwrap_or_default(),
                     nack: l.nacks.get(&s.name).cloned(),
                     overridden: l.overrides.get(&s.name).cloned(),
+                    apply_us: l.apply_us.get(&s.name).copied(),
                     deployment: None,
                 },
             );

@@ -27,6 +27,8 @@ pub(super) async fn apply(f: &Fleet, service: &str, rev: i64, d: Desired) {
         Ok(flipped) => {
             let mut l = f.local();
             l.applied.insert(service.to_string(), rev);
+            l.apply_us
+                .insert(service.to_string(), started.elapsed().as_micros() as u64);
             l.nacks.remove(service);
             l.overrides.remove(service);
             info!(service, revision = rev, active = %d.active, flipped, took_us = started.elapsed().as_micros() as u64, "fleet: applied");

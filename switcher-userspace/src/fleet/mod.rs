@@ -59,6 +59,8 @@ struct Local {
     desired: BTreeMap<String, (i64, Desired)>,
     /// Per service: the last applied revision, the last refusal, a local override.
     applied: BTreeMap<String, i64>,
+    /// Per service: how long the last applied revision took to apply (µs).
+    apply_us: BTreeMap<String, u64>,
     nacks: BTreeMap<String, Nack>,
     overrides: BTreeMap<String, Override>,
     /// Audit entries written while disconnected, sent on reconnect.

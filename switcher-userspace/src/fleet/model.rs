@@ -89,6 +89,10 @@ pub struct ServiceReport {
     /// A local emergency override since the last applied revision.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub overridden: Option<Override>,
+    /// How long applying the last revision took here: from its watch event to the map
+    /// written (this host's clock).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub apply_us: Option<u64>,
     /// This host's side of the fleet deployment: its local deployment and phase.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deployment: Option<HostDeployment>,

@@ -24,6 +24,7 @@ fn report(host: &str, applied: i64, active: Color, hash: &str) -> HostReport {
                 config_hash: hash.into(),
                 nack: None,
                 overridden: None,
+                apply_us: None,
                 deployment: None,
             },
         )]),

@@ -20,6 +20,7 @@
 mod contenders;
 mod cutover;
 mod datapath_cost;
+mod fleet;
 mod flip_latency;
 mod forwarding;
 mod machine;
@@ -112,6 +113,13 @@ const SECTIONS: &[Section] = &[
         run: flip_latency::run,
         markdown: Some(flip_latency::markdown),
         summary: Some(summary::flip_latency),
+    },
+    Section {
+        key: "fleet",
+        title: "Fleet flip latency",
+        run: fleet::run,
+        markdown: Some(fleet::markdown),
+        summary: Some(fleet::summary),
     },
     Section {
         key: "scale",
