@@ -412,7 +412,8 @@ fn run() -> Result<()> {
             Ok(())
         }),
         Cmd::Reload => {
-            let v = api::call(&socket, &Request::Reload)?;
+            // In fleet mode the changed definitions are acknowledged by every host.
+            let v = api::call_with_timeout(&socket, &Request::Reload, FLEET_WAIT)?;
             println!("reloaded: {v}");
             Ok(())
         }

@@ -299,6 +299,25 @@ impl Controller {
         self.lock().await.reload(actor)
     }
 
+    /// Applies `cfg` as a reload would (the fleet's definitions; `cfg` was validated whole).
+    pub async fn apply_config(&self, cfg: Config, actor: &str) -> Result<ReloadSummary> {
+        self.lock().await.apply_config(cfg, actor)
+    }
+
+    /// The services as they would run with `cfg` (its definitions with each colour's
+    /// deployed pool), changing nothing.
+    pub async fn preview(&self, cfg: &Config) -> Vec<crate::config::Service> {
+        let core = self.lock().await;
+        let mut state = core.state.clone();
+        state.settle(cfg);
+        state.effective(cfg)
+    }
+
+    /// The config file this controller was started from.
+    pub async fn config_path(&self) -> PathBuf {
+        self.lock().await.cfg_path.clone()
+    }
+
     /// Events from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.0.out.subscribe()

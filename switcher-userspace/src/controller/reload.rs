@@ -25,6 +25,13 @@ pub struct ReloadSummary {
 impl Core {
     pub fn reload(&mut self, actor: &str) -> Result<ReloadSummary> {
         let cfg = Config::load(&self.cfg_path).map_err(|e| anyhow!("{e}"))?;
+        self.apply_config(cfg, actor)
+    }
+
+    /// Applies `cfg` (validated whole by its parser) as a reload does: checked against what
+    /// runs, then the datapath, then the state. The fleet agent brings the fleet's service
+    /// definitions this way.
+    pub fn apply_config(&mut self, cfg: Config, actor: &str) -> Result<ReloadSummary> {
         let (old, new) = (&self.cfg.daemon, &cfg.daemon);
         if new.interfaces != old.interfaces
             || new.bpffs_dir != old.bpffs_dir

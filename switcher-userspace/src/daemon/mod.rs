@@ -43,11 +43,15 @@ pub async fn run(cfg: Config, cfg_path: PathBuf, keep_attached: bool) -> Result<
     let maps_dir = datapath::maps_dir(&cfg.daemon.bpffs_dir);
     let dp = BpfDatapath::load(&cfg.daemon.bpffs_dir)?;
     let fleet_cfg = cfg.fleet.clone();
-    let ctl = Controller::start(cfg, cfg_path, Box::new(dp)).await?;
+    let cfg = match &fleet_cfg {
+        Some(_) => crate::fleet::definitions::startup_config(&cfg_path, &state_dir, cfg),
+        None => cfg,
+    };
+    let ctl = Controller::start(cfg, cfg_path.clone(), Box::new(dp)).await?;
     // The agent is one more caller of the controller; it stops before the controller does.
     let (fleet, agent) = match fleet_cfg {
         Some(f) => {
-            let (fleet, task) = Fleet::start(f, ctl.clone());
+            let (fleet, task) = Fleet::start(f, cfg_path, state_dir.clone(), ctl.clone());
             (Some(fleet), AbortOnDrop(Some(task)))
         }
         None => (None, AbortOnDrop(None)),
@@ -122,8 +126,8 @@ async fn serve(
                 }
                 Err(e) => warn!("accept on API socket: {e}"),
             },
-            _ = sighup.recv() => match ctl.reload("signal:SIGHUP").await {
-                Ok(s) => info!("reloaded on SIGHUP: {}", serde_json::json!(s)),
+            _ = sighup.recv() => match crate::fleet::route::reload(fleet, ctl, "signal:SIGHUP").await {
+                Ok(s) => info!("reloaded on SIGHUP: {s}"),
                 Err(e) => warn!("reload on SIGHUP refused, nothing changed: {e:#}"),
             },
             _ = sigint.recv() => return Ok(()),

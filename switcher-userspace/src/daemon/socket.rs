@@ -267,7 +267,7 @@ async fn handle(
         },
         Request::Abort { service } => route::abort(fleet, ctl, &service, actor).await?,
         Request::History { service } => serde_json::to_value(ctl.history(&service).await?)?,
-        Request::Reload => serde_json::to_value(ctl.reload(actor).await?)?,
+        Request::Reload => route::reload(fleet, ctl, actor).await?,
         Request::Watch => bail!("watch is served as a stream"),
     })
 }

@@ -188,26 +188,7 @@ async fn sync(f: &Fleet, client: &mut Client, lease: i64) -> Result<i64> {
         if desired.contains_key(&s.name) {
             continue;
         }
-        let active = f.0.ctl.status(Some(&s.name)).await?.services[0].active;
-        let d = Desired {
-            active,
-            config_hash: config_hash(&s),
-            actor: format!("seed:{}", f.host()),
-            reason: "first host to describe this service".into(),
-            at_ms: now_ms(),
-            deployment: None,
-        };
-        let key = f.0.keys.desired(&s.name);
-        let value = serde_json::to_string(&d)?;
-        let txn = Txn::new()
-            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(key, value, None)]);
-        let resp = within(limit, client.txn(txn))
-            .await
-            .context("seeding the desired state")?;
-        if resp.succeeded() {
-            let rev = resp.header().map_or(0, |h| h.revision());
-            info!(service = %s.name, revision = rev, %active, "fleet: seeded the desired state");
+        if let Some((rev, d)) = seed(f, client, &s).await? {
             desired.insert(s.name.clone(), (rev, d));
         }
         // Lost the race: the winner's value arrives through the watch.
@@ -332,4 +313,37 @@ fn propagate_rollback(f: &Fleet, ev: Event) {
             Err(e) => warn!(service = %ev.service, "fleet: could not roll the fleet back: {e:#}"),
         }
     });
+}
+
+/// Describes `s` in etcd as this host runs it, if nobody has: its colour, config hash and
+/// definition. None when another host did first (its value arrives through the watch).
+pub(super) async fn seed(
+    f: &Fleet,
+    client: &mut Client,
+    s: &crate::config::Service,
+) -> Result<Option<(i64, Desired)>> {
+    let active = f.0.ctl.status(Some(&s.name)).await?.services[0].active;
+    let d = Desired {
+        active,
+        config_hash: config_hash(s),
+        actor: format!("seed:{}", f.host()),
+        reason: "first host to describe this service".into(),
+        at_ms: now_ms(),
+        deployment: None,
+        definition: f.definition(&s.name),
+    };
+    let key = f.0.keys.desired(&s.name);
+    let value = serde_json::to_string(&d)?;
+    let txn = Txn::new()
+        .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+        .and_then([TxnOp::put(key, value, None)]);
+    let resp = within(f.0.cfg.connect_timeout, client.txn(txn))
+        .await
+        .context("seeding the desired state")?;
+    if !resp.succeeded() {
+        return Ok(None);
+    }
+    let rev = resp.header().map_or(0, |h| h.revision());
+    info!(service = %s.name, revision = rev, %active, "fleet: seeded the desired state");
+    Ok(Some((rev, d)))
 }

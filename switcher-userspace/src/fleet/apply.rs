@@ -8,6 +8,7 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::{
+    definitions,
     model::{config_hash, FleetDeployment, FleetPhase, Nack},
     Desired, Fleet,
 };
@@ -55,22 +56,28 @@ pub(super) async fn apply(f: &Fleet, service: &str, rev: i64, d: Desired) {
 async fn apply_here(f: &Fleet, service: &str, rev: i64, d: &Desired) -> Result<bool> {
     let ctl = &f.0.ctl;
     let actor = format!("fleet:{}", d.actor);
-    if let Some(dep) = &d.deployment {
-        deployment_step(f, service, dep, &actor).await?;
-    }
-    let svc = ctl
-        .effective_services()
-        .await
-        .into_iter()
-        .find(|s| s.name == service)
-        .ok_or_else(|| anyhow!("{service} is not configured on this host"))?;
-    let here = config_hash(&svc);
+    // Checked before anything changes: the fleet's definition, with the candidate this host
+    // has yet to deploy, must be what the fleet runs (its hash), or the revision is refused
+    // and this host stays as it is.
+    let (planned, adopt) = plan(f, service, d).await?;
+    let here = config_hash(&planned);
     if here != d.config_hash {
         bail!(
             "the service config here ({here}) differs from the one the fleet runs ({}): load \
              the same config on every host",
             d.config_hash
         );
+    }
+    if let Some((cfg, overlay)) = adopt {
+        ctl.apply_config(cfg, &actor).await?;
+        if let Err(e) = definitions::save_overlay(&f.0.state_dir, &overlay) {
+            warn!("fleet: saving the fleet's definitions (a restart without etcd would run the file's): {e:#}");
+        }
+        f.local().overlay = overlay;
+        info!(service, "fleet: runs the fleet's definition");
+    }
+    if let Some(dep) = &d.deployment {
+        deployment_step(f, service, dep, &actor).await?;
     }
     let view = ctl.status(Some(service)).await?;
     if view.services[0].active == d.active {
@@ -142,3 +149,49 @@ async fn deployment_step(
     }
     Ok(())
 }
+
+/// What `service` would be here once `d` is applied, and the config to apply first when the
+/// fleet's definition is not the one this host runs (with the overlay that gives it).
+async fn plan(
+    f: &Fleet,
+    service: &str,
+    d: &Desired,
+) -> Result<(
+    crate::config::Service,
+    Option<(crate::config::Config, Overlay)>,
+)> {
+    let ctl = &f.0.ctl;
+    let (services, adopt) = match &d.definition {
+        Some(def) if f.definition(service).as_deref() != Some(def.as_str()) => {
+            let mut overlay = f.local().overlay.clone();
+            overlay.insert(service.to_string(), def.clone());
+            let cfg = definitions::compose(&f.0.cfg_path, &overlay).map_err(|e| {
+                anyhow!("the fleet's definition of {service} does not fit here: {e:#}")
+            })?;
+            (ctl.preview(&cfg).await, Some((cfg, overlay)))
+        }
+        _ => (ctl.effective_services().await, None),
+    };
+    let mut planned = services
+        .into_iter()
+        .find(|s| s.name == service)
+        .ok_or_else(|| anyhow!("{service} is not configured on this host"))?;
+    if let Some(dep) = d
+        .deployment
+        .as_ref()
+        .filter(|d| d.phase != FleetPhase::Rejected)
+    {
+        let deployed_here = f
+            .local()
+            .deployments
+            .get(service)
+            .is_some_and(|(fid, _)| *fid == dep.id);
+        let serving = ctl.status(Some(service)).await?.services[0].active == dep.color;
+        if !deployed_here && !serving {
+            *planned.members_mut(dep.color) = dep.members.clone();
+        }
+    }
+    Ok((planned, adopt))
+}
+
+type Overlay = std::collections::BTreeMap<String, String>;

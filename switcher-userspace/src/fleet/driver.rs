@@ -74,6 +74,7 @@ impl Fleet {
                 phase: FleetPhase::Deployed,
                 reason: String::new(),
             }),
+            definition: current.definition.clone(),
         };
         self.commit(
             &mut client,

@@ -10,6 +10,7 @@
 
 mod agent;
 mod apply;
+pub mod definitions;
 mod driver;
 mod etcd;
 pub mod keys;
@@ -41,6 +42,9 @@ pub struct Fleet(Arc<Inner>);
 
 struct Inner {
     cfg: FleetConfig,
+    /// The daemon's config file and state folder (the overlay lives there).
+    cfg_path: std::path::PathBuf,
+    state_dir: std::path::PathBuf,
     keys: Keys,
     ctl: Controller,
     local: Mutex<Local>,
@@ -75,6 +79,11 @@ struct Local {
     deployments: BTreeMap<String, (String, u64)>,
     /// Services whose fleet deployment a task of this host drives now.
     driving: std::collections::BTreeSet<String>,
+    /// The fleet's definitions this host runs in place of its file's (saved in its state
+    /// folder), and its file's definitions as last read (what a reload publishes is what
+    /// changed in the file since).
+    overlay: BTreeMap<String, String>,
+    file_seen: BTreeMap<String, String>,
 }
 
 /// What the metrics and the status show of this host's fleet membership.
@@ -90,13 +99,31 @@ pub struct Membership {
 }
 
 impl Fleet {
-    /// The agent starts at once and keeps (re)connecting until the daemon stops.
-    pub fn start(cfg: FleetConfig, ctl: Controller) -> (Fleet, tokio::task::JoinHandle<()>) {
+    /// The agent starts at once and keeps (re)connecting until the daemon stops. The
+    /// controller was started with the config at `cfg_path` overlaid with the fleet's
+    /// definitions saved in `state_dir` ([`definitions::startup_config`]).
+    pub fn start(
+        cfg: FleetConfig,
+        cfg_path: std::path::PathBuf,
+        state_dir: std::path::PathBuf,
+        ctl: Controller,
+    ) -> (Fleet, tokio::task::JoinHandle<()>) {
+        let mut local = Local::default();
+        match definitions::load_overlay(&state_dir) {
+            Ok(o) => local.overlay = o,
+            Err(e) => tracing::warn!("fleet: ignoring the saved definitions: {e:#}"),
+        }
+        match definitions::file_services(&cfg_path) {
+            Ok(f) => local.file_seen = f,
+            Err(e) => tracing::warn!("fleet: reading the config file's services: {e:#}"),
+        }
         let fleet = Fleet(Arc::new(Inner {
             keys: Keys::new(&cfg.cluster),
             cfg,
+            cfg_path,
+            state_dir,
             ctl,
-            local: Mutex::new(Local::default()),
+            local: Mutex::new(local),
             nudge: tokio::sync::Notify::new(),
         }));
         let task = tokio::spawn(agent::run(fleet.clone()));
@@ -105,6 +132,15 @@ impl Fleet {
 
     pub fn host(&self) -> &str {
         &self.0.cfg.host_id
+    }
+
+    /// The definition of `service` this host runs: the fleet's, else its file's.
+    fn definition(&self, service: &str) -> Option<String> {
+        let l = self.local();
+        l.overlay
+            .get(service)
+            .or_else(|| l.file_seen.get(service))
+            .cloned()
     }
 
     fn local(&self) -> std::sync::MutexGuard<'_, Local> {

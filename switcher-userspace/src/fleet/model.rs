@@ -26,6 +26,10 @@ pub struct Desired {
     /// The fleet deployment in progress or last finished, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deployment: Option<FleetDeployment>,
+    /// The service definition every host runs: its `[[service]]` table as TOML. A host whose
+    /// own differs takes this one (validated whole with its config, or refused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub definition: Option<String>,
 }
 
 /// One deployment of a candidate to every host: deployed everywhere, validated by every host

@@ -138,3 +138,15 @@ fn override_reason(force: bool, reason: Option<String>) -> Result<String> {
         ),
     }
 }
+
+/// A reload: in fleet mode, what changed in this host's file goes to the whole fleet.
+pub async fn reload(
+    fleet: Option<&Fleet>,
+    ctl: &Controller,
+    actor: &str,
+) -> Result<serde_json::Value> {
+    match fleet {
+        Some(f) => f.reload(actor).await,
+        None => Ok(serde_json::to_value(ctl.reload(actor).await?)?),
+    }
+}

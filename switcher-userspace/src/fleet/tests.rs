@@ -14,8 +14,8 @@ use std::{
 use etcd_client::GetOptions;
 
 use self::{etcd_proc::EtcdProc, proxy::Proxy};
-use super::model::FleetPhase;
 use super::*;
+use super::{definitions, model::FleetPhase};
 use crate::{config::Config, datapath::fake::FakeDatapath, deploy::Phase, domain::Color};
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
@@ -68,10 +68,10 @@ impl Host {
         let cfg = Config::load(&path).expect("valid config");
         let fleet_cfg = cfg.fleet.clone().expect("a [fleet] section");
         let maps = FakeDatapath::default();
-        let ctl = Controller::start(cfg, path, Box::new(maps.clone()))
+        let ctl = Controller::start(cfg, path.clone(), Box::new(maps.clone()))
             .await
             .expect("controller");
-        let (fleet, agent) = Fleet::start(fleet_cfg, ctl.clone());
+        let (fleet, agent) = Fleet::start(fleet_cfg, path.clone(), dir.join("state"), ctl.clone());
         Host {
             dir,
             ctl,
@@ -209,7 +209,8 @@ async fn hosts_seed_and_converge_and_every_host_acknowledges_a_fleet_flip_and_ro
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_host_with_another_service_config_refuses_and_the_whole_fleet_stays_on_the_old_colour() {
+async fn a_host_running_another_service_config_refuses_and_the_whole_fleet_stays_on_the_old_colour()
+{
     let etcd = EtcdProc::start("nack").await;
     let c = cluster("nack");
     let a = Host::start(&c, "edge-a", etcd.client_port, GREEN_A).await;
@@ -227,16 +228,30 @@ async fn a_host_with_another_service_config_refuses_and_the_whole_fleet_stays_on
             == 3
     })
     .await;
-    let st = a.fleet.status().await;
-    let odd_view = st
-        .hosts
-        .iter()
-        .find(|h| h.host == "edge-odd")
-        .expect("odd listed");
-    assert!(
-        odd_view.drift.iter().any(|d| d.contains("config")),
-        "a different definition is drift: {odd_view:?}"
+    // Its file's definition differs: it runs the fleet's instead, and is in sync.
+    in_sync(&a.fleet, 3).await;
+    let green = odd.ctl.effective_services().await[0].green[0]
+        .addr
+        .to_string();
+    assert_eq!(
+        green, GREEN_A,
+        "the fleet's definition wins over a stale file"
     );
+    // A candidate deployed there by hand (not through the fleet) makes it differ for real.
+    let hand = vec![crate::config::Member::new(
+        "198.18.2.9:514".parse().expect("addr"),
+    )];
+    odd.ctl
+        .deploy("syslog", Color::Green, hand, None, false, "cli:t")
+        .await
+        .expect("local deploy");
+    until(Duration::from_secs(5), "its drift shows", || async {
+        let st = a.fleet.status().await;
+        st.hosts
+            .iter()
+            .any(|h| h.host == "edge-odd" && h.drift.iter().any(|d| d.contains("config")))
+    })
+    .await;
 
     let err = a
         .fleet
@@ -274,6 +289,7 @@ async fn a_write_on_a_stale_revision_is_refused_and_concurrent_flips_write_once(
         reason: "late".into(),
         at_ms: 1,
         deployment: None,
+        definition: None,
     };
     let err = a
         .fleet
@@ -879,4 +895,111 @@ async fn when_the_driver_dies_another_host_finishes_the_deployment_and_one_promo
         .await;
     }
     eprintln!("taken over and finished {took:?} after the driver died");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_definition_reloaded_on_one_host_runs_on_every_host_or_is_refused_where_it_does_not_fit()
+{
+    let etcd = EtcdProc::start("define").await;
+    let c = cluster("define");
+    let a = Host::start(&c, "edge-a", etcd.client_port, GREEN_A).await;
+    let b = Host::start(&c, "edge-b", etcd.client_port, GREEN_A).await;
+    // edge-c also describes a service the others do not: the fleet's services are every
+    // host's, so it runs on all of them.
+    let other = "\n[[service]]\nname = \"other\"\nvip = \"198.18.10.2\"\nport = 514\n\
+                 protocol = \"udp\"\nblue = { backend = \"198.18.1.9:514\" }\n";
+    let cc = Host::start_with(&c, "edge-c", etcd.client_port, GREEN_A, other).await;
+    in_sync(&a.fleet, 3).await;
+    for h in [&a, &b] {
+        let names: Vec<String> = h
+            .ctl
+            .effective_services()
+            .await
+            .into_iter()
+            .map(|s| s.name)
+            .collect();
+        assert_eq!(
+            names,
+            ["syslog", "other"],
+            "the fleet's services run everywhere"
+        );
+    }
+    let green = |h: &Host| {
+        let h = h.ctl.clone();
+        async move {
+            h.effective_services()
+                .await
+                .into_iter()
+                .find(|s| s.name == "syslog")
+                .map(|s| s.green[0].addr.to_string())
+        }
+    };
+
+    // Edited on edge-a and reloaded there: the whole fleet runs it.
+    let path = a.dir.join("switcher.toml");
+    let text = std::fs::read_to_string(&path).expect("config");
+    std::fs::write(&path, text.replace(GREEN_A, GREEN_B)).expect("edit");
+    let r = a.fleet.reload("cli:t").await.expect("reload");
+    let published = &r["published"]["syslog"];
+    assert_eq!(published["hosts"].as_array().map(Vec::len), Some(3), "{r}");
+    for h in [&a, &b, &cc] {
+        assert_eq!(green(h).await.as_deref(), Some(GREEN_B));
+    }
+    in_sync(&a.fleet, 3).await;
+    // Kept for a restart without etcd: the saved definitions win over b's stale file.
+    let b_path = b.dir.join("switcher.toml");
+    let file = Config::load(&b_path).expect("b's file");
+    let start = definitions::startup_config(&b_path, &b.dir.join("state"), file);
+    assert_eq!(
+        start
+            .service("syslog")
+            .map(|s| s.green[0].addr.to_string())
+            .as_deref(),
+        Some(GREEN_B)
+    );
+
+    // One that does not fit edge-c (a candidate deployed there by hand already uses the
+    // address the new definition gives blue): refused there, named, nothing changes there;
+    // run where it fits; the drift is visible.
+    let hand = vec![crate::config::Member::new(
+        "198.18.2.9:514".parse().expect("addr"),
+    )];
+    cc.ctl
+        .deploy("syslog", Color::Green, hand, None, false, "cli:t")
+        .await
+        .expect("local deploy on edge-c");
+    let text = std::fs::read_to_string(&path).expect("config");
+    std::fs::write(&path, text.replace("198.18.1.2:514", "198.18.2.9:514")).expect("edit");
+    let r = a.fleet.reload("cli:t").await.expect("reload");
+    let err = r["published"]["syslog"]["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(err.contains("edge-c refused"), "{r}");
+    let blue = |h: &Host| {
+        let h = h.ctl.clone();
+        async move {
+            h.effective_services()
+                .await
+                .into_iter()
+                .find(|s| s.name == "syslog")
+                .map(|s| s.blue[0].addr.to_string())
+        }
+    };
+    assert_eq!(blue(&b).await.as_deref(), Some("198.18.2.9:514"));
+    assert_eq!(
+        blue(&cc).await.as_deref(),
+        Some("198.18.1.2:514"),
+        "edge-c kept its state"
+    );
+    let st = a.fleet.status().await;
+    let c_view = st
+        .hosts
+        .iter()
+        .find(|h| h.host == "edge-c")
+        .expect("edge-c");
+    assert!(
+        c_view.drift.iter().any(|d| d.contains("refused")),
+        "{c_view:?}"
+    );
 }

@@ -8,6 +8,7 @@ fn desired(active: Color, hash: &str) -> Desired {
         reason: "t".into(),
         at_ms: 1,
         deployment: None,
+        definition: None,
     }
 }
 
