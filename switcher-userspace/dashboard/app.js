@@ -393,4 +393,44 @@ window.addEventListener("resize", () => {
   }
 });
 
+// ---- fleet (fleet mode only: a single host's /api/fleet says enabled: false) ---------------
+
+const FLEET_EVERY_MS = 1000;
+
+function renderFleet(f) {
+  document.getElementById("fleet-section").hidden = false;
+  const names = Object.keys(f.desired).sort();
+  const summary = document.getElementById("fleet-summary");
+  summary.textContent = `${f.cluster} · asked ${f.host}${f.connected ? "" : " (DISCONNECTED: last known state)"} · ${f.in_drift} in drift`;
+  summary.className = f.connected && f.in_drift === 0 ? "muted" : "bad";
+  const head = el("tr", {}, el("th", { text: "host" }), el("th", { text: "etcd" }),
+    ...names.map((n) => el("th", { text: `${n} (desired ${f.desired[n].active}, rev ${f.desired[n].revision})` })),
+    el("th", { text: "drift" }));
+  const rows = f.hosts.map((h) => el("tr", { "data-testid": `fleet-host-${h.host}`, class: h.drift.length ? "drift" : "" },
+    el("td", { text: h.host }),
+    el("td", { "data-testid": `fleet-conn-${h.host}`, text: h.connected ? "connected" : "disconnected" }),
+    ...names.map((n) => {
+      const s = h.services[n];
+      return el("td", { "data-testid": `fleet-${h.host}-${n}`, class: s ? s.active : "" },
+        s ? `${s.active} · gen ${s.generation} · rev ${s.applied_revision}${s.lag ? ` (lag ${s.lag})` : ""}${s.config_matches ? "" : " · config differs"}` : "–");
+    }),
+    el("td", { "data-testid": `fleet-drift-${h.host}`, text: h.drift.length ? h.drift.join("; ") : "in sync" })));
+  document.getElementById("fleet").replaceChildren(head, ...rows);
+}
+
+async function pollFleet() {
+  try {
+    const r = await fetch("/api/fleet");
+    if (r.ok) {
+      const f = await r.json();
+      if (f.enabled === false) return; // single host: no fleet view
+      renderFleet(f);
+    }
+  } catch (_) {
+    // The daemon restarts or the network blinks: the next poll tells.
+  }
+  setTimeout(pollFleet, FLEET_EVERY_MS);
+}
+
 connect();
+pollFleet();

@@ -77,6 +77,11 @@ pub enum Request {
     Reload,
     /// Fleet mode: every host's applied revision, colour, config hash and drift.
     FleetStatus,
+    /// Fleet mode: the fleet's audit trail (every host's changes), oldest first.
+    FleetHistory {
+        #[serde(default)]
+        service: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

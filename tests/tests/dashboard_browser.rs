@@ -26,6 +26,7 @@ use futures_util::StreamExt as _;
 use support::privileged;
 use switcher::{api::Request, domain::Color};
 use switcher_tests::{
+    fleet::FleetLab,
     lab::{Host, BLUE_V4, GREEN_V4},
     rig::{self, Rig, UDP_PORT},
 };
@@ -106,33 +107,39 @@ async fn members_text(page: &Page, color: &str) -> String {
         .unwrap_or_else(|e| format!("{e:#}"))
 }
 
-/// Everything the browser side does; runs inside the edge host's network namespace, where
-/// the daemon's listener is.
-async fn drive(rig: &Rig, problems: Arc<Mutex<Vec<String>>>) -> Result<()> {
-    let profile = rig.dir.join("chromium-profile");
-    let config = BrowserConfig::builder()
-        .chrome_executable(CHROMIUM)
-        .no_sandbox()
-        .new_headless_mode()
-        .user_data_dir(&profile)
-        .window_size(1500, 1300)
-        .viewport(None)
-        .launch_timeout(Duration::from_secs(60))
-        .request_timeout(Duration::from_secs(30))
-        .arg("--disable-gpu")
-        .arg("--disable-dev-shm-usage")
-        .build()
-        .map_err(|e| anyhow::anyhow!("browser config: {e}"))?;
-    let (mut browser, mut handler) = Browser::launch(config)
-        .await
-        .context("launching chromium")?;
-    let events = tokio::spawn(async move { while handler.next().await.is_some() {} });
-    let result = async {
+/// A headless Chromium with one page, collecting console errors, exceptions and failed
+/// loads into `problems`.
+struct Session {
+    browser: Browser,
+    page: Page,
+    events: tokio::task::JoinHandle<()>,
+    collect: tokio::task::JoinHandle<()>,
+}
+
+impl Session {
+    async fn open(profile: &std::path::Path, problems: Arc<Mutex<Vec<String>>>) -> Result<Session> {
+        let config = BrowserConfig::builder()
+            .chrome_executable(CHROMIUM)
+            .no_sandbox()
+            .new_headless_mode()
+            .user_data_dir(profile)
+            .window_size(1500, 1300)
+            .viewport(None)
+            .launch_timeout(Duration::from_secs(60))
+            .request_timeout(Duration::from_secs(30))
+            .arg("--disable-gpu")
+            .arg("--disable-dev-shm-usage")
+            .build()
+            .map_err(|e| anyhow::anyhow!("browser config: {e}"))?;
+        let (browser, mut handler) = Browser::launch(config)
+            .await
+            .context("launching chromium")?;
+        let events = tokio::spawn(async move { while handler.next().await.is_some() {} });
         let page = browser.new_page("about:blank").await?;
         let mut console = page.event_listener::<EventConsoleApiCalled>().await?;
         let mut exceptions = page.event_listener::<EventExceptionThrown>().await?;
         let mut logs = page.event_listener::<EventEntryAdded>().await?;
-        let p = problems.clone();
+        let p = problems;
         let collect = tokio::spawn(async move {
             loop {
                 let line = tokio::select! {
@@ -158,18 +165,39 @@ async fn drive(rig: &Rig, problems: Arc<Mutex<Vec<String>>>) -> Result<()> {
                 }
             }
         });
+        Ok(Session {
+            browser,
+            page,
+            events,
+            collect,
+        })
+    }
 
+    async fn close(mut self) {
+        self.collect.abort();
+        let _ = self.browser.close().await;
+        let _ = self.browser.wait().await;
+        self.events.abort();
+    }
+}
+
+/// Everything the browser side does; runs inside the edge host's network namespace, where
+/// the daemon's listener is.
+async fn drive(rig: &Rig, problems: Arc<Mutex<Vec<String>>>) -> Result<()> {
+    let session = Session::open(&rig.dir.join("chromium-profile"), problems).await?;
+    let result = async {
+        let page = &session.page;
         page.goto(rig.web_url("/")).await?;
         // The page renders the live view: active colour, then a chart with data.
-        wait_for(&page, &active_is("udp4", "blue"), Duration::from_secs(10)).await?;
-        wait_for(&page, "window.switcherDashboard.chartPoints('udp4') >= 4", Duration::from_secs(15)).await?;
+        wait_for(page, &active_is("udp4", "blue"), Duration::from_secs(10)).await?;
+        wait_for(page, "window.switcherDashboard.chartPoints('udp4') >= 4", Duration::from_secs(15)).await?;
         wait_for(
-            &page,
+            page,
             "Number(document.querySelector('[data-service=\"udp4\"] .chart')?.dataset.points) >= 4",
             Duration::from_secs(5),
         )
         .await?;
-        let pps: String = eval(&page, "document.querySelector('[data-service=\"udp4\"] [data-testid=\"blue-pps\"]').textContent").await?;
+        let pps: String = eval(page, "document.querySelector('[data-service=\"udp4\"] [data-testid=\"blue-pps\"]').textContent").await?;
         if !pps.contains("pkt/s") || pps.starts_with("0 ") {
             bail!("blue's packet rate shows {pps:?} while traffic flows");
         }
@@ -177,17 +205,17 @@ async fn drive(rig: &Rig, problems: Arc<Mutex<Vec<String>>>) -> Result<()> {
         // member with the whole share, in service, and blue's with the traffic.
         for (color, ip) in [("blue", BLUE_V4), ("green", GREEN_V4)] {
             let addr = std::net::SocketAddr::new(ip.into(), UDP_PORT).to_string();
-            if let Err(e) = wait_for(&page, &member_is("udp4", color, &addr), Duration::from_secs(5)).await {
-                bail!("{e:#}; {color}'s members show {:?}", members_text(&page, color).await);
+            if let Err(e) = wait_for(page, &member_is("udp4", color, &addr), Duration::from_secs(5)).await {
+                bail!("{e:#}; {color}'s members show {:?}", members_text(page, color).await);
             }
         }
-        let rate: String = eval(&page, "document.querySelector('[data-service=\"udp4\"] [data-testid=\"blue-members\"] .pps').textContent").await?;
+        let rate: String = eval(page, "document.querySelector('[data-service=\"udp4\"] [data-testid=\"blue-members\"] .pps').textContent").await?;
         if matches!(rate.as_str(), "0" | "–" | "") {
             bail!("blue's member shows a packet rate of {rate:?} while traffic flows");
         }
 
         // A flip with the CLI shows within a second.
-        eval::<bool>(&page, &watch_badge("udp4", "green")).await?;
+        eval::<bool>(page, &watch_badge("udp4", "green")).await?;
         let asked = now_ms();
         let out = std::process::Command::new(rig::bin("switcher")?)
             .arg("--socket")
@@ -198,8 +226,8 @@ async fn drive(rig: &Rig, problems: Arc<Mutex<Vec<String>>>) -> Result<()> {
         if !out.status.success() {
             bail!("switcher flip: {}", String::from_utf8_lossy(&out.stderr));
         }
-        wait_for(&page, "window.__seen !== null", Duration::from_secs(3)).await?;
-        let seen: f64 = eval(&page, "window.__seen").await?;
+        wait_for(page, "window.__seen !== null", Duration::from_secs(3)).await?;
+        let seen: f64 = eval(page, "window.__seen").await?;
         let shown_after = seen - asked;
         eprintln!("CLI flip -> page shows green after {shown_after:.0} ms");
         if shown_after > 1000.0 {
@@ -215,15 +243,15 @@ async fn drive(rig: &Rig, problems: Arc<Mutex<Vec<String>>>) -> Result<()> {
             force: false,
         })?;
         rig.call(&Request::Promote { service: "udp4".into(), wait: true })?;
-        wait_for(&page, &active_is("udp4", "blue"), Duration::from_secs(2)).await?;
+        wait_for(page, &active_is("udp4", "blue"), Duration::from_secs(2)).await?;
         wait_for(
-            &page,
+            page,
             "/promoted|stable/.test(document.querySelector('[data-testid=\"phase-udp4\"]').textContent)",
             Duration::from_secs(2),
         )
         .await?;
         wait_for(
-            &page,
+            page,
             "(() => { const t = document.querySelector('[data-service=\"udp4\"] .steps'); return t.textContent.includes('validating → ready') && t.querySelectorAll('details').length >= 2; })()",
             Duration::from_secs(2),
         )
@@ -243,13 +271,13 @@ async fn drive(rig: &Rig, problems: Arc<Mutex<Vec<String>>>) -> Result<()> {
             .click()
             .await?;
         wait_for(
-            &page,
+            page,
             "document.querySelector('[data-testid=\"notice\"]').textContent.includes('refused (401)')",
             Duration::from_secs(3),
         )
         .await?;
         tokio::time::sleep(Duration::from_millis(700)).await;
-        if !eval::<bool>(&page, &active_is("udp4", "blue")).await? {
+        if !eval::<bool>(page, &active_is("udp4", "blue")).await? {
             bail!("a refused rollback changed the active colour");
         }
 
@@ -258,34 +286,31 @@ async fn drive(rig: &Rig, problems: Arc<Mutex<Vec<String>>>) -> Result<()> {
         let set = format!(
             "(() => {{ const t = document.getElementById('token'); t.value = '{token}'; t.dispatchEvent(new Event('change')); return true; }})()"
         );
-        eval::<bool>(&page, &set).await?;
-        eval::<bool>(&page, &watch_badge("udp4", "green")).await?;
+        eval::<bool>(page, &set).await?;
+        eval::<bool>(page, &watch_badge("udp4", "green")).await?;
         let clicked = now_ms();
         page.find_element("[data-service=\"udp4\"] button[data-action=\"rollback\"]")
             .await?
             .click()
             .await?;
-        if let Err(e) = wait_for(&page, "window.__seen !== null", Duration::from_secs(3)).await {
+        if let Err(e) = wait_for(page, "window.__seen !== null", Duration::from_secs(3)).await {
             let notice: String = eval(
-                &page,
+                page,
                 "document.querySelector('[data-testid=\"notice\"]').textContent",
             )
             .await
             .unwrap_or_default();
             bail!("{e:#}; the page says: {notice:?}");
         }
-        let seen: f64 = eval(&page, "window.__seen").await?;
+        let seen: f64 = eval(page, "window.__seen").await?;
         eprintln!("rollback button -> page shows green after {:.0} ms", seen - clicked);
         if seen - clicked > 1000.0 {
             bail!("the rollback took {:.0} ms to reach the page", seen - clicked);
         }
-        collect.abort();
         Ok::<_, anyhow::Error>(())
     }
     .await;
-    let _ = browser.close().await;
-    let _ = browser.wait().await;
-    events.abort();
+    session.close().await;
     result
 }
 
@@ -326,5 +351,97 @@ fn dashboard_shows_live_state_and_guards_actions() {
     assert!(
         unexpected.is_empty(),
         "console errors on the dashboard: {unexpected:#?}"
+    );
+}
+
+/// The fleet view: two hosts in a fleet; the page of edge-0 lists both in sync, shows a flip
+/// made on edge-1 and edge-1's disconnection when it is cut from etcd.
+async fn drive_fleet(fleet: &FleetLab, problems: Arc<Mutex<Vec<String>>>) -> Result<()> {
+    let rig = &fleet.rigs[0];
+    let session = Session::open(&rig.dir.join("chromium-profile"), problems).await?;
+    let result = async {
+        let page = &session.page;
+        page.goto(rig.web_url("/")).await?;
+        let text = |id: &str| {
+            format!("(document.querySelector('[data-testid=\"{id}\"]')?.textContent ?? '')")
+        };
+        for h in ["edge-0", "edge-1"] {
+            let in_sync = format!("{} === 'in sync'", text(&format!("fleet-drift-{h}")));
+            if let Err(e) = wait_for(page, &in_sync, Duration::from_secs(10)).await {
+                let shown: String = eval(
+                    page,
+                    "(document.getElementById('fleet-section').hidden ? 'hidden: ' : '') + document.getElementById('fleet-section').innerText",
+                )
+                .await
+                .unwrap_or_default();
+                bail!("{e:#}; the fleet view shows {shown:?}");
+            }
+        }
+        // A fleet flip asked on the other host shows on this one's page.
+        switcher_tests::fleet::flip(&fleet.rigs[1], "udp4", Color::Green)?;
+        for h in ["edge-0", "edge-1"] {
+            wait_for(
+                page,
+                &format!("{}.startsWith('green')", text(&format!("fleet-{h}-udp4"))),
+                Duration::from_secs(3),
+            )
+            .await?;
+        }
+        fleet.etcd.partition(&fleet.rigs[1].lab)?;
+        wait_for(
+            page,
+            &format!("{} === 'disconnected'", text("fleet-conn-edge-1")),
+            Duration::from_secs(15),
+        )
+        .await?;
+        let summary: String = eval(page, &text("fleet-summary")).await?;
+        if !summary.contains("1 in drift") {
+            bail!("the summary should count edge-1 in drift: {summary:?}");
+        }
+        std::fs::create_dir_all(artifacts())?;
+        page.save_screenshot(
+            ScreenshotParams::builder().full_page(true).build(),
+            artifacts().join("dashboard-fleet.png"),
+        )
+        .await?;
+        fleet.etcd.heal(&fleet.rigs[1].lab)?;
+        wait_for(
+            page,
+            &format!("{} === 'connected'", text("fleet-conn-edge-1")),
+            Duration::from_secs(15),
+        )
+        .await?;
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    session.close().await;
+    result
+}
+
+#[test]
+fn the_fleet_view_shows_every_host_a_fleet_flip_and_a_disconnected_host() {
+    if !privileged() {
+        return;
+    }
+    assert!(
+        std::path::Path::new(CHROMIUM).exists(),
+        "{CHROMIUM} missing: `cargo xtask setup` installs Debian's chromium"
+    );
+    let fleet = FleetLab::up("dbf", 2, 1, "").expect("fleet");
+    let problems = Arc::new(Mutex::new(Vec::new()));
+    let ns = fleet.rigs[0].lab.ns(Host::Edge).to_string();
+    let result = switcher_tests::lab::in_netns(&ns, || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("tokio runtime")?;
+        rt.block_on(drive_fleet(&fleet, problems.clone()))
+    })
+    .expect("netns");
+    result.expect("fleet view in chromium");
+    let problems = problems.lock().map(|v| v.clone()).unwrap_or_default();
+    assert!(
+        problems.is_empty(),
+        "console errors on the fleet view: {problems:#?}"
     );
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use support::privileged;
 use switcher::{
     domain::Color,
-    fleet::{FleetFlip, FleetStatus},
+    fleet::{AuditEntry, FleetFlip, FleetStatus},
 };
 use switcher_tests::{
     fleet::{self, FleetLab},
@@ -189,6 +189,28 @@ fn five_hosts_flip_and_roll_back_together_losing_no_line_and_keeping_tcp_pinned(
     }
     let st = fleet_status(&rigs[1]);
     assert_eq!((st.in_drift, st.hosts.len()), (0, N), "{st:?}");
+    // The audit trail, read on a host that changed nothing: who, where, what, why.
+    let (_, out) = rigs[1]
+        .cli(&["fleet", "history", "udp4", "--json"])
+        .expect("cli");
+    let trail: Vec<AuditEntry> = serde_json::from_slice(&out.stdout).expect("history json");
+    let flip = trail
+        .iter()
+        .find(|e| e.action == "flip")
+        .expect("the flip is recorded");
+    assert_eq!(
+        (flip.host.as_str(), flip.to, flip.reason.as_str()),
+        ("edge-2", Color::Green, "fleet test")
+    );
+    assert!(
+        flip.actor.starts_with("cli:root") && flip.actor.ends_with("@edge-2"),
+        "{flip:?}"
+    );
+    let rb = trail
+        .iter()
+        .find(|e| e.action == "rollback")
+        .expect("the rollback is recorded");
+    assert_eq!((rb.host.as_str(), rb.to), ("edge-4", Color::Blue));
 }
 
 #[test]

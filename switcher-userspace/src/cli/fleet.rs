@@ -103,3 +103,28 @@ pub fn status_lines(v: &serde_json::Value) -> Result<String> {
     let _ = writeln!(out, "  hosts in drift: {}", s.in_drift);
     Ok(out)
 }
+
+/// `fleet history`: one line per change, oldest first.
+pub fn history_lines(v: &serde_json::Value) -> Result<String> {
+    let entries: Vec<crate::fleet::AuditEntry> =
+        serde_json::from_value(v.clone()).context("decoding the fleet history")?;
+    let mut out = String::new();
+    for e in &entries {
+        let _ = writeln!(
+            out,
+            "{}  {:<14} {:<10} {}{} by {} on {}: {}",
+            crate::domain::fmt_time(e.at_ms),
+            e.action,
+            e.service,
+            e.from.map_or(String::new(), |c| format!("{c} -> ")),
+            e.to,
+            e.actor,
+            e.host,
+            e.reason
+        );
+    }
+    if entries.is_empty() {
+        out.push_str("no fleet changes recorded\n");
+    }
+    Ok(out)
+}

@@ -155,6 +155,12 @@ enum FleetCmd {
         #[arg(long)]
         json: bool,
     },
+    /// The fleet's audit trail: every change any host made, with time, actor, host and reason.
+    History {
+        service: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Fleet flips wait for every host's acknowledgement (and, on failure, for the fleet's
@@ -388,6 +394,12 @@ fn run() -> Result<()> {
         } => {
             let v = api::call(&socket, &Request::FleetStatus)?;
             print_json_or(json, &v, || fleet::status_lines(&v))
+        }
+        Cmd::Fleet {
+            cmd: FleetCmd::History { service, json },
+        } => {
+            let v = api::call(&socket, &Request::FleetHistory { service })?;
+            print_json_or(json, &v, || fleet::history_lines(&v))
         }
         Cmd::Abort { service, json } => {
             let v = api::call(&socket, &Request::Abort { service })?;

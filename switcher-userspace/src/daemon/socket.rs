@@ -261,6 +261,10 @@ async fn handle(
             force,
             reason,
         } => route::rollback(fleet, ctl, &service, force, reason, local, actor).await?,
+        Request::FleetHistory { service } => match fleet {
+            Some(f) => serde_json::to_value(f.history(service.as_deref()).await?)?,
+            None => bail!("this daemon is not in fleet mode (its config has no [fleet] section)"),
+        },
         Request::FleetStatus => match fleet {
             Some(f) => serde_json::to_value(f.status().await)?,
             None => bail!("this daemon is not in fleet mode (its config has no [fleet] section)"),

@@ -13,7 +13,7 @@ use etcd_client::{Certificate, Client, ConnectOptions, GetOptions, Identity, Tls
 use serde::de::DeserializeOwned;
 use tracing::warn;
 
-use super::{keys::Keys, model::FleetStatus, Desired, Fleet, HostReport};
+use super::{keys::Keys, model::FleetStatus, AuditEntry, Desired, Fleet, HostReport};
 use crate::config::FleetConfig;
 
 /// How often the HTTP/2 connection is pinged; a peer silent for the connect timeout after a
@@ -141,4 +141,22 @@ pub(super) async fn read_status(f: &Fleet) -> Result<FleetStatus> {
         &reports,
         &known,
     ))
+}
+
+impl Fleet {
+    /// The fleet's audit trail, oldest first (of `service`, or all).
+    pub async fn history(&self, service: Option<&str>) -> Result<Vec<AuditEntry>> {
+        let mut client = self.client()?;
+        let (entries, _) = read_prefix::<AuditEntry>(
+            &mut client,
+            &self.0.keys.audit_prefix(),
+            self.0.cfg.connect_timeout,
+        )
+        .await?;
+        Ok(entries
+            .into_iter()
+            .map(|e| e.value)
+            .filter(|e| service.is_none_or(|s| e.service == s))
+            .collect())
+    }
 }

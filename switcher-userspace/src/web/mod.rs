@@ -245,14 +245,12 @@ async fn metrics(State(app): State<App>) -> Response {
     }
 }
 
-/// The fleet as etcd has it (fleet mode), for the dashboard's fleet view.
+/// The fleet as etcd has it (fleet mode), for the dashboard's fleet view; a single host
+/// answers `{"enabled": false}` (not an error: the page asks every host).
 async fn fleet_json(State(app): State<App>) -> Response {
     match &app.fleet {
         Some(f) => Json(f.status().await).into_response(),
-        None => error(
-            StatusCode::NOT_FOUND,
-            "this daemon is not in fleet mode".into(),
-        ),
+        None => Json(serde_json::json!({ "enabled": false })).into_response(),
     }
 }
 
