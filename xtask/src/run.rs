@@ -19,6 +19,9 @@ pub struct TestArgs {
 
 #[derive(clap::Args)]
 pub struct DemoArgs {
+    /// The fleet demo: this many edge hosts (2-8, default 3) kept together through etcd.
+    #[arg(long, value_name = "HOSTS", num_args = 0..=1, default_missing_value = "3")]
+    pub fleet: Option<u32>,
     /// Arguments for the demo (`--seconds`, `--udp-rate`, `--forward`), after `--`.
     #[arg(last = true)]
     pub demo_args: Vec<String>,
@@ -146,7 +149,11 @@ pub fn lint() -> Result<()> {
 
 pub fn demo(args: DemoArgs) -> Result<()> {
     require_root("the demo builds network namespaces and loads BPF programs")?;
-    run_release_bin("switcher-demo", &args.demo_args)
+    let mut a = args.demo_args;
+    if let Some(n) = args.fleet {
+        a.extend(["--fleet".to_string(), n.to_string()]);
+    }
+    run_release_bin("switcher-demo", &a)
 }
 
 pub fn bench(args: BenchArgs) -> Result<()> {

@@ -7,6 +7,8 @@
 //! new connections land on green's nodes, then everything is rolled back to blue. At the end
 //! every line is accounted for, node by node. Ctrl-C tears down at once.
 
+mod fleet;
+
 use std::{
     collections::BTreeMap,
     net::SocketAddr,
@@ -48,6 +50,10 @@ struct Args {
     /// Forwarding mode of the services: redirect (XDP_REDIRECT) or pass (XDP_PASS).
     #[arg(long, default_value = "redirect")]
     forward: String,
+    /// The fleet demo instead: this many edge hosts (2-8) kept on the same colour through
+    /// etcd, deployed, promoted and rolled back together under live traffic.
+    #[arg(long, value_name = "HOSTS")]
+    fleet: Option<usize>,
 }
 
 /// UDP flows (client source ports 20000..), and TCP connections per log-sender.
@@ -71,6 +77,9 @@ fn run() -> Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, stop.clone()).context("installing signal handler")?;
+    }
+    if let Some(hosts) = args.fleet {
+        return fleet::run(hosts, args.seconds, args.udp_rate.min(1000), &stop);
     }
 
     let n = args.nodes as usize;
