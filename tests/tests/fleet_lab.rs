@@ -63,6 +63,18 @@ fn active(rig: &Rig, service: &str) -> Color {
         .expect("service listed")
 }
 
+/// Restarts host `i`'s daemon (it adopts its pinned datapath) and waits until the fleet is in
+/// sync with `service` on `colour` there.
+fn restart_converges(rigs: &mut [Rig], i: usize, service: &str, colour: Color) {
+    rigs[i].start_daemon().expect("restart the daemon");
+    wait_in_sync(&rigs[(i + 1) % rigs.len()], rigs.len());
+    assert_eq!(
+        active(&rigs[i], service),
+        colour,
+        "the restarted host converged"
+    );
+}
+
 fn all_applied(r: &FleetFlip, n: usize) {
     assert_eq!(r.hosts.len(), n, "{r:?}");
     for h in &r.hosts {
@@ -376,13 +388,7 @@ fn etcd_lost_fails_static_and_a_killed_host_daemon_converges_after_restart() {
     for r in &rigs[..2] {
         assert_eq!(active(r, "udp4"), Color::Green);
     }
-    rigs[2].start_daemon().expect("restart the daemon");
-    wait_in_sync(&rigs[0], 3);
-    assert_eq!(
-        active(&rigs[2], "udp4"),
-        Color::Green,
-        "the restarted host converged"
-    );
+    restart_converges(&mut rigs, 2, "udp4", Color::Green);
 }
 
 /// The desired deployment phase of `service` as `rig` reads it.
@@ -478,13 +484,7 @@ fn kill_9_of_the_driving_daemon_mid_promote_another_host_finishes_and_the_killed
     for r in &rigs[1..] {
         assert_eq!(active(r, "udp4"), Color::Green);
     }
-    rigs[0].start_daemon().expect("restart");
-    wait_in_sync(&rigs[1], 3);
-    assert_eq!(
-        active(&rigs[0], "udp4"),
-        Color::Green,
-        "the restarted host converged"
-    );
+    restart_converges(&mut rigs, 0, "udp4", Color::Green);
     for (i, (r, s)) in rigs.iter().zip(&senders).enumerate() {
         assert_eq!(
             rig::finish_sender(s, Duration::from_secs(60)).expect("sender"),

@@ -4,6 +4,23 @@ use std::fmt::Write as _;
 
 use anyhow::{Context as _, Result};
 
+/// Whether the daemon answered for the fleet (per-host results), not for itself alone.
+pub fn is_fleet_reply(v: &serde_json::Value) -> bool {
+    v.get("hosts").is_some()
+}
+
+/// The fleet's per-host lines for a fleet reply, `local` for a single host's.
+pub fn or(
+    v: &serde_json::Value,
+    local: impl FnOnce(&serde_json::Value) -> Result<String>,
+) -> Result<String> {
+    if is_fleet_reply(v) {
+        flip_lines(v)
+    } else {
+        local(v)
+    }
+}
+
 /// A fleet flip or rollback: the revision written, then one line per host.
 pub fn flip_lines(v: &serde_json::Value) -> Result<String> {
     let f: crate::fleet::FleetFlip =

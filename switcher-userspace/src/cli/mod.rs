@@ -282,13 +282,7 @@ fn run() -> Result<()> {
                     force,
                 },
             )?;
-            print_json_or(json, &v, || {
-                if v.get("hosts").is_some() {
-                    fleet::flip_lines(&v)
-                } else {
-                    render::deployment_line(&v)
-                }
-            })
+            print_json_or(json, &v, || fleet::or(&v, render::deployment_line))
         }
         Cmd::Promote {
             service,
@@ -311,7 +305,7 @@ fn run() -> Result<()> {
                 },
             )?;
             print_json_or(json, &v, || {
-                if v.get("hosts").is_some() {
+                if fleet::is_fleet_reply(&v) {
                     fleet::flip_lines(&v)
                 } else if let Some(driver) = v.get("driver").and_then(|d| d.as_str()) {
                     Ok(format!(
@@ -349,7 +343,7 @@ fn run() -> Result<()> {
                 FLEET_WAIT,
             )?;
             print_json_or(json, &v, || {
-                if v.get("hosts").is_some() {
+                if fleet::is_fleet_reply(&v) {
                     return fleet::flip_lines(&v);
                 }
                 let out: FlipOutcome =
@@ -381,13 +375,7 @@ fn run() -> Result<()> {
                 },
                 FLEET_WAIT,
             )?;
-            print_json_or(json, &v, || {
-                if v.get("hosts").is_some() {
-                    fleet::flip_lines(&v)
-                } else {
-                    render::deployment_line(&v)
-                }
-            })
+            print_json_or(json, &v, || fleet::or(&v, render::deployment_line))
         }
         Cmd::Fleet {
             cmd: FleetCmd::Status { json },

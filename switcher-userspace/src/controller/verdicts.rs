@@ -23,18 +23,7 @@ impl Core {
         id: u64,
         evidence: serde_json::Value,
     ) -> Result<()> {
-        self.step(
-            service,
-            Some(id),
-            Step::ValidationPassed,
-            AUTO,
-            "all checks passed",
-            Some(evidence),
-        )?;
-        let st = self.svc_state(service)?;
-        if let Some(color) = st.current.as_ref().map(|d| d.color) {
-            st.slot_mut(color).trusted = true;
-        }
+        self.mark_passed(service, id, "all checks passed", evidence)?;
         self.save()?;
         self.flip_validated(service, id)
     }
@@ -47,20 +36,37 @@ impl Core {
         id: u64,
         evidence: serde_json::Value,
     ) -> Result<()> {
+        self.mark_passed(
+            service,
+            id,
+            "all checks passed; the fleet decides the flip",
+            evidence,
+        )?;
+        self.forget_task(service);
+        self.save()
+    }
+
+    /// Ready, and the candidate's slot known good.
+    fn mark_passed(
+        &mut self,
+        service: &str,
+        id: u64,
+        why: &str,
+        evidence: serde_json::Value,
+    ) -> Result<()> {
         self.step(
             service,
             Some(id),
             Step::ValidationPassed,
             AUTO,
-            "all checks passed; the fleet decides the flip",
+            why,
             Some(evidence),
         )?;
         let st = self.svc_state(service)?;
         if let Some(color) = st.current.as_ref().map(|d| d.color) {
             st.slot_mut(color).trusted = true;
         }
-        self.forget_task(service);
-        self.save()
+        Ok(())
     }
 
     /// The flip of a deployment whose validation passed (phase ready), and its watch clock.

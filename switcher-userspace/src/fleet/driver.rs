@@ -103,13 +103,12 @@ impl Fleet {
             })?;
         self.become_driver(&mut client, service).await?;
         let result = async {
-            let mut next = current.clone();
-            next.actor = format!("{actor}@{}", self.host());
-            next.reason = format!("promote {}: every host validates", dep.id);
-            next.at_ms = now_ms();
-            if let Some(d) = next.deployment.as_mut() {
-                d.phase = FleetPhase::Validating;
-            }
+            let next = current
+                .next(
+                    format!("{actor}@{}", self.host()),
+                    format!("promote {}: every host validates", dep.id),
+                )
+                .with_phase(FleetPhase::Validating, None);
             let (rev, _) = self
                 .compare_and_write(
                     &mut client,
@@ -138,14 +137,15 @@ impl Fleet {
             .clone()
             .filter(|d| d.phase.is_open())
             .ok_or_else(|| anyhow!("{service} has no fleet deployment in progress"))?;
-        let mut next = current.clone();
-        next.actor = format!("{actor}@{}", self.host());
-        next.reason = format!("{} aborted", dep.id);
-        next.at_ms = now_ms();
-        if let Some(d) = next.deployment.as_mut() {
-            d.phase = FleetPhase::Rejected;
-            d.reason = format!("aborted by {actor} on {}", self.host());
-        }
+        let next = current
+            .next(
+                format!("{actor}@{}", self.host()),
+                format!("{} aborted", dep.id),
+            )
+            .with_phase(
+                FleetPhase::Rejected,
+                Some(format!("aborted by {actor} on {}", self.host())),
+            );
         self.commit(
             &mut client,
             service,
@@ -240,13 +240,13 @@ impl Fleet {
                 break failed;
             }
             if waiting.is_empty() && !verdicts.is_empty() {
-                let mut next = current.clone();
+                let mut next = current
+                    .next(
+                        current.actor.clone(),
+                        format!("every host passed validation of {}", dep.id),
+                    )
+                    .with_phase(FleetPhase::Promoted, None);
                 next.active = dep.color;
-                next.reason = format!("every host passed validation of {}", dep.id);
-                next.at_ms = now_ms();
-                if let Some(d) = next.deployment.as_mut() {
-                    d.phase = FleetPhase::Promoted;
-                }
                 info!(service, deployment = %dep.id, hosts = verdicts.len(), "fleet: every host passed; flipping the fleet");
                 return self
                     .commit(
@@ -263,13 +263,10 @@ impl Fleet {
             tokio::time::sleep(VERDICT_POLL).await;
         };
         let (read_rev, current) = self.read_desired(client, service).await?;
-        let mut next = current.clone();
-        next.reason = format!("validation failed: {}", failures.join("; "));
-        next.at_ms = now_ms();
-        if let Some(d) = next.deployment.as_mut() {
-            d.phase = FleetPhase::Rejected;
-            d.reason = next.reason.clone();
-        }
+        let why = format!("validation failed: {}", failures.join("; "));
+        let next = current
+            .next(current.actor.clone(), why.clone())
+            .with_phase(FleetPhase::Rejected, Some(why));
         self.commit(
             client, service, read_rev, &current, next, "reject", false, true,
         )

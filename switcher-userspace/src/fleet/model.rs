@@ -32,6 +32,29 @@ pub struct Desired {
     pub definition: Option<String>,
 }
 
+impl Desired {
+    /// The next desired state: this one, written by `actor` for `reason`, now.
+    pub fn next(&self, actor: String, reason: String) -> Desired {
+        Desired {
+            actor,
+            reason,
+            at_ms: crate::domain::now_ms(),
+            ..self.clone()
+        }
+    }
+
+    /// With its fleet deployment moved to `phase` (and, when given, why).
+    pub fn with_phase(mut self, phase: FleetPhase, why: Option<String>) -> Desired {
+        if let Some(d) = self.deployment.as_mut() {
+            d.phase = phase;
+            if let Some(w) = why {
+                d.reason = w;
+            }
+        }
+        self
+    }
+}
+
 /// One deployment of a candidate to every host: deployed everywhere, validated by every host
 /// from its own vantage point, flipped to only when all passed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

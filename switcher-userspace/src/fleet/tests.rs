@@ -11,8 +11,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use etcd_client::GetOptions;
-
 use self::{etcd_proc::EtcdProc, proxy::Proxy};
 use super::*;
 use super::{definitions, model::FleetPhase};
@@ -179,20 +177,8 @@ async fn hosts_seed_and_converge_and_every_host_acknowledges_a_fleet_flip_and_ro
         .iter()
         .all(|h| h.services["syslog"].report.applied_revision == back.revision));
 
-    // The audit trail names who asked, on which host.
-    let mut client = etcd.client().await;
-    let audit = client
-        .get(
-            Keys::new(&c).audit_prefix(),
-            Some(GetOptions::new().with_prefix()),
-        )
-        .await
-        .expect("audit");
-    let entries: Vec<AuditEntry> = audit
-        .kvs()
-        .iter()
-        .map(|kv| serde_json::from_slice(kv.value()).expect("audit entry"))
-        .collect();
+    // The audit trail names who asked, on which host; any host reads it.
+    let entries = hosts[0].fleet.history(Some("syslog")).await.expect("audit");
     assert!(
         entries.iter().any(|e| e.action == "flip"
             && e.host == "edge-1"
@@ -434,20 +420,12 @@ async fn without_etcd_hosts_fail_static_refuse_fleet_changes_and_converge_when_i
     assert!(drift < Duration::from_secs(10));
     assert_eq!(b.active().await, Color::Blue);
     // Its audit entry was written once etcd was back.
-    let mut client = etcd.client().await;
-    let audit = client
-        .get(
-            Keys::new(&c).audit_prefix(),
-            Some(GetOptions::new().with_prefix()),
-        )
-        .await
-        .expect("audit");
+    let entries = a.fleet.history(None).await.expect("audit");
     assert!(
-        audit
-            .kvs()
+        entries
             .iter()
-            .any(|kv| String::from_utf8_lossy(kv.value()).contains("local-override")),
-        "the override is audited"
+            .any(|e| e.action == "local-override" && e.host == "edge-b" && e.to == Color::Blue),
+        "the override is audited: {entries:?}"
     );
     // The fleet agrees again with the next revision: every host on it, drift gone.
     a.fleet

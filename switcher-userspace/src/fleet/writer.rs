@@ -291,10 +291,10 @@ impl Fleet {
                 serde_json::to_string(&reply.hosts)?
             );
         }
-        let mut back = current.clone();
-        back.actor = format!("fleet-rollback:{}", self.host());
-        back.reason = format!("revision {rev} failed on: {}", failed.join("; "));
-        back.at_ms = now_ms();
+        let back = current.next(
+            format!("fleet-rollback:{}", self.host()),
+            format!("revision {rev} failed on: {}", failed.join("; ")),
+        );
         let reports = self.watch_reports(client).await?;
         let (back_rev, committed) = self
             .compare_and_write(client, service, rev, &back, to, "fleet-rollback", driver)
@@ -595,12 +595,12 @@ impl Fleet {
                 read_rev,
             ))?);
         }
-        let mut next = current.clone();
+        let mut next = current.next(
+            format!("{actor}@{}", self.host()),
+            format!("definition reloaded on {}", self.host()),
+        );
         next.config_hash = hash;
         next.definition = Some(def.to_string());
-        next.actor = format!("{actor}@{}", self.host());
-        next.reason = format!("definition reloaded on {}", self.host());
-        next.at_ms = now_ms();
         Ok(serde_json::to_value(
             self.commit(
                 &mut client,
