@@ -15,6 +15,7 @@ mod driver;
 mod etcd;
 pub mod keys;
 pub mod model;
+mod publish;
 pub mod route;
 #[cfg(test)]
 mod tests;
