@@ -11,24 +11,12 @@ use switcher::{
     fleet::{FleetFlip, FleetStatus},
 };
 
+pub use crate::services::fleet_section;
 use crate::{
-    lab::{etcd_member_v4, Etcd, ETCD_CLIENT_PORT},
+    lab::Etcd,
     poll,
     rig::{self, Rig},
 };
-
-/// The `[fleet]` section of host `i` of `cluster`, reaching `members` etcd members: short
-/// leases and deadlines, so failures show within seconds in the lab.
-pub fn fleet_section(cluster: &str, i: usize, members: usize) -> String {
-    let endpoints: Vec<String> = (0..members)
-        .map(|m| format!("\"http://{}:{ETCD_CLIENT_PORT}\"", etcd_member_v4(m)))
-        .collect();
-    format!(
-        "[fleet]\nendpoints = [{}]\ncluster = \"{cluster}\"\nhost_id = \"edge-{i}\"\n\
-         lease_ttl_s = 2\nack_deadline_ms = 5000\nconnect_timeout_ms = 1000\n\n",
-        endpoints.join(", ")
-    )
-}
 
 /// A running fleet. The etcd goes first when it is dropped (fields drop in order), before the
 /// labs it joins.

@@ -9,7 +9,10 @@ use std::{
     path::Path,
 };
 
-use crate::lab::{Host, Node, BLUE_V4, BLUE_V6, GREEN_V4, GREEN_V6, VIP_V4, VIP_V6};
+use crate::lab::{
+    etcd_member_v4, Host, Node, BLUE_V4, BLUE_V6, ETCD_CLIENT_PORT, GREEN_V4, GREEN_V6, VIP_V4,
+    VIP_V6,
+};
 
 pub const UDP_PORT: u16 = 514;
 pub const TCP_PORT: u16 = 601;
@@ -183,4 +186,17 @@ fn sink_args_at(name: &str, v4: Ipv4Addr, v6: Ipv6Addr, out: &Path) -> Vec<Strin
         "--ack".into(),
     ]
     .into()
+}
+
+/// The `[fleet]` section of host `i` of `cluster`, reaching `members` etcd members: short
+/// leases and deadlines, so failures show within seconds in the lab.
+pub fn fleet_section(cluster: &str, i: usize, members: usize) -> String {
+    let endpoints: Vec<String> = (0..members)
+        .map(|m| format!("\"http://{}:{ETCD_CLIENT_PORT}\"", etcd_member_v4(m)))
+        .collect();
+    format!(
+        "[fleet]\nendpoints = [{}]\ncluster = \"{cluster}\"\nhost_id = \"edge-{i}\"\n\
+         lease_ttl_s = 2\nack_deadline_ms = 5000\nconnect_timeout_ms = 1000\n\n",
+        endpoints.join(", ")
+    )
 }

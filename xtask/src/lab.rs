@@ -31,6 +31,11 @@ enum Action {
         /// Namespaces are named PREFIX-client, PREFIX-edge, PREFIX-blue, PREFIX-green.
         #[arg(long, default_value = "swlab")]
         prefix: String,
+        /// A fleet: this many edge hosts (labs PREFIX0, PREFIX1, ...; 2 to 8), each with its
+        /// own sinks and a switcher config with a `[fleet]` section, joined to a running etcd
+        /// (namespace PREFIX0-etcd).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(2..=8))]
+        hosts: Option<u32>,
     },
     /// Delete every namespace whose name starts with PREFIX (and what runs in them), and the
     /// lab's work folder and bpffs pins (`--prefix sw` also sweeps what killed test runs left).
@@ -42,7 +47,14 @@ enum Action {
 
 pub fn run(args: Args) -> Result<()> {
     match args.action {
-        Action::Up { prefix } => up(&prefix),
+        Action::Up {
+            prefix,
+            hosts: None,
+        } => up(&prefix),
+        Action::Up {
+            prefix,
+            hosts: Some(n),
+        } => up_fleet(&prefix, n as usize),
         Action::Down { prefix } => down(&prefix),
     }
 }
@@ -56,35 +68,10 @@ fn bpffs_dir(prefix: &str) -> PathBuf {
 }
 
 fn up(prefix: &str) -> Result<()> {
-    // The sink alone: building it needs no bpf-linker.
-    run_visible(
-        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .current_dir(workspace_root())
-            .args([
-                "build",
-                "--release",
-                "-p",
-                "switcher-tests",
-                "--no-default-features",
-                "--bin",
-                "ingest-sink",
-            ]),
-    )?;
-    let sink = target_dir().join("release/ingest-sink");
+    let sink = build_sink()?;
     let lab = Lab::up(prefix).context("lab up")?;
+    let config = start_host(&lab, prefix, &sink, "")?;
     let dir = work_dir(prefix);
-    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    for host in [Host::Blue, Host::Green] {
-        start_detached_sink(&lab, host, &sink, &dir)?;
-    }
-    let config = dir.join("switcher.toml");
-    let text = services::lab_config(
-        lab::EDGE_TO_CLIENT,
-        &bpffs_dir(prefix),
-        &dir,
-        &services::standard_services("redirect", services::STANDARD_CHECKS),
-    );
-    fs::write(&config, text).with_context(|| format!("writing {}", config.display()))?;
 
     println!("lab {prefix} is up:");
     for host in Host::ALL {
@@ -140,6 +127,99 @@ fn up(prefix: &str) -> Result<()> {
     Ok(())
 }
 
+/// The reference sink, built alone: it needs no bpf-linker.
+fn build_sink() -> Result<PathBuf> {
+    run_visible(
+        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .current_dir(workspace_root())
+            .args([
+                "build",
+                "--release",
+                "-p",
+                "switcher-tests",
+                "--no-default-features",
+                "--bin",
+                "ingest-sink",
+            ]),
+    )?;
+    Ok(target_dir().join("release/ingest-sink"))
+}
+
+/// Starts `lab`'s sinks and writes its switcher config (`extra` before the services, e.g. a
+/// `[fleet]` section); returns the config's path.
+fn start_host(lab: &Lab, prefix: &str, sink: &Path, extra: &str) -> Result<PathBuf> {
+    let dir = work_dir(prefix);
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    for host in [Host::Blue, Host::Green] {
+        start_detached_sink(lab, host, sink, &dir)?;
+    }
+    let config = dir.join("switcher.toml");
+    let services = services::standard_services("redirect", services::STANDARD_CHECKS);
+    let text = services::lab_config(
+        lab::EDGE_TO_CLIENT,
+        &bpffs_dir(prefix),
+        &dir,
+        &format!("{extra}{services}"),
+    );
+    fs::write(&config, text).with_context(|| format!("writing {}", config.display()))?;
+    Ok(config)
+}
+
+/// `lab up --hosts N`: N labs, each an edge host of one fleet, and a running etcd they all
+/// reach on the control net; everything left up for `lab down`.
+fn up_fleet(prefix: &str, n: usize) -> Result<()> {
+    let sink = build_sink()?;
+    let mut labs = Vec::new();
+    let mut configs = Vec::new();
+    for i in 0..n {
+        let p = format!("{prefix}{i}");
+        let lab = Lab::up(&p).with_context(|| format!("lab {p} up"))?;
+        configs.push(start_host(
+            &lab,
+            &p,
+            &sink,
+            &services::fleet_section(prefix, i, 1),
+        )?);
+        labs.push(lab);
+    }
+    let etcd = lab::Etcd::up(&labs[0], 1).context("etcd up")?;
+    for (i, l) in labs.iter().enumerate() {
+        etcd.connect(l, i)?;
+    }
+    let endpoints = etcd.endpoints();
+    etcd.keep()?;
+    println!(
+        "fleet lab {prefix}: {n} edge hosts, etcd at {} (namespace {prefix}0-etcd)",
+        endpoints.join(",")
+    );
+    for (i, (l, c)) in labs.iter().zip(&configs).enumerate() {
+        println!(
+            "  edge-{i}: nsenter --net=/run/netns/{} target/release/switcher daemon --config {} &",
+            l.ns(Host::Edge),
+            c.display()
+        );
+    }
+    println!("then, on any host (here edge-0):");
+    let sock = work_dir(&format!("{prefix}0")).join("switcher.sock");
+    println!(
+        "  target/release/switcher --socket {} fleet status",
+        sock.display()
+    );
+    println!(
+        "  target/release/switcher --socket {} flip udp4 --to green --force --reason try",
+        sock.display()
+    );
+    println!(
+        "send logs to host i: ip netns exec {prefix}<i>-client logger -n {} -P 514 --udp hello",
+        lab::VIP_V4
+    );
+    println!("remove it:  cargo xtask lab down --prefix {prefix}");
+    for l in labs {
+        l.keep();
+    }
+    Ok(())
+}
+
 /// Starts the sink in its own session, so it outlives this command; `lab down` kills it with
 /// everything else in the namespace.
 fn start_detached_sink(lab: &Lab, host: Host, sink: &Path, dir: &Path) -> Result<()> {
@@ -176,7 +256,22 @@ fn down(prefix: &str) -> Result<()> {
     } else {
         println!("removed: {}", removed.join(" "));
     }
-    for p in [work_dir(prefix), bpffs_dir(prefix)] {
+    // The lab's folders, and a fleet lab's (PREFIX0, PREFIX1, ...).
+    let mut folders = Vec::new();
+    for parent in [std::env::temp_dir(), PathBuf::from("/sys/fs/bpf")] {
+        let start = format!("switcher-lab-{prefix}");
+        let Ok(entries) = fs::read_dir(&parent) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let rest = name.strip_prefix(&start);
+            if rest.is_some_and(|r| r.chars().all(|c| c.is_ascii_digit())) {
+                folders.push(e.path());
+            }
+        }
+    }
+    for p in folders {
         match fs::remove_dir_all(&p) {
             Ok(()) => println!("removed: {}", p.display()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

@@ -402,6 +402,48 @@ impl Etcd {
     }
 
     fn spawn_member(&mut self, i: usize) -> Result<()> {
+        let cmd = self.member_command(i);
+        let proc =
+            Proc::start(cmd).with_context(|| format!("starting etcd member {i} in {}", self.ns))?;
+        self.members[i] = Some(proc);
+        Ok(())
+    }
+
+    /// Leaves the cluster running after this process ends (`cargo xtask lab up --hosts`):
+    /// each member is restarted on its data, detached, logging to `m{i}.log` next to its data
+    /// folder, and nothing is torn down on drop. `cargo xtask lab down` removes it with the
+    /// namespace (keep the owning lab too, or a later sweep takes it for a dead run's).
+    pub fn keep(mut self) -> Result<()> {
+        for i in 0..self.members.len() {
+            if let Some(p) = self.members[i].take() {
+                p.kill_and_wait()?;
+            }
+            let log_path = self.data_root.join(format!("m{i}.log"));
+            let log = fs::File::create(&log_path)
+                .with_context(|| format!("creating {}", log_path.display()))?;
+            let err = log.try_clone().context("duplicating the log handle")?;
+            let mut cmd = self.member_command(i);
+            std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+            cmd.stdin(std::process::Stdio::null())
+                .stdout(log)
+                .stderr(err)
+                .spawn()
+                .with_context(|| format!("starting etcd member {i} detached"))?;
+        }
+        let deadline = Instant::now() + HEALTHY_TIMEOUT;
+        for i in 0..self.members.len() {
+            while !self.health(i).unwrap_or(false) {
+                if Instant::now() >= deadline {
+                    bail!("detached etcd member {i} is not healthy within {HEALTHY_TIMEOUT:?}");
+                }
+                thread::sleep(Duration::from_millis(100));
+            }
+        }
+        self.finished = true;
+        Ok(())
+    }
+
+    fn member_command(&self, i: usize) -> Command {
         let n = self.members.len();
         let peer = |j: usize| format!("http://{}:{ETCD_PEER_PORT}", etcd_member_v4(j));
         let client = format!("http://{}", client_addr(i));
@@ -431,10 +473,7 @@ impl Etcd {
                 cmd.env_remove(key);
             }
         }
-        let proc =
-            Proc::start(cmd).with_context(|| format!("starting etcd member {i} in {}", self.ns))?;
-        self.members[i] = Some(proc);
-        Ok(())
+        cmd
     }
 
     /// Waits until every member of `which` answers `GET /health` with health true.
