@@ -544,7 +544,7 @@ fn a_fleet_section_is_optional_and_checked_whole() {
     assert_eq!(f.cluster, "edge-eu");
     assert_eq!(f.host_id, "edge-1.eu");
     assert_eq!(f.lease_ttl, Duration::from_secs(5));
-    assert_eq!(f.ack_deadline, Duration::from_secs(5));
+    assert_eq!(f.ack_deadline, Duration::from_secs(10));
     assert_eq!(f.tls, None);
     // Without host_id: the hostname.
     let unnamed = fleet.replace("host_id = \"edge-1.eu\"\n", "");

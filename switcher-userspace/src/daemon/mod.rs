@@ -68,6 +68,9 @@ pub async fn run(cfg: Config, cfg_path: PathBuf, keep_attached: bool) -> Result<
     )
     .await;
     drop(agent);
+    if let Some(f) = &fleet {
+        f.leave().await;
+    }
     let shut = ctl.shutdown(keep_attached).await;
     served.and(shut)
 }
@@ -126,10 +129,16 @@ async fn serve(
                 }
                 Err(e) => warn!("accept on API socket: {e}"),
             },
-            _ = sighup.recv() => match crate::fleet::route::reload(fleet, ctl, "signal:SIGHUP").await {
-                Ok(s) => info!("reloaded on SIGHUP: {s}"),
-                Err(e) => warn!("reload on SIGHUP refused, nothing changed: {e:#}"),
-            },
+            // In fleet mode a reload waits for every host: not on the loop that serves.
+            _ = sighup.recv() => {
+                let (ctl, fleet) = (ctl.clone(), fleet.cloned());
+                tokio::spawn(async move {
+                    match crate::fleet::route::reload(fleet.as_ref(), &ctl, "signal:SIGHUP").await {
+                        Ok(s) => info!("reloaded on SIGHUP: {s}"),
+                        Err(e) => warn!("reload on SIGHUP refused, nothing changed: {e:#}"),
+                    }
+                });
+            }
             _ = sigint.recv() => return Ok(()),
             _ = sigterm.recv() => return Ok(()),
         }

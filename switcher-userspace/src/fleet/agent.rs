@@ -16,6 +16,8 @@ use super::{
     model::{config_hash, HostDeployment},
     AuditEntry, Desired, Fleet, HostReport, ServiceReport,
 };
+use tokio::sync::broadcast;
+
 use crate::{
     controller::{Event, AUTO},
     deploy::Phase,
@@ -28,11 +30,11 @@ const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// A session that lasted this long was healthy: the next failure starts the backoff again.
 const HEALTHY_SESSION: Duration = Duration::from_secs(10);
 
-pub(super) async fn run(f: Fleet) {
+pub(super) async fn run(f: Fleet, mut events: broadcast::Receiver<Event>) {
     let mut backoff = MIN_BACKOFF;
     loop {
         let started = Instant::now();
-        let Err(e) = session(&f).await;
+        let Err(e) = session(&f, &mut events).await;
         warn!(cluster = %f.0.cfg.cluster, "fleet: disconnected from etcd, serving the last applied state: {e:#}");
         {
             let mut l = f.local();
@@ -48,7 +50,9 @@ pub(super) async fn run(f: Fleet) {
     }
 }
 
-async fn session(f: &Fleet) -> Result<Infallible> {
+/// `events`: the controller's, subscribed once for the agent's life, so an automatic
+/// rollback while disconnected is still seen (and propagated once connected).
+async fn session(f: &Fleet, events: &mut broadcast::Receiver<Event>) -> Result<Infallible> {
     let cfg = &f.0.cfg;
     let limit = cfg.connect_timeout;
     let start = f.local().next_endpoint;
@@ -95,7 +99,6 @@ async fn session(f: &Fleet) -> Result<Infallible> {
         let mut tick = tokio::time::interval(cfg.lease_ttl / 3);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut heard = Instant::now();
-        let mut events = f.0.ctl.subscribe();
         loop {
             tokio::select! {
                 ev = events.recv() => match ev {
@@ -104,7 +107,10 @@ async fn session(f: &Fleet) -> Result<Infallible> {
                         report(f, &mut client, lease).await?;
                     }
                     // A validation's verdict (or any step) is what a fleet driver waits for.
-                    Ok(ev) if ev.kind == "transition" => report(f, &mut client, lease).await?,
+                    Ok(ev) if ev.kind == "transition" => {
+                        retry_pending(f, &ev.service).await;
+                        report(f, &mut client, lease).await?;
+                    }
                     Ok(_) => {}
                     // Missed events: whatever rolled back shows as drift in the next report.
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
@@ -270,6 +276,9 @@ async fn report(f: &Fleet, client: &mut Client, lease: i64) -> Result<()> {
 /// Sends the audit entries recorded while they could not be (a local override offline).
 async fn flush_audit(f: &Fleet, client: &mut Client) -> Result<()> {
     let pending: Vec<AuditEntry> = std::mem::take(&mut f.local().pending_audit);
+    if pending.is_empty() {
+        return Ok(());
+    }
     for (i, e) in pending.iter().enumerate() {
         let key = f.0.keys.audit(e.at_ms, f.host(), i as u64);
         if let Err(err) = within(
@@ -285,6 +294,7 @@ async fn flush_audit(f: &Fleet, client: &mut Client) -> Result<()> {
             return Err(err.context("writing the audit trail"));
         }
     }
+    f.persist();
     Ok(())
 }
 
@@ -294,26 +304,38 @@ async fn flush_audit(f: &Fleet, client: &mut Client) -> Result<()> {
 fn propagate_rollback(f: &Fleet, ev: Event) {
     let f = f.clone();
     tokio::spawn(async move {
-        let to = match f.0.ctl.status(Some(&ev.service)).await {
-            Ok(s) => s.services[0].active,
-            Err(e) => {
-                warn!(service = %ev.service, "fleet: reading the colour after a rollback: {e:#}");
+        // Until the fleet follows (or has moved on by itself); a host cut off from etcd
+        // keeps trying once a second for a bounded while.
+        for attempt in 1..=PROPAGATE_ATTEMPTS {
+            let to = match f.0.ctl.status(Some(&ev.service)).await {
+                Ok(s) => s.services[0].active,
+                Err(e) => {
+                    warn!(service = %ev.service, "fleet: reading the colour after a rollback: {e:#}");
+                    return;
+                }
+            };
+            let wanted = f.local().desired.get(&ev.service).map(|(_, d)| d.active);
+            if wanted == Some(to) {
                 return;
             }
-        };
-        let wanted = f.local().desired.get(&ev.service).map(|(_, d)| d.active);
-        if wanted == Some(to) {
-            return;
-        }
-        let reason = format!("automatic rollback on {}: {}", f.host(), ev.message);
-        match f.follow(&ev.service, to, AUTO, &reason).await {
-            Ok(r) => {
-                info!(service = %ev.service, revision = r.revision, %to, "fleet: rolled the fleet back after this host's watch failed")
+            let reason = format!("automatic rollback on {}: {}", f.host(), ev.message);
+            match f.follow(&ev.service, to, AUTO, &reason).await {
+                Ok(r) => {
+                    info!(service = %ev.service, revision = r.revision, %to, "fleet: rolled the fleet back after this host's watch failed");
+                    return;
+                }
+                Err(e) => {
+                    warn!(service = %ev.service, attempt, "fleet: could not roll the fleet back yet: {e:#}")
+                }
             }
-            Err(e) => warn!(service = %ev.service, "fleet: could not roll the fleet back: {e:#}"),
+            tokio::time::sleep(Duration::from_secs(1)).await;
         }
     });
 }
+
+/// How many times (a second apart) a host retries rolling the fleet back after its own watch
+/// did.
+const PROPAGATE_ATTEMPTS: u32 = 120;
 
 /// Describes `s` in etcd as this host runs it, if nobody has: its colour, config hash and
 /// definition. None when another host did first (its value arrives through the watch).
@@ -346,4 +368,19 @@ pub(super) async fn seed(
     let rev = resp.header().map_or(0, |h| h.revision());
     info!(service = %s.name, revision = rev, %active, "fleet: seeded the desired state");
     Ok(Some((rev, d)))
+}
+
+/// A revision of `service` this host has not applied yet (it waited for its own validation,
+/// say) is tried again after each step of its local deployment.
+async fn retry_pending(f: &Fleet, service: &str) {
+    let pending = {
+        let l = f.local();
+        l.desired
+            .get(service)
+            .filter(|(rev, _)| l.applied.get(service).is_none_or(|a| a < rev))
+            .cloned()
+    };
+    if let Some((rev, d)) = pending {
+        apply::apply(f, service, rev, d).await;
+    }
 }

@@ -32,6 +32,8 @@ pub(super) async fn apply(f: &Fleet, service: &str, rev: i64, d: Desired) {
                 .insert(service.to_string(), started.elapsed().as_micros() as u64);
             l.nacks.remove(service);
             l.overrides.remove(service);
+            drop(l);
+            f.persist();
             info!(service, revision = rev, active = %d.active, flipped, took_us = started.elapsed().as_micros() as u64, "fleet: applied");
         }
         Err(e) => {
@@ -59,6 +61,8 @@ async fn apply_here(f: &Fleet, service: &str, rev: i64, d: &Desired) -> Result<b
     // Checked before anything changes: the fleet's definition, with the candidate this host
     // has yet to deploy, must be what the fleet runs (its hash), or the revision is refused
     // and this host stays as it is.
+    // Compose, check and apply as one against a concurrent reload.
+    let _config = f.0.config.lock().await;
     let (planned, adopt) = plan(f, service, d).await?;
     let here = config_hash(&planned);
     if here != d.config_hash {
@@ -73,7 +77,12 @@ async fn apply_here(f: &Fleet, service: &str, rev: i64, d: &Desired) -> Result<b
         if let Err(e) = definitions::save_overlay(&f.0.state_dir, &overlay) {
             warn!("fleet: saving the fleet's definitions (a restart without etcd would run the file's): {e:#}");
         }
-        f.local().overlay = overlay;
+        let mut l = f.local();
+        if let Some(def) = overlay.get(service) {
+            l.running.insert(service.to_string(), def.clone());
+        }
+        l.overlay = overlay;
+        drop(l);
         info!(service, "fleet: runs the fleet's definition");
     }
     if let Some(dep) = &d.deployment {
@@ -83,12 +92,46 @@ async fn apply_here(f: &Fleet, service: &str, rev: i64, d: &Desired) -> Result<b
     if view.services[0].active == d.active {
         return Ok(false);
     }
-    // A candidate this host validated for the fleet is flipped to as a validated one (its
-    // watch starts); anything else is the fleet's forced decision, with its reason on record.
-    let validated = view.services[0]
+    // The flip to a candidate the fleet promoted: this host flips only to its own validated
+    // one (a host that rejoins validates it first; one whose validation failed stays). Any
+    // other flip is the fleet's forced decision, with its reason on record.
+    let promoted = d
         .deployment
         .as_ref()
-        .is_some_and(|l| l.phase == Phase::Ready && l.color == d.active);
+        .filter(|dep| dep.phase == FleetPhase::Promoted && dep.color == d.active);
+    let validated = match promoted {
+        None => false,
+        Some(dep) => {
+            let local = local_deployment(f, service, &dep.id).await;
+            match local.as_ref().map(|l| l.phase) {
+                Some(Phase::Ready) => true,
+                Some(Phase::Deployed) => {
+                    ctl.validate(service, &actor).await?;
+                    bail!("validating {} here first: flips when it passes", dep.id);
+                }
+                // Cut short here (a restart aborts a running validation): deployed again and
+                // validated afresh, never flipped to unvalidated.
+                Some(Phase::Aborted) => {
+                    redeploy(f, service, dep, &actor).await?;
+                    ctl.validate(service, &actor).await?;
+                    bail!("validating {} here again (its validation was cut short): flips when it passes", dep.id);
+                }
+                Some(Phase::Validating) => {
+                    bail!("validating {} here first: flips when it passes", dep.id)
+                }
+                Some(_) => bail!(
+                    "this host's own validation of {} failed ({}); it stays on {}",
+                    dep.id,
+                    local
+                        .as_ref()
+                        .and_then(|l| l.last())
+                        .map_or("", |t| t.reason.as_str()),
+                    view.services[0].active
+                ),
+                None => bail!("{} is not deployed here", dep.id),
+            }
+        }
+    };
     ctl.flip(
         service,
         d.active,
@@ -109,11 +152,7 @@ async fn deployment_step(
     actor: &str,
 ) -> Result<()> {
     let ctl = &f.0.ctl;
-    let mapped = f.local().deployments.get(service).cloned();
-    let local = match mapped {
-        Some((fid, lid)) if fid == dep.id => ctl.deployment(service, lid).await,
-        _ => None,
-    };
+    let local = local_deployment(f, service, &dep.id).await;
     let serving = ctl.status(Some(service)).await?.services[0].active == dep.color;
     match (dep.phase, local) {
         (FleetPhase::Rejected, Some(l))
@@ -125,24 +164,16 @@ async fn deployment_step(
         // Not here yet (a new deployment, or a host that rejoins): deploy it, unless the
         // candidate already serves here.
         (_, None) if !serving => {
-            let d = ctl
-                .deploy(
-                    service,
-                    dep.color,
-                    dep.members.clone(),
-                    dep.version.clone(),
-                    dep.force,
-                    actor,
-                )
-                .await?;
-            f.local()
-                .deployments
-                .insert(service.to_string(), (dep.id.clone(), d.id));
+            redeploy(f, service, dep, actor).await?;
             if dep.phase == FleetPhase::Validating {
                 ctl.validate(service, actor).await?;
             }
         }
         (FleetPhase::Validating, Some(l)) if l.phase == Phase::Deployed => {
+            ctl.validate(service, actor).await?;
+        }
+        (FleetPhase::Validating, Some(l)) if l.phase == Phase::Aborted => {
+            redeploy(f, service, dep, actor).await?;
             ctl.validate(service, actor).await?;
         }
         _ => {}
@@ -165,7 +196,8 @@ async fn plan(
         Some(def) if f.definition(service).as_deref() != Some(def.as_str()) => {
             let mut overlay = f.local().overlay.clone();
             overlay.insert(service.to_string(), def.clone());
-            let cfg = definitions::compose(&f.0.cfg_path, &overlay).map_err(|e| {
+            let text = f.local().file_text.clone();
+            let cfg = definitions::compose(&text, &overlay).map_err(|e| {
                 anyhow!("the fleet's definition of {service} does not fit here: {e:#}")
             })?;
             (ctl.preview(&cfg).await, Some((cfg, overlay)))
@@ -195,3 +227,57 @@ async fn plan(
 }
 
 type Overlay = std::collections::BTreeMap<String, String>;
+
+/// This host's local deployment of fleet deployment `fleet_id`: the one it made for it, or
+/// (after a restart lost the link, say) the open one of the same colour and pool, which it
+/// then links.
+async fn local_deployment(
+    f: &Fleet,
+    service: &str,
+    fleet_id: &str,
+) -> Option<crate::deploy::Deployment> {
+    let ctl = &f.0.ctl;
+    let mapped = f.local().deployments.get(service).cloned();
+    if let Some((fid, lid)) = mapped {
+        if fid == fleet_id {
+            return ctl.deployment(service, lid).await;
+        }
+    }
+    let desired = f.local().desired.get(service).cloned();
+    let dep = desired
+        .and_then(|(_, d)| d.deployment)
+        .filter(|d| d.id == fleet_id)?;
+    let view = ctl.status(Some(service)).await.ok()?;
+    let open = view.services.first()?.deployment.clone()?;
+    let same = open.color == dep.color
+        && open.backend == crate::config::describe(&dep.members)
+        && !open.phase.is_final();
+    if !same {
+        return None;
+    }
+    f.local()
+        .deployments
+        .insert(service.to_string(), (fleet_id.to_string(), open.id));
+    f.persist();
+    ctl.deployment(service, open.id).await
+}
+
+/// Deploys fleet deployment `dep` here (again) and links it.
+async fn redeploy(f: &Fleet, service: &str, dep: &FleetDeployment, actor: &str) -> Result<()> {
+    let d =
+        f.0.ctl
+            .deploy(
+                service,
+                dep.color,
+                dep.members.clone(),
+                dep.version.clone(),
+                dep.force,
+                actor,
+            )
+            .await?;
+    f.local()
+        .deployments
+        .insert(service.to_string(), (dep.id.clone(), d.id));
+    f.persist();
+    Ok(())
+}

@@ -24,7 +24,8 @@ pub fn startup_config(path: &Path, state_dir: &Path, file: Config) -> Config {
             return file;
         }
     };
-    match compose(path, &overlay) {
+    let composed = read_file(path).and_then(|text| compose(&text, &overlay));
+    match composed {
         Ok(c) => c,
         Err(e) => {
             tracing::warn!("fleet: the saved definitions do not fit the config file, starting from the file: {e:#}");
@@ -38,18 +39,25 @@ pub fn overlay_path(state_dir: &Path) -> PathBuf {
     state_dir.join("fleet-services.json")
 }
 
+/// The config file's text.
+pub fn read_file(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+}
+
 /// Each service of the config file at `path`, by name, as TOML text.
 pub fn file_services(path: &Path) -> Result<BTreeMap<String, String>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let table: toml::Table =
-        toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    services_of(&read_file(path)?)
+}
+
+/// Each service of a config file's `text`, by name, as TOML text.
+pub fn services_of(text: &str) -> Result<BTreeMap<String, String>> {
+    let table: toml::Table = toml::from_str(text).context("parsing the config file")?;
     let mut out = BTreeMap::new();
     for s in services(&table)? {
         let name = s
             .get("name")
             .and_then(|n| n.as_str())
-            .ok_or_else(|| anyhow!("a [[service]] of {} has no name", path.display()))?;
+            .ok_or_else(|| anyhow!("a [[service]] of the config file has no name"))?;
         out.insert(name.to_string(), toml::to_string(s)?);
     }
     Ok(out)
@@ -69,13 +77,10 @@ fn services(table: &toml::Table) -> Result<Vec<&toml::Table>> {
     }
 }
 
-/// The config file at `path` with `overlay`'s definitions in place of (or added to) its
+/// The config file's `text` with `overlay`'s definitions in place of (or added to) its
 /// services of the same name, validated whole.
-pub fn compose(path: &Path, overlay: &BTreeMap<String, String>) -> Result<Config> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let mut table: toml::Table =
-        toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+pub fn compose(text: &str, overlay: &BTreeMap<String, String>) -> Result<Config> {
+    let mut table: toml::Table = toml::from_str(text).context("parsing the config file")?;
     let mut list: Vec<toml::Value> = services(&table)?
         .into_iter()
         .cloned()
@@ -152,12 +157,13 @@ mod tests {
         assert_eq!(defs.keys().collect::<Vec<_>>(), ["a", "b"]);
         assert!(defs["b"].contains("window_ms = 1000"), "{}", defs["b"]);
         // The file as it is: the same services.
-        let same = compose(&path, &defs).expect("compose");
+        let text = read_file(&path).expect("read");
+        let same = compose(&text, &defs).expect("compose");
         assert_eq!(same, Config::load(&path).expect("load"));
         // Another definition of b: a changes nothing, b takes the fleet's.
         let mut overlay = BTreeMap::new();
         overlay.insert("b".to_string(), defs["b"].replace("601", "602"));
-        let c = compose(&path, &overlay).expect("compose");
+        let c = compose(&text, &overlay).expect("compose");
         assert_eq!(
             c.service("a"),
             Config::load(&path).expect("load").service("a")
@@ -165,11 +171,11 @@ mod tests {
         assert_eq!(c.service("b").map(|s| s.port), Some(602));
         // A definition that does not validate is refused whole, saying why.
         overlay.insert("b".to_string(), defs["b"].replace("601", "0"));
-        let e = compose(&path, &overlay).expect_err("invalid");
+        let e = compose(&text, &overlay).expect_err("invalid");
         assert!(format!("{e:#}").contains("port"), "{e:#}");
         overlay.insert("b".to_string(), defs["a"].clone());
         assert!(
-            compose(&path, &overlay).is_err(),
+            compose(&text, &overlay).is_err(),
             "a definition must name its own service"
         );
         save_overlay(&dir, &defs).expect("save");

@@ -15,6 +15,7 @@ use tracing::{info, warn};
 use super::{
     etcd::{self, within},
     model::{config_hash, FleetDeployment, FleetPhase},
+    writer::Revert,
     Desired, Fleet, FleetFlip, HostReport,
 };
 use crate::{
@@ -83,7 +84,7 @@ impl Fleet {
             &current,
             next,
             "deploy",
-            false,
+            Revert::No,
             false,
         )
         .await
@@ -153,7 +154,7 @@ impl Fleet {
             &current,
             next,
             "abort",
-            false,
+            Revert::No,
             false,
         )
         .await
@@ -250,7 +251,14 @@ impl Fleet {
                 info!(service, deployment = %dep.id, hosts = verdicts.len(), "fleet: every host passed; flipping the fleet");
                 return self
                     .commit(
-                        client, service, read_rev, &current, next, "promote", true, true,
+                        client,
+                        service,
+                        read_rev,
+                        &current,
+                        next,
+                        "promote",
+                        Revert::RejectDeployment,
+                        true,
                     )
                     .await;
             }
@@ -268,7 +276,14 @@ impl Fleet {
             .next(current.actor.clone(), why.clone())
             .with_phase(FleetPhase::Rejected, Some(why));
         self.commit(
-            client, service, read_rev, &current, next, "reject", false, true,
+            client,
+            service,
+            read_rev,
+            &current,
+            next,
+            "reject",
+            Revert::No,
+            true,
         )
         .await
         .context("recording the rejection")?;
@@ -300,9 +315,8 @@ fn verdicts(
                 )),
                 Some(s) => match s.deployment.as_ref().filter(|d| d.fleet_id == fleet_id) {
                     Some(d) if d.phase == Phase::Ready => Ok(true),
-                    Some(d) if d.phase == Phase::Rejected || d.phase == Phase::Aborted => {
-                        Err(d.reason.clone())
-                    }
+                    // Rejected, aborted, or rolled back (a flip that was written back).
+                    Some(d) if d.phase.is_final() => Err(d.reason.clone()),
                     _ => Ok(false),
                 },
             };

@@ -16,9 +16,11 @@ use tracing::warn;
 use super::{keys::Keys, model::FleetStatus, AuditEntry, Desired, Fleet, HostReport};
 use crate::config::FleetConfig;
 
-/// How often the HTTP/2 connection is pinged; a peer silent for the connect timeout after a
-/// ping is dead, which ends every stream on it.
-const PING_EVERY: Duration = Duration::from_secs(1);
+/// How often an idle HTTP/2 connection is pinged: etcd refuses (GOAWAY) clients that ping
+/// more often than its `--grpc-keepalive-min-time` (5 s by default). A black hole is found
+/// sooner anyway: the agent renews its lease and reports every third of the lease, each with
+/// a deadline.
+const PING_EVERY: Duration = Duration::from_secs(5);
 
 /// Connects to one endpoint, trying each in turn from `start` (a session sticks to the one
 /// it reached, as etcd's own clients do; the next session starts after it). A member that

@@ -51,6 +51,9 @@ struct Inner {
     local: Mutex<Local>,
     /// Asks the agent for a report now (after a local override).
     nudge: tokio::sync::Notify,
+    /// Held across every change of the running config (a fleet definition adopted, a
+    /// reload): compose, apply and the bookkeeping happen as one.
+    config: tokio::sync::Mutex<()>,
 }
 
 /// What this host knows of the fleet, kept across disconnections (fail static).
@@ -80,11 +83,15 @@ struct Local {
     deployments: BTreeMap<String, (String, u64)>,
     /// Services whose fleet deployment a task of this host drives now.
     driving: std::collections::BTreeSet<String>,
-    /// The fleet's definitions this host runs in place of its file's (saved in its state
-    /// folder), and its file's definitions as last read (what a reload publishes is what
-    /// changed in the file since).
-    overlay: BTreeMap<String, String>,
+    /// The config file's text as last read (at start, or by a fleet reload): the base every
+    /// config this host applies is composed on, never the file as it is on disk now.
+    file_text: String,
+    /// Its services, by name (what a reload publishes is what changed in the file since).
     file_seen: BTreeMap<String, String>,
+    /// The fleet's definitions laid over the file (saved in the state folder).
+    overlay: BTreeMap<String, String>,
+    /// The definition of each service the controller runs now.
+    running: BTreeMap<String, String>,
 }
 
 /// What the metrics and the status show of this host's fleet membership.
@@ -110,13 +117,33 @@ impl Fleet {
         ctl: Controller,
     ) -> (Fleet, tokio::task::JoinHandle<()>) {
         let mut local = Local::default();
+        match definitions::read_file(&cfg_path).and_then(|t| Ok((definitions::services_of(&t)?, t)))
+        {
+            Ok((services, text)) => {
+                local.file_seen = services;
+                local.file_text = text;
+            }
+            Err(e) => tracing::warn!("fleet: reading the config file's services: {e:#}"),
+        }
+        // The overlay the controller started with: none when it did not fit the file (then
+        // the daemon started from the file alone, see definitions::startup_config).
         match definitions::load_overlay(&state_dir) {
-            Ok(o) => local.overlay = o,
+            Ok(o) if definitions::compose(&local.file_text, &o).is_ok() => local.overlay = o,
+            Ok(_) => tracing::warn!(
+                "fleet: the saved definitions do not fit the config file; running the file's"
+            ),
             Err(e) => tracing::warn!("fleet: ignoring the saved definitions: {e:#}"),
         }
-        match definitions::file_services(&cfg_path) {
-            Ok(f) => local.file_seen = f,
-            Err(e) => tracing::warn!("fleet: reading the config file's services: {e:#}"),
+        local.running = local.file_seen.clone();
+        local.running.extend(local.overlay.clone());
+        match Saved::load(&state_dir) {
+            Ok(saved) => {
+                local.applied = saved.applied;
+                local.deployments = saved.deployments;
+                local.overrides = saved.overrides;
+                local.pending_audit = saved.pending_audit;
+            }
+            Err(e) => tracing::warn!("fleet: ignoring the saved agent state: {e:#}"),
         }
         let fleet = Fleet(Arc::new(Inner {
             keys: Keys::new(&cfg.cluster),
@@ -126,8 +153,10 @@ impl Fleet {
             ctl,
             local: Mutex::new(local),
             nudge: tokio::sync::Notify::new(),
+            config: tokio::sync::Mutex::new(()),
         }));
-        let task = tokio::spawn(agent::run(fleet.clone()));
+        let events = fleet.0.ctl.subscribe();
+        let task = tokio::spawn(agent::run(fleet.clone(), events));
         (fleet, task)
     }
 
@@ -135,13 +164,9 @@ impl Fleet {
         &self.0.cfg.host_id
     }
 
-    /// The definition of `service` this host runs: the fleet's, else its file's.
+    /// The definition of `service` this host runs.
     fn definition(&self, service: &str) -> Option<String> {
-        let l = self.local();
-        l.overlay
-            .get(service)
-            .or_else(|| l.file_seen.get(service))
-            .cloned()
+        self.local().running.get(service).cloned()
     }
 
     fn local(&self) -> std::sync::MutexGuard<'_, Local> {
@@ -179,6 +204,24 @@ impl Fleet {
         }
     }
 
+    /// Saves what must survive a restart: applied revisions (so a restart does not undo an
+    /// override or re-apply what it did), the link to local deployments, overrides and the
+    /// audit entries not yet written. Best effort: said when it fails.
+    fn persist(&self) {
+        let saved = {
+            let l = self.local();
+            Saved {
+                applied: l.applied.clone(),
+                deployments: l.deployments.clone(),
+                overrides: l.overrides.clone(),
+                pending_audit: l.pending_audit.clone(),
+            }
+        };
+        if let Err(e) = saved.save(&self.0.state_dir) {
+            tracing::warn!("fleet: saving the agent's state: {e:#}");
+        }
+    }
+
     /// Records a local emergency change (`--local --force --reason`): audited, and reported
     /// as drift until the next desired revision is applied here.
     pub fn record_override(
@@ -213,7 +256,20 @@ impl Fleet {
             );
             l.pending_audit.push(entry);
         }
+        self.persist();
         self.0.nudge.notify_one();
+    }
+
+    /// Leaves the fleet at shutdown: the lease is revoked (best effort), so the others see
+    /// this host gone at once rather than when its lease runs out.
+    pub async fn leave(&self) {
+        let (client, lease) = {
+            let l = self.local();
+            (l.client.clone(), l.lease)
+        };
+        if let (Some(mut c), Some(lease)) = (client, lease) {
+            let _ = etcd::within(self.0.cfg.connect_timeout, c.lease_revoke(lease)).await;
+        }
     }
 
     /// The fleet as etcd has it; while disconnected, what this host last knew, saying so.
@@ -234,5 +290,37 @@ impl Fleet {
                 s
             }
         }
+    }
+}
+
+/// The agent's state kept in `<state_dir>/fleet-agent.json`.
+#[derive(Default, Serialize, serde::Deserialize)]
+struct Saved {
+    applied: BTreeMap<String, i64>,
+    deployments: BTreeMap<String, (String, u64)>,
+    overrides: BTreeMap<String, Override>,
+    pending_audit: Vec<AuditEntry>,
+}
+
+impl Saved {
+    fn path(state_dir: &std::path::Path) -> std::path::PathBuf {
+        state_dir.join("fleet-agent.json")
+    }
+
+    fn load(state_dir: &std::path::Path) -> anyhow::Result<Saved> {
+        let p = Saved::path(state_dir);
+        match std::fs::read(&p) {
+            Ok(b) => Ok(serde_json::from_slice(&b)?),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Saved::default()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn save(&self, state_dir: &std::path::Path) -> anyhow::Result<()> {
+        let p = Saved::path(state_dir);
+        let tmp = p.with_extension("json.new");
+        std::fs::write(&tmp, serde_json::to_vec(self)?)?;
+        std::fs::rename(&tmp, &p)?;
+        Ok(())
     }
 }

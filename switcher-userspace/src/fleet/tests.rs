@@ -25,12 +25,16 @@ struct Host {
     fleet: Fleet,
     agent: tokio::task::JoinHandle<()>,
     maps: FakeDatapath,
+    /// Set by a restart: the next incarnation keeps the folder.
+    keep_dir: bool,
 }
 
 impl Drop for Host {
     fn drop(&mut self) {
         self.agent.abort();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if !self.keep_dir {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 
@@ -63,7 +67,14 @@ impl Host {
             state = dir.join("state").display(),
         );
         std::fs::write(&path, text).expect("config");
+        Host::launch(dir).await
+    }
+
+    /// A daemon on the host folder `dir` (its config and state), as `switcher daemon` starts.
+    async fn launch(dir: PathBuf) -> Host {
+        let path = dir.join("switcher.toml");
         let cfg = Config::load(&path).expect("valid config");
+        let cfg = definitions::startup_config(&path, &dir.join("state"), cfg);
         let fleet_cfg = cfg.fleet.clone().expect("a [fleet] section");
         let maps = FakeDatapath::default();
         let ctl = Controller::start(cfg, path.clone(), Box::new(maps.clone()))
@@ -76,7 +87,20 @@ impl Host {
             fleet,
             agent,
             maps,
+            keep_dir: false,
         }
+    }
+
+    /// Stops this daemon (its agent leaves, its controller shuts down) and starts the next on
+    /// the same folder: state, overlay and agent state carry over; the datapath is rebuilt.
+    async fn restart(mut self) -> Host {
+        self.agent.abort();
+        self.fleet.leave().await;
+        self.ctl.shutdown(false).await.expect("shutdown");
+        self.keep_dir = true;
+        let dir = self.dir.clone();
+        drop(self);
+        Host::launch(dir).await
     }
 
     /// The colour this host's datapath has (read back from its maps).
@@ -924,6 +948,24 @@ async fn a_definition_reloaded_on_one_host_runs_on_every_host_or_is_refused_wher
         assert_eq!(green(h).await.as_deref(), Some(GREEN_B));
     }
     in_sync(&a.fleet, 3).await;
+    // edge-b's file still has the old definition: an edit made on that stale base is refused
+    // (it would undo edge-a's change), and nothing changes anywhere.
+    let b_file = b.dir.join("switcher.toml");
+    let text = std::fs::read_to_string(&b_file).expect("config");
+    std::fs::write(&b_file, text.replace("port = 514", "port = 515")).expect("edit");
+    let r = b.fleet.reload("cli:t").await.expect("reload");
+    let err = r["published"]["syslog"]["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        err.contains("changed since this host's file was read"),
+        "{r}"
+    );
+    for h in [&a, &b, &cc] {
+        assert_eq!(green(h).await.as_deref(), Some(GREEN_B), "nothing changed");
+    }
+    std::fs::write(&b_file, text).expect("restore");
     // Kept for a restart without etcd: the saved definitions win over b's stale file.
     let b_path = b.dir.join("switcher.toml");
     let file = Config::load(&b_path).expect("b's file");
@@ -980,4 +1022,112 @@ async fn a_definition_reloaded_on_one_host_runs_on_every_host_or_is_refused_wher
         c_view.drift.iter().any(|d| d.contains("refused")),
         "{c_view:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_restarted_mid_deployment_keeps_its_part_and_the_promote_passes() {
+    let etcd = EtcdProc::start("restart").await;
+    let health = Healthy::start().await;
+    let mut hosts = fleet_of("restart", 3, etcd.client_port, &checks(health.port, 300)).await;
+    let b = hosts.remove(1).restart_after_deploy(&hosts[0]).await;
+    hosts.insert(1, b);
+    in_sync(&hosts[0].fleet, 3).await;
+    let all: Vec<&Host> = hosts.iter().collect();
+    let _traffic = Traffic::start(&all, None);
+    let r = hosts[2]
+        .fleet
+        .promote("syslog", "cli:t")
+        .await
+        .expect("promote after a restart");
+    assert!(
+        r.hosts.iter().all(|h| h.result == "applied") && r.hosts.len() == 3,
+        "{r:?}"
+    );
+    for h in &hosts {
+        assert_eq!(h.active().await, Color::Green);
+    }
+}
+
+impl Host {
+    /// Deploys green_b fleet-wide through `driver`, then restarts this host.
+    async fn restart_after_deploy(self, driver: &Host) -> Host {
+        driver
+            .fleet
+            .deploy("syslog", Color::Green, green_b(), None, false, "cli:t")
+            .await
+            .expect("fleet deploy");
+        self.restart().await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_that_missed_the_validation_validates_on_rejoin_and_flips_only_if_it_passes() {
+    let etcd = EtcdProc::start("rejoinval").await;
+    let health = Healthy::start().await;
+    let c = cluster("rejoinval");
+    let checks = checks(health.port, 300);
+    let (good_link, bad_link) = (
+        Proxy::start(etcd.client_port).await,
+        Proxy::start(etcd.client_port).await,
+    );
+    let a = Host::start_with(&c, "edge-a", etcd.client_port, GREEN_A, &checks).await;
+    let good = Host::start_with(&c, "edge-good", good_link.port, GREEN_A, &checks).await;
+    let bad = Host::start_with(&c, "edge-bad", bad_link.port, GREEN_A, &checks).await;
+    in_sync(&a.fleet, 3).await;
+    // The candidate resets connections on edge-bad only.
+    let _traffic = Traffic::start(&[&a, &good, &bad], Some(&bad));
+    a.fleet
+        .deploy("syslog", Color::Green, green_b(), None, false, "cli:t")
+        .await
+        .expect("fleet deploy");
+    // Both are cut off before the promote: it runs on edge-a alone.
+    good_link.stall();
+    bad_link.stall();
+    until(Duration::from_secs(10), "both leases expire", || async {
+        a.fleet
+            .status()
+            .await
+            .hosts
+            .iter()
+            .filter(|h| h.connected)
+            .count()
+            == 1
+    })
+    .await;
+    let r = a
+        .fleet
+        .promote("syslog", "cli:t")
+        .await
+        .expect("promote on edge-a alone");
+    assert_eq!(r.excluded.len(), 2, "{r:?}");
+    good_link.heal();
+    bad_link.heal();
+    // edge-good validates on its own and then flips; edge-bad's validation fails: it stays.
+    until(
+        Duration::from_secs(20),
+        "edge-good validated and flipped",
+        || async { good.active().await == Color::Green },
+    )
+    .await;
+    let bad_phase = until(
+        Duration::from_secs(20),
+        "edge-bad's own validation fails",
+        || async {
+            let s = a.fleet.status().await;
+            s.hosts.iter().any(|h| {
+                h.host == "edge-bad"
+                    && h.connected
+                    && h.drift
+                        .iter()
+                        .any(|d| d.contains("own validation") && d.contains("failed"))
+            })
+        },
+    )
+    .await;
+    assert_eq!(
+        bad.active().await,
+        Color::Blue,
+        "never flipped to a candidate it rejected"
+    );
+    eprintln!("edge-bad refused after {bad_phase:?}");
 }

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 use super::{
     etcd::{self, within},
-    model::config_hash,
+    model::{config_hash, FleetPhase},
     AuditEntry, Desired, Fleet, HostReport,
 };
 use crate::domain::{now_ms, Color};
@@ -60,6 +60,17 @@ pub struct HostAck {
     /// What the host says applying it took (its watch event to its map write, its clock).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub apply_us: Option<u64>,
+}
+
+/// What a failed fleet change writes back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Revert {
+    /// Nothing: the failure is reported (deploys, rollbacks, publishes).
+    No,
+    /// The desired state as it was (a flip).
+    ToCurrent,
+    /// As it was, with its fleet deployment rejected (a promote's flip).
+    RejectDeployment,
 }
 
 impl HostAck {
@@ -126,7 +137,7 @@ impl Fleet {
             }
         }
         let why = reason.unwrap_or_else(|| "manual flip".into());
-        self.write_and_wait(service, Some(to), actor, &why, "flip", true)
+        self.write_and_wait(service, Some(to), actor, &why, "flip", Revert::ToCurrent)
             .await
     }
 
@@ -138,7 +149,7 @@ impl Fleet {
             actor,
             "rollback requested",
             "rollback",
-            false,
+            Revert::No,
         )
         .await
     }
@@ -151,8 +162,15 @@ impl Fleet {
         actor: &str,
         reason: &str,
     ) -> Result<FleetFlip> {
-        self.write_and_wait(service, Some(to), actor, reason, "watch-rollback", false)
-            .await
+        self.write_and_wait(
+            service,
+            Some(to),
+            actor,
+            reason,
+            "watch-rollback",
+            Revert::No,
+        )
+        .await
     }
 
     /// `to`: None for "the other colour than desired now".
@@ -163,7 +181,7 @@ impl Fleet {
         actor: &str,
         reason: &str,
         action: &str,
-        revert_on_failure: bool,
+        revert: Revert,
     ) -> Result<FleetFlip> {
         let mut client = self.client()?;
         let (read_rev, current) = self.read_desired(&mut client, service).await?;
@@ -188,7 +206,7 @@ impl Fleet {
             &current,
             next,
             action,
-            revert_on_failure,
+            revert,
             false,
         )
         .await
@@ -229,9 +247,10 @@ impl Fleet {
     }
 
     /// Writes `next` over `current` (read at `read_rev`), waits for every connected host, and
-    /// when one refused or missed it and `revert` is set, writes `current` back (the whole
-    /// fleet returns) and fails naming the hosts. `driver`: the write also requires that this
-    /// host still holds the service's driver key.
+    /// when one refused or missed it (or the wait itself failed), writes the fleet back as
+    /// `revert` says and fails naming the hosts. `driver`: the writes also require that this
+    /// host still holds the service's driver key. Runs as a task of its own: a caller that
+    /// goes away (a closed HTTP request) cannot leave the fleet half-changed.
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn commit(
         &self,
@@ -241,7 +260,43 @@ impl Fleet {
         current: &Desired,
         next: Desired,
         action: &str,
-        revert: bool,
+        revert: Revert,
+        driver: bool,
+    ) -> Result<FleetFlip> {
+        let (f, mut client, service, current, action) = (
+            self.clone(),
+            client.clone(),
+            service.to_string(),
+            current.clone(),
+            action.to_string(),
+        );
+        tokio::spawn(async move {
+            f.commit_here(
+                &mut client,
+                &service,
+                read_rev,
+                &current,
+                next,
+                &action,
+                revert,
+                driver,
+            )
+            .await
+        })
+        .await
+        .map_err(|e| anyhow!("the fleet change stopped: {e}"))?
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn commit_here(
+        &self,
+        client: &mut Client,
+        service: &str,
+        read_rev: i64,
+        current: &Desired,
+        next: Desired,
+        action: &str,
+        revert: Revert,
         driver: bool,
     ) -> Result<FleetFlip> {
         let to = next.active;
@@ -259,47 +314,56 @@ impl Fleet {
             )
             .await?;
         let write_ms = committed.duration_since(sent).as_secs_f64() * 1e3;
-        let (hosts, excluded) = self
-            .wait_acks(client, reports, service, rev, to, committed)
-            .await?;
-        let ack_ms = hosts
-            .iter()
-            .filter_map(|h| h.ack_ms)
-            .fold(0.0_f64, f64::max);
         let mut reply = FleetFlip {
             service: service.to_string(),
             from: current.active,
             to,
             revision: rev,
             changed: true,
-            hosts,
-            excluded,
-            ack_ms,
+            hosts: Vec::new(),
+            excluded: Vec::new(),
+            ack_ms: 0.0,
             write_ms,
             rolled_back: None,
         };
-        let failed = reply.failures();
+        let failed = match self
+            .wait_acks(client, reports, service, rev, to, committed)
+            .await
+        {
+            Ok((hosts, excluded)) => {
+                reply.ack_ms = hosts
+                    .iter()
+                    .filter_map(|h| h.ack_ms)
+                    .fold(0.0_f64, f64::max);
+                reply.hosts = hosts;
+                reply.excluded = excluded;
+                reply.failures()
+            }
+            // Written, but nobody can tell who took it: as unsafe as a refusal.
+            Err(e) => vec![format!("waiting for the hosts: {e:#}")],
+        };
         if failed.is_empty() {
             return Ok(reply);
         }
-        if !revert {
-            bail!(
+        let why = format!("revision {rev} failed on: {}", failed.join("; "));
+        let back = match revert {
+            Revert::No => bail!(
                 "{action} of {service} (revision {rev}) was not acknowledged by every host: {}. \
                  Per host: {}",
                 failed.join("; "),
                 serde_json::to_string(&reply.hosts)?
-            );
-        }
-        let back = current.next(
-            format!("fleet-rollback:{}", self.host()),
-            format!("revision {rev} failed on: {}", failed.join("; ")),
-        );
+            ),
+            Revert::ToCurrent => current.next(format!("fleet-rollback:{}", self.host()), why),
+            Revert::RejectDeployment => current
+                .next(format!("fleet-rollback:{}", self.host()), why.clone())
+                .with_phase(FleetPhase::Rejected, Some(why)),
+        };
         let reports = self.watch_reports(client).await?;
         let (back_rev, committed) = self
             .compare_and_write(client, service, rev, &back, to, "fleet-rollback", driver)
             .await
             .context("writing the fleet back after a failed change")?;
-        let (back_hosts, _) = self
+        let back_failed: Vec<String> = match self
             .wait_acks(
                 client,
                 reports,
@@ -308,13 +372,16 @@ impl Fleet {
                 current.active,
                 committed,
             )
-            .await?;
+            .await
+        {
+            Ok((hosts, _)) => hosts
+                .into_iter()
+                .filter(|h| h.failed())
+                .map(|h| h.host)
+                .collect(),
+            Err(e) => vec![format!("(waiting: {e:#})")],
+        };
         reply.rolled_back = Some(back_rev);
-        let back_failed: Vec<&str> = back_hosts
-            .iter()
-            .filter(|h| h.failed())
-            .map(|h| h.host.as_str())
-            .collect();
         bail!(
             "{action} of {service} to {to} failed on {} host(s): {}; the fleet was rolled back \
              to {} (revision {back_rev}){}. Per host: {}",
@@ -362,12 +429,17 @@ impl Fleet {
             read_rev,
         )];
         if driver {
-            // Only the driver of the deployment may move it on: a driver that lost its key
-            // (its lease ran out) and still runs cannot write over its successor.
-            when.push(Compare::value(
+            // Only the driver of the deployment may move it on, under the very lease it took
+            // the key with: a driver that lost it (its lease ran out, or a second daemon
+            // with the same host id) cannot write over its successor.
+            let lease = self
+                .local()
+                .lease
+                .ok_or_else(|| anyhow!("this host holds no lease (not connected)"))?;
+            when.push(Compare::lease(
                 self.0.keys.driver(service),
                 CompareOp::Equal,
-                self.host(),
+                lease,
             ));
         }
         let txn = etcd_client::Txn::new()

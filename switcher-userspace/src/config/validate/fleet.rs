@@ -14,7 +14,9 @@ use super::{
 const LEASE_TTL_S: RangeInclusive<u64> = 2..=300;
 const DEFAULT_LEASE_TTL_S: u64 = 5;
 const ACK_DEADLINES: RangeInclusive<u64> = 100..=10 * 60 * SECOND_MS;
-const DEFAULT_ACK_DEADLINE_MS: u64 = 5_000;
+/// Past the default lease: a host that died is seen gone (lost, not waited for) before it
+/// could count as having missed a change.
+const DEFAULT_ACK_DEADLINE_MS: u64 = 10_000;
 const PROMOTE_DEADLINES: RangeInclusive<u64> = SECOND_MS..=60 * 60 * SECOND_MS;
 const DEFAULT_PROMOTE_DEADLINE_MS: u64 = 10 * 60 * SECOND_MS;
 const CONNECT_TIMEOUTS: RangeInclusive<u64> = 100..=60 * SECOND_MS;
@@ -83,6 +85,16 @@ pub(super) fn fleet(raw: RawFleet, errs: &mut Errors) -> FleetConfig {
         CONNECT_TIMEOUTS,
         Duration::from_millis(DEFAULT_CONNECT_TIMEOUT_MS),
     );
+    if ack_deadline <= Duration::from_secs(lease_s) {
+        errs.push(
+            "fleet.ack_deadline_ms",
+            format!(
+                "{} ms is not past the lease ({lease_s} s): a host that died would count as \
+                 missing a change (and the change be written back) before its lease ran out",
+                ack_deadline.as_millis()
+            ),
+        );
+    }
     let tls = raw.tls.map(|t| tls(t, errs));
     if https && tls.is_none() {
         errs.push(
