@@ -130,6 +130,16 @@ where
     }
 }
 
+/// How many hosts `from` sees connected.
+async fn connected(from: &Fleet) -> usize {
+    from.status()
+        .await
+        .hosts
+        .iter()
+        .filter(|h| h.connected)
+        .count()
+}
+
 /// Until `from` sees `n` connected hosts and none in drift.
 async fn in_sync(from: &Fleet, n: usize) -> Duration {
     until(
@@ -228,14 +238,7 @@ async fn a_host_running_another_service_config_refuses_and_the_whole_fleet_stays
     // Joins last: the desired state was seeded with the others' definition.
     let odd = Host::start(&c, "edge-odd", etcd.client_port, GREEN_B).await;
     until(Duration::from_secs(10), "three hosts report", || async {
-        a.fleet
-            .status()
-            .await
-            .hosts
-            .iter()
-            .filter(|h| h.connected)
-            .count()
-            == 3
+        connected(&a.fleet).await == 3
     })
     .await;
     // Its file's definition differs: it runs the fleet's instead, and is in sync.
@@ -1084,14 +1087,7 @@ async fn a_host_that_missed_the_validation_validates_on_rejoin_and_flips_only_if
     good_link.stall();
     bad_link.stall();
     until(Duration::from_secs(10), "both leases expire", || async {
-        a.fleet
-            .status()
-            .await
-            .hosts
-            .iter()
-            .filter(|h| h.connected)
-            .count()
-            == 1
+        connected(&a.fleet).await == 1
     })
     .await;
     let r = a
