@@ -283,6 +283,31 @@ impl Controller {
         self.lock().await.abort(service, actor)
     }
 
+    /// Each service's colour and generation as its maps have them: the active word only,
+    /// no flow-table walk (the fleet agent reports this every few seconds, and `status`
+    /// counts every open connection under the controller's lock).
+    pub async fn colours(&self) -> Result<BTreeMap<String, (Color, u32)>> {
+        let core = self.lock().await;
+        core.ids
+            .iter()
+            .map(|(name, id)| {
+                let r = core.dp.read(*id)?;
+                Ok((name.clone(), (r.active_color(), r.active.generation())))
+            })
+            .collect()
+    }
+
+    /// `service`'s colour as its maps have it (see [`Controller::colours`]).
+    pub async fn colour(&self, service: &str) -> Result<Color> {
+        let core = self.lock().await;
+        Ok(core.dp.read(core.id(service)?)?.active_color())
+    }
+
+    /// `service`'s deployment in progress (or last finished and not archived), if any.
+    pub async fn current_deployment(&self, service: &str) -> Option<Deployment> {
+        self.lock().await.current(service).cloned()
+    }
+
     /// Every service as it runs now: the config with each colour's deployed pool.
     pub async fn effective_services(&self) -> Vec<crate::config::Service> {
         let core = self.lock().await;

@@ -210,7 +210,7 @@ async fn sync(f: &Fleet, client: &mut Client, lease: i64) -> Result<i64> {
 /// and generation as this host's BPF maps have them.
 async fn report(f: &Fleet, client: &mut Client, lease: i64) -> Result<()> {
     let ctl = &f.0.ctl;
-    let status = ctl.status(None).await?;
+    let colours = ctl.colours().await?;
     let hashes: std::collections::BTreeMap<String, String> = ctl
         .effective_services()
         .await
@@ -220,17 +220,21 @@ async fn report(f: &Fleet, client: &mut Client, lease: i64) -> Result<()> {
     let mut services = std::collections::BTreeMap::new();
     {
         let l = f.local();
-        for s in &status.services {
+        // The services configured now (a removed one may keep its map entry a while).
+        for (name, hash) in &hashes {
+            let Some(&(active, generation)) = colours.get(name) else {
+                continue;
+            };
             services.insert(
-                s.name.clone(),
+                name.clone(),
                 ServiceReport {
-                    applied_revision: l.applied.get(&s.name).copied().unwrap_or(0),
-                    active: s.active,
-                    generation: s.generation,
-                    config_hash: hashes.get(&s.name).cloned().unwrap_or_default(),
-                    nack: l.nacks.get(&s.name).cloned(),
-                    overridden: l.overrides.get(&s.name).cloned(),
-                    apply_us: l.apply_us.get(&s.name).copied(),
+                    applied_revision: l.applied.get(name).copied().unwrap_or(0),
+                    active,
+                    generation,
+                    config_hash: hash.clone(),
+                    nack: l.nacks.get(name).cloned(),
+                    overridden: l.overrides.get(name).cloned(),
+                    apply_us: l.apply_us.get(name).copied(),
                     deployment: None,
                 },
             );
@@ -307,8 +311,8 @@ fn propagate_rollback(f: &Fleet, ev: Event) {
         // Until the fleet follows (or has moved on by itself); a host cut off from etcd
         // keeps trying once a second for a bounded while.
         for attempt in 1..=PROPAGATE_ATTEMPTS {
-            let to = match f.0.ctl.status(Some(&ev.service)).await {
-                Ok(s) => s.services[0].active,
+            let to = match f.0.ctl.colour(&ev.service).await {
+                Ok(c) => c,
                 Err(e) => {
                     warn!(service = %ev.service, "fleet: reading the colour after a rollback: {e:#}");
                     return;
@@ -344,7 +348,7 @@ pub(super) async fn seed(
     client: &mut Client,
     s: &crate::config::Service,
 ) -> Result<Option<(i64, Desired)>> {
-    let active = f.0.ctl.status(Some(&s.name)).await?.services[0].active;
+    let active = f.0.ctl.colour(&s.name).await?;
     let d = Desired {
         active,
         config_hash: config_hash(s),

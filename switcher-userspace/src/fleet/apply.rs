@@ -88,8 +88,8 @@ async fn apply_here(f: &Fleet, service: &str, rev: i64, d: &Desired) -> Result<b
     if let Some(dep) = &d.deployment {
         deployment_step(f, service, dep, &actor).await?;
     }
-    let view = ctl.status(Some(service)).await?;
-    if view.services[0].active == d.active {
+    let active = ctl.colour(service).await?;
+    if active == d.active {
         return Ok(false);
     }
     // The flip to a candidate the fleet promoted: this host flips only to its own validated
@@ -126,7 +126,7 @@ async fn apply_here(f: &Fleet, service: &str, rev: i64, d: &Desired) -> Result<b
                         .as_ref()
                         .and_then(|l| l.last())
                         .map_or("", |t| t.reason.as_str()),
-                    view.services[0].active
+                    active
                 ),
                 None => bail!("{} is not deployed here", dep.id),
             }
@@ -153,7 +153,7 @@ async fn deployment_step(
 ) -> Result<()> {
     let ctl = &f.0.ctl;
     let local = local_deployment(f, service, &dep.id).await;
-    let serving = ctl.status(Some(service)).await?.services[0].active == dep.color;
+    let serving = ctl.colour(service).await? == dep.color;
     match (dep.phase, local) {
         (FleetPhase::Rejected, Some(l))
             if matches!(l.phase, Phase::Deployed | Phase::Validating | Phase::Ready) =>
@@ -218,7 +218,7 @@ async fn plan(
             .deployments
             .get(service)
             .is_some_and(|(fid, _)| *fid == dep.id);
-        let serving = ctl.status(Some(service)).await?.services[0].active == dep.color;
+        let serving = ctl.colour(service).await? == dep.color;
         if !deployed_here && !serving {
             *planned.members_mut(dep.color) = dep.members.clone();
         }
@@ -247,11 +247,8 @@ async fn local_deployment(
     let dep = desired
         .and_then(|(_, d)| d.deployment)
         .filter(|d| d.id == fleet_id)?;
-    let view = ctl.status(Some(service)).await.ok()?;
-    let open = view.services.first()?.deployment.clone()?;
-    let same = open.color == dep.color
-        && open.backend == crate::config::describe(&dep.members)
-        && !open.phase.is_final();
+    let open = ctl.current_deployment(service).await?;
+    let same = open.color == dep.color && open.members == dep.members && !open.phase.is_final();
     if !same {
         return None;
     }
@@ -259,7 +256,7 @@ async fn local_deployment(
         .deployments
         .insert(service.to_string(), (fleet_id.to_string(), open.id));
     f.persist();
-    ctl.deployment(service, open.id).await
+    Some(open)
 }
 
 /// Deploys fleet deployment `dep` here (again) and links it.

@@ -57,7 +57,7 @@ pub async fn rollback(
         Some(f) => {
             let reason = override_reason(force, reason)?;
             let d = ctl.rollback(service, actor).await?;
-            let now = ctl.status(Some(service)).await?.services[0].active;
+            let now = ctl.colour(service).await?;
             f.record_override(service, now, actor, &reason);
             Ok(serde_json::to_value(d)?)
         }
