@@ -140,6 +140,15 @@ async fn connected(from: &Fleet) -> usize {
         .count()
 }
 
+/// Whether `from` sees `host` connected with a drift entry that `is` accepts.
+async fn drifts(from: &Fleet, host: &str, is: impl Fn(&str) -> bool) -> bool {
+    from.status()
+        .await
+        .hosts
+        .iter()
+        .any(|h| h.host == host && h.connected && h.drift.iter().any(|d| is(d)))
+}
+
 /// Until `from` sees `n` connected hosts and none in drift.
 async fn in_sync(from: &Fleet, n: usize) -> Duration {
     until(
@@ -259,10 +268,7 @@ async fn a_host_running_another_service_config_refuses_and_the_whole_fleet_stays
         .await
         .expect("local deploy");
     until(Duration::from_secs(5), "its drift shows", || async {
-        let st = a.fleet.status().await;
-        st.hosts
-            .iter()
-            .any(|h| h.host == "edge-odd" && h.drift.iter().any(|d| d.contains("config")))
+        drifts(&a.fleet, "edge-odd", |d| d.contains("config")).await
     })
     .await;
 
@@ -434,13 +440,10 @@ async fn without_etcd_hosts_fail_static_refuse_fleet_changes_and_converge_when_i
         Duration::from_secs(10),
         "the override shows as drift",
         || async {
-            let s = a.fleet.status().await;
-            s.hosts.iter().any(|h| {
-                h.host == "edge-b"
-                    && h.drift
-                        .iter()
-                        .any(|d| d.contains("etcd down, green broken here"))
+            drifts(&a.fleet, "edge-b", |d| {
+                d.contains("etcd down, green broken here")
             })
+            .await
         },
     )
     .await;
@@ -1015,15 +1018,10 @@ async fn a_definition_reloaded_on_one_host_runs_on_every_host_or_is_refused_wher
         Some("198.18.1.2:514"),
         "edge-c kept its state"
     );
-    let st = a.fleet.status().await;
-    let c_view = st
-        .hosts
-        .iter()
-        .find(|h| h.host == "edge-c")
-        .expect("edge-c");
     assert!(
-        c_view.drift.iter().any(|d| d.contains("refused")),
-        "{c_view:?}"
+        drifts(&a.fleet, "edge-c", |d| d.contains("refused")).await,
+        "{:?}",
+        a.fleet.status().await.hosts
     );
 }
 
@@ -1109,14 +1107,10 @@ async fn a_host_that_missed_the_validation_validates_on_rejoin_and_flips_only_if
         Duration::from_secs(20),
         "edge-bad's own validation fails",
         || async {
-            let s = a.fleet.status().await;
-            s.hosts.iter().any(|h| {
-                h.host == "edge-bad"
-                    && h.connected
-                    && h.drift
-                        .iter()
-                        .any(|d| d.contains("own validation") && d.contains("failed"))
+            drifts(&a.fleet, "edge-bad", |d| {
+                d.contains("own validation") && d.contains("failed")
             })
+            .await
         },
     )
     .await;
