@@ -5,6 +5,7 @@
 
 pub mod csum;
 pub mod decide;
+pub mod gelf;
 pub mod hash;
 pub mod maglev;
 pub mod maps;

@@ -17,7 +17,7 @@ pub const HALF_TABLE_SIZE: u32 = 65_536;
 pub const SOFT_TABLE_SIZE: u32 = 131_072;
 /// Pinned-map ABI version: bumped whenever a layout below changes, so a new daemon never
 /// adopts maps it cannot read (it uses a fresh folder instead).
-pub const MAP_ABI_VERSION: u32 = 2;
+pub const MAP_ABI_VERSION: u32 = 3;
 
 /// Members (ingest nodes) one colour of a service may have.
 pub const MAX_MEMBERS: usize = 64;
@@ -30,6 +30,9 @@ pub const POOL_TABLE_SIZE: usize = 1024;
 /// Per-member counter slots, shared by every member of every service (a member has one while
 /// it is in a pool): per-CPU memory stays bounded however many services there are.
 pub const MEMBER_SLOTS: u32 = 8192;
+/// Chunked GELF messages whose chunks are being steered at once (an LRU: a sender inventing
+/// message ids evicts the oldest entries only).
+pub const GELF_TABLE_SIZE: u32 = 65_536;
 
 pub const FAMILY_V4: u8 = 4;
 pub const FAMILY_V6: u8 = 6;
@@ -51,6 +54,7 @@ pub mod names {
     pub const HALF_FLOWS: &str = "HALF_FLOWS";
     pub const SOFT_FLOWS: &str = "SOFT_FLOWS";
     pub const FRAGS: &str = "FRAGS";
+    pub const GELF_CHUNKS: &str = "GELF_CHUNKS";
     pub const REVERSE: &str = "REVERSE";
     pub const COLOR_COUNTERS: &str = "COLOR_COUNTERS";
     pub const MEMBER_COUNTERS: &str = "MEMBER_COUNTERS";
@@ -126,8 +130,10 @@ const _: () = assert!(size_of::<ServiceValue>() == 40);
 
 /// Forward with bpf_fib_lookup + XDP_REDIRECT; otherwise XDP_PASS to the kernel.
 pub const SVC_F_REDIRECT: u32 = 1 << 0;
-/// UDP: keep a source flow on one colour while it is active (GELF chunks, ordering).
+/// UDP: keep a source flow on one colour while it is active (ordering).
 pub const SVC_F_UDP_AFFINITY: u32 = 1 << 1;
+/// UDP: every chunk of a chunked GELF message goes where its first-seen chunk went.
+pub const SVC_F_GELF: u32 = 1 << 2;
 
 /// One member (ingest node) of a colour's pool.
 #[repr(C)]
@@ -288,6 +294,8 @@ pub struct FragKey {
 }
 const _: () = assert!(size_of::<FragKey>() == 40);
 
+/// Where a datagram's first fragment, or a GELF message's first-seen chunk, went: the value
+/// of FRAGS and of GELF_CHUNKS.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FragValue {
@@ -299,6 +307,21 @@ pub struct FragValue {
     pub backend: Backend,
 }
 const _: () = assert!(size_of::<FragValue>() == 40);
+
+/// A chunked GELF message towards a service: its sender's address and its message id (a
+/// sender may spread chunks over several source ports; ids are unique per sender).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct GelfKey {
+    pub src: [u8; 16],
+    /// The service: VIP, port, family (the protocol is UDP).
+    pub dst: [u8; 16],
+    pub message_id: [u8; 8],
+    pub dport_be: u16,
+    pub family: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(size_of::<GelfKey>() == 44);
 
 /// Fragments older than this no longer steer (the kernel's reassembly timeout is 30 s).
 pub const FRAG_TTL_NS: u64 = 30_000_000_000;
@@ -386,6 +409,7 @@ mod pod {
     unsafe impl aya::Pod for FlowValue {}
     unsafe impl aya::Pod for FragKey {}
     unsafe impl aya::Pod for FragValue {}
+    unsafe impl aya::Pod for GelfKey {}
     unsafe impl aya::Pod for ReverseValue {}
     unsafe impl aya::Pod for ColorCounters {}
     unsafe impl aya::Pod for MemberCounters {}

@@ -36,6 +36,8 @@ reasons! {
     FragNoEntry = "frag_no_entry",
     /// A later fragment steered with its datagram's first fragment.
     FragFollowed = "frag_followed",
+    /// A chunk of a chunked GELF message steered after the message's first-seen chunk.
+    GelfChunkFollowed = "gelf_chunk_followed",
     /// Service has no backend in the chosen colour slot: passed untouched.
     NoBackend = "no_backend",
     /// TCP non-SYN without a flow entry: steered by the drain rule and pinned.

@@ -3,25 +3,25 @@
 //! incremental checksums, then forward.
 
 use aya_ebpf::{
-    bindings::xdp_action::XDP_PASS,
+    bindings::{xdp_action::XDP_PASS, BPF_ANY, BPF_NOEXIST},
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
     programs::XdpContext,
 };
 use switcher_common::{
     csum::Delta,
     decide::{self, Affinity, ColorState, Op, Source, TcpEntries, TcpFlags},
-    hash,
+    gelf, hash,
     parse::{self, Frag, Frame, Parsed, L4},
-    pool_index, ActiveWord, Backend, FlowValue, FragKey, FragValue, Reason, FAMILY_V4, FRAG_TTL_NS,
-    PROTO_TCP, PROTO_UDP, SVC_F_REDIRECT, SVC_F_UDP_AFFINITY,
+    pool_index, ActiveWord, Backend, FlipMark, FlowValue, FragKey, FragValue, Reason, ServiceValue,
+    FAMILY_V4, FRAG_TTL_NS, PROTO_TCP, PROTO_UDP, SVC_F_GELF, SVC_F_REDIRECT, SVC_F_UDP_AFFINITY,
 };
 
 use crate::{
     counters, forward,
     frame::XdpFrame,
     maps::{
-        Scratch, ACTIVE, FLIP_MARKS, FLOWS, FRAGS, HALF_FLOWS, MEMBER_LIVE, POOLS, SCRATCH,
-        SERVICES, SERVICE_PORTS, SOFT_FLOWS,
+        Scratch, ACTIVE, FLIP_MARKS, FLOWS, FRAGS, GELF_CHUNKS, HALF_FLOWS, MEMBER_LIVE, POOLS,
+        SCRATCH, SERVICES, SERVICE_PORTS, SOFT_FLOWS,
     },
 };
 
@@ -71,6 +71,74 @@ pub fn run(ctx: &XdpContext) -> Option<u32> {
     };
     let active = *ACTIVE.get(svc.id)?;
     let mark = FLIP_MARKS.get_ptr_mut(svc.id)?;
+    let tcp = p.proto == PROTO_TCP;
+    // A chunk of a chunked GELF message whose first-seen chunk was steered already goes after
+    // it, whatever the colours did since: a message split across members is lost whole.
+    let chunk = !tcp && svc.flags & SVC_F_GELF != 0 && gelf_key(&f, &p, &l4, s);
+    let chunk_now = if chunk {
+        // SAFETY: plain helper call.
+        unsafe { bpf_ktime_get_coarse_ns() }
+    } else {
+        0
+    };
+    let recorded = chunk && lookup_chunk(s, chunk_now);
+    let (color, new_flow, pin_miss) = if recorded {
+        s.backend = s.chunk.backend;
+        counters::reason(Reason::GelfChunkFollowed);
+        (s.chunk.color, false, false)
+    } else {
+        let d = steer(s, &p, &l4, svc, active, mark)?;
+        (d.color, d.new_flow, d.pin_miss)
+    };
+    if s.backend.valid == 0 || s.backend.family != p.family {
+        return Some(pass(Reason::NoBackend));
+    }
+    let color = if chunk && !recorded {
+        record_chunk(s, svc.id, color, chunk_now)
+    } else {
+        color
+    };
+    if let Frag::First(id) = p.frag {
+        remember_fragment(&p, s, id, svc.id, color);
+    }
+
+    rewrite(&f, &p, Some(&l4), &s.backend)?;
+    counters::steered(
+        svc.id,
+        color,
+        s.backend.slot,
+        u64::from(p.ip_len),
+        new_flow,
+        pin_miss,
+    );
+    if pin_miss {
+        counters::reason(Reason::TcpPinMiss);
+    }
+    // First packet a colour receives in the current flip generation: the cutover time.
+    // SAFETY: array slot; racing CPUs write nearly the same timestamp, either is valid.
+    unsafe {
+        let m = &mut *mark;
+        let c = (color & 1) as usize;
+        if m.generation == active.generation() && m.first_ns[c] == 0 {
+            m.first_ns[c] = bpf_ktime_get_ns();
+        }
+    }
+    let redirect = svc.flags & SVC_F_REDIRECT != 0;
+    Some(forward::forward(ctx, &f, &p, &s.flow, redirect))
+}
+
+/// The colour and member of a packet by the service's rules (flow tables, drain, canary,
+/// pool), with the table writes they call for; the member is left in `Scratch::backend`.
+/// `None`: the colour's pool could not be read (the packet is passed).
+#[inline(always)]
+fn steer(
+    s: &mut Scratch,
+    p: &Parsed,
+    l4: &L4,
+    svc: &ServiceValue,
+    active: ActiveWord,
+    mark: *mut FlipMark,
+) -> Option<decide::Decision> {
     let tcp = p.proto == PROTO_TCP;
     let affinity = svc.flags & SVC_F_UDP_AFFINITY != 0;
     // UDP without affinity consults no table and needs no time: the cheapest path.
@@ -136,13 +204,14 @@ pub fn run(ctx: &XdpContext) -> Option<u32> {
 
     if d.source == Source::Pick {
         if !pick(svc.id, d.color, active, s) {
-            return Some(pass(Reason::NoBackend));
+            // An empty pool: the caller finds no valid member and passes the packet.
+            s.backend.valid = 0;
         }
     } else {
         s.backend = s.found.backend;
     }
     if s.backend.valid == 0 || s.backend.family != p.family {
-        return Some(pass(Reason::NoBackend));
+        return Some(d);
     }
     if d.est != Op::Keep || d.half != Op::Keep || d.soft != Op::Keep {
         let created = if d.source == Source::Pick {
@@ -164,33 +233,7 @@ pub fn run(ctx: &XdpContext) -> Option<u32> {
         };
         record(s, d.est, d.half, d.soft);
     }
-    if let Frag::First(id) = p.frag {
-        remember_fragment(&p, s, id, svc.id, d.color);
-    }
-
-    rewrite(&f, &p, Some(&l4), &s.backend)?;
-    counters::steered(
-        svc.id,
-        d.color,
-        s.backend.slot,
-        u64::from(p.ip_len),
-        d.new_flow,
-        d.pin_miss,
-    );
-    if d.pin_miss {
-        counters::reason(Reason::TcpPinMiss);
-    }
-    // First packet a colour receives in the current flip generation: the cutover time.
-    // SAFETY: array slot; racing CPUs write nearly the same timestamp, either is valid.
-    unsafe {
-        let m = &mut *mark;
-        let c = (d.color & 1) as usize;
-        if m.generation == active.generation() && m.first_ns[c] == 0 {
-            m.first_ns[c] = bpf_ktime_get_ns();
-        }
-    }
-    let redirect = svc.flags & SVC_F_REDIRECT != 0;
-    Some(forward::forward(ctx, &f, &p, &s.flow, redirect))
+    Some(d)
 }
 
 /// The flow in the tables, in order: established, half-open, soft. The entry found is copied
@@ -286,6 +329,81 @@ fn record(s: &mut Scratch, est: Op, half: Op, soft: Op) {
             let _ = SOFT_FLOWS.remove(&s.flow);
         }
         Op::Keep => {}
+    }
+}
+
+/// Fills `Scratch::gelf` if the UDP payload starts with the header of a chunk of a
+/// multi-chunk GELF message.
+#[inline(always)]
+fn gelf_key(f: &XdpFrame, p: &Parsed, l4: &L4, s: &mut Scratch) -> bool {
+    if usize::from(l4.payload) < gelf::CHUNK_HEADER_LEN {
+        return false;
+    }
+    // The UDP header is 8 bytes; the payload length was checked against the IP packet.
+    let Some(h) = f.read::<{ gelf::CHUNK_HEADER_LEN }>(p.l4 + 8) else {
+        return false;
+    };
+    let Some(c) = gelf::chunk(&h) else {
+        return false;
+    };
+    s.gelf.src = s.flow.src;
+    s.gelf.dst = s.flow.dst;
+    s.gelf.message_id = c.message_id;
+    s.gelf.dport_be = s.flow.dport_be;
+    s.gelf.family = p.family;
+    s.gelf._pad = 0;
+    true
+}
+
+/// Copies the message's entry to `Scratch::chunk` if one still steers its chunks.
+#[inline(never)]
+fn lookup_chunk(s: &mut Scratch, now: u64) -> bool {
+    // SAFETY: copied out at once.
+    match unsafe { GELF_CHUNKS.get(&s.gelf) } {
+        Some(v) if gelf::follows(v.created_ns, now) => {
+            s.chunk = *v;
+            true
+        }
+        _ => false,
+    }
+}
+
+/// Records where the message's first-seen chunk goes (`Scratch::backend`, `color`). If
+/// another CPU recorded the message in the meantime, this chunk follows that entry instead:
+/// its colour is returned and its member left in `Scratch::backend`.
+#[inline(never)]
+fn record_chunk(s: &mut Scratch, service_id: u32, color: u8, now: u64) -> u8 {
+    s.chunk = FragValue {
+        service_id,
+        color,
+        _pad: [0; 3],
+        created_ns: now,
+        backend: s.backend,
+    };
+    if GELF_CHUNKS
+        .insert(&s.gelf, &s.chunk, u64::from(BPF_NOEXIST))
+        .is_ok()
+    {
+        return color;
+    }
+    // SAFETY: copied out at once.
+    let existing = unsafe { GELF_CHUNKS.get(&s.gelf) }.copied();
+    match existing {
+        Some(v) if gelf::follows(v.created_ns, now) && v.backend.family == s.backend.family => {
+            s.backend = v.backend;
+            counters::reason(Reason::GelfChunkFollowed);
+            v.color
+        }
+        // An expired entry of an earlier message with the same id: replaced.
+        _ => {
+            if GELF_CHUNKS
+                .insert(&s.gelf, &s.chunk, u64::from(BPF_ANY))
+                .is_err()
+            {
+                counters::reason(Reason::TableFull);
+            }
+            color
+        }
     }
 }
 

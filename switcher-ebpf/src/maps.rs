@@ -7,8 +7,8 @@ use aya_ebpf::{
 };
 use switcher_common::{
     ActiveWord, Backend, ColorCounters, Endpoint, FlipMark, FlowKey, FlowValue, FragKey, FragValue,
-    MemberCounters, Pool, Reason, ReverseValue, ServiceValue, FLOW_TABLE_SIZE, HALF_TABLE_SIZE,
-    MAX_SERVICES, MEMBER_SLOTS, SOFT_TABLE_SIZE,
+    GelfKey, MemberCounters, Pool, Reason, ReverseValue, ServiceValue, FLOW_TABLE_SIZE,
+    GELF_TABLE_SIZE, HALF_TABLE_SIZE, MAX_SERVICES, MEMBER_SLOTS, SOFT_TABLE_SIZE,
 };
 
 /// Datagrams being reassembled at once; LRU evicts the oldest when full.
@@ -40,6 +40,9 @@ pub static HALF_FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::pinned(HALF_
 pub static SOFT_FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::pinned(SOFT_TABLE_SIZE, 0);
 #[map]
 pub static FRAGS: LruHashMap<FragKey, FragValue> = LruHashMap::pinned(FRAG_TABLE_SIZE, 0);
+/// Chunked GELF messages → where their first-seen chunk went.
+#[map]
+pub static GELF_CHUNKS: LruHashMap<GelfKey, FragValue> = LruHashMap::pinned(GELF_TABLE_SIZE, 0);
 /// Every member's (address, port, protocol) → the service and VIP its replies come from.
 #[map]
 pub static REVERSE: HashMap<Endpoint, ReverseValue> =
@@ -72,6 +75,11 @@ pub struct Scratch {
     pub svc: Endpoint,
     pub _pad: u32,
     pub frag: FragKey,
+    /// The chunked GELF message this packet carries a chunk of, if any.
+    pub gelf: GelfKey,
+    pub _pad2: u32,
+    /// Where that message's first-seen chunk went.
+    pub chunk: FragValue,
     /// The flow entry the packet found, if any.
     pub found: FlowValue,
     /// The entry this packet writes.

@@ -33,8 +33,8 @@ use crate::lab::{Host, Lab, Node, Proc, EDGE_TO_CLIENT};
 use crate::poll;
 
 pub use crate::services::{
-    pool_services, standard_services, HTTP_PORT, RSYSLOG_HEALTH, STANDARD_CHECKS, TCP_PORT,
-    UDP_PORT,
+    gelf_services, pool_services, standard_services, GELF_PORT, GELF_PORT_2, HTTP_PORT,
+    RSYSLOG_HEALTH, STANDARD_CHECKS, TCP_PORT, UDP_PORT,
 };
 
 /// How often the sinks' output files are read while waiting: each read parses whole files,

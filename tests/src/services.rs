@@ -17,6 +17,10 @@ use crate::lab::{
 pub const UDP_PORT: u16 = 514;
 pub const TCP_PORT: u16 = 601;
 pub const HTTP_PORT: u16 = 8080;
+/// GELF over UDP on every sink (the standard GELF port), and a second GELF port for services
+/// the tests set up differently (e.g. `gelf = false`).
+pub const GELF_PORT: u16 = 12201;
+pub const GELF_PORT_2: u16 = 12202;
 
 /// Validation and watch settings for the standard services (append as `extra`): the sink's
 /// HTTP health, a short acknowledged load on its TCP port compared with the serving colour,
@@ -104,6 +108,25 @@ pub fn standard_services(forward: &str, extra: &str) -> String {
     s
 }
 
+/// GELF over UDP on the IPv4 VIP: `gelf4` on [`GELF_PORT`] (chunks of a message kept
+/// together, the default) and `gelf4-plain` on [`GELF_PORT_2`] with `gelf = false` (each chunk
+/// steered by itself), blue and green the standard sinks. `extra` is appended to each.
+pub fn gelf_services(forward: &str, extra: &str) -> String {
+    let mut s = String::new();
+    for (name, port, setting) in [
+        ("gelf4", GELF_PORT, ""),
+        ("gelf4-plain", GELF_PORT_2, "gelf = false\n"),
+    ] {
+        let _ = write!(
+            s,
+            "\n[[service]]\nname = \"{name}\"\nvip = \"{VIP_V4}\"\nport = {port}\nprotocol = \"udp\"\n\
+             active = \"blue\"\nforward = \"{forward}\"\n{setting}\
+             blue = {{ backend = \"{BLUE_V4}:{port}\" }}\ngreen = {{ backend = \"{GREEN_V4}:{port}\" }}\n{extra}\n"
+        );
+    }
+    s
+}
+
 /// The standard services (udp4, tcp4, udp6, tcp6 as in [`standard_services`]) with each colour
 /// a pool: blue's members are the ingest nodes `blue` (their address at the service's port),
 /// green's `green`. `extra` is appended to each service.
@@ -176,6 +199,12 @@ fn sink_args_at(name: &str, v4: Ipv4Addr, v6: Ipv6Addr, out: &Path) -> Vec<Strin
         format!("{v4}:{TCP_PORT}"),
         "--tcp".into(),
         format!("[{v6}]:{TCP_PORT}"),
+        "--gelf".into(),
+        format!("{v4}:{GELF_PORT}"),
+        "--gelf".into(),
+        format!("[{v6}]:{GELF_PORT}"),
+        "--gelf".into(),
+        format!("{v4}:{GELF_PORT_2}"),
         "--http".into(),
         format!("{v4}:{HTTP_PORT}"),
         "--http".into(),

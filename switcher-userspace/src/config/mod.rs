@@ -114,6 +114,8 @@ pub struct Service {
     /// With affinity: how long after its first packet a source flow may stay on a colour that
     /// is no longer active (a sender that never goes idle still follows a flip).
     pub udp_affinity_max_age: Duration,
+    /// UDP: every chunk of a chunked GELF message goes where its first-seen chunk went.
+    pub gelf: bool,
     pub drain: Duration,
     pub checks: Checks,
 }

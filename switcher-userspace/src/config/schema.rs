@@ -70,6 +70,7 @@ pub(super) struct RawService {
     pub(super) forward: Option<String>,
     pub(super) udp_affinity_idle_ms: Option<u64>,
     pub(super) udp_affinity_max_age_ms: Option<u64>,
+    pub(super) gelf: Option<bool>,
     pub(super) drain_ms: Option<u64>,
     pub(super) warm_ms: Option<u64>,
     pub(super) health: Option<RawHealth>,

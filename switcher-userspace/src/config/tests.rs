@@ -330,6 +330,26 @@ fn tcp_service_rejects_udp_affinity() {
     assert_eq!(e[0].field, "service[1].udp_affinity_idle_ms");
 }
 
+#[test]
+fn gelf_chunks_are_kept_whole_on_udp_unless_turned_off() {
+    let c = Config::parse(GOOD).expect("valid config");
+    assert!(c.services[0].gelf, "on by default for udp");
+    assert!(!c.services[1].gelf, "never on tcp");
+    let off = GOOD.replacen("active = \"blue\"", "active = \"blue\"\ngelf = false", 1);
+    assert!(!Config::parse(&off).expect("valid config").services[0].gelf);
+    let e = errors(&with_tcp_extra("gelf = true"));
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert_eq!(e[0].field, "service[1].gelf");
+    assert!(e[0].reason.contains("only for udp"), "{}", e[0].reason);
+    // `gelf = false` on tcp says what is true anyway: accepted.
+    assert!(
+        !Config::parse(&with_tcp_extra("gelf = false"))
+            .expect("valid config")
+            .services[1]
+            .gelf
+    );
+}
+
 /// The service section of GOOD's tcp service with `extra` appended.
 fn with_tcp_extra(extra: &str) -> String {
     GOOD.replace(

@@ -330,6 +330,19 @@ fn service(
         WINDOWS,
         Duration::from_millis(DEFAULT_UDP_AFFINITY_MAX_AGE_MS),
     );
+    // GELF chunk affinity is on for every UDP service unless turned off: a syslog line never
+    // starts with the chunk magic (0x1e 0x0f).
+    let gelf = match (s.gelf, protocol) {
+        (Some(true), Some(Protocol::Tcp)) => {
+            errs.push(
+                at("gelf"),
+                "only for udp services (a tcp connection is pinned whole)",
+            );
+            false
+        }
+        (g, Some(Protocol::Udp)) => g.unwrap_or(true),
+        _ => false,
+    };
     let drain = errs.ms(
         s.drain_ms,
         &at("drain_ms"),
@@ -348,6 +361,7 @@ fn service(
         forward,
         udp_affinity_idle,
         udp_affinity_max_age,
+        gelf,
         drain,
         checks,
     })

@@ -8,7 +8,7 @@ use std::{
 
 use switcher_common::{
     maglev, Backend, Endpoint, FlowKey, Pool, ReverseValue, ServiceValue, FAMILY_V4, FAMILY_V6,
-    MAX_MEMBERS, MAX_SERVICES, REV_F_STATELESS, SVC_F_REDIRECT, SVC_F_UDP_AFFINITY,
+    MAX_MEMBERS, MAX_SERVICES, REV_F_STATELESS, SVC_F_GELF, SVC_F_REDIRECT, SVC_F_UDP_AFFINITY,
 };
 
 use crate::{
@@ -131,6 +131,9 @@ pub fn service_value(s: &Service, id: u32, epoch: u32) -> ServiceValue {
     }
     if s.udp_affinity_idle.is_some() {
         flags |= SVC_F_UDP_AFFINITY;
+    }
+    if s.gelf {
+        flags |= SVC_F_GELF;
     }
     ServiceValue {
         id,
@@ -315,10 +318,17 @@ drain_ms = 1500
         let u = service_value(&s[0], 7, 3);
         assert_eq!(u.epoch, 3);
         assert_eq!(u.id, 7);
-        assert_eq!(u.flags, SVC_F_UDP_AFFINITY, "pass mode, affinity on");
+        assert_eq!(
+            u.flags,
+            SVC_F_UDP_AFFINITY | SVC_F_GELF,
+            "pass mode, affinity on, GELF chunks kept whole (the UDP default)"
+        );
         assert_eq!(u.udp_idle_ns, 2_000_000_000);
         let t = service_value(&s[1], 8, 0);
-        assert_eq!(t.flags, SVC_F_REDIRECT);
+        assert_eq!(t.flags, SVC_F_REDIRECT, "no GELF flag on tcp");
+        let mut plain = s[0].clone();
+        plain.gelf = false;
+        assert_eq!(service_value(&plain, 7, 3).flags, SVC_F_UDP_AFFINITY);
         assert_eq!(t.drain_ns, Duration::from_millis(1500).as_nanos() as u64);
         assert_eq!(t.canary_share, 0);
     }

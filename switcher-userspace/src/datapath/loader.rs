@@ -21,7 +21,7 @@ use aya::{
 };
 use switcher_common::{
     names, ActiveWord, ColorCounters, Endpoint, FlipMark, FlowKey, FlowValue, FragKey, FragValue,
-    MemberCounters, Pool, ReverseValue, ServiceValue, MAP_ABI_VERSION,
+    GelfKey, MemberCounters, Pool, ReverseValue, ServiceValue, MAP_ABI_VERSION,
 };
 use tracing::info;
 
@@ -229,7 +229,7 @@ where
 /// reuse them as they are, and the programs would read them wrongly or fail to verify).
 fn check_pinned_layouts(maps_dir: &Path) -> Result<()> {
     use std::mem::size_of;
-    let expected: [(&str, usize, usize); 15] = [
+    let expected: [(&str, usize, usize); 16] = [
         (
             names::SERVICES,
             size_of::<Endpoint>(),
@@ -252,6 +252,11 @@ fn check_pinned_layouts(maps_dir: &Path) -> Result<()> {
         (names::MEMBER_COUNTERS, 4, size_of::<MemberCounters>()),
         (names::MEMBER_LIVE, 4, 4),
         (names::FRAGS, size_of::<FragKey>(), size_of::<FragValue>()),
+        (
+            names::GELF_CHUNKS,
+            size_of::<GelfKey>(),
+            size_of::<FragValue>(),
+        ),
         (
             names::REVERSE,
             size_of::<Endpoint>(),

@@ -8,6 +8,7 @@
 
 mod fault;
 mod framing;
+mod gelf;
 mod http;
 mod listeners;
 mod metrics;
@@ -59,6 +60,10 @@ struct Args {
     /// TCP syslog (RFC 6587) listen address; repeatable.
     #[arg(long, value_name = "ADDR:PORT")]
     tcp: Vec<SocketAddr>,
+    /// GELF over UDP (chunked, zlib/gzip/plain) listen address; repeatable. Each message's
+    /// short_message is written as a line.
+    #[arg(long, value_name = "ADDR:PORT")]
+    gelf: Vec<SocketAddr>,
     /// HTTP listen address for /health, /metrics, /stats; repeatable.
     #[arg(long, value_name = "ADDR:PORT")]
     http: Vec<SocketAddr>,
@@ -116,8 +121,8 @@ async fn run() -> Result<()> {
         .init();
     let args = Args::parse();
     STAMP.store(args.stamp, Ordering::Relaxed);
-    if args.udp.is_empty() && args.tcp.is_empty() {
-        bail!("nothing to receive on: give at least one --udp or --tcp address");
+    if args.udp.is_empty() && args.tcp.is_empty() && args.gelf.is_empty() {
+        bail!("nothing to receive on: give at least one --udp, --tcp or --gelf address");
     }
 
     let faults = FaultSettings {
@@ -129,6 +134,11 @@ async fn run() -> Result<()> {
     let out = open_out(&args.out).await?;
     let udp = args
         .udp
+        .iter()
+        .map(|&addr| Ok((bind_udp(addr, args.rcvbuf)?, addr)))
+        .collect::<Result<Vec<_>>>()?;
+    let gelf = args
+        .gelf
         .iter()
         .map(|&addr| Ok((bind_udp(addr, args.rcvbuf)?, addr)))
         .collect::<Result<Vec<_>>>()?;
@@ -151,6 +161,9 @@ async fn run() -> Result<()> {
     let mut writer = tokio::spawn(run_writer(out, rx, stop_rx, shared.clone()));
     for (sock, addr) in udp {
         tokio::spawn(serve_udp(sock, addr, tx.clone()));
+    }
+    for (sock, addr) in gelf {
+        tokio::spawn(gelf::serve_gelf(sock, addr, shared.clone(), tx.clone()));
     }
     for (listener, addr) in tcp {
         tokio::spawn(serve_tcp(

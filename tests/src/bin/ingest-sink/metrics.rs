@@ -32,6 +32,10 @@ pub(crate) struct SinkState {
     pub(crate) frame_errors: Counter,
     /// Errors reported on purpose (`errors_per_sec` fault).
     pub(crate) injected_errors: Counter,
+    /// GELF messages whose chunks did not all arrive within 5 s.
+    pub(crate) gelf_incomplete: Counter,
+    /// GELF datagrams that could not be read (bad chunk header, not JSON, ...).
+    pub(crate) gelf_invalid: Counter,
     pub(crate) tcp_connections: Gauge,
     pub(crate) faults: Faults,
 }
@@ -66,12 +70,20 @@ impl SinkState {
         };
         let frame_errors = errors.get_or_create(&vec![("reason", "frame")]).clone();
         let injected_errors = errors.get_or_create(&vec![("reason", "injected")]).clone();
+        let gelf_incomplete = errors
+            .get_or_create(&vec![("reason", "gelf_incomplete")])
+            .clone();
+        let gelf_invalid = errors
+            .get_or_create(&vec![("reason", "gelf_invalid")])
+            .clone();
         Self {
             name: name.to_owned(),
             udp: counters("udp"),
             tcp: counters("tcp"),
             frame_errors,
             injected_errors,
+            gelf_incomplete,
+            gelf_invalid,
             tcp_connections,
             registry,
             faults: Faults::new(faults),

@@ -9,6 +9,7 @@
 //! format and pacing, so tests can judge the daemon and the sinks against what this sender
 //! reports (an oracle built from the code under test would prove little). Keep it that way.
 
+mod gelf;
 mod line;
 mod plan;
 mod progress;
@@ -46,6 +47,8 @@ pub(crate) const GRACE: Duration = Duration::from_secs(2);
 enum Proto {
     Udp,
     Tcp,
+    /// GELF messages over UDP, chunked (see --gelf-chunks).
+    Gelf,
 }
 
 #[derive(Parser, Debug)]
@@ -87,6 +90,13 @@ struct Args {
     #[arg(long, value_name = "S", default_value_t = 60,
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
     max_seconds: u64,
+    /// GELF: chunks per message (1 = unchunked, up to 128).
+    #[arg(long, value_name = "N", default_value_t = 4,
+          value_parser = clap::value_parser!(u8).range(1..=128))]
+    gelf_chunks: u8,
+    /// GELF: how messages are compressed.
+    #[arg(long, value_enum, default_value_t = gelf::Compression::Zlib)]
+    gelf_compression: gelf::Compression,
     /// Also write the JSON summary line to this file.
     #[arg(long, value_name = "FILE")]
     report: Option<PathBuf>,
@@ -99,7 +109,7 @@ fn build_plan(args: &Args) -> Result<Plan> {
     if args.start.checked_add(args.count).is_none() {
         bail!("--start + --count overflows");
     }
-    if args.proto == Proto::Udp && args.size > MAX_UDP_PAYLOAD {
+    if args.proto != Proto::Tcp && args.size > MAX_UDP_PAYLOAD {
         bail!(
             "--size {} exceeds the largest UDP payload ({MAX_UDP_PAYLOAD})",
             args.size
@@ -122,7 +132,7 @@ fn build_plan(args: &Args) -> Result<Plan> {
         size: args.size,
         framing: args.framing,
         connections: match args.proto {
-            Proto::Udp => 1,
+            Proto::Udp | Proto::Gelf => 1,
             Proto::Tcp => args.connections,
         },
         hold: Duration::from_millis(args.hold_ms),
@@ -142,7 +152,15 @@ fn run(args: Args) -> Result<ExitCode> {
             .name(format!("conn-{k}"))
             .spawn(move || {
                 let res = match args.proto {
-                    Proto::Udp => run_udp(&plan, &progress),
+                    Proto::Udp => run_udp(&plan, &progress, None),
+                    Proto::Gelf => run_udp(
+                        &plan,
+                        &progress,
+                        Some(gelf::GelfShape {
+                            chunks: args.gelf_chunks,
+                            compression: args.gelf_compression,
+                        }),
+                    ),
                     Proto::Tcp => run_tcp_connection(&plan, &progress, k).inspect_err(|_| {
                         progress.tcp_error();
                     }),

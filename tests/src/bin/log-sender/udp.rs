@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::{
+    gelf::{run_gelf, GelfShape},
     line::make_line,
     plan::{sleep_until, Plan},
     progress::Progress,
@@ -18,7 +19,8 @@ const UDP_SNDBUF: usize = 8 * 1024 * 1024;
 /// Cap on per-error log lines (a dead UDP target fails every send).
 const MAX_LOGGED_ERRORS: u64 = 10;
 
-pub(crate) fn run_udp(plan: &Plan, progress: &Progress) -> Result<()> {
+/// Sends the plan's lines, one per datagram, or as GELF messages when `gelf` says how.
+pub(crate) fn run_udp(plan: &Plan, progress: &Progress, gelf: Option<GelfShape>) -> Result<()> {
     let target = plan.target;
     let sock = Socket::new(
         Domain::for_address(target),
@@ -35,6 +37,9 @@ pub(crate) fn run_udp(plan: &Plan, progress: &Progress) -> Result<()> {
     // A full send buffer must not stall the run past its bound.
     sock.set_write_timeout(Some(Duration::from_secs(1)))
         .context("setting UDP send timeout")?;
+    if let Some(shape) = gelf {
+        return run_gelf(plan, progress, &sock, shape);
+    }
     let stream = plan.stream_name(0);
     for index in 0..plan.count {
         let Some(due) = plan.due(index) else { break };

@@ -134,6 +134,7 @@ fn ingress_terminal(r: Reason) -> bool {
     !matches!(
         r,
         Reason::TcpPinMiss
+            | Reason::GelfChunkFollowed
             | Reason::TableFull
             | Reason::EgressReversed
             | Reason::EgressMalformed
