@@ -29,11 +29,11 @@ use switcher::{
     domain::Color,
 };
 
-use crate::lab::{Host, Lab, Node, Proc, EDGE_TO_CLIENT};
+use crate::lab::{Host, Lab, Node, Proc, RsyslogExtras, EDGE_TO_CLIENT};
 use crate::poll;
 
 pub use crate::services::{
-    gelf_services, pool_services, standard_services, GELF_PORT, GELF_PORT_2, HTTP_PORT,
+    gelf_services, pool_services, standard_services, GELF_PORT, GELF_PORT_2, HTTP_PORT, RELP_PORT,
     RSYSLOG_HEALTH, STANDARD_CHECKS, TCP_PORT, UDP_PORT,
 };
 
@@ -196,8 +196,21 @@ impl Rig {
     }
 
     /// Starts the sink of `node` (again, after [`Rig::stop_node`]) on a rig built with
-    /// [`Rig::up_nodes`]; returns once it listens. It appends to [`Rig::node_file`].
+    /// [`Rig::up_nodes`]; returns once it listens. It appends to [`Rig::node_file`]. A node's
+    /// rsyslog also takes RELP on [`RELP_PORT`].
     pub fn start_node(&self, node: Node) -> Result<()> {
+        self.start_node_with(
+            node,
+            &RsyslogExtras {
+                relp_port: Some(RELP_PORT),
+                main_queue: None,
+            },
+        )
+    }
+
+    /// [`Rig::start_node`] with `extras` for a node running rsyslog (e.g. a main queue that
+    /// cannot keep up); ignored for the reference sink.
+    pub fn start_node_with(&self, node: Node, extras: &RsyslogExtras) -> Result<()> {
         let Some(kind) = self.node_sinks else {
             bail!("this rig has one sink per colour, not per node");
         };
@@ -222,12 +235,24 @@ impl Rig {
                 node.host,
                 &[node.v4().into(), node.v6().into()],
                 &[UDP_PORT, TCP_PORT],
+                extras,
                 &out,
                 &self.dir.join(format!("rsyslog-{}", node.name())),
             )?,
         };
         procs.insert(node, proc);
         Ok(())
+    }
+
+    /// Sends `signal` to the sink of `node` (e.g. SIGSTOP to freeze it, SIGCONT to thaw it).
+    pub fn signal_node(&self, node: Node, signal: nix::sys::signal::Signal) -> Result<()> {
+        let procs = self.node_procs.lock().unwrap_or_else(|p| p.into_inner());
+        let proc = procs
+            .get(&node)
+            .with_context(|| format!("no sink of {node} is running"))?;
+        let pid = i32::try_from(proc.pid()).context("pid out of range")?;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal)
+            .with_context(|| format!("sending {signal} to the sink of {node}"))
     }
 
     /// Stops the sink of `node` (SIGTERM: rsyslog flushes its file first), e.g. to take a

@@ -21,6 +21,8 @@ pub const HTTP_PORT: u16 = 8080;
 /// the tests set up differently (e.g. `gelf = false`).
 pub const GELF_PORT: u16 = 12201;
 pub const GELF_PORT_2: u16 = 12202;
+/// RELP (rsyslog imrelp) on every rsyslog ingest node.
+pub const RELP_PORT: u16 = 2514;
 
 /// Validation and watch settings for the standard services (append as `extra`): the sink's
 /// HTTP health, a short acknowledged load on its TCP port compared with the serving colour,
@@ -36,7 +38,7 @@ protocol = "tcp"
 port = 601
 lines = 300
 rate = 1000
-ack = true
+ack = "line"
 timeout_ms = 5000
 max_p99_ms = 25
 [service.metrics]

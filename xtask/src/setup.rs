@@ -17,6 +17,8 @@ use crate::util::{describe, output, run_visible, workspace_root};
 /// their own `rsyslogd -n -f ...`; the system service is never relied on.
 const PACKAGES: &[&str] = &[
     "rsyslog",
+    // imrelp: RELP, the load step's acknowledged protocol against a real rsyslog.
+    "rsyslog-relp",
     // Fleet mode: the etcd server the fleet tests and lab run, and protoc for etcd-client's
     // build (it compiles etcd's .proto files).
     "etcd-server",

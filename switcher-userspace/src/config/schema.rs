@@ -100,13 +100,21 @@ pub(super) struct RawLoad {
     pub(super) rate: Option<u64>,
     pub(super) line_size: Option<usize>,
     pub(super) connections: Option<u32>,
-    pub(super) ack: Option<bool>,
+    pub(super) ack: Option<RawAck>,
     pub(super) timeout_ms: Option<u64>,
     pub(super) max_p99_ms: Option<f64>,
     pub(super) min_throughput: Option<f64>,
     pub(super) max_error_ratio: Option<f64>,
     pub(super) max_p99_ratio: Option<f64>,
     pub(super) min_throughput_ratio: Option<f64>,
+}
+
+/// `ack = "line"` (or `"none"`); a boolean is the old spelling, refused with its new one.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(super) enum RawAck {
+    Flag(bool),
+    Mode(String),
 }
 
 #[derive(Debug, Deserialize)]

@@ -1,6 +1,7 @@
 //! The config file: documented examples parse, every kind of mistake is reported with its path.
 
 use super::*;
+use crate::probe::load::LoadProtocol;
 
 const GOOD: &str = r#"
 [daemon]
@@ -277,10 +278,18 @@ fn shipped_example_config_is_valid() {
     assert_eq!(c.http.listen, "127.0.0.1:9477".parse().ok());
     let tcp = c.service("syslog-tcp").expect("tcp service");
     let load = tcp.checks.load.as_ref().expect("load");
-    assert!(load.run.ack);
+    // Only what a stock rsyslog answers: RELP for the load, TCP connects for health.
+    assert_eq!(
+        (load.run.protocol, load.port),
+        (LoadProtocol::Relp, Some(2514))
+    );
     assert_eq!(load.max_p99_ratio, Some(1.5));
     assert_eq!(tcp.checks.canary.as_ref().map(|c| c.percent), Some(10.0));
-    assert_eq!(tcp.checks.metrics.as_ref().map(|m| m.rules.len()), Some(1));
+    assert!(tcp.checks.metrics.is_none());
+    assert_eq!(
+        tcp.checks.health.as_ref().and_then(|h| h.tcp_port),
+        Some(601)
+    );
     assert_eq!(
         c.service("syslog-udp")
             .and_then(|s| s.checks.health.as_ref())
@@ -293,7 +302,7 @@ fn shipped_example_config_is_valid() {
 fn check_settings_are_validated_with_their_path() {
     let text = GOOD.replace(
         "forward = \"pass\"",
-        "forward = \"pass\"\n[service.load]\nprotocol = \"udp\"\nack = true\nmax_p99_ratio = -1\n[service.canary]\npercent = 80\nduration_ms = 1\n[service.metrics]\nurl = \"https://x/metrics\"",
+        "forward = \"pass\"\n[service.load]\nprotocol = \"udp\"\nack = \"line\"\nmax_p99_ratio = -1\n[service.canary]\npercent = 80\nduration_ms = 1\n[service.metrics]\nurl = \"https://x/metrics\"",
     );
     let e = errors(&text);
     let msg = e
@@ -348,6 +357,36 @@ fn gelf_chunks_are_kept_whole_on_udp_unless_turned_off() {
             .services[1]
             .gelf
     );
+}
+
+#[test]
+fn load_speaks_relp_or_acknowledged_lines_and_the_old_ack_spelling_is_named() {
+    let load = |body: &str| with_tcp_extra(&format!("[service.load]\n{body}"));
+    let c = Config::parse(&load("protocol = \"relp\"\nport = 2514")).expect("relp");
+    let run = &c.services[1].checks.load.as_ref().expect("load").run;
+    assert_eq!(run.protocol, LoadProtocol::Relp);
+    assert!(
+        !run.ack && run.acknowledged(),
+        "relp acknowledges by itself"
+    );
+    let c = Config::parse(&load("ack = \"line\"")).expect("line acks");
+    let run = &c.services[1].checks.load.as_ref().expect("load").run;
+    assert_eq!((run.protocol, run.ack), (LoadProtocol::Tcp, true));
+    for (body, want) in [
+        ("ack = true", "ack = true is now ack = \"line\""),
+        ("ack = false", "ack = false is now ack = \"none\""),
+        ("ack = \"yes\"", "expected \"line\" or \"none\""),
+        (
+            "protocol = \"relp\"\nack = \"line\"",
+            "relp acknowledges every message itself",
+        ),
+        ("protocol = \"gelf\"", "expected udp, tcp or relp"),
+    ] {
+        let e = errors(&load(body));
+        assert_eq!(e.len(), 1, "{body}: {e:?}");
+        assert!(e[0].field.starts_with("service[1].load."), "{body}: {e:?}");
+        assert!(e[0].reason.contains(want), "{body}: {}", e[0].reason);
+    }
 }
 
 /// The service section of GOOD's tcp service with `extra` appended.

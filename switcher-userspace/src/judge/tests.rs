@@ -13,7 +13,7 @@ fn cfg() -> LoadCheck {
     LoadCheck {
         port: None,
         run: LoadSpec {
-            protocol: Protocol::Tcp,
+            protocol: crate::probe::load::LoadProtocol::Tcp,
             lines: 1000,
             rate: 1000,
             line_size: 100,

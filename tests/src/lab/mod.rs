@@ -54,5 +54,6 @@ pub use etcd::{base64_decode, base64_encode, Etcd, Kv};
 pub use flows::{flow_port, flow_stream, send_flows, FlowProto, FlowReport, Flows};
 pub use netns::{cleanup_stale, in_netns, netns_list, require_root};
 pub use proc::Proc;
+pub use rsyslog::RsyslogExtras;
 pub use snmp::Snmp;
 pub use topology::{Host, Lab, Node};

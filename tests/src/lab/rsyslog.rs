@@ -1,6 +1,6 @@
 //! rsyslog in the lab: [`Lab::start_rsyslog`] and [`Lab::start_rsyslog_at`] write a config for a
-//! real `rsyslogd` (imudp and imtcp into one raw-message file), start it in a namespace and wait
-//! until it listens.
+//! real `rsyslogd` (imudp and imtcp, optionally imrelp, into one raw-message file), start it in
+//! a namespace and wait until it listens.
 
 use std::fs;
 use std::io::ErrorKind;
@@ -13,6 +13,16 @@ use anyhow::{bail, Context, Result};
 
 use super::command::require_tool;
 use super::{Host, Lab, Proc};
+
+/// What a lab rsyslog does beyond imudp and imtcp.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RsyslogExtras {
+    /// An imrelp input (RELP over TCP, rsyslog-relp) on this port, on the same addresses.
+    pub relp_port: Option<u16>,
+    /// Parameters of rsyslog's main queue, e.g. `queue.size="50" queue.dequeueSlowdown="5000"`:
+    /// a collector whose processing cannot keep up, so its inputs hold back new messages.
+    pub main_queue: Option<String>,
+}
 
 impl Lab {
     /// Starts a real `rsyslogd` in `host` listening with imudp and imtcp on `port` (IPv4 and
@@ -27,18 +37,26 @@ impl Lab {
         out_file: &Path,
         workdir: &Path,
     ) -> Result<Proc> {
-        self.start_rsyslog_at(host, &[], &[port], out_file, workdir)
+        self.start_rsyslog_at(
+            host,
+            &[],
+            &[port],
+            &RsyslogExtras::default(),
+            out_file,
+            workdir,
+        )
     }
 
     /// Like [`Lab::start_rsyslog`], listening with imudp and imtcp on every one of `ports`, bound
     /// to each of `addrs` (their `address=` parameter), or to all addresses when `addrs` is
     /// empty: one rsyslog per ingest node ([`super::Node`]), each writing its own file. Give
-    /// each its own `workdir`.
+    /// each its own `workdir`. `extras` adds a RELP input or tunes the main queue.
     pub fn start_rsyslog_at(
         &self,
         host: Host,
         addrs: &[IpAddr],
         ports: &[u16],
+        extras: &RsyslogExtras,
         out_file: &Path,
         workdir: &Path,
     ) -> Result<Proc> {
@@ -60,8 +78,28 @@ impl Lab {
         }
         let conf_path = workdir.join(format!("rsyslog-{first_port}.conf"));
         let pid_path = workdir.join(format!("rsyslog-{first_port}.pid"));
-        fs::write(&conf_path, config(&workdir, &out_file, addrs, ports))
-            .with_context(|| format!("writing {}", conf_path.display()))?;
+        if extras.relp_port.is_some() {
+            // imrelp is packaged apart from rsyslog itself.
+            let imrelp = Path::new("/usr/lib/x86_64-linux-gnu/rsyslog/imrelp.so");
+            if !imrelp.exists() {
+                bail!(
+                    "{} is missing: install rsyslog-relp (cargo xtask setup does)",
+                    imrelp.display()
+                );
+            }
+        }
+        if extras
+            .main_queue
+            .as_deref()
+            .is_some_and(|q| q.contains(['(', ')']))
+        {
+            bail!("main_queue holds parameters only, no parentheses");
+        }
+        fs::write(
+            &conf_path,
+            config(&workdir, &out_file, addrs, ports, extras),
+        )
+        .with_context(|| format!("writing {}", conf_path.display()))?;
         match fs::remove_file(&pid_path) {
             Ok(()) => {}
             Err(e) if e.kind() == ErrorKind::NotFound => {}
@@ -76,7 +114,15 @@ impl Lab {
             .arg("-i")
             .arg(&pid_path);
         let proc = self.spawn_command(cmd)?;
-        if let Err(e) = self.wait_listening(host, addrs, ports, &proc, Duration::from_secs(10)) {
+        let tcp_only: Vec<u16> = extras.relp_port.into_iter().collect();
+        if let Err(e) = self.wait_listening(
+            host,
+            addrs,
+            ports,
+            &tcp_only,
+            &proc,
+            Duration::from_secs(10),
+        ) {
             let _ = proc.stop();
             return Err(e.context(format!(
                 "rsyslogd in {} did not come up; stderr:\n{}",
@@ -87,13 +133,14 @@ impl Lab {
         Ok(proc)
     }
 
-    /// Polls `ss` until every port has UDP and TCP listeners on each of `addrs`, or on the v4
-    /// and v6 wildcard addresses when `addrs` is empty.
+    /// Polls `ss` until every port has UDP and TCP listeners (`tcp_only`: TCP) on each of
+    /// `addrs`, or on the v4 and v6 wildcard addresses when `addrs` is empty.
     fn wait_listening(
         &self,
         host: Host,
         addrs: &[IpAddr],
         ports: &[u16],
+        tcp_only: &[u16],
         proc: &Proc,
         timeout: Duration,
     ) -> Result<()> {
@@ -132,6 +179,12 @@ impl Lab {
                 .iter()
                 .flat_map(|&port| wanted.iter().map(move |w| (port, w)))
                 .filter(|(port, w)| !(has(&udp, *port, w) && has(&tcp, *port, w)))
+                .chain(
+                    tcp_only
+                        .iter()
+                        .flat_map(|&port| wanted.iter().map(move |w| (port, w)))
+                        .filter(|(port, w)| !has(&tcp, *port, w)),
+                )
                 .map(|(port, w)| format!("{}:{port}", w[0]))
                 .collect();
             if missing.is_empty() {
@@ -148,10 +201,31 @@ impl Lab {
     }
 }
 
-/// The rsyslog config: one imudp and one imtcp input per (address, port), all into one
-/// ruleset that writes the raw message.
-fn config(workdir: &Path, out_file: &Path, addrs: &[IpAddr], ports: &[u16]) -> String {
+/// The rsyslog config: one imudp and one imtcp input per (address, port), the RELP input per
+/// address, all into one ruleset that writes the raw message.
+fn config(
+    workdir: &Path,
+    out_file: &Path,
+    addrs: &[IpAddr],
+    ports: &[u16],
+    extras: &RsyslogExtras,
+) -> String {
     let mut inputs = String::new();
+    let mut modules = String::from("module(load=\"imudp\")\nmodule(load=\"imtcp\")\n");
+    if let Some(port) = extras.relp_port {
+        modules += "module(load=\"imrelp\")\n";
+        if addrs.is_empty() {
+            inputs += &format!("input(type=\"imrelp\" port=\"{port}\" ruleset=\"ingest\")\n");
+        }
+        for addr in addrs {
+            inputs += &format!(
+                "input(type=\"imrelp\" address=\"{addr}\" port=\"{port}\" ruleset=\"ingest\")\n"
+            );
+        }
+    }
+    if let Some(q) = &extras.main_queue {
+        modules += &format!("main_queue({q})\n");
+    }
     for port in ports {
         if addrs.is_empty() {
             for kind in ["imudp", "imtcp"] {
@@ -169,9 +243,7 @@ fn config(workdir: &Path, out_file: &Path, addrs: &[IpAddr], ports: &[u16]) -> S
     // Inputs bound to their own ruleset so rsyslog's internal messages never reach out_file.
     format!(
         r#"global(workDirectory="{workdir}" net.enableDNS="off")
-module(load="imudp")
-module(load="imtcp")
-template(name="switcher_raw" type="string" string="%rawmsg%\n")
+{modules}template(name="switcher_raw" type="string" string="%rawmsg%\n")
 ruleset(name="ingest") {{
     action(type="omfile" file="{out}" template="switcher_raw")
 }}
@@ -188,15 +260,25 @@ mod tests {
     #[test]
     fn the_default_config_listens_everywhere_and_a_node_only_on_its_addresses() {
         let (w, o) = (Path::new("/w"), Path::new("/w/out.log"));
-        let all = config(w, o, &[], &[1514]);
+        let all = config(w, o, &[], &[1514], &RsyslogExtras::default());
+        assert!(!all.contains("imrelp"), "{all}");
         assert!(all.contains("input(type=\"imudp\" port=\"1514\" ruleset=\"ingest\")"));
         assert!(all.contains("input(type=\"imtcp\" port=\"1514\" ruleset=\"ingest\")"));
         let addrs: Vec<IpAddr> = vec![
             "198.18.1.3".parse().expect("v4"),
             "2001:2:0:1::3".parse().expect("v6"),
         ];
-        let node = config(w, o, &addrs, &[514, 601]);
-        assert_eq!(node.matches("input(").count(), 8, "{node}");
+        let relp = RsyslogExtras {
+            relp_port: Some(2514),
+            main_queue: Some("queue.size=\"50\"".into()),
+        };
+        let node = config(w, o, &addrs, &[514, 601], &relp);
+        assert_eq!(node.matches("input(").count(), 10, "{node}");
+        assert!(node.contains("module(load=\"imrelp\")"));
+        assert!(node.contains(
+            "input(type=\"imrelp\" address=\"198.18.1.3\" port=\"2514\" ruleset=\"ingest\")"
+        ));
+        assert!(node.contains("main_queue(queue.size=\"50\")"));
         assert!(node.contains(
             "input(type=\"imtcp\" address=\"2001:2:0:1::3\" port=\"601\" ruleset=\"ingest\")"
         ));

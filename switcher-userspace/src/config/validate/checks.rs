@@ -7,10 +7,14 @@ use super::{
 };
 use crate::{
     config::{
-        schema::RawService, CanaryCheck, Checks, HealthCheck, LoadCheck, MetricRule, MetricsCheck,
-        Protocol, WatchPolicy, DEFAULT_MIN_HEALTHY_SHARE,
+        schema::{RawAck, RawService},
+        CanaryCheck, Checks, HealthCheck, LoadCheck, MetricRule, MetricsCheck, Protocol,
+        WatchPolicy, DEFAULT_MIN_HEALTHY_SHARE,
     },
-    probe::{health::HealthRounds, load::LoadSpec},
+    probe::{
+        health::HealthRounds,
+        load::{LoadProtocol, LoadSpec},
+    },
 };
 
 /// Validation and watch settings of one service, with defaults: a TCP service is health
@@ -72,11 +76,40 @@ pub(super) fn checks(
         let proto = errs.parsed(
             l.protocol.as_deref(),
             &at("load.protocol"),
-            protocol.unwrap_or(Protocol::Tcp),
+            LoadProtocol::from(protocol.unwrap_or(Protocol::Tcp)),
         );
-        let ack = l.ack.unwrap_or(false);
-        if ack && proto == Protocol::Udp {
-            errs.push(at("load.ack"), "acknowledgements need tcp");
+        let ack = match &l.ack {
+            None => false,
+            Some(RawAck::Mode(m)) if m == "none" => false,
+            Some(RawAck::Mode(m)) if m == "line" => true,
+            Some(RawAck::Mode(m)) => {
+                errs.push(
+                    at("load.ack"),
+                    format!("expected \"line\" or \"none\", got {m:?}"),
+                );
+                false
+            }
+            Some(RawAck::Flag(flag)) => {
+                errs.push(
+                    at("load.ack"),
+                    format!(
+                        "ack = {flag} is now ack = \"{}\" (\"line\" is the reference sink's own \
+                         one-line reply, no standard; against rsyslog use protocol = \"relp\")",
+                        if *flag { "line" } else { "none" }
+                    ),
+                );
+                false
+            }
+        };
+        match proto {
+            LoadProtocol::Udp if ack => {
+                errs.push(at("load.ack"), "acknowledgements need tcp");
+            }
+            LoadProtocol::Relp if ack => errs.push(
+                at("load.ack"),
+                "relp acknowledges every message itself: ack is for plain tcp",
+            ),
+            _ => {}
         }
         let lines = errs.count(l.lines, &at("load.lines"), LOAD_LINES, 1000);
         for (name, v) in [

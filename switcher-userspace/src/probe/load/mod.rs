@@ -3,15 +3,17 @@
 //!
 //! Lines are RFC 5424 syslog, `<14>1 - switcher-probe switcher - - [switcher@32473 probe="1"]
 //! seq=N`, padded to `line_size`. UDP sends one line per datagram; TCP uses RFC 6587 octet
-//! counting. Line `seq` goes to connection `seq % connections`, due at `seq / rate` seconds
+//! counting; RELP (rsyslog's imrelp) sends each line as a `syslog` command the collector
+//! answers with `rsp 200` once it has taken it. Line `seq` goes to connection `seq % connections`, due at `seq / rate` seconds
 //! after that connection is ready, so the total rate is `rate` however many connections.
 
+mod relp;
 mod tcp;
 #[cfg(test)]
 mod tests;
 mod udp;
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{fmt, net::SocketAddr, str::FromStr, sync::Arc, time::Duration};
 
 use serde::{Deserialize, Serialize};
 use tokio::{task::JoinHandle, time::Instant};
@@ -19,9 +21,52 @@ use tokio::{task::JoinHandle, time::Instant};
 use super::Percentiles;
 use crate::domain::Protocol;
 
+/// How a load run talks to the backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LoadProtocol {
+    Udp,
+    /// Plain syslog over TCP, RFC 6587 octet counting.
+    Tcp,
+    /// RELP (Reliable Event Logging Protocol) as rsyslog's imrelp speaks it: every message is
+    /// acknowledged by the collector.
+    Relp,
+}
+
+impl From<Protocol> for LoadProtocol {
+    fn from(p: Protocol) -> Self {
+        match p {
+            Protocol::Udp => LoadProtocol::Udp,
+            Protocol::Tcp => LoadProtocol::Tcp,
+        }
+    }
+}
+
+impl fmt::Display for LoadProtocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LoadProtocol::Udp => "udp",
+            LoadProtocol::Tcp => "tcp",
+            LoadProtocol::Relp => "relp",
+        })
+    }
+}
+
+impl FromStr for LoadProtocol {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "udp" => Ok(LoadProtocol::Udp),
+            "tcp" => Ok(LoadProtocol::Tcp),
+            "relp" => Ok(LoadProtocol::Relp),
+            other => Err(format!("expected udp, tcp or relp, got {other:?}")),
+        }
+    }
+}
+
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct LoadSpec {
-    pub protocol: Protocol,
+    pub protocol: LoadProtocol,
     /// Lines to send in total.
     pub lines: u64,
     /// Lines per second over all connections; 0 sends as fast as the backend takes them.
@@ -30,8 +75,9 @@ pub struct LoadSpec {
     pub line_size: usize,
     /// TCP connections (UDP: sockets, i.e. source ports) the lines are spread over.
     pub connections: u32,
-    /// TCP only: the backend answers every message with one line (`ok\n`); latency is then
-    /// measured from write to ack.
+    /// TCP only (`ack = "line"`): the backend answers every message with one line (`ok\n`),
+    /// the reference sink's own convention, not a standard; latency is then measured from
+    /// write to ack. RELP is always acknowledged, by the protocol itself.
     pub ack: bool,
     /// Bound on the whole run: what is not sent (or acked) by then counts as errors.
     pub timeout: Duration,
@@ -53,17 +99,25 @@ impl LoadSpec {
             ));
         }
         match self.protocol {
-            Protocol::Udp if self.ack => Err("ack needs protocol tcp".to_owned()),
-            Protocol::Udp if self.line_size > MAX_UDP_LINE => Err(format!(
+            LoadProtocol::Udp if self.ack => Err("ack needs protocol tcp".to_owned()),
+            LoadProtocol::Relp if self.ack => {
+                Err("relp acknowledges every message itself: ack is for plain tcp".to_owned())
+            }
+            LoadProtocol::Udp if self.line_size > MAX_UDP_LINE => Err(format!(
                 "line_size {} exceeds the UDP limit of {MAX_UDP_LINE}",
                 self.line_size
             )),
-            Protocol::Tcp if self.line_size > MAX_TCP_LINE => Err(format!(
-                "line_size {} exceeds {MAX_TCP_LINE}",
-                self.line_size
-            )),
+            LoadProtocol::Tcp | LoadProtocol::Relp if self.line_size > MAX_TCP_LINE => Err(
+                format!("line_size {} exceeds {MAX_TCP_LINE}", self.line_size),
+            ),
             _ => Ok(()),
         }
+    }
+
+    /// Whether the backend acknowledges each line (the run then counts acknowledged lines and
+    /// measures write-to-acknowledgement latency).
+    pub fn acknowledged(&self) -> bool {
+        self.ack || self.protocol == LoadProtocol::Relp
     }
 }
 
@@ -72,7 +126,7 @@ pub struct LoadReport {
     pub target: SocketAddr,
     /// Lines completely written to the socket.
     pub sent: u64,
-    /// Lines acknowledged (ack mode only).
+    /// Lines acknowledged (`ack = "line"` and RELP).
     pub acked: u64,
     /// Lines not delivered: never sent (connect failure, timeout), failed to send, or (ack
     /// mode) sent but not acked. `sent + errors = lines` without ack, `acked + errors = lines`
@@ -83,8 +137,9 @@ pub struct LoadReport {
     pub elapsed_ms: u64,
     /// Lines accepted per second: acked/elapsed with ack, sent/elapsed without.
     pub throughput_lps: f64,
-    /// "write_to_ack" (TCP with ack), "connect" (TCP without ack: one sample per connection)
-    /// or "none" (UDP: `latency.count` is 0).
+    /// "write_to_ack" (TCP with ack), "write_to_rsp" (RELP: the `syslog` command to its
+    /// `rsp 200`), "connect" (TCP without ack: one sample per connection) or "none" (UDP:
+    /// `latency.count` is 0).
     pub latency_kind: String,
     pub latency: Percentiles,
 }
@@ -114,9 +169,10 @@ pub fn format_line(out: &mut Vec<u8>, seq: u64, line_size: usize) {
 /// Sends `spec.lines` lines to `target` and reports what the backend accepted.
 pub async fn run(target: SocketAddr, spec: &LoadSpec) -> LoadReport {
     let latency_kind = match (&spec.protocol, spec.ack) {
-        (Protocol::Tcp, true) => "write_to_ack",
-        (Protocol::Tcp, false) => "connect",
-        (Protocol::Udp, _) => "none",
+        (LoadProtocol::Tcp, true) => "write_to_ack",
+        (LoadProtocol::Tcp, false) => "connect",
+        (LoadProtocol::Relp, _) => "write_to_rsp",
+        (LoadProtocol::Udp, _) => "none",
     };
     let mut report = LoadReport {
         target,
@@ -148,8 +204,9 @@ pub async fn run(target: SocketAddr, spec: &LoadSpec) -> LoadReport {
     for index in 0..u64::from(spec.connections) {
         let plan = plan.clone();
         let task = match spec.protocol {
-            Protocol::Tcp => tokio::spawn(async move { tcp::connection(&plan, index).await }),
-            Protocol::Udp => tokio::spawn(async move { udp::socket(&plan, index).await }),
+            LoadProtocol::Tcp => tokio::spawn(async move { tcp::connection(&plan, index).await }),
+            LoadProtocol::Relp => tokio::spawn(async move { relp::session(&plan, index).await }),
+            LoadProtocol::Udp => tokio::spawn(async move { udp::socket(&plan, index).await }),
         };
         tasks.0.push((index, task));
     }
@@ -172,7 +229,7 @@ pub async fn run(target: SocketAddr, spec: &LoadSpec) -> LoadReport {
         };
         report.sent += outcome.sent;
         report.acked += outcome.acked;
-        let delivered = if spec.ack {
+        let delivered = if spec.acknowledged() {
             outcome.acked
         } else {
             outcome.sent
@@ -192,7 +249,11 @@ pub async fn run(target: SocketAddr, spec: &LoadSpec) -> LoadReport {
     }
     let elapsed = end.duration_since(start);
     report.elapsed_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
-    let accepted = if spec.ack { report.acked } else { report.sent };
+    let accepted = if spec.acknowledged() {
+        report.acked
+    } else {
+        report.sent
+    };
     let secs = elapsed.as_secs_f64();
     report.throughput_lps = if secs > 0.0 {
         accepted as f64 / secs

@@ -15,23 +15,34 @@ use tokio::{
 
 use super::{format_line, note, Outcome, Plan, BATCH_BYTES, LINE_PREFIX, LINGER, MAX_ACK_LINE};
 
-pub(super) async fn connection(plan: &Plan, index: u64) -> Outcome {
-    let assigned = plan.assigned(index);
-    let mut outcome = Outcome::default();
-    let t0 = Instant::now();
-    let stream = match tokio::time::timeout_at(plan.deadline, TcpStream::connect(plan.target)).await
-    {
-        Ok(Ok(stream)) => stream,
+/// Connects to the plan's target within its deadline; a failure is noted in `outcome` (and
+/// ends it).
+pub(super) async fn connect(
+    plan: &Plan,
+    assigned: u64,
+    outcome: &mut Outcome,
+) -> Option<TcpStream> {
+    match tokio::time::timeout_at(plan.deadline, TcpStream::connect(plan.target)).await {
+        Ok(Ok(stream)) => Some(stream),
         Ok(Err(e)) => {
             note(&mut outcome.error, format!("connect {}: {e}", plan.target));
             outcome.done = Instant::now();
-            return outcome;
+            None
         }
         Err(_) => {
             note(&mut outcome.error, plan.timeout_error(0, assigned));
             outcome.done = Instant::now();
-            return outcome;
+            None
         }
+    }
+}
+
+pub(super) async fn connection(plan: &Plan, index: u64) -> Outcome {
+    let assigned = plan.assigned(index);
+    let mut outcome = Outcome::default();
+    let t0 = Instant::now();
+    let Some(stream) = connect(plan, assigned, &mut outcome).await else {
+        return outcome;
     };
     let origin = Instant::now();
     if !plan.spec.ack {

@@ -14,7 +14,7 @@ use super::*;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
-fn spec(protocol: Protocol, lines: u64, ack: bool) -> LoadSpec {
+fn spec(protocol: LoadProtocol, lines: u64, ack: bool) -> LoadSpec {
     LoadSpec {
         protocol,
         lines,
@@ -134,7 +134,7 @@ fn line_format_and_padding() {
 
 #[test]
 fn plan_splits_lines_and_paces() {
-    let mut s = spec(Protocol::Tcp, 10, false);
+    let mut s = spec(LoadProtocol::Tcp, 10, false);
     s.connections = 3;
     s.rate = 1000;
     let now = Instant::now();
@@ -162,21 +162,24 @@ fn plan_splits_lines_and_paces() {
 
 #[test]
 fn spec_validation() {
-    assert!(spec(Protocol::Tcp, 1, true).validate().is_ok());
-    let mut s = spec(Protocol::Udp, 1, true);
+    assert!(spec(LoadProtocol::Tcp, 1, true).validate().is_ok());
+    let mut s = spec(LoadProtocol::Udp, 1, true);
     assert!(s.validate().is_err());
     s.ack = false;
     s.line_size = MAX_UDP_LINE + 1;
     assert!(s.validate().is_err());
-    let mut s = spec(Protocol::Tcp, 1, false);
+    let mut s = spec(LoadProtocol::Tcp, 1, false);
     s.connections = 0;
     assert!(s.validate().is_err());
 }
 
 #[test]
 fn protocol_serde_is_lowercase() -> Result<(), serde_json::Error> {
-    assert_eq!(serde_json::to_string(&Protocol::Udp)?, "\"udp\"");
-    assert_eq!(serde_json::from_str::<Protocol>("\"tcp\"")?, Protocol::Tcp);
+    assert_eq!(serde_json::to_string(&LoadProtocol::Udp)?, "\"udp\"");
+    assert_eq!(
+        serde_json::from_str::<LoadProtocol>("\"tcp\"")?,
+        LoadProtocol::Tcp
+    );
     Ok(())
 }
 
@@ -184,7 +187,7 @@ fn protocol_serde_is_lowercase() -> Result<(), serde_json::Error> {
 async fn invalid_spec_is_reported_not_run() {
     let r = run(
         (Ipv4Addr::LOCALHOST, 9).into(),
-        &spec(Protocol::Udp, 5, true),
+        &spec(LoadProtocol::Udp, 5, true),
     )
     .await;
     assert_eq!((r.sent, r.errors), (0, 5));
@@ -198,7 +201,7 @@ async fn invalid_spec_is_reported_not_run() {
 async fn tcp_ack_all_lines_acked_with_latency() -> TestResult {
     let sink = tcp_sink(true, Duration::ZERO).await?;
     let (addr, frames) = (sink.addr, sink.frames.clone());
-    let mut s = spec(Protocol::Tcp, 500, true);
+    let mut s = spec(LoadProtocol::Tcp, 500, true);
     s.connections = 3;
     let r = run(addr, &s).await;
     assert_eq!((r.sent, r.acked, r.errors), (500, 500, 0), "{r:?}");
@@ -216,7 +219,7 @@ async fn tcp_ack_all_lines_acked_with_latency() -> TestResult {
 async fn tcp_ack_latency_reflects_a_slow_backend() -> TestResult {
     let sink = tcp_sink(true, Duration::from_millis(30)).await?;
     let addr = sink.addr;
-    let mut s = spec(Protocol::Tcp, 20, true);
+    let mut s = spec(LoadProtocol::Tcp, 20, true);
     s.rate = 200;
     let r = run(addr, &s).await;
     assert_eq!((r.acked, r.errors), (20, 0), "{r:?}");
@@ -229,7 +232,7 @@ async fn tcp_ack_latency_reflects_a_slow_backend() -> TestResult {
 async fn tcp_paced_takes_the_scheduled_time() -> TestResult {
     let sink = tcp_sink(false, Duration::ZERO).await?;
     let (addr, frames) = (sink.addr, sink.frames.clone());
-    let mut s = spec(Protocol::Tcp, 50, false);
+    let mut s = spec(LoadProtocol::Tcp, 50, false);
     s.rate = 250; // 50 lines: the last one is due at 196 ms
     s.connections = 2;
     let r = run(addr, &s).await;
@@ -251,7 +254,7 @@ async fn tcp_paced_takes_the_scheduled_time() -> TestResult {
 async fn tcp_never_acked_times_out_cleanly() -> TestResult {
     let sink = tcp_sink(false, Duration::ZERO).await?;
     let (addr, frames) = (sink.addr, sink.frames.clone());
-    let mut s = spec(Protocol::Tcp, 100, true);
+    let mut s = spec(LoadProtocol::Tcp, 100, true);
     s.timeout = Duration::from_millis(300);
     let start = std::time::Instant::now();
     let r = run(addr, &s).await;
@@ -270,7 +273,7 @@ async fn tcp_never_acked_times_out_cleanly() -> TestResult {
 async fn tcp_paced_past_the_timeout_counts_unsent_lines() -> TestResult {
     let sink = tcp_sink(false, Duration::ZERO).await?;
     let addr = sink.addr;
-    let mut s = spec(Protocol::Tcp, 1000, false);
+    let mut s = spec(LoadProtocol::Tcp, 1000, false);
     s.rate = 100; // would take 10 s
     s.timeout = Duration::from_millis(250);
     let r = run(addr, &s).await;
@@ -285,7 +288,7 @@ async fn tcp_paced_past_the_timeout_counts_unsent_lines() -> TestResult {
 #[tokio::test]
 async fn tcp_refused_is_errors() -> TestResult {
     let addr = closed_port().await?;
-    let mut s = spec(Protocol::Tcp, 10, false);
+    let mut s = spec(LoadProtocol::Tcp, 10, false);
     s.connections = 2;
     let r = run(addr, &s).await;
     assert_eq!((r.sent, r.errors), (0, 10), "{r:?}");
@@ -306,7 +309,7 @@ async fn tcp_backend_closing_early_is_errors() -> TestResult {
             let _ = stream.read(&mut buf).await;
         }
     });
-    let mut s = spec(Protocol::Tcp, 200, true);
+    let mut s = spec(LoadProtocol::Tcp, 200, true);
     s.rate = 2000;
     s.timeout = Duration::from_secs(3);
     let r = run(addr, &s).await;
@@ -327,7 +330,7 @@ async fn tcp_backend_closing_early_is_errors() -> TestResult {
 async fn udp_lines_arrive() -> TestResult {
     let sock = UdpSocket::bind("127.0.0.1:0").await?;
     let addr = sock.local_addr()?;
-    let mut s = spec(Protocol::Udp, 40, false);
+    let mut s = spec(LoadProtocol::Udp, 40, false);
     s.rate = 2000;
     s.connections = 2;
     let r = run(addr, &s).await;
@@ -354,7 +357,7 @@ async fn udp_lines_arrive() -> TestResult {
 #[tokio::test]
 async fn udp_to_closed_port_reports_errors() -> TestResult {
     let addr = UdpSocket::bind("127.0.0.1:0").await?.local_addr()?;
-    let mut s = spec(Protocol::Udp, 20, false);
+    let mut s = spec(LoadProtocol::Udp, 20, false);
     s.rate = 1000;
     let r = run(addr, &s).await;
     assert!(r.errors > 0, "{r:?}");
@@ -368,7 +371,7 @@ async fn udp_to_closed_port_reports_errors() -> TestResult {
 async fn zero_lines_is_an_empty_report() -> TestResult {
     let sink = tcp_sink(true, Duration::ZERO).await?;
     let addr = sink.addr;
-    let r = run(addr, &spec(Protocol::Tcp, 0, true)).await;
+    let r = run(addr, &spec(LoadProtocol::Tcp, 0, true)).await;
     assert_eq!((r.sent, r.acked, r.errors), (0, 0, 0));
     assert_eq!(r.first_error, None);
     sink.finish();
