@@ -116,6 +116,8 @@ pub struct Rig {
     node_sinks: Option<NodeSinks>,
     /// The running sink of each node (per-node rigs).
     node_procs: std::sync::Mutex<BTreeMap<Node, Proc>>,
+    /// What every node's rsyslog takes besides imudp and imtcp ([`Rig::start_node`]).
+    rsyslog: RsyslogExtras,
 }
 
 impl Rig {
@@ -127,14 +129,24 @@ impl Rig {
 
     /// Like [`Rig::up`], with the daemon started as `on_stop` says.
     pub fn up_with(tag: &str, services: &str, on_stop: OnStop) -> Result<Rig> {
-        Rig::build(tag, services, on_stop, 1, None)
+        Rig::build(tag, services, on_stop, 1, None, RsyslogExtras::default())
     }
 
     /// A lab with `nodes` ingest nodes per colour ([`Lab::up_with_nodes`]), a sink of kind
     /// `sinks` on every node, and the daemon with `services` (usually [`pool_services`] over
     /// [`Rig::nodes`]); the daemon detaches on SIGTERM.
     pub fn up_nodes(tag: &str, services: &str, nodes: usize, sinks: NodeSinks) -> Result<Rig> {
-        Rig::build(tag, services, OnStop::Detach, nodes, Some(sinks))
+        Rig::build(
+            tag,
+            services,
+            OnStop::Detach,
+            nodes,
+            Some(sinks),
+            RsyslogExtras {
+                relp_port: Some(RELP_PORT),
+                ..RsyslogExtras::default()
+            },
+        )
     }
 
     /// Issue 16's lab: `nodes_per_colour` nodes on blue and on green, each running its own real
@@ -143,12 +155,35 @@ impl Rig {
         Rig::up_nodes(tag, services, nodes_per_colour, NodeSinks::Rsyslog)
     }
 
+    /// [`Rig::up_pools`] with every node's rsyslog also taking `extras` (e.g. a TLS input;
+    /// RELP on [`RELP_PORT`] unless `extras` says otherwise).
+    pub fn up_pools_with(
+        tag: &str,
+        services: &str,
+        nodes_per_colour: usize,
+        extras: RsyslogExtras,
+    ) -> Result<Rig> {
+        let extras = RsyslogExtras {
+            relp_port: extras.relp_port.or(Some(RELP_PORT)),
+            ..extras
+        };
+        Rig::build(
+            tag,
+            services,
+            OnStop::Detach,
+            nodes_per_colour,
+            Some(NodeSinks::Rsyslog),
+            extras,
+        )
+    }
+
     fn build(
         tag: &str,
         services: &str,
         on_stop: OnStop,
         nodes: usize,
         node_sinks: Option<NodeSinks>,
+        rsyslog: RsyslogExtras,
     ) -> Result<Rig> {
         let lab = Lab::up_with_nodes(&Lab::unique_prefix(tag), nodes)?;
         let dir = lab.work_dir();
@@ -169,6 +204,7 @@ impl Rig {
             pins_accounted_for: false,
             node_sinks,
             node_procs: std::sync::Mutex::new(BTreeMap::new()),
+            rsyslog,
         };
         if node_sinks.is_some() {
             for node in rig.all_nodes() {
@@ -197,15 +233,9 @@ impl Rig {
 
     /// Starts the sink of `node` (again, after [`Rig::stop_node`]) on a rig built with
     /// [`Rig::up_nodes`]; returns once it listens. It appends to [`Rig::node_file`]. A node's
-    /// rsyslog also takes RELP on [`RELP_PORT`].
+    /// rsyslog also takes RELP on [`RELP_PORT`] (and what the rig was built with).
     pub fn start_node(&self, node: Node) -> Result<()> {
-        self.start_node_with(
-            node,
-            &RsyslogExtras {
-                relp_port: Some(RELP_PORT),
-                main_queue: None,
-            },
-        )
+        self.start_node_with(node, &self.rsyslog.clone())
     }
 
     /// [`Rig::start_node`] with `extras` for a node running rsyslog (e.g. a main queue that

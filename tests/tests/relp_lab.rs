@@ -252,6 +252,7 @@ fn a_frozen_and_an_overloaded_rsyslog_are_rejected_by_the_relp_load_step() {
             main_queue: Some(
                 r#"queue.size="64" queue.dequeueBatchSize="1" queue.dequeueSlowdown="5000""#.into(),
             ),
+            ..RsyslogExtras::default()
         },
     )
     .expect("start the overloaded rsyslog");

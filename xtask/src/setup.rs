@@ -19,6 +19,9 @@ const PACKAGES: &[&str] = &[
     "rsyslog",
     // imrelp: RELP, the load step's acknowledged protocol against a real rsyslog.
     "rsyslog-relp",
+    // TLS syslog in the lab: rsyslog's gtls driver, and openssl for the lab's certificates.
+    "rsyslog-gnutls",
+    "openssl",
     // Fleet mode: the etcd server the fleet tests and lab run, and protoc for etcd-client's
     // build (it compiles etcd's .proto files).
     "etcd-server",

@@ -39,10 +39,12 @@
 //! ```
 
 mod addr;
+mod certs;
 mod claim;
 mod command;
 mod etcd;
 mod flows;
+mod forwarder;
 mod netns;
 mod proc;
 mod rsyslog;
@@ -50,10 +52,12 @@ mod snmp;
 mod topology;
 
 pub use addr::*;
+pub use certs::Certs;
 pub use etcd::{base64_decode, base64_encode, Etcd, Kv};
 pub use flows::{flow_port, flow_stream, send_flows, FlowProto, FlowReport, Flows};
+pub use forwarder::{Forwarder, Shipping};
 pub use netns::{cleanup_stale, in_netns, netns_list, require_root};
 pub use proc::Proc;
-pub use rsyslog::RsyslogExtras;
+pub use rsyslog::{RsyslogExtras, TlsInput};
 pub use snmp::Snmp;
 pub use topology::{Host, Lab, Node};

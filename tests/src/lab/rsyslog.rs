@@ -22,6 +22,30 @@ pub struct RsyslogExtras {
     /// Parameters of rsyslog's main queue, e.g. `queue.size="50" queue.dequeueSlowdown="5000"`:
     /// a collector whose processing cannot keep up, so its inputs hold back new messages.
     pub main_queue: Option<String>,
+    /// Syslog over TLS (RFC 5425, imtcp with the gtls driver of rsyslog-gnutls).
+    pub tls: Option<TlsInput>,
+}
+
+/// A TLS syslog input: its port and the server's certificate, key and CA (PEM files).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsInput {
+    pub port: u16,
+    pub ca: std::path::PathBuf,
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+}
+
+impl TlsInput {
+    /// The input's stream-driver parameters.
+    fn params(&self) -> String {
+        format!(
+            "streamDriver.name=\"gtls\" streamDriver.mode=\"1\" streamDriver.authMode=\"anon\" \
+             streamDriver.CAFile=\"{}\" streamDriver.CertFile=\"{}\" streamDriver.KeyFile=\"{}\"",
+            self.ca.display(),
+            self.cert.display(),
+            self.key.display()
+        )
+    }
 }
 
 impl Lab {
@@ -88,6 +112,23 @@ impl Lab {
                 );
             }
         }
+        if let Some(tls) = &extras.tls {
+            let driver = Path::new("/usr/lib/x86_64-linux-gnu/rsyslog/lmnsd_gtls.so");
+            if !driver.exists() {
+                bail!(
+                    "{} is missing: install rsyslog-gnutls (cargo xtask setup does)",
+                    driver.display()
+                );
+            }
+            for f in [&tls.ca, &tls.cert, &tls.key] {
+                if f.to_string_lossy().contains(['"', '\\']) || !f.is_absolute() {
+                    bail!(
+                        "TLS file paths must be absolute, without quotes: {}",
+                        f.display()
+                    );
+                }
+            }
+        }
         if extras
             .main_queue
             .as_deref()
@@ -114,7 +155,11 @@ impl Lab {
             .arg("-i")
             .arg(&pid_path);
         let proc = self.spawn_command(cmd)?;
-        let tcp_only: Vec<u16> = extras.relp_port.into_iter().collect();
+        let tcp_only: Vec<u16> = extras
+            .relp_port
+            .into_iter()
+            .chain(extras.tls.as_ref().map(|t| t.port))
+            .collect();
         if let Err(e) = self.wait_listening(
             host,
             addrs,
@@ -223,6 +268,21 @@ fn config(
             );
         }
     }
+    if let Some(tls) = &extras.tls {
+        let params = tls.params();
+        if addrs.is_empty() {
+            inputs += &format!(
+                "input(type=\"imtcp\" port=\"{}\" ruleset=\"ingest\" {params})\n",
+                tls.port
+            );
+        }
+        for addr in addrs {
+            inputs += &format!(
+                "input(type=\"imtcp\" address=\"{addr}\" port=\"{}\" ruleset=\"ingest\" {params})\n",
+                tls.port
+            );
+        }
+    }
     if let Some(q) = &extras.main_queue {
         modules += &format!("main_queue({q})\n");
     }
@@ -271,9 +331,21 @@ mod tests {
         let relp = RsyslogExtras {
             relp_port: Some(2514),
             main_queue: Some("queue.size=\"50\"".into()),
+            tls: Some(TlsInput {
+                port: 6514,
+                ca: "/c/ca.pem".into(),
+                cert: "/c/s.pem".into(),
+                key: "/c/s.key".into(),
+            }),
         };
         let node = config(w, o, &addrs, &[514, 601], &relp);
-        assert_eq!(node.matches("input(").count(), 10, "{node}");
+        assert_eq!(node.matches("input(").count(), 12, "{node}");
+        assert!(node.contains(
+            "input(type=\"imtcp\" address=\"198.18.1.3\" port=\"6514\" ruleset=\"ingest\" \
+             streamDriver.name=\"gtls\" streamDriver.mode=\"1\" streamDriver.authMode=\"anon\" \
+             streamDriver.CAFile=\"/c/ca.pem\" streamDriver.CertFile=\"/c/s.pem\" \
+             streamDriver.KeyFile=\"/c/s.key\")"
+        ));
         assert!(node.contains("module(load=\"imrelp\")"));
         assert!(node.contains(
             "input(type=\"imrelp\" address=\"198.18.1.3\" port=\"2514\" ruleset=\"ingest\")"

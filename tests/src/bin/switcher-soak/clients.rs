@@ -19,7 +19,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use switcher_tests::{
-    lab::{Host, Proc, VIP_V4, VIP_V6},
+    lab::{Forwarder, Host, Proc, Shipping, VIP_V4, VIP_V6},
     rig::{Rig, TCP_PORT, UDP_PORT},
 };
 
@@ -37,58 +37,21 @@ pub const LOGGER_UDP: &str = "lgu";
 pub const LOGGER_TCP: &str = "lgt";
 
 /// Starts rsyslogd in the client host, forwarding its TCP input [`RSYSLOG_INPUT`] to tcp4's
-/// VIP; returns once it listens. Tracked by the lab (stopped at teardown).
+/// VIP over one long-lived connection; returns once it listens. Tracked by the lab (stopped at
+/// teardown). Its action retries for ever: a connection it had to re-open would land on the
+/// active colour, which the soak reports (its lines must all stay at blue).
 pub fn start_forwarder(rig: &Rig, work: &Path) -> Result<(Proc, SocketAddr)> {
-    std::fs::create_dir_all(work).with_context(|| format!("creating {}", work.display()))?;
     let local: SocketAddr = RSYSLOG_INPUT.parse().context("rsyslog input address")?;
-    let conf = work.join("forwarder.conf");
-    let pid = work.join("forwarder.pid");
-    // Its own ruleset, so rsyslog's internal messages are not forwarded. The action retries
-    // for ever: a connection it had to re-open would land on the active colour, which the
-    // soak reports (its lines must all stay at blue).
-    let text = format!(
-        r#"global(workDirectory="{work}" net.enableDNS="off")
-module(load="imtcp")
-ruleset(name="forward") {{
-    action(type="omfwd" target="{VIP_V4}" port="{TCP_PORT}" protocol="tcp"
-           tcp_framing="octet-counted" template="RSYSLOG_SyslogProtocol23Format"
-           action.resumeRetryCount="-1" action.resumeInterval="1")
-}}
-input(type="imtcp" address="{ip}" port="{port}" ruleset="forward")
-"#,
-        work = work.display(),
-        ip = local.ip(),
-        port = local.port(),
-    );
-    std::fs::write(&conf, text).with_context(|| format!("writing {}", conf.display()))?;
-    let mut cmd = rig.lab.command(Host::Client, "rsyslogd");
-    cmd.arg("-n").arg("-f").arg(&conf).arg("-i").arg(&pid);
+    let f = Forwarder {
+        input: local,
+        target: SocketAddr::new(VIP_V4.into(), TCP_PORT),
+        shipping: Shipping::Tcp,
+    };
     let proc = rig
         .lab
-        .spawn_command(cmd)
-        .context("starting rsyslogd (Debian package rsyslog)")?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(st) = proc.try_wait()? {
-            bail!("rsyslogd exited ({st}): {}", proc.stderr_tail(10));
-        }
-        let listening = rig
-            .lab
-            .run(Host::Client, &["ss", "-H", "-l", "-n", "-t"])?
-            .lines()
-            .any(|l| l.split_whitespace().nth(3) == Some(RSYSLOG_INPUT));
-        if listening {
-            return Ok((proc, local));
-        }
-        if Instant::now() >= deadline {
-            let _ = proc.stop();
-            bail!(
-                "rsyslogd does not listen on {RSYSLOG_INPUT} after 10 s: {}",
-                proc.stderr_tail(10)
-            );
-        }
-        thread::sleep(Duration::from_millis(100));
-    }
+        .start_forwarder(Host::Client, &f, work)
+        .context("starting the rsyslog forwarder (Debian package rsyslog)")?;
+    Ok((proc, local))
 }
 
 /// What the logger thread did.
