@@ -61,6 +61,9 @@ pub fn status(v: &StatusView) -> String {
                 fmt(f.green_first_after_ns)
             );
         }
+        if let Some(r) = &s.retiring {
+            let _ = writeln!(out, "   {}", r.describe(fmt_time));
+        }
         if let Some(d) = &s.deployment {
             let _ = writeln!(
                 out,
@@ -240,6 +243,14 @@ mod tests {
                     blue_first_after_ns: Some(345_300),
                     green_first_after_ns: None,
                 }),
+                retiring: Some(crate::controller::retiring::Retiring::judge(
+                    Color::Blue,
+                    1_795_478_400_000,
+                    3,
+                    0,
+                    Some(600_000),
+                    1_795_478_401_000,
+                )),
                 deployment: Some(DeploymentView {
                     id: 1,
                     phase: Phase::Stable,
@@ -275,13 +286,18 @@ mod tests {
         );
         assert!(lines[2].contains("unproven"), "{}", lines[2]);
         assert!(lines[3].contains("first packet after it: blue 345.3 µs, green -"));
-        assert!(lines[4].contains("deployment 1: green 198.18.2.2:601 v2.0 is stable since 2026-11-24T00:00:00.000Z (auto: watch window passed)"), "{}", lines[4]);
         assert_eq!(
-            lines[5],
+            lines[4],
+            "   blue retiring since 2026-11-24T00:00:00.000Z: draining 3 connections (ready at \
+             2026-11-24T00:10:00.000Z at the latest)"
+        );
+        assert!(lines[5].contains("deployment 1: green 198.18.2.2:601 v2.0 is stable since 2026-11-24T00:00:00.000Z (auto: watch window passed)"), "{}", lines[5]);
+        assert_eq!(
+            lines[6],
             "   blue kept warm for rollback until 2026-11-24T00:10:00.000Z"
         );
-        assert_eq!(lines[6], "flows tracked: 2");
-        assert_eq!(lines[7], "reasons: passed=3");
+        assert_eq!(lines[7], "flows tracked: 2");
+        assert_eq!(lines[8], "reasons: passed=3");
     }
 
     fn member(addr: &str, weight: u8, share: f64, health: Option<BackendHealth>) -> MemberView {
@@ -336,6 +352,7 @@ mod tests {
                 blue,
                 green,
                 last_flip: None,
+                retiring: None,
                 deployment: None,
             }],
             reasons: Vec::new(),

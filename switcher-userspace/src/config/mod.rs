@@ -117,6 +117,9 @@ pub struct Service {
     /// UDP: every chunk of a chunked GELF message goes where its first-seen chunk went.
     pub gelf: bool,
     pub drain: Duration,
+    /// After a flip, the colour left is reported ready to stop at the latest this long after
+    /// it (its still pinned connections then reconnect to the active colour when closed).
+    pub retire_after: Option<Duration>,
     pub checks: Checks,
 }
 

@@ -72,6 +72,7 @@ pub(super) struct RawService {
     pub(super) udp_affinity_max_age_ms: Option<u64>,
     pub(super) gelf: Option<bool>,
     pub(super) drain_ms: Option<u64>,
+    pub(super) retire_after_ms: Option<u64>,
     pub(super) warm_ms: Option<u64>,
     pub(super) health: Option<RawHealth>,
     pub(super) load: Option<RawLoad>,

@@ -349,6 +349,9 @@ fn service(
         WINDOWS,
         Duration::from_millis(DEFAULT_DRAIN_MS),
     );
+    let retire_after = s
+        .retire_after_ms
+        .map(|ms| errs.ms(Some(ms), &at("retire_after_ms"), WINDOWS, Duration::ZERO));
     let checks = checks(&s, protocol, &at, errs);
     Some(Service {
         name: s.name,
@@ -363,6 +366,7 @@ fn service(
         udp_affinity_max_age,
         gelf,
         drain,
+        retire_after,
         checks,
     })
 }

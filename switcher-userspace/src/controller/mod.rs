@@ -20,6 +20,7 @@ mod recorded;
 mod recovery;
 mod reload;
 mod reports;
+pub mod retiring;
 #[cfg(test)]
 mod tests;
 mod validate;

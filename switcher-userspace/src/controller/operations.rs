@@ -2,19 +2,20 @@
 //! a manual flip, and the reads (status, history). Each checks everything before it writes
 //! anything, then writes the datapath, steps the deployment, saves and emits.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _, Result};
 
 use super::{
     core::Core,
+    retiring::Retiring,
     view::{ColorView, DeploymentView, FlipStatus, MemberView, ServiceView, StatusView},
 };
 use crate::{
     config::{backend_conflicts, check_pool, describe, Member},
     datapath::FlipOutcome,
     deploy::{self, Deployment, Phase, Step},
-    domain::{fmt_time, now_ms, Color},
+    domain::{fmt_time, now_ms, Color, Protocol},
 };
 
 /// What a manual flip did, and whether it promoted a deployment (whose watch must start).
@@ -286,6 +287,8 @@ impl Core {
 
     pub fn status(&self, only: Option<&str>) -> Result<StatusView> {
         let census = self.dp.census()?;
+        // Flip marks are kernel monotonic times; status speaks wall-clock time.
+        let (now_ms, mono_ms) = (now_ms(), crate::datapath::monotonic_ns()? / 1_000_000);
         let mut services = Vec::new();
         for s in self.state.effective(&self.cfg) {
             if only.is_some_and(|n| n != s.name) {
@@ -302,11 +305,39 @@ impl Core {
                     MemberView::join(&slot.members, &self.dp.members(id, c)?, &census, &[]);
                 Ok(ColorView::new(slot, &r, c, census.pinned(id, c), members))
             };
+            let active = r.active_color();
+            let left = active.other();
+            // Retiring: the colour a flip left, while it keeps its collectors (a deployment
+            // into its slot replaced them).
+            let replaced = st.current.as_ref().is_some_and(|d| {
+                d.color == left
+                    && matches!(d.phase, Phase::Deployed | Phase::Validating | Phase::Ready)
+            });
+            let retiring = (r.mark.flip_ns != 0 && !st.slot(left).members.is_empty() && !replaced)
+                .then(|| {
+                    let since_ms =
+                        now_ms.saturating_sub(mono_ms.saturating_sub(r.mark.flip_ns / 1_000_000));
+                    let steering = match s.protocol {
+                        Protocol::Tcp => s.drain,
+                        Protocol::Udp if s.udp_affinity_idle.is_some() => s.udp_affinity_max_age,
+                        Protocol::Udp => Duration::ZERO,
+                    };
+                    Retiring::judge(
+                        left,
+                        since_ms,
+                        census.pinned(id, left),
+                        u64::try_from(steering.as_millis()).unwrap_or(u64::MAX),
+                        s.retire_after
+                            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+                        now_ms,
+                    )
+                });
             services.push(ServiceView {
+                retiring,
                 vip: s.vip.to_string(),
                 port: s.port,
                 protocol: s.protocol.to_string(),
-                active: r.active_color(),
+                active,
                 generation: r.active.generation(),
                 blue: color(Color::Blue)?,
                 green: color(Color::Green)?,

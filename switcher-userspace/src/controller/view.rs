@@ -36,6 +36,9 @@ pub struct ServiceView {
     pub green: ColorView,
     pub last_flip: Option<FlipStatus>,
     pub deployment: Option<DeploymentView>,
+    /// The colour the last flip left, while it has collectors: may they be stopped yet?
+    #[serde(default)]
+    pub retiring: Option<super::retiring::Retiring>,
 }
 
 impl StatusView {
