@@ -62,7 +62,11 @@ pub mod names {
     pub const REASON_COUNTERS: &str = "REASON_COUNTERS";
     pub const REDIRECT_OK: &str = "REDIRECT_OK";
     pub const SERVICE_PORTS: &str = "SERVICE_PORTS";
+    pub const SHADOW: &str = "SHADOW";
+    pub const SHADOW_COUNTERS: &str = "SHADOW_COUNTERS";
+    pub const SHADOW_ANY: &str = "SHADOW_ANY";
     pub const XDP_PROG: &str = "switcher_ingress";
+    pub const TC_SHADOW_PROG: &str = "switcher_shadow";
     pub const TC_PROG: &str = "switcher_egress";
 }
 
@@ -350,6 +354,45 @@ pub const REV_F_STATELESS: u8 = 1;
 /// member any more. The datapath ignores the bit.
 pub const REV_F_DRAINING: u8 = 2;
 
+/// Shadowing of a service's UDP packets to its candidate (a validation step): index the
+/// service id. While `share` is set and `until_ns` not passed, XDP hands the service's packets
+/// to the kernel after steering them (never XDP_REDIRECT), and the TC ingress program sends a
+/// copy of that share of them to a member of `color`'s pool at `port_be`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ShadowValue {
+    /// Share of the packets copied, in 1/65536 (65536: all); 0: off.
+    pub share: u32,
+    /// The candidate colour (copies go to its pool's members, by the client's flow hash).
+    pub color: u8,
+    pub _pad: u8,
+    /// The candidate members' shadow port, network order.
+    pub port_be: u16,
+    /// Copies stop at this kernel time (bpf_ktime_get_coarse_ns) even if nobody clears the
+    /// entry: a crashed daemon cannot leave copies flowing.
+    pub until_ns: u64,
+}
+const _: () = assert!(size_of::<ShadowValue>() == 16);
+
+/// Per-CPU shadowing counters of one service.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ShadowCounters {
+    /// Copies sent to the candidate.
+    pub copies: u64,
+    /// Packets selected whose copy could not be made (no member, a rewrite or the clone
+    /// failed); the original went on unchanged.
+    pub failed: u64,
+}
+const _: () = assert!(size_of::<ShadowCounters>() == 16);
+
+impl ShadowCounters {
+    pub fn add(&mut self, other: &ShadowCounters) {
+        self.copies = self.copies.wrapping_add(other.copies);
+        self.failed = self.failed.wrapping_add(other.failed);
+    }
+}
+
 /// Per-CPU counters of one (service, colour): index `backend_index(id, color)`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -414,6 +457,8 @@ mod pod {
     unsafe impl aya::Pod for ColorCounters {}
     unsafe impl aya::Pod for MemberCounters {}
     unsafe impl aya::Pod for Pool {}
+    unsafe impl aya::Pod for ShadowValue {}
+    unsafe impl aya::Pod for ShadowCounters {}
 }
 
 #[cfg(test)]

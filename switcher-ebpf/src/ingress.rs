@@ -10,18 +10,18 @@ use aya_ebpf::{
 use switcher_common::{
     csum::Delta,
     decide::{self, Affinity, ColorState, Op, Source, TcpEntries, TcpFlags},
-    gelf, hash,
+    gelf,
     parse::{self, Frag, Frame, Parsed, L4},
-    pool_index, ActiveWord, Backend, FlipMark, FlowValue, FragKey, FragValue, Reason, ServiceValue,
-    FAMILY_V4, FRAG_TTL_NS, PROTO_TCP, PROTO_UDP, SVC_F_GELF, SVC_F_REDIRECT, SVC_F_UDP_AFFINITY,
+    ActiveWord, Backend, FlipMark, FlowValue, FragKey, FragValue, Reason, ServiceValue, FAMILY_V4,
+    FRAG_TTL_NS, PROTO_TCP, PROTO_UDP, SVC_F_GELF, SVC_F_REDIRECT, SVC_F_UDP_AFFINITY,
 };
 
 use crate::{
     counters, forward,
     frame::XdpFrame,
     maps::{
-        Scratch, ACTIVE, FLIP_MARKS, FLOWS, FRAGS, GELF_CHUNKS, HALF_FLOWS, MEMBER_LIVE, POOLS,
-        SCRATCH, SERVICES, SERVICE_PORTS, SOFT_FLOWS,
+        pool_member, Scratch, ACTIVE, FLIP_MARKS, FLOWS, FRAGS, GELF_CHUNKS, HALF_FLOWS,
+        MEMBER_LIVE, SCRATCH, SERVICES, SERVICE_PORTS, SHADOW, SOFT_FLOWS,
     },
 };
 
@@ -123,7 +123,8 @@ pub fn run(ctx: &XdpContext) -> Option<u32> {
             m.first_ns[c] = bpf_ktime_get_ns();
         }
     }
-    let redirect = svc.flags & SVC_F_REDIRECT != 0;
+    // A service being shadowed takes the kernel path, where the TC ingress program copies it.
+    let redirect = svc.flags & SVC_F_REDIRECT != 0 && !(!tcp && shadowing(svc.id));
     Some(forward::forward(ctx, &f, &p, &s.flow, redirect))
 }
 
@@ -236,6 +237,15 @@ fn steer(
     Some(d)
 }
 
+/// Whether service `id`'s packets are being copied to its candidate.
+#[inline(always)]
+fn shadowing(id: u32) -> bool {
+    SHADOW.get(id).is_some_and(|v| {
+        // SAFETY: plain helper call.
+        v.share != 0 && unsafe { bpf_ktime_get_coarse_ns() } <= v.until_ns
+    })
+}
+
 /// The flow in the tables, in order: established, half-open, soft. The entry found is copied
 /// to the scratch space before anything is written.
 #[inline(always)]
@@ -273,21 +283,13 @@ fn member_live(slot: u16) -> bool {
 /// The member of `color`'s pool this flow's hash falls on.
 #[inline(never)]
 fn pick(id: u32, color: u8, active: ActiveWord, s: &mut Scratch) -> bool {
-    let Some(pool) = POOLS.get(pool_index(id, color, active.buffer(color))) else {
-        return false;
-    };
-    if pool.members == 0 {
-        return false;
+    match pool_member(id, color, active, &s.flow) {
+        Some(b) => {
+            s.backend = *b;
+            true
+        }
+        None => false,
     }
-    let slot = hash::slot(hash::flow_hash(&s.flow));
-    let Some(&member) = pool.table.get(slot) else {
-        return false;
-    };
-    let Some(b) = pool.member.get(member as usize) else {
-        return false;
-    };
-    s.backend = *b;
-    true
 }
 
 /// Writes the decision's table operations for the flow, `Scratch::put` being the entry. The

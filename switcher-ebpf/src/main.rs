@@ -1,5 +1,6 @@
 //! switcher datapath. `ingress` (XDP) steers service traffic to the blue or green backend and
-//! rewrites its destination; `egress` (TC) gives replies the VIP back. Everything else passes
+//! rewrites its destination; `egress` (TC) gives replies the VIP back; `shadow` (TC ingress)
+//! copies a share of a service's packets to its candidate while it is validated. Everything else passes
 //! untouched. Map layouts and the steering rules live in switcher-common.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
@@ -21,6 +22,8 @@ mod frame;
 mod ingress;
 #[cfg(target_arch = "bpf")]
 mod maps;
+#[cfg(target_arch = "bpf")]
+mod shadow;
 
 #[cfg(target_arch = "bpf")]
 mod programs {
@@ -39,6 +42,14 @@ mod programs {
     #[classifier]
     pub fn switcher_egress(ctx: TcContext) -> i32 {
         crate::egress::run(&ctx);
+        TC_ACT_OK
+    }
+
+    /// TC ingress: copies a share of a shadowed service's packets to its candidate. Never
+    /// drops: the original always goes on.
+    #[classifier]
+    pub fn switcher_shadow(ctx: TcContext) -> i32 {
+        crate::shadow::run(&ctx);
         TC_ACT_OK
     }
 

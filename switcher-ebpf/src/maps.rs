@@ -7,8 +7,8 @@ use aya_ebpf::{
 };
 use switcher_common::{
     ActiveWord, Backend, ColorCounters, Endpoint, FlipMark, FlowKey, FlowValue, FragKey, FragValue,
-    GelfKey, MemberCounters, Pool, Reason, ReverseValue, ServiceValue, FLOW_TABLE_SIZE,
-    GELF_TABLE_SIZE, HALF_TABLE_SIZE, MAX_SERVICES, MEMBER_SLOTS, SOFT_TABLE_SIZE,
+    GelfKey, MemberCounters, Pool, Reason, ReverseValue, ServiceValue, ShadowCounters, ShadowValue,
+    FLOW_TABLE_SIZE, GELF_TABLE_SIZE, HALF_TABLE_SIZE, MAX_SERVICES, MEMBER_SLOTS, SOFT_TABLE_SIZE,
 };
 
 /// Datagrams being reassembled at once; LRU evicts the oldest when full.
@@ -60,7 +60,33 @@ pub static MEMBER_LIVE: Array<u32> = Array::pinned(MEMBER_SLOTS, 0);
 #[map]
 pub static REDIRECT_OK: HashMap<u32, u32> = HashMap::pinned(1024, 0);
 #[map]
+pub static SHADOW: Array<ShadowValue> = Array::pinned(MAX_SERVICES, 0);
+/// Entry 0: non-zero while some service is shadowed. Every other packet leaves the shadow
+/// program after this one lookup, so the kernel path pays nearly nothing for it.
+#[map]
+pub static SHADOW_ANY: Array<u32> = Array::pinned(1, 0);
+#[map]
+pub static SHADOW_COUNTERS: PerCpuArray<ShadowCounters> = PerCpuArray::pinned(MAX_SERVICES, 0);
+#[map]
 pub static REASON_COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(Reason::COUNT, 0);
+
+/// The member of `color`'s pool of service `id` (the buffer `active` selects) that `flow`
+/// hashes to: the one lookup both ingress and the shadow copies pick members with.
+#[inline(always)]
+pub fn pool_member(
+    id: u32,
+    color: u8,
+    active: ActiveWord,
+    flow: &FlowKey,
+) -> Option<&'static Backend> {
+    let pool = POOLS.get(switcher_common::pool_index(id, color, active.buffer(color)))?;
+    if pool.members == 0 {
+        return None;
+    }
+    let slot = switcher_common::hash::slot(switcher_common::hash::flow_hash(flow));
+    let &m = pool.table.get(slot)?;
+    pool.member.get(m as usize)
+}
 
 /// Scratch space for bpf_fib_lookup parameters (not pinned: holds no state).
 #[map]
@@ -100,6 +126,26 @@ pub struct EgressScratch {
     pub backend: Endpoint,
     pub _pad: u32,
 }
+
+/// The shadow program's working set.
+#[repr(C)]
+pub struct ShadowScratch {
+    pub pkt: FlowKey,
+    /// The client's flow towards the VIP (hashed to pick the candidate member).
+    pub flow: FlowKey,
+    /// The packet's destination (the serving member).
+    pub member: Endpoint,
+    pub _pad: u32,
+    /// Where its copy goes: a candidate member's address, the shadow port.
+    pub to: [u8; 16],
+    pub to_port_be: u16,
+    pub color: u8,
+    pub _pad2: u8,
+    pub service_id: u32,
+}
+
+#[map]
+pub static SHADOW_SCRATCH: PerCpuArray<ShadowScratch> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
 pub static EGRESS_SCRATCH: PerCpuArray<EgressScratch> = PerCpuArray::with_max_entries(1, 0);

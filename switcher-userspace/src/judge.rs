@@ -12,7 +12,7 @@ use serde_json::json;
 
 mod pool;
 pub use pool::{healthy_share, load_environment, sample, serving_reference, LOAD_SAMPLE};
-use switcher_common::ColorCounters;
+use switcher_common::{ColorCounters, ShadowCounters};
 
 use crate::{
     config::{HealthCheck, LoadCheck, MetricsCheck, WatchPolicy},
@@ -165,6 +165,40 @@ pub fn metrics(
 /// canary that sends nothing proves nothing) and never all.
 pub fn canary_share(percent: f64) -> u32 {
     ((percent / 100.0) * 65536.0).round().clamp(1.0, 65535.0) as u32
+}
+
+/// The datapath share of packets copied for shadowing at `percent`: 1/65536 units, never 0;
+/// 65536 (100%) copies every packet.
+pub fn shadow_share(percent: f64) -> u32 {
+    ((percent / 100.0) * 65536.0).round().clamp(1.0, 65536.0) as u32
+}
+
+/// What shadowing for `duration` at `percent` showed: the copies made before and after, and
+/// the candidate's health probes that failed meanwhile. No copy at all is a failure: a
+/// candidate that saw no production traffic proved nothing.
+pub fn shadow(
+    percent: f64,
+    duration: Duration,
+    before: &ShadowCounters,
+    after: &ShadowCounters,
+    health_failures: u32,
+) -> (Vec<String>, serde_json::Value) {
+    let mut failures = Vec::new();
+    let copies = after.copies.saturating_sub(before.copies);
+    let failed = after.failed.saturating_sub(before.failed);
+    if copies == 0 {
+        failures.push(format!(
+            "shadow: no packet was copied to the candidate in {} s at {percent}%",
+            duration.as_secs()
+        ));
+    }
+    if health_failures > 0 {
+        failures.push(format!("shadow: {health_failures} failed health probes"));
+    }
+    (
+        failures,
+        json!({ "percent": percent, "copies": copies, "failed_copies": failed, "health_failures": health_failures }),
+    )
 }
 
 /// What a canary run of `duration` at `percent` showed: the candidate's counters before and

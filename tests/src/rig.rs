@@ -34,7 +34,7 @@ use crate::poll;
 
 pub use crate::services::{
     gelf_services, pool_services, standard_services, GELF_PORT, GELF_PORT_2, HTTP_PORT, RELP_PORT,
-    RSYSLOG_HEALTH, STANDARD_CHECKS, TCP_PORT, UDP_PORT,
+    RSYSLOG_HEALTH, SHADOW_PORT, STANDARD_CHECKS, TCP_PORT, UDP_PORT,
 };
 
 /// How often the sinks' output files are read while waiting: each read parses whole files,
@@ -96,6 +96,9 @@ pub struct PinnedLinks {
     pub xdp_prog: u64,
     pub tc_link: u64,
     pub tc_prog: u64,
+    /// TC ingress (the shadow program).
+    pub shadow_link: u64,
+    pub shadow_prog: u64,
 }
 
 pub struct Rig {
@@ -475,11 +478,14 @@ impl Rig {
         };
         let (xdp_link, xdp_prog) = show("xdp")?;
         let (tc_link, tc_prog) = show("tc")?;
+        let (shadow_link, shadow_prog) = show("tc-ingress")?;
         Ok(PinnedLinks {
             xdp_link,
             xdp_prog,
             tc_link,
             tc_prog,
+            shadow_link,
+            shadow_prog,
         })
     }
 

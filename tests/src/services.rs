@@ -21,6 +21,8 @@ pub const HTTP_PORT: u16 = 8080;
 /// the tests set up differently (e.g. `gelf = false`).
 pub const GELF_PORT: u16 = 12201;
 pub const GELF_PORT_2: u16 = 12202;
+/// Every reference sink's second UDP input: where shadowed copies are sent in the lab.
+pub const SHADOW_PORT: u16 = 5140;
 /// RELP (rsyslog imrelp) on every rsyslog ingest node.
 pub const RELP_PORT: u16 = 2514;
 
@@ -201,6 +203,10 @@ fn sink_args_at(name: &str, v4: Ipv4Addr, v6: Ipv6Addr, out: &Path) -> Vec<Strin
         format!("{v4}:{TCP_PORT}"),
         "--tcp".into(),
         format!("[{v6}]:{TCP_PORT}"),
+        "--udp".into(),
+        format!("{v4}:{SHADOW_PORT}"),
+        "--udp".into(),
+        format!("[{v6}]:{SHADOW_PORT}"),
         "--gelf".into(),
         format!("{v4}:{GELF_PORT}"),
         "--gelf".into(),

@@ -508,12 +508,14 @@ fn replace_daemon_under_traffic(
     assert_running(sender, "the end of the new daemon's start");
     let new = rig.pinned_links().expect("pinned links");
     assert_eq!(
-        (new.xdp_link, new.tc_link),
-        (old.xdp_link, old.tc_link),
+        (new.xdp_link, new.tc_link, new.shadow_link),
+        (old.xdp_link, old.tc_link, old.shadow_link),
         "the pinned links stay (never detached)"
     );
     assert!(
-        new.xdp_prog != old.xdp_prog && new.tc_prog != old.tc_prog,
+        new.xdp_prog != old.xdp_prog
+            && new.tc_prog != old.tc_prog
+            && new.shadow_prog != old.shadow_prog,
         "the new daemon swaps its programs into the pinned links: {old:?} -> {new:?}"
     );
     let r1 = rig.received(stream).expect("sinks");
@@ -698,7 +700,7 @@ fn sigterm_without_keep_attached_detaches_and_unpins_everything() {
     let mut rig = Rig::up("un", &rig::standard_services("redirect", "")).expect("rig up");
     assert_eq!(rig.on_stop(), OnStop::Detach);
     let pins = rig.pins_left().expect("pins");
-    for kind in ["xdp", "tc"] {
+    for kind in ["xdp", "tc", "tc-ingress"] {
         let want = format!("{kind}-{EDGE_TO_CLIENT}");
         assert!(
             pins.iter().any(|p| p.ends_with(&want)),
@@ -726,7 +728,7 @@ fn sigterm_without_keep_attached_detaches_and_unpins_everything() {
         !attached.contains(EDGE_TO_CLIENT),
         "programs still attached to {EDGE_TO_CLIENT}:\n{attached}"
     );
-    for id in [links.xdp_link, links.tc_link] {
+    for id in [links.xdp_link, links.tc_link, links.shadow_link] {
         poll::until_true(
             &format!("link {id} to be released"),
             Duration::from_secs(5),

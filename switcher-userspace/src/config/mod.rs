@@ -147,6 +147,7 @@ pub struct Checks {
     pub load: Option<LoadCheck>,
     pub metrics: Option<MetricsCheck>,
     pub canary: Option<CanaryCheck>,
+    pub shadow: Option<ShadowCheck>,
     pub watch: WatchPolicy,
     /// How long the previous colour is kept warm (rollback target) after a promotion.
     pub warm: Duration,
@@ -205,6 +206,19 @@ pub struct CanaryCheck {
     /// Share of new flows sent to the candidate, in percent.
     pub percent: f64,
     pub duration: Duration,
+}
+
+/// `[service.shadow]` (UDP services): a copy of a share of the live packets sent to the
+/// candidate's shadow port while the serving colour keeps the originals; the candidate's
+/// health and metrics under that load decide.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ShadowCheck {
+    /// Share of the service's packets copied, in percent.
+    pub percent: f64,
+    pub duration: Duration,
+    /// The port on each candidate member that takes the copies (its validation input, so
+    /// its downstream never stores them).
+    pub port: u16,
 }
 
 /// `[service.watch]`: how a promoted candidate is watched until it is declared stable.

@@ -78,6 +78,7 @@ pub(super) struct RawService {
     pub(super) load: Option<RawLoad>,
     pub(super) metrics: Option<RawMetrics>,
     pub(super) canary: Option<RawCanary>,
+    pub(super) shadow: Option<RawShadow>,
     pub(super) watch: Option<RawWatch>,
 }
 
@@ -142,6 +143,14 @@ pub(super) struct RawMetricCheck {
 pub(super) struct RawCanary {
     pub(super) percent: f64,
     pub(super) duration_ms: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawShadow {
+    pub(super) percent: f64,
+    pub(super) duration_ms: u64,
+    pub(super) port: i64,
 }
 
 #[derive(Debug, Deserialize)]

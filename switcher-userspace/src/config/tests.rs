@@ -389,6 +389,44 @@ fn load_speaks_relp_or_acknowledged_lines_and_the_old_ack_spelling_is_named() {
     }
 }
 
+#[test]
+fn shadow_is_for_udp_to_a_port_of_its_own() {
+    let udp = |body: &str| {
+        GOOD.replacen(
+            "green = { backend = \"198.18.2.2:514\" }",
+            &format!("green = {{ backend = \"198.18.2.2:514\" }}\n[service.shadow]\n{body}"),
+            1,
+        )
+    };
+    let c = Config::parse(&udp("percent = 100\nduration_ms = 5000\nport = 5140")).expect("valid");
+    let sh = c.services[0].checks.shadow.as_ref().expect("shadow");
+    assert_eq!(
+        (sh.percent, sh.duration, sh.port),
+        (100.0, Duration::from_secs(5), 5140)
+    );
+    for (text, field) in [
+        (
+            udp("percent = 0\nduration_ms = 5000\nport = 5140"),
+            "service[0].shadow.percent",
+        ),
+        (
+            udp("percent = 10\nduration_ms = 5000\nport = 514"),
+            "service[0].shadow.port",
+        ),
+        (
+            udp("percent = 10\nduration_ms = 5000\nport = 0"),
+            "service[0].shadow.port",
+        ),
+        (
+            with_tcp_extra("[service.shadow]\npercent = 10\nduration_ms = 5000\nport = 5140"),
+            "service[1].shadow",
+        ),
+    ] {
+        let e = errors(&text);
+        assert!(e.iter().any(|e| e.field == field), "{field}: {e:?}");
+    }
+}
+
 /// The service section of GOOD's tcp service with `extra` appended.
 fn with_tcp_extra(extra: &str) -> String {
     GOOD.replace(

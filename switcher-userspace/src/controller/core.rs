@@ -232,10 +232,11 @@ impl Core {
         Ok(())
     }
 
-    /// Ends the canary share of `service` in the datapath.
+    /// Ends the canary share and the shadow copies of `service` in the datapath.
     pub fn clear_canary(&mut self, service: &str) -> Result<()> {
         let id = self.id(service)?;
-        self.dp.set_canary(id, 0)
+        self.dp.set_canary(id, 0)?;
+        self.dp.set_shadow(id, None)
     }
 
     /// Takes a pool member out of its colour's table or puts it back (the health monitor's
@@ -297,7 +298,8 @@ impl Core {
         Ok(())
     }
 
-    /// Ends every canary share in the datapath (validations are being stopped).
+    /// Ends every canary share and shadow copy in the datapath (validations are being
+    /// stopped).
     /// Every service is tried even when one fails; the first error is returned.
     pub fn clear_canaries(&mut self) -> Result<()> {
         let ids: Vec<(String, u32)> = self.ids.iter().map(|(n, i)| (n.clone(), *i)).collect();
@@ -305,6 +307,9 @@ impl Core {
         for (name, id) in ids {
             if let Err(e) = self.dp.set_canary(id, 0) {
                 first.get_or_insert(e.context(format!("clearing the canary share of {name}")));
+            }
+            if let Err(e) = self.dp.set_shadow(id, None) {
+                first.get_or_insert(e.context(format!("ending the shadow copies of {name}")));
             }
         }
         first.map_or(Ok(()), Err)

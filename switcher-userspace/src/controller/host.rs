@@ -6,11 +6,11 @@
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Result;
-use switcher_common::ColorCounters;
+use switcher_common::{ColorCounters, ShadowCounters};
 
 use super::catalog::CatalogEntry;
 use crate::{
-    config::{Checks, Member},
+    config::{Checks, Member, ShadowCheck},
     domain::{Color, Protocol},
     judge::Round,
 };
@@ -61,6 +61,17 @@ pub trait Host: Clone + Send + Sync + 'static {
     /// Ends the canary, whatever the deployment's phase (an abort ended it already; clearing
     /// twice is harmless); the candidate's counters at that moment.
     fn canary_end(&self, service: &str) -> impl Future<Output = Result<ColorCounters>> + Send;
+    /// Starts copying a share of the live packets to the candidate's shadow port for
+    /// `shadow.duration` (the datapath stops by itself a little after, should nobody end
+    /// it); the copies made so far.
+    fn shadow_begin(
+        &self,
+        service: &str,
+        id: u64,
+        shadow: &ShadowCheck,
+    ) -> impl Future<Output = Result<ShadowCounters>> + Send;
+    /// Ends the copies, whatever the deployment's phase; the copies made so far.
+    fn shadow_end(&self, service: &str) -> impl Future<Output = Result<ShadowCounters>> + Send;
     /// The verdict of deployment `id`'s validation, or why it could not finish.
     fn validation_finished(
         &self,

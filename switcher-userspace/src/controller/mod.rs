@@ -115,10 +115,12 @@ impl Controller {
             .collect();
         let resume = recovery::recover(&mut state, &windows, now_ms())?;
         // No validation survives a restart (recover aborted them), so neither may a canary
-        // share an earlier daemon left in the maps.
+        // share or shadow copies an earlier daemon left in the maps.
         for (name, id) in &ids {
             dp.set_canary(*id, 0)
                 .with_context(|| format!("clearing the canary share {name} was left with"))?;
+            dp.set_shadow(*id, None)
+                .with_context(|| format!("ending the shadow copies {name} was left with"))?;
         }
         let out = Outputs::new();
         let core = Core::new(dp, cfg, cfg_path, state, ids, out.clone());

@@ -5,7 +5,7 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::{anyhow, bail, Result};
-use switcher_common::ColorCounters;
+use switcher_common::{ColorCounters, ShadowCounters};
 use tracing::{error, warn};
 
 use super::{
@@ -15,10 +15,16 @@ use super::{
     Controller, Event, AUTO,
 };
 use crate::{
+    config::ShadowCheck,
+    datapath::Shadow,
     deploy::Phase,
     domain::{ms_after, now_ms, Color},
-    judge::Round,
+    judge::{self, Round},
 };
+
+/// How long after its end the datapath keeps shadowing on its own (`until_ns`): the step
+/// ends it long before, unless the daemon died.
+const SHADOW_GRACE: Duration = Duration::from_secs(2);
 
 impl Host for Controller {
     async fn validation_inputs(&self, service: &str, id: u64) -> Result<ValidationInputs> {
@@ -94,6 +100,39 @@ impl Host for Controller {
         let (svc, color) = (core.id(service)?, candidate(&core, service)?);
         core.dp.set_canary(svc, 0)?;
         Ok(*core.dp.read(svc)?.counters(color))
+    }
+
+    async fn shadow_begin(
+        &self,
+        service: &str,
+        id: u64,
+        shadow: &ShadowCheck,
+    ) -> Result<ShadowCounters> {
+        let mut core = self.lock().await;
+        if !core.is_current(service, Some(id), Phase::Validating) {
+            bail!("deployment {id} of {service} is no longer validating");
+        }
+        let (svc, color) = (core.id(service)?, candidate(&core, service)?);
+        let until_ns = crate::datapath::monotonic_ns()?
+            .saturating_add(u64::try_from(shadow.duration.as_nanos()).unwrap_or(u64::MAX))
+            .saturating_add(SHADOW_GRACE.as_nanos() as u64);
+        core.dp.set_shadow(
+            svc,
+            Some(Shadow {
+                share: judge::shadow_share(shadow.percent),
+                color,
+                port: shadow.port,
+                until_ns,
+            }),
+        )?;
+        core.dp.shadow_counters(svc)
+    }
+
+    async fn shadow_end(&self, service: &str) -> Result<ShadowCounters> {
+        let mut core = self.lock().await;
+        let svc = core.id(service)?;
+        core.dp.set_shadow(svc, None)?;
+        core.dp.shadow_counters(svc)
     }
 
     /// The datapath counters of `service`'s colour `c`.

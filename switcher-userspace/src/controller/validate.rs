@@ -1,6 +1,7 @@
 //! Validation of a deployed candidate before its flip: health of every member, a synthetic
 //! load on a sample of members compared with the serving environment, the candidate's own
-//! metrics, and optionally a canary share of real traffic (spread over the candidate's members
+//! metrics, optionally a copy of live UDP traffic to the candidate's shadow port (its health
+//! and metrics under it), and optionally a canary share of real traffic (spread over the candidate's members
 //! by the datapath's hash). This task only measures; the judges in [`crate::judge`] decide, and the verdict
 //! goes back to the controller, which applies it. Every check that yields no data fails:
 //! silence is never a pass.
@@ -13,7 +14,7 @@ use tokio::time::Instant;
 
 use super::host::{Host, ValidationInputs, Verdict};
 use crate::{
-    config::{CanaryCheck, LoadCheck, Member, MetricsCheck},
+    config::{CanaryCheck, LoadCheck, Member, MetricsCheck, ShadowCheck},
     judge,
     probe::{health, load, load::LoadReport, metrics},
 };
@@ -123,6 +124,14 @@ pub(super) async fn run(ctl: &impl Host, service: &str, id: u64) -> Result<Verdi
     }
 
     if v.failures.is_empty() {
+        if let Some(shadow) = &inp.checks.shadow {
+            let (f, e) = run_shadow(ctl, service, id, &inp, shadow).await?;
+            v.failures.extend(f);
+            v.evidence.insert("shadow".into(), e);
+        }
+    }
+
+    if v.failures.is_empty() {
         if let Some(canary) = &inp.checks.canary {
             let (f, e) = run_canary(ctl, service, id, &inp, canary).await?;
             v.failures.extend(f);
@@ -179,24 +188,7 @@ async fn run_canary(
     let before = ctl
         .canary_begin(service, id, judge::canary_share(canary.percent))
         .await?;
-    let mut health_failures = 0u32;
-    let deadline = Instant::now() + canary.duration;
-    let specs: Vec<_> = match &inp.checks.health {
-        Some(h) => inp
-            .candidate
-            .iter()
-            .map(|m| judge::health_spec(h, inp.protocol, m.addr))
-            .collect(),
-        None => Vec::new(),
-    };
-    while Instant::now() < deadline {
-        for spec in &specs {
-            if health::check_once(spec).await.is_err() {
-                health_failures += 1;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(500).min(canary.duration)).await;
-    }
+    let health_failures = probe_for(inp, canary.duration).await;
     let after = ctl.canary_end(service).await?;
     Ok(judge::canary(
         canary.percent,
@@ -205,4 +197,70 @@ async fn run_canary(
         &after,
         health_failures,
     ))
+}
+
+/// Copies a share of the live packets to the candidate's shadow port for the step's duration
+/// while probing its health; then its own metrics over that time decide, with the copies: a
+/// candidate that got none proved nothing. The copies end whatever happens here (an error, an
+/// abort); the datapath would end them by itself shortly after, should the daemon die.
+async fn run_shadow(
+    ctl: &impl Host,
+    service: &str,
+    id: u64,
+    inp: &ValidationInputs,
+    shadow: &ShadowCheck,
+) -> Result<(Vec<String>, serde_json::Value)> {
+    let urls = metrics_urls(inp);
+    let mut before_metrics = Vec::new();
+    for (m, u) in &urls {
+        before_metrics.push(metrics::scrape(u, m.timeout).await);
+    }
+    let t0 = Instant::now();
+    let before = ctl.shadow_begin(service, id, shadow).await?;
+    let health_failures = probe_for(inp, shadow.duration).await;
+    let after = ctl.shadow_end(service).await?;
+    let (mut failures, mut evidence) = judge::shadow(
+        shadow.percent,
+        shadow.duration,
+        &before,
+        &after,
+        health_failures,
+    );
+    let mut seen = Vec::new();
+    for ((m, u), before) in urls.iter().zip(before_metrics) {
+        let after = metrics::scrape(u, m.timeout).await;
+        let (f, e) = judge::metrics(
+            m,
+            before.map_err(|e| e.to_string()),
+            after.map_err(|e| e.to_string()),
+            t0.elapsed(),
+        );
+        failures.extend(f.into_iter().map(|f| format!("shadow: {f}")));
+        seen.push(e);
+    }
+    evidence["metrics"] = json!(seen);
+    Ok((failures, evidence))
+}
+
+/// Probes every candidate member's health every 0.5 s for `duration`; the failed probes.
+async fn probe_for(inp: &ValidationInputs, duration: Duration) -> u32 {
+    let specs: Vec<_> = match &inp.checks.health {
+        Some(h) => inp
+            .candidate
+            .iter()
+            .map(|m| judge::health_spec(h, inp.protocol, m.addr))
+            .collect(),
+        None => Vec::new(),
+    };
+    let mut failures = 0u32;
+    let deadline = Instant::now() + duration;
+    while Instant::now() < deadline {
+        for spec in &specs {
+            if health::check_once(spec).await.is_err() {
+                failures += 1;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500).min(duration)).await;
+    }
+    failures
 }

@@ -11,7 +11,7 @@ use std::{
 };
 
 use anyhow::{anyhow, bail, Result};
-use switcher_common::{ActiveWord, ColorCounters, Endpoint, Reason};
+use switcher_common::{ActiveWord, ColorCounters, Endpoint, Reason, ShadowCounters};
 
 use super::{
     encode,
@@ -54,6 +54,10 @@ pub struct FakeMaps {
     pub epochs: BTreeMap<u32, u32>,
     /// Members out of service: (service id, colour, address).
     pub down: HashSet<(u32, Color, SocketAddr)>,
+    /// Shadowing per service id, as last written.
+    pub shadows: BTreeMap<u32, super::Shadow>,
+    /// Copies each service's shadowing made (the test sets them: no packets flow here).
+    pub shadow_counters: BTreeMap<u32, ShadowCounters>,
     /// The next apply fails after writing this many services (a map write failing midway),
     /// then the setting clears.
     pub fail_apply_after: Option<usize>,
@@ -156,6 +160,24 @@ impl Datapath for FakeDatapath {
         s.canary_share = share.min(0xffff);
         m.canary_writes.push((id, share));
         Ok(())
+    }
+
+    fn set_shadow(&mut self, id: u32, shadow: Option<super::Shadow>) -> Result<()> {
+        let mut m = self.maps();
+        match shadow {
+            Some(s) => m.shadows.insert(id, s),
+            None => m.shadows.remove(&id),
+        };
+        Ok(())
+    }
+
+    fn shadow_counters(&self, id: u32) -> Result<ShadowCounters> {
+        Ok(self
+            .maps()
+            .shadow_counters
+            .get(&id)
+            .copied()
+            .unwrap_or_default())
     }
 
     fn void_affinity(&mut self, id: u32) -> Result<()> {

@@ -21,7 +21,8 @@ use aya::{
 };
 use switcher_common::{
     names, ActiveWord, ColorCounters, Endpoint, FlipMark, FlowKey, FlowValue, FragKey, FragValue,
-    GelfKey, MemberCounters, Pool, ReverseValue, ServiceValue, MAP_ABI_VERSION,
+    GelfKey, MemberCounters, Pool, ReverseValue, ServiceValue, ShadowCounters, ShadowValue,
+    MAP_ABI_VERSION,
 };
 use tracing::info;
 
@@ -39,6 +40,8 @@ pub struct BpfDatapath {
     /// What each colour of each programmed service holds, as last written (the health
     /// monitor's changes rebuild a pool from it).
     pub(super) pools: super::program::Pools,
+    /// Services whose shadowing is on (SHADOW_ANY opens while there is one).
+    pub(super) shadowing: std::collections::BTreeSet<u32>,
 }
 
 impl BpfDatapath {
@@ -68,12 +71,17 @@ impl BpfDatapath {
         let tc: &mut SchedClassifier = program(&mut ebpf, names::TC_PROG)?;
         tc.load()
             .context("verifier rejected the TC egress program")?;
+        let shadow: &mut SchedClassifier = program(&mut ebpf, names::TC_SHADOW_PROG)?;
+        shadow
+            .load()
+            .context("verifier rejected the TC shadow (ingress) program")?;
         let reader = MapReader::open(&maps_dir)?;
         Ok(Self {
             ebpf,
             reader,
             dir,
             pools: Default::default(),
+            shadowing: Default::default(),
         })
     }
 
@@ -91,6 +99,15 @@ impl BpfDatapath {
             .context("XDP program type")
     }
 
+    /// The shadow (TC ingress) program, for BPF_PROG_TEST_RUN.
+    pub fn shadow_program(&self) -> Result<&SchedClassifier> {
+        self.ebpf
+            .program(names::TC_SHADOW_PROG)
+            .ok_or_else(|| anyhow!("program {} missing", names::TC_SHADOW_PROG))?
+            .try_into()
+            .context("TC program type")
+    }
+
     /// The egress program, for BPF_PROG_TEST_RUN.
     pub fn tc_program(&self) -> Result<&SchedClassifier> {
         self.ebpf
@@ -105,13 +122,19 @@ impl BpfDatapath {
         &self.reader
     }
 
-    /// Attaches XDP ingress and TC egress to each interface. Where a pinned link already
-    /// exists (an earlier daemon), the program inside it is replaced atomically instead, so
-    /// traffic never sees a moment without a program.
+    /// Attaches XDP ingress, TC egress and the TC ingress shadow program to each interface.
+    /// Where a pinned link already exists (an earlier daemon), the program inside it is
+    /// replaced atomically instead, so traffic never sees a moment without a program.
     pub fn attach(&mut self, interfaces: &[String], mode: XdpMode) -> Result<()> {
         for ifname in interfaces {
             self.attach_xdp(ifname, mode)?;
-            self.attach_tc(ifname)?;
+            self.attach_tc(ifname, names::TC_PROG, TcAttachType::Egress, "tc")?;
+            self.attach_tc(
+                ifname,
+                names::TC_SHADOW_PROG,
+                TcAttachType::Ingress,
+                "tc-ingress",
+            )?;
         }
         Ok(())
     }
@@ -143,23 +166,32 @@ impl BpfDatapath {
         Ok(())
     }
 
-    fn attach_tc(&mut self, ifname: &str) -> Result<()> {
-        let pin = self.dir.join("links").join(format!("tc-{ifname}"));
-        let tc: &mut SchedClassifier = program(&mut self.ebpf, names::TC_PROG)?;
+    fn attach_tc(
+        &mut self,
+        ifname: &str,
+        prog: &str,
+        hook: TcAttachType,
+        pin_prefix: &str,
+    ) -> Result<()> {
+        let pin = self
+            .dir
+            .join("links")
+            .join(format!("{pin_prefix}-{ifname}"));
+        let tc: &mut SchedClassifier = program(&mut self.ebpf, prog)?;
         if let Some(link) = existing_link(&pin)? {
             let id = tc
                 .attach_to_link(link.try_into().context("pinned TC link")?)
-                .with_context(|| format!("replacing the TC program on {ifname}"))?;
+                .with_context(|| format!("replacing the TC {hook:?} program on {ifname}"))?;
             drop(tc.take_link(id)?);
             return Ok(());
         }
         let id = tc
             .attach_with_options(
                 ifname,
-                TcAttachType::Egress,
+                hook,
                 TcAttachOptions::TcxOrder(LinkOrder::default()),
             )
-            .with_context(|| format!("attaching TC egress (tcx) to {ifname}"))?;
+            .with_context(|| format!("attaching TC {hook:?} (tcx) to {ifname}"))?;
         let link: FdLink = tc
             .take_link(id)?
             .try_into()
@@ -229,7 +261,7 @@ where
 /// reuse them as they are, and the programs would read them wrongly or fail to verify).
 fn check_pinned_layouts(maps_dir: &Path) -> Result<()> {
     use std::mem::size_of;
-    let expected: [(&str, usize, usize); 16] = [
+    let expected: [(&str, usize, usize); 19] = [
         (
             names::SERVICES,
             size_of::<Endpoint>(),
@@ -264,6 +296,9 @@ fn check_pinned_layouts(maps_dir: &Path) -> Result<()> {
         ),
         (names::COLOR_COUNTERS, 4, size_of::<ColorCounters>()),
         (names::REASON_COUNTERS, 4, size_of::<u64>()),
+        (names::SHADOW, 4, size_of::<ShadowValue>()),
+        (names::SHADOW_ANY, 4, 4),
+        (names::SHADOW_COUNTERS, 4, size_of::<ShadowCounters>()),
         (names::REDIRECT_OK, 4, 4),
         (names::SERVICE_PORTS, 4, 4),
     ];

@@ -28,7 +28,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use switcher_common::{Endpoint, Reason, MAP_ABI_VERSION};
+use switcher_common::{Endpoint, Reason, ShadowCounters, MAP_ABI_VERSION};
 
 pub use loader::{remove_pins, BpfDatapath};
 pub use read::{Census, MapReader, MemberReading, ServiceReading};
@@ -64,6 +64,16 @@ impl FlipOutcome {
     }
 }
 
+/// Shadowing of one service: `share` (1/65536) of its UDP packets copied to a member of
+/// `color`'s pool at `port`, until the kernel's monotonic clock reads `until_ns`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shadow {
+    pub share: u32,
+    pub color: Color,
+    pub port: u16,
+    pub until_ns: u64,
+}
+
 /// What the controller needs of the datapath. Implementations write the maps in an order that
 /// never lets a packet see a half-programmed service.
 pub trait Datapath: Send {
@@ -75,6 +85,11 @@ pub trait Datapath: Send {
     fn flip(&mut self, id: u32, to: Color) -> Result<FlipOutcome>;
     /// The canary share (1/65536 of new flows to the inactive colour) of service `id`.
     fn set_canary(&mut self, id: u32, share: u32) -> Result<()>;
+    /// Copies of a share of service `id`'s UDP packets to its candidate ([`Shadow`]), or
+    /// none.
+    fn set_shadow(&mut self, id: u32, shadow: Option<Shadow>) -> Result<()>;
+    /// The copies service `id`'s shadowing made (and failed to make) so far.
+    fn shadow_counters(&self, id: u32) -> Result<ShadowCounters>;
     /// Voids service `id`'s UDP affinity entries at once (a rollback: every sender moves).
     fn void_affinity(&mut self, id: u32) -> Result<()>;
     /// Takes a member of a colour's pool out of service (no new flows; its established ones
@@ -155,6 +170,12 @@ impl Datapath for Closed {
         Self::err()
     }
     fn set_canary(&mut self, _: u32, _: u32) -> Result<()> {
+        Self::err()
+    }
+    fn set_shadow(&mut self, _: u32, _: Option<Shadow>) -> Result<()> {
+        Self::err()
+    }
+    fn shadow_counters(&self, _: u32) -> Result<ShadowCounters> {
         Self::err()
     }
     fn void_affinity(&mut self, _: u32) -> Result<()> {

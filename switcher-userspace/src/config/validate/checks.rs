@@ -9,7 +9,7 @@ use crate::{
     config::{
         schema::{RawAck, RawService},
         CanaryCheck, Checks, HealthCheck, LoadCheck, MetricRule, MetricsCheck, Protocol,
-        WatchPolicy, DEFAULT_MIN_HEALTHY_SHARE,
+        ShadowCheck, WatchPolicy, DEFAULT_MIN_HEALTHY_SHARE,
     },
     probe::{
         health::HealthRounds,
@@ -209,6 +209,38 @@ pub(super) fn checks(
             ),
         }
     });
+    let shadow = s.shadow.as_ref().map(|c| {
+        if protocol == Some(Protocol::Tcp) {
+            errs.push(
+                at("shadow"),
+                "only for udp services (a tcp stream cannot be copied packet by packet)",
+            );
+        }
+        if !(c.percent > 0.0 && c.percent <= 100.0) {
+            errs.push(
+                at("shadow.percent"),
+                format!("{} is not in (0, 100]", c.percent),
+            );
+        }
+        let port = port_field(Some(c.port), at("shadow.port"), errs).unwrap_or(0);
+        // The copies must not look like traffic to a member, or they would be copied again.
+        if i64::from(port) == s.port {
+            errs.push(
+                at("shadow.port"),
+                "must differ from the service's port: the copies go to a separate input",
+            );
+        }
+        ShadowCheck {
+            percent: c.percent,
+            duration: errs.ms(
+                Some(c.duration_ms),
+                &at("shadow.duration_ms"),
+                STEPS,
+                Duration::ZERO,
+            ),
+            port,
+        }
+    });
     let w = s.watch.as_ref();
     let watch = WatchPolicy {
         window: errs.ms(
@@ -245,6 +277,7 @@ pub(super) fn checks(
         load,
         metrics,
         canary,
+        shadow,
         watch,
         warm: errs.ms(s.warm_ms, &at("warm_ms"), WINDOWS, Duration::from_secs(600)),
     }

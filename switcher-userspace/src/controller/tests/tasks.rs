@@ -199,3 +199,103 @@ async fn a_watch_that_cannot_watch_rolls_back() {
         "{reason}"
     );
 }
+
+/// `[service.shadow]`: the copies are asked of the datapath for the candidate colour at the
+/// shadow port and ended after the step; a step that copied nothing rejects the candidate,
+/// one that copied passes with the count in the evidence.
+#[tokio::test]
+async fn shadowing_copies_to_the_candidate_then_ends_and_no_copy_rejects() {
+    let dir = Dir::new();
+    let dp = FakeDatapath::default();
+    let (gl, health) = listener().await;
+    let cfg = dir.config(&format!(
+        r#"
+[[service]]
+name = "u"
+vip = "198.18.10.10"
+port = 514
+protocol = "udp"
+blue = {{ backend = "127.0.0.2:514" }}
+[service.health]
+tcp_port = {port}
+interval_ms = 20
+deadline_ms = 2000
+timeout_ms = 500
+[service.shadow]
+percent = 50
+duration_ms = 300
+port = 5140
+"#,
+        port = health.port()
+    ));
+    let ctl = start(&cfg, &dp).await;
+    let _g = serve(gl);
+    let id = dp.maps().id("u").expect("id");
+
+    deploy_green(&ctl, "u", green("127.0.0.1:514")).await;
+    // While the step runs, the datapath is asked for exactly this shadowing.
+    let watcher = {
+        let dp = dp.clone();
+        tokio::spawn(async move {
+            for _ in 0..200 {
+                if let Some(s) = dp.maps().shadows.get(&id).copied() {
+                    return Some(s);
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            None
+        })
+    };
+    let e = ctl
+        .promote("u", "cli:t", Some(Duration::from_secs(10)))
+        .await
+        .expect_err("no copy reached the candidate");
+    assert!(
+        e.to_string().contains("shadow: no packet was copied"),
+        "{e}"
+    );
+    let asked = watcher.await.expect("watcher").expect("shadowing was set");
+    assert_eq!(
+        (asked.share, asked.color, asked.port),
+        (crate::judge::shadow_share(50.0), Color::Green, 5140)
+    );
+    assert!(
+        dp.maps().shadows.is_empty(),
+        "the copies ended with the step"
+    );
+
+    // Copies flowing while the shadowing is set: the candidate passes.
+    let copier = {
+        let dp = dp.clone();
+        tokio::spawn(async move {
+            loop {
+                {
+                    let mut m = dp.maps();
+                    if m.shadows.contains_key(&id) {
+                        m.shadow_counters.entry(id).or_default().copies += 10;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+    deploy_green(&ctl, "u", green("127.0.0.1:514")).await;
+    let Promotion::Settled(d) = ctl
+        .promote("u", "cli:t", Some(Duration::from_secs(10)))
+        .await
+        .expect("copies reached the candidate")
+    else {
+        panic!("promote with a wait settles");
+    };
+    copier.abort();
+    let shadow = d
+        .transitions
+        .iter()
+        .find_map(|t| t.evidence.as_ref().and_then(|e| e.get("shadow")).cloned())
+        .expect("shadow evidence");
+    assert!(shadow["copies"].as_u64().unwrap_or(0) > 0, "{shadow}");
+    assert!(
+        dp.maps().shadows.is_empty(),
+        "the copies ended with the step"
+    );
+}
