@@ -1,6 +1,6 @@
 //! Retiring a colour that long-lived shippers still use: real rsyslog forwarders on the client
 //! (`omfwd` over TCP, and `omrelp`, both with a queue and endless retries) send through the
-//! switch to rsyslog collectors. After the flip their connections stay on blue by design;
+//! switch to rsyslog collectors. After green's promotion their connections stay on blue by design;
 //! status says blue is retiring, with how many connections and since when, and reports it
 //! ready to stop at the service's `retire_after_ms`. Blue's collector is then stopped
 //! gracefully: the forwarders reconnect to the VIP and land on green. Counted per protocol:
@@ -16,11 +16,14 @@ use std::{
 
 use support::privileged;
 use switcher::{
+    api::Request,
+    config::Member,
     controller::{retiring::Retiring, StatusView},
+    deploy::{Deployment, Phase},
     domain::Color,
 };
 use switcher_tests::{
-    lab::{Forwarder, Host, Proc, Shipping, VIP_V4},
+    lab::{Forwarder, Host, Proc, Shipping, GREEN_V4, VIP_V4},
     rig::{self, Received, Rig, RELP_PORT, TCP_PORT},
 };
 
@@ -37,6 +40,14 @@ drain_ms = 1000
 retire_after_ms = 4000
 blue  = { backend = "198.18.1.2:601" }
 green = { backend = "198.18.2.2:601" }
+[service.health]
+tcp_port = 601
+successes = 1
+interval_ms = 100
+deadline_ms = 3000
+[service.watch]
+window_ms = 1000
+interval_ms = 250
 
 [[service]]
 name = "syslog-relp"
@@ -47,6 +58,14 @@ drain_ms = 1000
 retire_after_ms = 4000
 blue  = { backend = "198.18.1.2:2514" }
 green = { backend = "198.18.2.2:2514" }
+[service.health]
+tcp_port = 2514
+successes = 1
+interval_ms = 100
+deadline_ms = 3000
+[service.watch]
+window_ms = 1000
+interval_ms = 250
 "#;
 
 /// A forwarder shipping to `port` on the VIP, fed `LINES` lines of `stream` at 150 lines/s.
@@ -149,9 +168,26 @@ fn long_lived_shippers_move_to_green_when_blue_is_retired_and_relp_loses_nothing
         st.try_wait().expect("wait").is_none(),
         "the run is long enough"
     );
-    let flipped_ms = switcher::domain::now_ms();
-    for svc in ["syslog-tcp", "syslog-relp"] {
-        assert!(rig.flip(svc, Color::Green).expect("flip").changed);
+    // Promote green (a new version on its node) for both services.
+    let mut flipped_ms = Vec::new();
+    for (svc, port) in [("syslog-tcp", TCP_PORT), ("syslog-relp", RELP_PORT)] {
+        rig.call(&Request::Deploy {
+            service: svc.into(),
+            color: Color::Green,
+            members: vec![Member::new(SocketAddr::new(GREEN_V4.into(), port))],
+            version: Some("v2".into()),
+            force: false,
+        })
+        .expect("deploy");
+        let v = rig
+            .call(&Request::Promote {
+                service: svc.into(),
+                wait: true,
+            })
+            .expect("promote");
+        let d: Deployment = serde_json::from_value(v).expect("deployment");
+        assert!(matches!(d.phase, Phase::Promoted | Phase::Stable), "{d:?}");
+        flipped_ms.push(switcher::domain::now_ms());
     }
     // Pinned: the shippers' one connection each stays on blue, which is retiring.
     let now: Vec<Received> = streams
@@ -168,10 +204,10 @@ fn long_lived_shippers_move_to_green_when_blue_is_retired_and_relp_loses_nothing
     let draining = wait_retiring(&rig, "blue retiring with its connection", |r| {
         r.color == Color::Blue && r.connections == 1
     });
-    for r in &draining {
+    for (r, flipped) in draining.iter().zip(&flipped_ms) {
         assert!(
-            r.since_ms.abs_diff(flipped_ms) < 2_000,
-            "since {} vs flip at {flipped_ms}",
+            r.since_ms.abs_diff(*flipped) < 2_000,
+            "since {} vs flip at {flipped}",
             r.since_ms
         );
         assert_eq!(r.deadline_ms, Some(r.since_ms + 4_000));
