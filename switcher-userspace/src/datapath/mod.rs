@@ -14,6 +14,7 @@ mod flow_table;
 pub mod loader;
 mod program;
 pub mod read;
+mod shadow;
 pub mod sweep;
 pub mod xdp_features;
 
