@@ -33,6 +33,11 @@ fn main() -> anyhow::Result<()> {
         // SAFETY: single-threaded build script; the child cargo inherits it.
         unsafe { std::env::set_var("RUSTC_BOOTSTRAP", "1") };
     }
+    // aya-build relays every line the child cargo prints as a `cargo:warning`; its progress
+    // lines ("Compiling ...", "Finished ...") would read as warnings of this build. Quiet
+    // keeps compiler diagnostics (relayed from its JSON messages) and errors.
+    // SAFETY: as above.
+    unsafe { std::env::set_var("CARGO_TERM_QUIET", "true") };
     aya_build::build_ebpf(
         [aya_build::Package {
             name: "switcher-ebpf",

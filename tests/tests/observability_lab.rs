@@ -490,3 +490,54 @@ fn the_http_listener_refuses_foreign_hosts_and_unauthorised_actions() {
     );
     drop(squatter);
 }
+
+/// `/healthz` answers for the daemon itself; `switcher_config_last_reload_successful` follows
+/// a refused and an applied reload; the flow tables' capacities are exported.
+#[test]
+fn health_endpoint_and_reload_outcome_are_exported() {
+    if !privileged() {
+        return;
+    }
+    let services = rig::standard_services("redirect", "");
+    let rig = Rig::up("hz", &services).expect("rig");
+    let (status, body) = rig
+        .http("GET", &rig.web_url("/healthz"), None, None)
+        .expect("GET /healthz");
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(
+        (v["status"].as_str(), v["services"].as_u64()),
+        (Some("ok"), Some(4))
+    );
+
+    let s = scrape(&rig);
+    assert_eq!(s.value("switcher_config_last_reload_successful", &[]), 1.0);
+    assert_eq!(
+        s.value("switcher_flow_table_capacity", &[("table", "established")]),
+        f64::from(switcher_common::FLOW_TABLE_SIZE)
+    );
+    let applied = s.value("switcher_config_last_reload_success_timestamp_seconds", &[]);
+    assert!(applied > 1.7e9, "a Unix time: {applied}");
+
+    // A broken file: the reload is refused, the metric says so, the daemon stays healthy.
+    rig.set_services("[[service]]\nname = 5\n")
+        .expect("write config");
+    let e = rig
+        .call(&Request::Reload)
+        .expect_err("invalid config refused");
+    assert!(e.to_string().contains("name = 5"), "{e:#}");
+    assert_eq!(
+        scrape(&rig).value("switcher_config_last_reload_successful", &[]),
+        0.0
+    );
+    let (status, _) = rig
+        .http("GET", &rig.web_url("/healthz"), None, None)
+        .expect("GET /healthz");
+    assert_eq!(status, 200);
+    // Fixed: applied again.
+    rig.set_services(&services).expect("write config");
+    rig.call(&Request::Reload).expect("valid config applies");
+    let s = scrape(&rig);
+    assert_eq!(s.value("switcher_config_last_reload_successful", &[]), 1.0);
+    assert!(s.value("switcher_config_last_reload_success_timestamp_seconds", &[]) >= applied);
+}

@@ -22,6 +22,8 @@ const PACKAGES: &[&str] = &[
     // TLS syslog in the lab: rsyslog's gtls driver, and openssl for the lab's certificates.
     "rsyslog-gnutls",
     "openssl",
+    // promtool: the tests check the shipped alert rules and dashboard queries with it.
+    "prometheus",
     // Fleet mode: the etcd server the fleet tests and lab run, and protoc for etcd-client's
     // build (it compiles etcd's .proto files).
     "etcd-server",

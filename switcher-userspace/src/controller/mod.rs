@@ -324,7 +324,9 @@ impl Controller {
 
     /// Re-reads the config file; an invalid one changes nothing.
     pub async fn reload(&self, actor: &str) -> Result<ReloadSummary> {
-        self.lock().await.reload(actor)
+        let r = self.lock().await.reload(actor);
+        self.recorded().reload(r.is_ok());
+        r
     }
 
     /// Applies `cfg` as a reload would (the fleet's definitions; `cfg` was validated whole).

@@ -58,6 +58,11 @@ pub struct Recorded {
     pub last_flip_write: Family<ServiceLabel, Gauge<f64, AtomicU64>>,
     /// Established-connection entries the sweeper removed, by reason.
     pub flows_swept: Family<SweepLabel, Counter>,
+    /// 1 if the last reload of the config file applied, 0 if it was refused (the daemon runs
+    /// on the config it had); 1 from the start (the file it started with was valid).
+    pub reload_ok: Gauge,
+    /// When the config last applied (start or reload), Unix seconds.
+    pub reload_ok_at: Gauge<f64, AtomicU64>,
 }
 
 impl Default for Recorded {
@@ -71,6 +76,16 @@ impl Default for Recorded {
             flip_api: Histogram::new(latency_buckets()),
             last_flip_write: Family::default(),
             flows_swept: Family::default(),
+            reload_ok: {
+                let g = Gauge::default();
+                g.set(1);
+                g
+            },
+            reload_ok_at: {
+                let g = Gauge::<f64, AtomicU64>::default();
+                g.set(crate::domain::now_ms() as f64 / 1000.0);
+                g
+            },
         }
     }
 }
@@ -89,6 +104,15 @@ impl Recorded {
                 service: service.into(),
             })
             .set(write_seconds);
+    }
+
+    /// A reload of the config file applied (`ok`) or was refused.
+    pub fn reload(&self, ok: bool) {
+        self.reload_ok.set(i64::from(ok));
+        if ok {
+            self.reload_ok_at
+                .set(crate::domain::now_ms() as f64 / 1000.0);
+        }
     }
 
     pub fn rollback(&self, service: &str, auto: bool) {
@@ -168,6 +192,17 @@ impl Recorded {
              (closed: after the closing grace; idle: no packet for the idle timeout; \
              service_gone: the service was removed)",
             self.flows_swept.clone(),
+        );
+        r.register(
+            "config_last_reload_successful",
+            "1 if the last reload of the config file applied, 0 if it was refused",
+            self.reload_ok.clone(),
+        );
+        r.register_with_unit(
+            "config_last_reload_success_timestamp",
+            "When the config file last applied (start or reload), Unix time",
+            Unit::Seconds,
+            self.reload_ok_at.clone(),
         );
         r.register_with_unit(
             "last_flip_map_write",

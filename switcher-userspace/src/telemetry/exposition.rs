@@ -395,6 +395,22 @@ impl Collector for ScrapeData {
 
         let mut f = family(
             &mut enc,
+            "flow_table_capacity",
+            "Entries each flow table holds: established (a plain hash, inserts fail when full), \
+             half_open and soft (LRUs, the oldest entries are evicted)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (table, n) in [
+            ("established", switcher_common::FLOW_TABLE_SIZE),
+            ("half_open", switcher_common::HALF_TABLE_SIZE),
+            ("soft", switcher_common::SOFT_TABLE_SIZE),
+        ] {
+            f.gauge(&[("table", table)], i64::from(n))?;
+        }
+
+        let mut f = family(
+            &mut enc,
             "datapath_packets",
             "Packets by what the datapath did with them (passed, redirected, fallbacks, errors)",
             None,

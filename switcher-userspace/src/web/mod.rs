@@ -129,6 +129,7 @@ impl Server {
             .route("/", get(assets::index))
             .route("/assets/:file", get(assets::file))
             .route("/metrics", get(metrics))
+            .route("/healthz", get(healthz))
             .route("/api/snapshot", get(snapshot_json))
             .route("/api/events", get(events))
             .route("/api/fleet", get(fleet_json))
@@ -197,6 +198,35 @@ struct AbortOnDrop(tokio::task::JoinHandle<()>);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+/// How long `/healthz` waits for the controller before it calls the daemon unhealthy.
+const HEALTHZ_DEADLINE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// `/healthz`: 200 when the controller answers and every service's colour can be read from
+/// the datapath within [`HEALTHZ_DEADLINE`], else 503 with the reason: a daemon that is up but
+/// wedged or lost its maps is not healthy.
+async fn healthz(State(app): State<App>) -> Response {
+    match tokio::time::timeout(HEALTHZ_DEADLINE, app.ctl.colours()).await {
+        Ok(Ok(services)) => (
+            StatusCode::OK,
+            Json(serde_json::json!({ "status": "ok", "services": services.len() })),
+        )
+            .into_response(),
+        Ok(Err(e)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({ "status": "unhealthy", "error": format!("{e:#}") })),
+        )
+            .into_response(),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({
+                "status": "unhealthy",
+                "error": format!("the controller did not answer within {HEALTHZ_DEADLINE:?}"),
+            })),
+        )
+            .into_response(),
     }
 }
 

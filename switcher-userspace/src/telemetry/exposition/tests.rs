@@ -39,6 +39,10 @@ fn health(backend: &str, up: bool, in_service: bool) -> BackendHealth {
 /// Blue: a pool of three (one weighted 2, one out of service, one not yet in the maps);
 /// green: a pool of one, never probed.
 fn scrape() -> String {
+    scrape_with(None)
+}
+
+fn scrape_with(fleet: Option<FleetSample>) -> String {
     let catalog = vec![CatalogEntry {
         name: "udp4".into(),
         id: 3,
@@ -114,7 +118,7 @@ fn scrape() -> String {
         mono_ns: 0,
         wall: SystemTime::now(),
         previous_scrape_seconds: 0.0,
-        fleet: None,
+        fleet,
     };
     encode(data, &Recorded::default()).expect("encode")
 }
@@ -219,4 +223,60 @@ fn in_service_comes_from_the_health_board_and_only_for_probed_members() {
         "{text}"
     );
     assert!(text.ends_with("# EOF\n"));
+}
+
+/// The shipped alert rules and Grafana dashboard name only series the daemon exports: every
+/// `switcher_*` name in them is a family of a scrape (fleet mode included), or one of its
+/// samples (`_total`, `_bucket`, `_sum`, `_count`).
+#[test]
+fn the_monitoring_kit_uses_only_exported_metrics() {
+    let text = scrape_with(Some(FleetSample {
+        connected: true,
+        reconnects: 1,
+        revisions: [("udp4".to_string(), (5, 5))].into(),
+        hosts: Some((3, 0)),
+    }));
+    let families: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    let exported = |name: &str| {
+        families.iter().any(|f| {
+            name == *f
+                || ["_total", "_bucket", "_sum", "_count"]
+                    .iter()
+                    .any(|s| name.strip_suffix(s) == Some(f))
+        })
+    };
+    for (file, body) in [
+        (
+            "switcher-alerts.yml",
+            include_str!("../../../dist/monitoring/switcher-alerts.yml"),
+        ),
+        (
+            "grafana-switcher.json",
+            include_str!("../../../dist/monitoring/grafana-switcher.json"),
+        ),
+    ] {
+        let mut names: Vec<&str> = body
+            .match_indices("switcher_")
+            .map(|(i, _)| {
+                let rest = &body[i..];
+                let end = rest
+                    .find(|c: char| !(c.is_ascii_lowercase() || c == '_'))
+                    .unwrap_or(rest.len());
+                &rest[..end]
+            })
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        assert!(names.len() > 5, "{file}: only {names:?}");
+        for n in names {
+            assert!(
+                exported(n),
+                "{file} uses {n}, which no scrape exports: {families:?}"
+            );
+        }
+    }
 }
