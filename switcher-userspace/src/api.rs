@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{anyhow, bail, Context as _, Result};
+use anyhow::{bail, Context as _, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -113,6 +113,20 @@ impl Response {
     }
 }
 
+/// Why a request got no answer, or the answer was a refusal: the CLI's exit code follows
+/// it (found with `downcast_ref` on the error).
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// No daemon at the socket, or no permission to reach it.
+    #[error("{0}")]
+    Unreachable(String),
+    /// The daemon answered with an error (bad input, wrong state, an invalid config, ...).
+    #[error("{0}")]
+    Refused(String),
+    #[error("no reply from the daemon within {0:?}")]
+    Timeout(Duration),
+}
+
 /// Sends one request to the daemon and returns its `data`, or its error.
 pub fn call(socket: &Path, req: &Request) -> Result<serde_json::Value> {
     call_with_timeout(socket, req, Duration::from_secs(30))
@@ -130,9 +144,18 @@ pub fn call_with_timeout(
         .context("setting socket timeout")?;
     send(&stream, req)?;
     let mut reply = String::new();
-    BufReader::new(&stream)
-        .read_line(&mut reply)
-        .context("reading the daemon's reply")?;
+    match BufReader::new(&stream).read_line(&mut reply) {
+        Ok(_) => {}
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            return Err(ApiError::Timeout(timeout).into());
+        }
+        Err(e) => return Err(e).context("reading the daemon's reply"),
+    }
     decode(&reply)
 }
 
@@ -151,16 +174,19 @@ pub fn watch(
 }
 
 fn connect(socket: &Path) -> Result<UnixStream> {
-    UnixStream::connect(socket).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => anyhow!(
-            "the switcher daemon is not running (no socket at {}); start it with `switcher daemon --config FILE`",
-            socket.display()
-        ),
-        std::io::ErrorKind::PermissionDenied => anyhow!(
-            "permission denied on {}: the API is root-only",
-            socket.display()
-        ),
-        _ => anyhow!("connecting to {}: {e}", socket.display()),
+    UnixStream::connect(socket).map_err(|e| {
+        ApiError::Unreachable(match e.kind() {
+            std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => format!(
+                "the switcher daemon is not running (no socket at {}); start it with `switcher daemon --config FILE`",
+                socket.display()
+            ),
+            std::io::ErrorKind::PermissionDenied => format!(
+                "permission denied on {}: the API is root-only",
+                socket.display()
+            ),
+            _ => format!("connecting to {}: {e}", socket.display()),
+        })
+        .into()
     })
 }
 
@@ -181,8 +207,6 @@ fn decode(reply: &str) -> Result<serde_json::Value> {
     if resp.ok {
         Ok(resp.data.unwrap_or(serde_json::Value::Null))
     } else {
-        Err(anyhow!(resp
-            .error
-            .unwrap_or_else(|| "unknown error".into())))
+        Err(ApiError::Refused(resp.error.unwrap_or_else(|| "unknown error".into())).into())
     }
 }

@@ -1,6 +1,7 @@
 //! The `switcher` command line: the daemon, and the commands that talk to it over the API
 //! socket. Human output by default (rendered in [`render`]), `--json` for scripts.
 
+mod exit;
 mod fleet;
 pub mod render;
 
@@ -11,7 +12,7 @@ use crate::{
     config::{Config, Member, DEFAULT_BPFFS_DIR, DEFAULT_SOCKET},
     controller::{Event, StatusView},
     datapath::FlipOutcome,
-    deploy::Deployment,
+    deploy::{Deployment, Phase},
     domain::Color,
 };
 use anyhow::{bail, Context as _, Result};
@@ -27,6 +28,10 @@ struct Cli {
     /// The daemon's API socket.
     #[arg(long, global = true, env = "SWITCHER_SOCKET", default_value = DEFAULT_SOCKET)]
     socket: PathBuf,
+    /// Machine-readable output: the daemon's documents as JSON, and errors as a JSON object
+    /// (`error`, `exit`, `kind`) on stdout.
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -49,8 +54,12 @@ enum Cmd {
     /// Services, colours, counters and the deployment in progress.
     Status {
         service: Option<String>,
+        /// Print the status again every --interval seconds until interrupted.
         #[arg(long)]
-        json: bool,
+        watch: bool,
+        #[arg(long, value_name = "SECONDS", default_value_t = 2.0,
+              value_parser = interval_arg)]
+        interval: f64,
     },
     /// Put a new version into the idle colour's slot (no traffic goes to it yet).
     Deploy {
@@ -73,17 +82,25 @@ enum Cmd {
         /// Replace the slot even while TCP connections are still pinned to it (breaks them).
         #[arg(long)]
         force: bool,
-        #[arg(long)]
-        json: bool,
     },
     /// Validate the deployed version, then flip to it and watch it.
     Promote {
         service: String,
-        /// Wait for the flip (or the failed validation: exits non-zero with the reason).
+        /// Wait for the outcome and exit with its code: 0 once `--until` is reached, 5 if the
+        /// candidate was rejected, 6 if the watch rolled it back, 7 at `--timeout`.
         #[arg(long)]
         wait: bool,
-        #[arg(long)]
-        json: bool,
+        /// With --wait: until the flip (`promoted`) or the end of the watch window (`stable`).
+        #[arg(long, value_enum, default_value_t = Until::Stable, requires = "wait")]
+        until: Until,
+        /// With --wait: give up (exit 7) after this long.
+        #[arg(
+            long,
+            value_name = "SECONDS",
+            default_value_t = 3600,
+            requires = "wait"
+        )]
+        timeout: u64,
     },
     /// Flip by hand; an unvalidated colour needs --force --reason.
     Flip {
@@ -98,8 +115,6 @@ enum Cmd {
         /// --reason); without it the whole fleet flips and every host acknowledges.
         #[arg(long)]
         local: bool,
-        #[arg(long)]
-        json: bool,
     },
     /// Back to the previous colour (kept warm), at once; in fleet mode on every host.
     Rollback {
@@ -111,8 +126,6 @@ enum Cmd {
         force: bool,
         #[arg(long, value_name = "TEXT")]
         reason: Option<String>,
-        #[arg(long)]
-        json: bool,
     },
     /// Fleet mode: the hosts kept on the same colours and config through etcd.
     Fleet {
@@ -120,23 +133,12 @@ enum Cmd {
         cmd: FleetCmd,
     },
     /// Cancel a deployment that has not been flipped to.
-    Abort {
-        service: String,
-        #[arg(long)]
-        json: bool,
-    },
+    Abort { service: String },
     /// Every deployment of SERVICE with each transition, actor, reason (and, with --json,
     /// the evidence).
-    History {
-        service: String,
-        #[arg(long)]
-        json: bool,
-    },
+    History { service: String },
     /// Follow events as they happen.
-    Watch {
-        #[arg(long)]
-        json: bool,
-    },
+    Watch,
     /// Re-read the daemon's config file; an invalid one changes nothing.
     Reload,
     /// Remove a datapath left attached and pinned (by --keep-attached or a crash): traffic
@@ -151,16 +153,23 @@ enum Cmd {
 enum FleetCmd {
     /// Per host: connected or not, applied revision and colour per service, config hash
     /// match, lag behind the desired state, last error.
-    Status {
-        #[arg(long)]
-        json: bool,
-    },
+    Status,
     /// The fleet's audit trail: every change any host made, with time, actor, host and reason.
-    History {
-        service: Option<String>,
-        #[arg(long)]
-        json: bool,
-    },
+    History { service: Option<String> },
+}
+
+/// How far `promote --wait` follows a deployment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Until {
+    Promoted,
+    Stable,
+}
+
+fn interval_arg(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && (0.1..=3600.0).contains(&v) => Ok(v),
+        _ => Err(format!("{s:?} is not a number of seconds in 0.1..=3600")),
+    }
 }
 
 /// Fleet flips wait for every host's acknowledgement (and, on failure, for the fleet's
@@ -188,13 +197,30 @@ fn pool_or_dash(m: &[Member]) -> String {
         .join(",")
 }
 
-/// Runs the command line; the binary's `main`.
+/// Runs the command line; the binary's `main`. Usage errors exit 2 (clap); every other
+/// failure with its [`Exit`] code, as JSON on stdout under `--json`.
 pub fn main() -> ExitCode {
-    match run() {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(exit::Exit::Usage.code())
+            } else {
+                ExitCode::SUCCESS // --help, --version
+            };
+        }
+    };
+    let json = cli.json;
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            if json {
+                println!("{}", exit::json(&e));
+            } else {
+                eprintln!("error: {e:#}");
+            }
+            ExitCode::from(exit::classify(&e).code())
         }
     }
 }
@@ -212,15 +238,14 @@ fn print_json_or(
     Ok(())
 }
 
-fn run() -> Result<()> {
+fn run(cli: Cli) -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
-    let socket = cli.socket;
+    let (socket, json) = (cli.socket, cli.json);
     match cli.cmd {
         Cmd::Daemon {
             config,
@@ -232,7 +257,30 @@ fn run() -> Result<()> {
                 .block_on(crate::daemon::run(cfg, config, keep_attached))
         }
         Cmd::Check { config } => {
-            let cfg = Config::load(&config)?;
+            let cfg = Config::load(&config).map_err(|e| {
+                anyhow::Error::from(exit::Outcome {
+                    exit: exit::Exit::Refused,
+                    message: format!("{e:#}"),
+                })
+            })?;
+            if json {
+                let services: Vec<_> = cfg
+                    .services
+                    .iter()
+                    .map(|s| {
+                        serde_json::json!({
+                            "name": s.name, "vip": s.vip, "port": s.port,
+                            "protocol": s.protocol, "active": s.active,
+                            "blue": pool_or_dash(&s.blue), "green": pool_or_dash(&s.green),
+                        })
+                    })
+                    .collect();
+                println!(
+                    "{}",
+                    serde_json::json!({ "ok": true, "services": services, "interfaces": cfg.daemon.interfaces })
+                );
+                return Ok(());
+            }
             for s in &cfg.services {
                 println!(
                     "{}: {}:{}/{} active={} blue={} green={}",
@@ -252,20 +300,35 @@ fn run() -> Result<()> {
             );
             Ok(())
         }
-        Cmd::Status { service, json } => {
-            let v = api::call(&socket, &Request::Status { service })?;
+        Cmd::Status {
+            service,
+            watch,
+            interval,
+        } => loop {
+            let v = api::call(
+                &socket,
+                &Request::Status {
+                    service: service.clone(),
+                },
+            )?;
+            if watch && !json {
+                println!("--- {}", crate::domain::fmt_time(crate::domain::now_ms()));
+            }
             print_json_or(json, &v, || {
                 let s: StatusView = serde_json::from_value(v.clone()).context("decoding status")?;
                 Ok(render::status(&s))
-            })
-        }
+            })?;
+            if !watch {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_secs_f64(interval));
+        },
         Cmd::Deploy {
             service,
             green,
             blue,
             version,
             force,
-            json,
         } => {
             let (color, members) = match (green, blue) {
                 (Some(m), None) => (Color::Green, m.0),
@@ -287,7 +350,8 @@ fn run() -> Result<()> {
         Cmd::Promote {
             service,
             wait,
-            json,
+            until,
+            timeout,
         } => {
             let req = Request::Promote {
                 service: service.clone(),
@@ -303,8 +367,27 @@ fn run() -> Result<()> {
                 } else {
                     Duration::from_secs(30)
                 },
-            )?;
-            print_json_or(json, &v, || {
+            );
+            let v = match v {
+                Ok(v) => v,
+                Err(e) if wait => return Err(rejected_or(&socket, &service, e)),
+                Err(e) => return Err(e),
+            };
+            let fleet_reply = fleet::is_fleet_reply(&v) || v.get("driver").is_some();
+            let settled = if wait && until == Until::Stable && !fleet_reply {
+                let id = v["id"]
+                    .as_u64()
+                    .context("the promote reply has no deployment id")?;
+                Some(follow(&socket, &service, id, Duration::from_secs(timeout))?)
+            } else {
+                None
+            };
+            let shown = settled
+                .as_ref()
+                .map(|d| serde_json::to_value(d).context("encoding the deployment"))
+                .transpose()?
+                .unwrap_or(v.clone());
+            print_json_or(json, &shown, || {
                 if fleet::is_fleet_reply(&v) {
                     fleet::flip_lines(&v)
                 } else if let Some(driver) = v.get("driver").and_then(|d| d.as_str()) {
@@ -313,7 +396,7 @@ fn run() -> Result<()> {
                          deployment. Follow it with `switcher fleet status`\n"
                     ))
                 } else if wait {
-                    render::deployment_line(&v)
+                    render::deployment_line(&shown)
                 } else {
                     Ok(format!(
                         "{service}: deployment {} is {}; follow it with `switcher watch` or `switcher status {service}`\n",
@@ -321,7 +404,19 @@ fn run() -> Result<()> {
                         v["phase"].as_str().unwrap_or("validating")
                     ))
                 }
-            })
+            })?;
+            match settled {
+                Some(d) if d.phase == Phase::RolledBack => Err(exit::Outcome {
+                    exit: exit::Exit::RolledBack,
+                    message: format!(
+                        "{service}: deployment {} was rolled back: {}",
+                        d.id,
+                        d.last().map_or("", |t| t.reason.as_str())
+                    ),
+                }
+                .into()),
+                _ => Ok(()),
+            }
         }
         Cmd::Flip {
             service,
@@ -329,7 +424,6 @@ fn run() -> Result<()> {
             force,
             reason,
             local,
-            json,
         } => {
             let v = api::call_with_timeout(
                 &socket,
@@ -363,7 +457,6 @@ fn run() -> Result<()> {
             local,
             force,
             reason,
-            json,
         } => {
             let v = api::call_with_timeout(
                 &socket,
@@ -378,22 +471,22 @@ fn run() -> Result<()> {
             print_json_or(json, &v, || fleet::or(&v, render::deployment_line))
         }
         Cmd::Fleet {
-            cmd: FleetCmd::Status { json },
+            cmd: FleetCmd::Status,
         } => {
             let v = api::call(&socket, &Request::FleetStatus)?;
             print_json_or(json, &v, || fleet::status_lines(&v))
         }
         Cmd::Fleet {
-            cmd: FleetCmd::History { service, json },
+            cmd: FleetCmd::History { service },
         } => {
             let v = api::call(&socket, &Request::FleetHistory { service })?;
             print_json_or(json, &v, || fleet::history_lines(&v))
         }
-        Cmd::Abort { service, json } => {
+        Cmd::Abort { service } => {
             let v = api::call(&socket, &Request::Abort { service })?;
             print_json_or(json, &v, || render::deployment_line(&v))
         }
-        Cmd::History { service, json } => {
+        Cmd::History { service } => {
             let v = api::call(&socket, &Request::History { service })?;
             print_json_or(json, &v, || {
                 let ds: Vec<Deployment> =
@@ -401,7 +494,7 @@ fn run() -> Result<()> {
                 Ok(render::history(&ds))
             })
         }
-        Cmd::Watch { json } => api::watch(&socket, |v| {
+        Cmd::Watch => api::watch(&socket, |v| {
             if json {
                 println!("{v}");
             } else if let Ok(ev) = serde_json::from_value::<Event>(v.clone()) {
@@ -414,7 +507,11 @@ fn run() -> Result<()> {
         Cmd::Reload => {
             // In fleet mode the changed definitions are acknowledged by every host.
             let v = api::call_with_timeout(&socket, &Request::Reload, FLEET_WAIT)?;
-            println!("reloaded: {v}");
+            if json {
+                println!("{v}");
+            } else {
+                println!("reloaded: {v}");
+            }
             Ok(())
         }
         Cmd::Detach { bpffs_dir } => {
@@ -433,11 +530,77 @@ fn run() -> Result<()> {
                     .with_context(|| format!("listing {}", bpffs_dir.display()))?
                     .path();
                 crate::datapath::remove_pins(&dir)?;
-                println!("detached and unpinned {}", dir.display());
+                if json {
+                    println!("{}", serde_json::json!({ "detached": dir }));
+                } else {
+                    println!("detached and unpinned {}", dir.display());
+                }
             }
             let _ = std::fs::remove_dir(&bpffs_dir);
             Ok(())
         }
+    }
+}
+
+/// After a refused `promote --wait`: exit 5 when the service's latest deployment ended
+/// rejected or aborted (the validation said no), else the refusal as it is.
+fn rejected_or(socket: &std::path::Path, service: &str, e: anyhow::Error) -> anyhow::Error {
+    if exit::classify(&e) != exit::Exit::Refused {
+        return e;
+    }
+    let latest = api::call(
+        socket,
+        &Request::History {
+            service: service.into(),
+        },
+    )
+    .ok()
+    .and_then(|v| serde_json::from_value::<Vec<Deployment>>(v).ok())
+    .and_then(|ds| ds.into_iter().max_by_key(|d| d.id));
+    match latest {
+        Some(d) if matches!(d.phase, Phase::Rejected | Phase::Aborted) => exit::Outcome {
+            exit: exit::Exit::Rejected,
+            message: format!("{e:#}"),
+        }
+        .into(),
+        _ => e,
+    }
+}
+
+/// Follows deployment `id` of `service` after its flip until its watch ends (stable, or
+/// rolled back), at most `timeout`.
+fn follow(
+    socket: &std::path::Path,
+    service: &str,
+    id: u64,
+    timeout: Duration,
+) -> Result<Deployment> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let v = api::call(
+            socket,
+            &Request::History {
+                service: service.into(),
+            },
+        )?;
+        let ds: Vec<Deployment> = serde_json::from_value(v).context("decoding history")?;
+        let d = ds
+            .into_iter()
+            .find(|d| d.id == id)
+            .with_context(|| format!("deployment {id} of {service} disappeared"))?;
+        if !matches!(d.phase, Phase::Promoted) {
+            return Ok(d);
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(exit::Outcome {
+                exit: exit::Exit::Timeout,
+                message: format!(
+                    "{service}: deployment {id} still promoted (watching) after {timeout:?}"
+                ),
+            }
+            .into());
+        }
+        std::thread::sleep(Duration::from_millis(250));
     }
 }
 

@@ -250,7 +250,10 @@ impl<'a> World<'a> {
         } else {
             ""
         };
-        let r = cli::run(self.rig, &["promote", service, "--wait"])?;
+        let r = cli::run(
+            self.rig,
+            &["promote", service, "--wait", "--until", "promoted"],
+        )?;
         Ok(if r.ok {
             Outcome::Done(format!("promoted to {color}{forced}"))
         } else {
