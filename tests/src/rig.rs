@@ -727,6 +727,47 @@ impl Rig {
             .spawn(Host::Client, &sender.display().to_string(), &all)
     }
 
+    /// A real rsyslog shipper on the client: a forwarder ([`crate::lab::Forwarder`]) sending
+    /// over `shipping` to the IPv4 VIP at `port`, fed by log-sender over TCP on the client's
+    /// 127.0.0.1:`input_port` with `count` lines of `stream` at `rate` per second (bounded to
+    /// 60 s). Returns (forwarder, sender).
+    pub fn ship(
+        &self,
+        shipping: crate::lab::Shipping,
+        port: u16,
+        input_port: u16,
+        stream: &str,
+        count: u64,
+        rate: u64,
+    ) -> Result<(Proc, Proc)> {
+        let input = std::net::SocketAddr::from(([127, 0, 0, 1], input_port));
+        let fwd = self.lab.start_forwarder(
+            Host::Client,
+            &crate::lab::Forwarder {
+                input,
+                target: std::net::SocketAddr::new(crate::lab::VIP_V4.into(), port),
+                shipping,
+            },
+            &self.dir.join(format!("forwarder-{stream}")),
+        )?;
+        let sender = self.send(
+            &input.to_string(),
+            &[
+                "--proto",
+                "tcp",
+                "--count",
+                &count.to_string(),
+                "--rate",
+                &rate.to_string(),
+                "--stream",
+                stream,
+                "--max-seconds",
+                "60",
+            ],
+        )?;
+        Ok((fwd, sender))
+    }
+
     /// `count` numbered lines named `stream` at `rate` per second to the IPv4 VIP over `proto`
     /// ("udp" or "tcp": one connection), from the client; bounded to 60 s.
     pub fn stream(&self, proto: &str, stream: &str, count: u64, rate: u64) -> Result<Proc> {

@@ -23,7 +23,7 @@ use switcher::{
     domain::Color,
 };
 use switcher_tests::{
-    lab::{Forwarder, Host, Proc, Shipping, GREEN_V4, VIP_V4},
+    lab::{Host, Proc, Shipping, GREEN_V4},
     rig::{self, Received, Rig, RELP_PORT, TCP_PORT},
 };
 
@@ -76,37 +76,8 @@ fn shipper(
     input_port: u16,
     stream: &str,
 ) -> (Proc, Proc) {
-    let input: SocketAddr = ([127, 0, 0, 1], input_port).into();
-    let fwd = rig
-        .lab
-        .start_forwarder(
-            Host::Client,
-            &Forwarder {
-                input,
-                target: SocketAddr::new(VIP_V4.into(), port),
-                shipping,
-            },
-            &rig.dir.join(format!("forwarder-{stream}")),
-        )
-        .expect("start the forwarder");
-    let sender = rig
-        .send(
-            &input.to_string(),
-            &[
-                "--proto",
-                "tcp",
-                "--count",
-                &LINES.to_string(),
-                "--rate",
-                "150",
-                "--stream",
-                stream,
-                "--max-seconds",
-                "60",
-            ],
-        )
-        .expect("start log-sender");
-    (fwd, sender)
+    rig.ship(shipping, port, input_port, stream, LINES, 150)
+        .expect("start the shipper")
 }
 
 fn retiring(st: &StatusView, service: &str) -> Option<Retiring> {

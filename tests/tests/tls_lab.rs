@@ -7,7 +7,6 @@
 mod support;
 
 use std::{
-    net::SocketAddr,
     path::PathBuf,
     time::{Duration, Instant},
 };
@@ -15,7 +14,7 @@ use std::{
 use support::privileged;
 use switcher::domain::Color;
 use switcher_tests::{
-    lab::{Certs, Forwarder, Host, Proc, RsyslogExtras, Shipping, VIP_V4},
+    lab::{Certs, Proc, RsyslogExtras, Shipping},
     rig::{self, Received, Rig},
 };
 
@@ -42,8 +41,8 @@ impl Drop for Dir {
     }
 }
 
-/// A forwarder on the client verifying the collectors as `peer`, fed by a log-sender over TCP
-/// on `input_port` with `count` lines of `stream` at 100 lines/s.
+/// A forwarder on the client verifying the collectors as `peer`, fed `count` lines of
+/// `stream` at 100 lines/s on `input_port`.
 fn ship(
     rig: &Rig,
     certs: &Certs,
@@ -52,40 +51,12 @@ fn ship(
     stream: &str,
     count: u64,
 ) -> (Proc, Proc) {
-    let input: SocketAddr = ([127, 0, 0, 1], input_port).into();
-    let fwd = rig
-        .lab
-        .start_forwarder(
-            Host::Client,
-            &Forwarder {
-                input,
-                target: SocketAddr::new(VIP_V4.into(), TLS_PORT),
-                shipping: Shipping::Tls {
-                    ca: certs.ca.clone(),
-                    peer: peer.into(),
-                },
-            },
-            &rig.dir.join(format!("forwarder-{stream}")),
-        )
-        .expect("start the TLS forwarder");
-    let sender = rig
-        .send(
-            &input.to_string(),
-            &[
-                "--proto",
-                "tcp",
-                "--count",
-                &count.to_string(),
-                "--rate",
-                "100",
-                "--stream",
-                stream,
-                "--max-seconds",
-                "60",
-            ],
-        )
-        .expect("start log-sender");
-    (fwd, sender)
+    let tls = Shipping::Tls {
+        ca: certs.ca.clone(),
+        peer: peer.into(),
+    };
+    rig.ship(tls, TLS_PORT, input_port, stream, count, 100)
+        .expect("start the TLS shipper")
 }
 
 fn wait_for(rig: &Rig, stream: &str, what: &str, cond: impl Fn(&Received) -> bool) -> Received {
