@@ -75,6 +75,14 @@ pub enum Request {
     Watch,
     /// Re-reads the config file; an invalid one changes nothing.
     Reload,
+    /// The established connections pinned to a colour (a walk of the protected flow table),
+    /// at most `limit` of them (oldest first).
+    Flows {
+        #[serde(default)]
+        service: Option<String>,
+        #[serde(default)]
+        limit: Option<usize>,
+    },
     /// Fleet mode: every host's applied revision, colour, config hash and drift.
     FleetStatus,
     /// Fleet mode: the fleet's audit trail (every host's changes), oldest first.

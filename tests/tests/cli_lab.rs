@@ -72,6 +72,43 @@ fn exit_codes_and_json_errors_let_a_script_drive_a_deployment() {
         "{e}"
     );
 
+    // `flows`: a live TCP connection through the VIP, with its client and member.
+    let sender = rig.stream("tcp", "fl", 400, 100).expect("sender");
+    rig.wait_received(
+        "fl",
+        "lines of the connection at blue",
+        Duration::from_secs(20),
+        |r| r.blue.len() >= 50,
+    )
+    .expect("the connection delivers");
+    let (code, out, err) = run(&rig, &["flows", "tcp4", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("flows JSON");
+    assert_eq!(v["total"], 1, "{v}");
+    let f = &v["flows"][0];
+    assert!(
+        f["client"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("198.18.0.1:"),
+        "{f}"
+    );
+    assert_eq!(
+        (f["member"].as_str(), f["color"].as_str()),
+        (Some("198.18.1.2:601"), Some("blue"))
+    );
+    assert_eq!(
+        (f["state"].as_str(), f["data"].as_bool()),
+        (Some("open"), Some(true))
+    );
+    let (code, out, _) = run(&rig, &["flows"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.starts_with("SERVICE") && out.contains("tcp4") && out.contains("1 connection(s)"),
+        "{out}"
+    );
+    rig::finish_sender(&sender, Duration::from_secs(20)).expect("sender");
+
     // A good candidate: --wait returns once the watch window passed, exit 0.
     let (code, _, err) = run(&rig, &["deploy", "udp4", "--green", "198.18.2.2:514"]);
     assert_eq!(code, 0, "{err}");

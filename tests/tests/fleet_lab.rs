@@ -49,7 +49,15 @@ fn fleet_cli(rig: &Rig, args: &[&str]) -> Result<FleetFlip, String> {
     if out.status.success() {
         Ok(serde_json::from_slice(&out.stdout).expect("fleet reply json"))
     } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        // Under --json the error is a JSON object on stdout.
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "no JSON error ({e}): {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        Err(v["error"].as_str().unwrap_or_default().to_owned())
     }
 }
 

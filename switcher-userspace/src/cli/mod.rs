@@ -141,6 +141,15 @@ enum Cmd {
     Watch,
     /// Re-read the daemon's config file; an invalid one changes nothing.
     Reload,
+    /// The established connections pinned to a colour, oldest first: service, colour,
+    /// client, member, state, age, idle time.
+    Flows {
+        service: Option<String>,
+        /// Show at most this many (all are counted).
+        #[arg(long, default_value_t = 100,
+              value_parser = clap::value_parser!(u64).range(1..=10_000))]
+        limit: u64,
+    },
     /// Remove a datapath left attached and pinned (by --keep-attached or a crash): traffic
     /// to the VIPs stops being switched. For uninstalling; refuses while a daemon runs.
     Detach {
@@ -513,6 +522,20 @@ fn run(cli: Cli) -> Result<()> {
                 println!("reloaded: {v}");
             }
             Ok(())
+        }
+        Cmd::Flows { service, limit } => {
+            let v = api::call(
+                &socket,
+                &Request::Flows {
+                    service,
+                    limit: Some(usize::try_from(limit).unwrap_or(usize::MAX)),
+                },
+            )?;
+            print_json_or(json, &v, || {
+                let f: crate::controller::flows::FlowsView =
+                    serde_json::from_value(v.clone()).context("decoding flows")?;
+                Ok(render::flows(&f))
+            })
         }
         Cmd::Detach { bpffs_dir } => {
             if api::call(&socket, &Request::Status { service: None }).is_ok() {

@@ -109,6 +109,38 @@ pub fn status(v: &StatusView) -> String {
     out
 }
 
+/// `flows`: one line per connection, then how many there are.
+pub fn flows(v: &crate::controller::flows::FlowsView) -> String {
+    let mut out = format!(
+        "{:<16} {:<6} {:<40} {:<40} {:<8} {:>10} {:>9}\n",
+        "SERVICE", "COLOR", "CLIENT", "MEMBER", "STATE", "AGE", "IDLE"
+    );
+    for f in &v.flows {
+        let _ = writeln!(
+            out,
+            "{:<16} {:<6} {:<40} {:<40} {:<8} {:>9.1}s {:>8.1}s",
+            f.service,
+            f.color.to_string(),
+            f.client.to_string(),
+            f.member.to_string(),
+            f.state,
+            f.age_seconds,
+            f.idle_seconds
+        );
+    }
+    let _ = writeln!(
+        out,
+        "{} connection(s){}",
+        v.total,
+        if v.truncated {
+            format!(", the oldest {} shown (--limit)", v.flows.len())
+        } else {
+            String::new()
+        }
+    );
+    out
+}
+
 /// One member of a pool under its colour's line: address (`*WEIGHT` when not 1), share of
 /// the colour's new flows, whether it is in the table and its last probe, its traffic.
 fn member_line(m: &MemberView) -> String {

@@ -12,6 +12,7 @@
 mod catalog;
 mod core;
 mod events;
+pub mod flows;
 mod health;
 mod host;
 mod monitor;
@@ -152,6 +153,15 @@ impl Controller {
         let mut view = self.lock().await.status(service)?;
         view.fill_health(&self.0.health.snapshot());
         Ok(view)
+    }
+
+    /// The established connections pinned now (see [`flows::FlowsView`]).
+    pub async fn flows(
+        &self,
+        service: Option<&str>,
+        limit: Option<usize>,
+    ) -> Result<flows::FlowsView> {
+        self.lock().await.flows(service, limit)
     }
 
     /// Puts the pool `members` into `color`'s slot (the idle one) as a new deployment; no

@@ -272,6 +272,9 @@ async fn handle(
         Request::Abort { service } => route::abort(fleet, ctl, &service, actor).await?,
         Request::History { service } => serde_json::to_value(ctl.history(&service).await?)?,
         Request::Reload => route::reload(fleet, ctl, actor).await?,
+        Request::Flows { service, limit } => {
+            serde_json::to_value(ctl.flows(service.as_deref(), limit).await?)?
+        }
         Request::Watch => bail!("watch is served as a stream"),
     })
 }

@@ -54,6 +54,8 @@ pub struct FakeMaps {
     pub epochs: BTreeMap<u32, u32>,
     /// Members out of service: (service id, colour, address).
     pub down: HashSet<(u32, Color, SocketAddr)>,
+    /// Entries of the established-connection table (the test sets them).
+    pub flow_entries: Vec<(switcher_common::FlowKey, switcher_common::FlowValue)>,
     /// Shadowing per service id, as last written.
     pub shadows: BTreeMap<u32, super::Shadow>,
     /// Copies each service's shadowing made (the test sets them: no packets flow here).
@@ -270,6 +272,16 @@ impl Datapath for FakeDatapath {
 
     fn reasons(&self) -> Result<Vec<(Reason, u64)>> {
         Ok(Reason::ALL.iter().map(|r| (*r, 0)).collect())
+    }
+
+    fn for_each_flow(
+        &self,
+        f: &mut dyn FnMut(&switcher_common::FlowKey, &switcher_common::FlowValue),
+    ) -> Result<()> {
+        for (k, v) in &self.maps().flow_entries {
+            f(k, v);
+        }
+        Ok(())
     }
 
     fn census(&self) -> Result<Census> {

@@ -124,6 +124,11 @@ pub trait Datapath: Send {
     fn reasons(&self) -> Result<Vec<(Reason, u64)>>;
     /// A census of the established-connection table, walked now.
     fn census(&self) -> Result<Census>;
+    /// Calls `f` with every entry of the established-connection table, walked now.
+    fn for_each_flow(
+        &self,
+        f: &mut dyn FnMut(&switcher_common::FlowKey, &switcher_common::FlowValue),
+    ) -> Result<()>;
     /// Lets go of the datapath: detached and unpinned, or (`keep_attached`) left running and
     /// pinned for the next daemon to adopt.
     fn close(self: Box<Self>, keep_attached: bool) -> Result<()>;
@@ -204,6 +209,12 @@ impl Datapath for Closed {
         Self::err()
     }
     fn census(&self) -> Result<Census> {
+        Self::err()
+    }
+    fn for_each_flow(
+        &self,
+        _: &mut dyn FnMut(&switcher_common::FlowKey, &switcher_common::FlowValue),
+    ) -> Result<()> {
         Self::err()
     }
     fn close(self: Box<Self>, _: bool) -> Result<()> {

@@ -563,6 +563,12 @@ impl Datapath for BpfDatapath {
     fn census(&self) -> Result<Census> {
         self.reader.census_now()
     }
+    fn for_each_flow(
+        &self,
+        f: &mut dyn FnMut(&switcher_common::FlowKey, &switcher_common::FlowValue),
+    ) -> Result<()> {
+        self.reader.for_each_flow(f)
+    }
     fn close(self: Box<Self>, keep_attached: bool) -> Result<()> {
         BpfDatapath::close(*self, keep_attached)
     }

@@ -407,3 +407,63 @@ async fn a_failed_map_write_applies_nothing() {
     assert!(before(&dp).iter().all(|(_, blue, _)| blue.len() == 2));
     ctl.shutdown(true).await.expect("shutdown");
 }
+
+/// `flows`: the established table's entries of a service (or all), oldest first, named by
+/// service, colour, client and member, counted in full and cut at the limit.
+#[tokio::test]
+async fn flows_lists_pinned_connections_oldest_first_within_the_limit() {
+    use switcher_common::{Backend, FlowKey, FlowValue, FAMILY_V4, FLOW_CLOSING, FLOW_OPEN};
+    let dir = Dir::new();
+    let dp = FakeDatapath::default();
+    let ctl = start(&dir.config(UDP), &dp).await;
+    let id = dp.maps().id("u").expect("id");
+    let now = crate::datapath::monotonic_coarse_ns().expect("clock");
+    let entry = |sport: u16, age_s: u64, service_id: u32, state: u8| {
+        let mut k = FlowKey {
+            sport_be: sport.to_be(),
+            dport_be: 514u16.to_be(),
+            proto: 6,
+            family: FAMILY_V4,
+            ..FlowKey::default()
+        };
+        k.src[..4].copy_from_slice(&[198, 18, 0, 1]);
+        let mut b = Backend {
+            port_be: 514u16.to_be(),
+            family: FAMILY_V4,
+            valid: 1,
+            ..Backend::default()
+        };
+        b.addr[..4].copy_from_slice(&[198, 18, 1, 2]);
+        let v = FlowValue {
+            service_id,
+            color: 0,
+            state,
+            created_ns: now - age_s * 1_000_000_000,
+            last_seen_ns: now - 1_000_000_000,
+            backend: b,
+            ..FlowValue::default()
+        };
+        (k, v)
+    };
+    dp.maps().flow_entries = vec![
+        entry(40001, 10, id, FLOW_OPEN),
+        entry(40002, 300, id, FLOW_CLOSING),
+        entry(40003, 50, id, FLOW_OPEN),
+        entry(40004, 999, id + 100, FLOW_OPEN), // a removed service's: not listed
+    ];
+    let all = ctl.flows(None, None).await.expect("flows");
+    assert_eq!((all.total, all.truncated), (3, false));
+    let ports: Vec<u16> = all.flows.iter().map(|f| f.client.port()).collect();
+    assert_eq!(ports, [40002, 40003, 40001], "oldest first");
+    let f = &all.flows[0];
+    assert_eq!(
+        (f.service.as_str(), f.color, f.state.as_str()),
+        ("u", Color::Blue, "closing")
+    );
+    assert_eq!(f.member, "198.18.1.2:514".parse().expect("addr"));
+    assert!((299.0..302.0).contains(&f.age_seconds), "{}", f.age_seconds);
+    let cut = ctl.flows(Some("u"), Some(2)).await.expect("flows");
+    assert_eq!((cut.total, cut.flows.len(), cut.truncated), (3, 2, true));
+    assert!(ctl.flows(Some("nope"), None).await.is_err());
+    assert!(ctl.flows(None, Some(0)).await.is_err());
+}

@@ -29,8 +29,12 @@ impl Reply {
     /// The error the CLI printed, on one line, at most 400 characters (a panic's backtrace
     /// would drown the report).
     pub fn error(&self) -> String {
-        let e = self.stderr.trim();
-        let e = e.strip_prefix("error: ").unwrap_or(e).replace('\n', " / ");
+        // Under --json the CLI prints its error as a JSON object on stdout.
+        let json = serde_json::from_str::<Value>(self.stdout.trim())
+            .ok()
+            .and_then(|v| v["error"].as_str().map(str::to_owned));
+        let e = json.unwrap_or_else(|| self.stderr.trim().to_owned());
+        let e = e.strip_prefix("error: ").unwrap_or(&e).replace('\n', " / ");
         if e.chars().count() > 400 {
             format!("{}...", e.chars().take(400).collect::<String>())
         } else {
