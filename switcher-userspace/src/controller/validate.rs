@@ -79,10 +79,7 @@ pub(super) async fn run(ctl: &impl Host, service: &str, id: u64) -> Result<Verdi
     // A dead candidate is not worth loading.
     if v.failures.is_empty() {
         let urls = metrics_urls(&inp);
-        let mut before = Vec::new();
-        for (m, u) in &urls {
-            before.push(metrics::scrape(u, m.timeout).await);
-        }
+        let before = scrape_all(&urls).await;
         let t0 = Instant::now();
         if let Some(l) = &inp.checks.load {
             let cand = load_all(l, &judge::sample(&inp.candidate, judge::LOAD_SAMPLE)).await?;
@@ -100,18 +97,8 @@ pub(super) async fn run(ctl: &impl Host, service: &str, id: u64) -> Result<Verdi
                 json!({ "candidate": side(&cand), "serving": side(&serving), "thresholds": l }),
             );
         }
-        let mut evidence = Vec::new();
-        for ((m, u), before) in urls.iter().zip(before) {
-            let after = metrics::scrape(u, m.timeout).await;
-            let (f, e) = judge::metrics(
-                m,
-                before.map_err(|e| e.to_string()),
-                after.map_err(|e| e.to_string()),
-                t0.elapsed(),
-            );
-            v.failures.extend(f);
-            evidence.push(e);
-        }
+        let (f, mut evidence) = judge_metrics(&urls, before, t0).await;
+        v.failures.extend(f);
         match evidence.len() {
             0 => {}
             1 => {
@@ -211,10 +198,7 @@ async fn run_shadow(
     shadow: &ShadowCheck,
 ) -> Result<(Vec<String>, serde_json::Value)> {
     let urls = metrics_urls(inp);
-    let mut before_metrics = Vec::new();
-    for (m, u) in &urls {
-        before_metrics.push(metrics::scrape(u, m.timeout).await);
-    }
+    let before_metrics = scrape_all(&urls).await;
     let t0 = Instant::now();
     let before = ctl.shadow_begin(service, id, shadow).await?;
     let health_failures = probe_for(inp, shadow.duration).await;
@@ -226,20 +210,43 @@ async fn run_shadow(
         &after,
         health_failures,
     );
-    let mut seen = Vec::new();
-    for ((m, u), before) in urls.iter().zip(before_metrics) {
+    let (f, seen) = judge_metrics(&urls, before_metrics, t0).await;
+    failures.extend(f.into_iter().map(|f| format!("shadow: {f}")));
+    evidence["metrics"] = json!(seen);
+    Ok((failures, evidence))
+}
+
+/// Each of the candidate's metrics endpoints, scraped once.
+async fn scrape_all(
+    urls: &[(&MetricsCheck, String)],
+) -> Vec<Result<Vec<metrics::Sample>, metrics::MetricsError>> {
+    let mut out = Vec::with_capacity(urls.len());
+    for (m, u) in urls {
+        out.push(metrics::scrape(u, m.timeout).await);
+    }
+    out
+}
+
+/// Scrapes each endpoint again and judges its rules over the time since `since`, against
+/// its `before` scrape: the failures, and each endpoint's evidence.
+async fn judge_metrics(
+    urls: &[(&MetricsCheck, String)],
+    before: Vec<Result<Vec<metrics::Sample>, metrics::MetricsError>>,
+    since: Instant,
+) -> (Vec<String>, Vec<serde_json::Value>) {
+    let (mut failures, mut evidence) = (Vec::new(), Vec::new());
+    for ((m, u), before) in urls.iter().zip(before) {
         let after = metrics::scrape(u, m.timeout).await;
         let (f, e) = judge::metrics(
             m,
             before.map_err(|e| e.to_string()),
             after.map_err(|e| e.to_string()),
-            t0.elapsed(),
+            since.elapsed(),
         );
-        failures.extend(f.into_iter().map(|f| format!("shadow: {f}")));
-        seen.push(e);
+        failures.extend(f);
+        evidence.push(e);
     }
-    evidence["metrics"] = json!(seen);
-    Ok((failures, evidence))
+    (failures, evidence)
 }
 
 /// Probes every candidate member's health every 0.5 s for `duration`; the failed probes.
