@@ -391,7 +391,8 @@ fn record_chunk(s: &mut Scratch, service_id: u32, color: u8, now: u64) -> u8 {
     // SAFETY: copied out at once.
     let existing = unsafe { GELF_CHUNKS.get(&s.gelf) }.copied();
     match existing {
-        Some(v) if gelf::follows(v.created_ns, now) && v.backend.family == s.backend.family => {
+        // The key holds the family, so the winner's member has this packet's family.
+        Some(v) if gelf::follows(v.created_ns, now) => {
             s.backend = v.backend;
             counters::reason(Reason::GelfChunkFollowed);
             v.color
