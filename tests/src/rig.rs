@@ -750,21 +750,7 @@ impl Rig {
             },
             &self.dir.join(format!("forwarder-{stream}")),
         )?;
-        let sender = self.send(
-            &input.to_string(),
-            &[
-                "--proto",
-                "tcp",
-                "--count",
-                &count.to_string(),
-                "--rate",
-                &rate.to_string(),
-                "--stream",
-                stream,
-                "--max-seconds",
-                "60",
-            ],
-        )?;
+        let sender = self.send_lines(&input.to_string(), "tcp", stream, count, rate, &[])?;
         Ok((fwd, sender))
     }
 
@@ -772,21 +758,36 @@ impl Rig {
     /// ("udp" or "tcp": one connection), from the client; bounded to 60 s.
     pub fn stream(&self, proto: &str, stream: &str, count: u64, rate: u64) -> Result<Proc> {
         let port = if proto == "udp" { UDP_PORT } else { TCP_PORT };
-        self.send(
-            &format!("{}:{port}", crate::lab::VIP_V4),
-            &[
-                "--proto",
-                proto,
-                "--count",
-                &count.to_string(),
-                "--rate",
-                &rate.to_string(),
-                "--stream",
-                stream,
-                "--max-seconds",
-                "60",
-            ],
-        )
+        let target = format!("{}:{port}", crate::lab::VIP_V4);
+        self.send_lines(&target, proto, stream, count, rate, &[])
+    }
+
+    /// log-sender on the client: `count` numbered lines of `stream` at `rate` per second to
+    /// `target` over `proto` (`udp`, `tcp`, `gelf`), bounded to 60 s; `extra` flags follow.
+    pub fn send_lines(
+        &self,
+        target: &str,
+        proto: &str,
+        stream: &str,
+        count: u64,
+        rate: u64,
+        extra: &[&str],
+    ) -> Result<Proc> {
+        let (count, rate) = (count.to_string(), rate.to_string());
+        let mut args = vec![
+            "--proto",
+            proto,
+            "--count",
+            &count,
+            "--rate",
+            &rate,
+            "--stream",
+            stream,
+            "--max-seconds",
+            "60",
+        ];
+        args.extend_from_slice(extra);
+        self.send(target, &args)
     }
 
     /// Waits until the sinks together hold `expected` lines of `stream` (or `timeout`), then

@@ -27,26 +27,10 @@ const SINK_EXPIRY: Duration = Duration::from_millis(6000);
 
 /// `count` GELF messages of `stream` at `rate` per second, four zlib chunks each, to `port`.
 fn gelf_stream(rig: &Rig, port: u16, stream: &str, count: u64, rate: u64) -> Proc {
-    rig.send(
-        &format!("{VIP_V4}:{port}"),
-        &[
-            "--proto",
-            "gelf",
-            "--gelf-chunks",
-            "4",
-            "--size",
-            "1200",
-            "--count",
-            &count.to_string(),
-            "--rate",
-            &rate.to_string(),
-            "--stream",
-            stream,
-            "--max-seconds",
-            "60",
-        ],
-    )
-    .expect("start the GELF sender")
+    let target = format!("{VIP_V4}:{port}");
+    let shape = ["--gelf-chunks", "4", "--size", "1200"];
+    rig.send_lines(&target, "gelf", stream, count, rate, &shape)
+        .expect("start the GELF sender")
 }
 
 /// Messages each sink dropped as incomplete (`ingest_errors_total{reason="gelf_incomplete"}`).

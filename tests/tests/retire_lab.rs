@@ -30,43 +30,31 @@ use switcher_tests::{
 const WAIT: Duration = Duration::from_secs(20);
 const LINES: u64 = 3000;
 
-const SERVICES: &str = r#"
+/// A TCP service on the VIP at `port`, each colour one rsyslog node at the same port, with a
+/// short drain window, a 4 s retirement deadline, health and a 1 s watch.
+fn service(name: &str, port: u16) -> String {
+    format!(
+        r#"
 [[service]]
-name = "syslog-tcp"
+name = "{name}"
 vip = "198.18.10.10"
-port = 601
+port = {port}
 protocol = "tcp"
 drain_ms = 1000
 retire_after_ms = 4000
-blue  = { backend = "198.18.1.2:601" }
-green = { backend = "198.18.2.2:601" }
+blue  = {{ backend = "198.18.1.2:{port}" }}
+green = {{ backend = "198.18.2.2:{port}" }}
 [service.health]
-tcp_port = 601
+tcp_port = {port}
 successes = 1
 interval_ms = 100
 deadline_ms = 3000
 [service.watch]
 window_ms = 1000
 interval_ms = 250
-
-[[service]]
-name = "syslog-relp"
-vip = "198.18.10.10"
-port = 2514
-protocol = "tcp"
-drain_ms = 1000
-retire_after_ms = 4000
-blue  = { backend = "198.18.1.2:2514" }
-green = { backend = "198.18.2.2:2514" }
-[service.health]
-tcp_port = 2514
-successes = 1
-interval_ms = 100
-deadline_ms = 3000
-[service.watch]
-window_ms = 1000
-interval_ms = 250
-"#;
+"#
+    )
+}
 
 /// A forwarder shipping to `port` on the VIP, fed `LINES` lines of `stream` at 150 lines/s.
 fn shipper(
@@ -126,7 +114,8 @@ fn long_lived_shippers_move_to_green_when_blue_is_retired_and_relp_loses_nothing
     if !privileged() {
         return;
     }
-    let rig = Rig::up_pools("rt", SERVICES, 1).expect("rig up");
+    let services = service("syslog-tcp", TCP_PORT) + &service("syslog-relp", RELP_PORT);
+    let rig = Rig::up_pools("rt", &services, 1).expect("rig up");
     let blue = rig.nodes(Host::Blue)[0];
     let (_ft, st) = shipper(&rig, Shipping::Tcp, TCP_PORT, 10601, "rtt");
     let (_fr, sr) = shipper(&rig, Shipping::Relp, RELP_PORT, 10602, "rtr");

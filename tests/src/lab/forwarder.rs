@@ -7,8 +7,7 @@
 use std::fs;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
@@ -88,28 +87,22 @@ impl Lab {
         let mut cmd = self.command(host, "rsyslogd");
         cmd.arg("-n").arg("-f").arg(&conf).arg("-i").arg(&pid);
         let proc = self.spawn_command(cmd)?;
-        let want = f.input.to_string();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(st) = proc.try_wait()? {
-                bail!("forwarder rsyslogd exited ({st}): {}", proc.stderr_tail(10));
-            }
-            let listening = self
-                .run(host, &["ss", "-H", "-l", "-n", "-t"])?
-                .lines()
-                .any(|l| l.split_whitespace().nth(3) == Some(want.as_str()));
-            if listening {
-                return Ok(proc);
-            }
-            if Instant::now() >= deadline {
-                let _ = proc.stop();
-                bail!(
-                    "forwarder does not listen on {want} after 10 s: {}",
-                    proc.stderr_tail(10)
-                );
-            }
-            thread::sleep(Duration::from_millis(50));
+        let listening = self.wait_listening(
+            host,
+            &[f.input.ip()],
+            &[],
+            &[f.input.port()],
+            &proc,
+            Duration::from_secs(10),
+        );
+        if let Err(e) = listening {
+            let _ = proc.stop();
+            return Err(e.context(format!(
+                "the forwarder rsyslogd did not come up; stderr:\n{}",
+                proc.stderr_tail(10)
+            )));
         }
+        Ok(proc)
     }
 }
 

@@ -180,7 +180,7 @@ impl Lab {
 
     /// Polls `ss` until every port has UDP and TCP listeners (`tcp_only`: TCP) on each of
     /// `addrs`, or on the v4 and v6 wildcard addresses when `addrs` is empty.
-    fn wait_listening(
+    pub(super) fn wait_listening(
         &self,
         host: Host,
         addrs: &[IpAddr],
