@@ -1,13 +1,11 @@
 //! Builds the eBPF datapath (switcher-ebpf) for bpfel-unknown-none and leaves the object in
-//! OUT_DIR, where src/datapath/loader.rs embeds it; copies the dashboard's uPlot files from npm's
-//! node_modules next to it. `cargo xtask setup` installs what this needs.
+//! OUT_DIR, where src/datapath/loader.rs embeds it. `cargo xtask setup` installs what this needs.
 
 use std::process::Command;
 
 use anyhow::{bail, Context as _};
 
 fn main() -> anyhow::Result<()> {
-    uplot()?;
     println!("cargo:rerun-if-changed=../switcher-common/src");
     println!("cargo:rerun-if-env-changed=SWITCHER_EBPF_TOOLCHAIN");
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../switcher-ebpf");
@@ -55,24 +53,4 @@ fn has_toolchain(name: &str) -> bool {
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false)
-}
-
-/// The dashboard's chart library, pinned by dashboard/package-lock.json.
-fn uplot() -> anyhow::Result<()> {
-    let dist = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/dashboard/node_modules/uplot/dist"
-    );
-    let out = std::env::var("OUT_DIR").context("OUT_DIR")?;
-    println!("cargo:rerun-if-changed={dist}");
-    for file in ["uPlot.iife.min.js", "uPlot.min.css"] {
-        let from = format!("{dist}/{file}");
-        if let Err(e) = std::fs::copy(&from, format!("{out}/{file}")) {
-            bail!(
-                "{from}: {e}; run `cargo xtask setup` (npm ci in switcher-userspace/dashboard) \
-                 to fetch the dashboard's chart library"
-            );
-        }
-    }
-    Ok(())
 }

@@ -14,6 +14,11 @@ const stats = { snapshots: 0, lastAtMs: 0 };
 window.switcherDashboard = {
   stats,
   chartPoints: (name) => (cards.get(name) ? cards.get(name).t.length : 0),
+  // What the packets/s chart shows, for the browser test to compare with the drawing.
+  chartData: (name) => {
+    const c = cards.get(name);
+    return c ? { t: c.t, blue: c.pps.blue, green: c.pps.green } : null;
+  },
 };
 
 function el(tag, attrs, ...children) {
@@ -89,20 +94,12 @@ async function act(service, action, body) {
 function chart(parent, title, unit) {
   const box = el("div", { class: "chart" });
   parent.append(el("div", { class: "chart-title", text: title }), box);
-  const opts = {
-    width: Math.max(300, parent.clientWidth - 8),
+  const plot = new TimeChart(box, {
     height: 130,
-    legend: { show: true, live: false },
-    cursor: { drag: { x: false, y: false } },
-    scales: { x: { time: true }, y: { range: (u, min, max) => [0, Math.max(10, max * 1.1)] } },
-    axes: [{}, { size: 70, values: (u, vals) => vals.map((v) => fmtRate(v, unit)) }],
-    series: [
-      {},
-      { label: "blue", stroke: STROKE.blue, width: 2, points: { show: false } },
-      { label: "green", stroke: STROKE.green, width: 2, points: { show: false } },
-    ],
-  };
-  return { box, plot: new uPlot(opts, [[], [], []], box) };
+    series: COLORS.map((c) => ({ label: c, color: STROKE[c] })),
+    formatY: (v) => fmtRate(v, unit),
+  });
+  return { box, plot };
 }
 
 function colorBox(color) {
@@ -323,8 +320,8 @@ function renderService(svc, atMs) {
       card.t.shift();
       for (const c of COLORS) { card.pps[c].shift(); card.bps[c].shift(); }
     }
-    card.pkts.plot.setData([card.t, card.pps.blue, card.pps.green]);
-    card.bytes.plot.setData([card.t, card.bps.blue, card.bps.green]);
+    card.pkts.plot.setData(card.t, [card.pps.blue, card.pps.green]);
+    card.bytes.plot.setData(card.t, [card.bps.blue, card.bps.green]);
     card.pkts.box.dataset.points = String(card.t.length);
   }
 
@@ -384,14 +381,6 @@ function connect() {
   es.addEventListener("error", () => { conn.textContent = "reconnecting…"; conn.className = "conn down"; });
   es.addEventListener("snapshot", (e) => render(JSON.parse(e.data)));
 }
-
-window.addEventListener("resize", () => {
-  for (const card of cards.values()) {
-    const w = Math.max(300, card.root.clientWidth - 40);
-    card.pkts.plot.setSize({ width: w, height: 130 });
-    card.bytes.plot.setSize({ width: w, height: 130 });
-  }
-});
 
 // ---- fleet (fleet mode only: a single host's /api/fleet says enabled: false) ---------------
 

@@ -1,6 +1,6 @@
 //! The dashboard in a real browser: headless Chromium (Debian's) against a real daemon in the
 //! lab, driven over the DevTools protocol. The page loads without console errors, shows the
-//! active colour and each colour's pool members, its chart receives data, a flip made with the CLI is on the page within one
+//! active colour and each colour's pool members, its chart draws the data it received, a flip made with the CLI is on the page within one
 //! second, and the rollback button is refused without the token and flips back with it. A
 //! screenshot is saved to target/test-artifacts/dashboard.png. Needs root.
 
@@ -96,6 +96,50 @@ fn member_is(service: &str, color: &str, addr: &str) -> String {
              && !rows[0].classList.contains('out'); }})()"
     )
 }
+
+/// Checks udp4's packets/s chart against the samples the page charted: "ok", or what is
+/// wrong. Each line (an SVG polyline per colour) has one vertex per sample; x is linear in the
+/// sample's time and y in its rate, from the baseline (the lowest horizontal line, 0) up, one
+/// scale for both colours; blue's line rises visibly (it has the traffic); the y axis has rate
+/// labels, the x axis wall-clock ones, the legend both colours.
+const CHART_DRAWN: &str = r#"(() => {
+  const box = document.querySelector('[data-service="udp4"] .chart');
+  const svg = box && box.querySelector('svg');
+  if (!svg) return 'no chart';
+  const data = window.switcherDashboard.chartData('udp4');
+  const n = data.t.length;
+  const vertices = {};
+  for (const c of ['blue', 'green']) {
+    const line = svg.querySelector(`polyline[data-series="${c}"]`);
+    if (!line) return `no ${c} line`;
+    vertices[c] = Array.from({ length: line.points.numberOfItems }, (_, i) => line.points.getItem(i));
+    if (vertices[c].length !== n) return `${n} samples, ${vertices[c].length} ${c} vertices`;
+    if (!(line.getBBox().width > 0)) return `${c} line has no extent`;
+  }
+  const near = (a, b) => Math.abs(a - b) <= 1.5;
+  const b = vertices.blue;
+  const kx = (b[n - 1].x - b[0].x) / (data.t[n - 1] - data.t[0]);
+  if (!(kx > 0)) return 'time does not run left to right';
+  const base = Math.max(...Array.from(svg.querySelectorAll('line'))
+    .filter((l) => l.y1.baseVal.value === l.y2.baseVal.value).map((l) => l.y1.baseVal.value));
+  const top = b.reduce((m, p, i) => (data.blue[i] > data.blue[m] ? i : m), 0);
+  if (!(data.blue[top] > 0 && base - b[top].y > 20)) return `blue's peak ${data.blue[top]} drawn ${base - b[top].y} px above the baseline`;
+  const ky = (base - b[top].y) / data.blue[top];
+  for (const c of ['blue', 'green']) {
+    for (let i = 0; i < n; i++) {
+      const p = vertices[c][i];
+      if (!near(p.x, b[0].x + (data.t[i] - data.t[0]) * kx) || !near(p.y, base - data[c][i] * ky)) {
+        return `${c} sample ${i} (${data[c][i]}) drawn at ${p.x},${p.y}`;
+      }
+    }
+  }
+  const labels = Array.from(svg.querySelectorAll('text'), (t) => t.textContent);
+  if (!labels.some((l) => l.endsWith('pkt/s'))) return `no rate labels: ${labels}`;
+  if (!labels.some((l) => /^\d\d:\d\d(:\d\d)?$/.test(l))) return `no time labels: ${labels}`;
+  const legend = box.querySelector('.legend')?.textContent ?? '';
+  if (!legend.includes('blue') || !legend.includes('green')) return `legend: ${legend}`;
+  return 'ok';
+})()"#;
 
 /// What the page lists for `color`'s members of udp4, for an error message.
 async fn members_text(page: &Page, color: &str) -> String {
@@ -197,6 +241,12 @@ async fn drive(rig: &Rig, problems: Arc<Mutex<Vec<String>>>) -> Result<()> {
             Duration::from_secs(5),
         )
         .await?;
+        // ...and draws it: one vertex per sample on each line, blue's (the traffic) off the
+        // baseline, green's (idle) on it, with rate and wall-clock labels and the legend.
+        let drawn: String = eval(page, CHART_DRAWN).await?;
+        if drawn != "ok" {
+            bail!("the packets/s chart of udp4 is not drawn right: {drawn}");
+        }
         let pps: String = eval(page, "document.querySelector('[data-service=\"udp4\"] [data-testid=\"blue-pps\"]').textContent").await?;
         if !pps.contains("pkt/s") || pps.starts_with("0 ") {
             bail!("blue's packet rate shows {pps:?} while traffic flows");

@@ -48,6 +48,11 @@ const PACKAGES: &[&str] = &[
     // OpenMetrics parser the metrics tests check /metrics with.
     "chromium",
     "python3-prometheus-client",
+    // The Debian package (`cargo xtask package`) and its test: strip and objdump for the
+    // binary, man for the man pages, systemd-analyze (systemd) to verify the unit offline.
+    "binutils",
+    "man-db",
+    "systemd",
 ];
 
 #[derive(clap::Args)]
@@ -57,7 +62,6 @@ pub fn run(_args: Args) -> Result<()> {
     packages().context("Debian packages")?;
     let toolchain = ebpf_toolchain().context("eBPF Rust toolchain")?;
     bpf_linker(&toolchain).context("bpf-linker")?;
-    dashboard_deps().context("dashboard front-end dependencies")?;
     Ok(())
 }
 
@@ -397,45 +401,6 @@ fn bpf_linker(toolchain: &str) -> Result<()> {
         }
         None => bail!("bpf-linker was installed but does not run; try by hand: {manual}"),
     }
-}
-
-// ---- 4. Dashboard front-end dependencies ----------------------------------------------------
-
-/// uPlot, pinned by switcher-userspace/dashboard/package-lock.json; the daemon's build embeds
-/// it, so the dashboard needs no network at run time.
-fn dashboard_deps() -> Result<()> {
-    let dir = workspace_root().join("switcher-userspace/dashboard");
-    let installed = dir.join("node_modules/uplot/package.json");
-    let lock = dir.join("package-lock.json");
-    let want = fs::read_to_string(&lock).with_context(|| format!("reading {}", lock.display()))?;
-    let have = fs::read_to_string(dir.join("node_modules/.package-lock.json")).unwrap_or_default();
-    // npm keeps a copy of the resolved tree in node_modules; same packages, nothing to do.
-    if installed.is_file() && same_packages(&want, &have) {
-        println!(
-            "ok: dashboard dependencies ({})",
-            dir.join("node_modules").display()
-        );
-        return Ok(());
-    }
-    println!(
-        "installing: dashboard dependencies (npm ci in {})",
-        dir.display()
-    );
-    let mut c = Command::new("npm");
-    c.current_dir(&dir)
-        .args(["ci", "--no-audit", "--no-fund", "--ignore-scripts"]);
-    run_visible(&mut c).context("npm ci (Node.js and npm are needed to fetch uPlot)")
-}
-
-/// Whether two npm lock files pin the same packages (their `packages` maps, minus the root).
-fn same_packages(a: &str, b: &str) -> bool {
-    let packages = |text: &str| -> Option<serde_json::Value> {
-        let mut v: serde_json::Value = serde_json::from_str(text).ok()?;
-        let p = v.get_mut("packages")?.as_object_mut()?;
-        p.remove("");
-        Some(serde_json::Value::Object(p.clone()))
-    };
-    matches!((packages(a), packages(b)), (Some(x), Some(y)) if x == y)
 }
 
 #[cfg(test)]

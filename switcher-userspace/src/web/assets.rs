@@ -1,5 +1,4 @@
-//! The dashboard's files, compiled into the binary: it works offline and needs no CDN. uPlot
-//! comes from npm (`dashboard/package-lock.json`, fetched by `cargo xtask setup`).
+//! The dashboard's files, compiled into the binary: it works offline and needs no CDN.
 
 use axum::{
     extract::Path,
@@ -22,14 +21,9 @@ const FILES: &[(&str, &str, &str)] = &[
         include_str!("../../dashboard/app.css"),
     ),
     (
-        "uPlot.iife.min.js",
+        "chart.js",
         "text/javascript; charset=utf-8",
-        include_str!(concat!(env!("OUT_DIR"), "/uPlot.iife.min.js")),
-    ),
-    (
-        "uPlot.min.css",
-        "text/css; charset=utf-8",
-        include_str!(concat!(env!("OUT_DIR"), "/uPlot.min.css")),
+        include_str!("../../dashboard/chart.js"),
     ),
 ];
 
