@@ -29,7 +29,8 @@ use switcher::{
     domain::Color,
 };
 
-use crate::lab::{Host, Lab, Node, Proc, RsyslogExtras, EDGE_TO_CLIENT};
+pub use crate::lab::EDGE_TO_CLIENT;
+use crate::lab::{Host, Lab, Node, Proc, RsyslogExtras};
 use crate::poll;
 
 pub use crate::services::{
@@ -121,6 +122,8 @@ pub struct Rig {
     node_procs: std::sync::Mutex<BTreeMap<Node, Proc>>,
     /// What every node's rsyslog takes besides imudp and imtcp ([`Rig::start_node`]).
     rsyslog: RsyslogExtras,
+    /// A command the daemon runs under (e.g. `setpriv ...`), set by [`Rig::set_daemon_prefix`].
+    daemon_prefix: Vec<String>,
 }
 
 impl Rig {
@@ -208,6 +211,7 @@ impl Rig {
             node_sinks,
             node_procs: std::sync::Mutex::new(BTreeMap::new()),
             rsyslog,
+            daemon_prefix: Vec::new(),
         };
         if node_sinks.is_some() {
             for node in rig.all_nodes() {
@@ -328,6 +332,7 @@ impl Rig {
         let sw = bin("switcher")?;
         let mut cmd = Command::new("nsenter");
         cmd.arg(format!("--net=/run/netns/{}", self.lab.ns(Host::Edge)))
+            .args(&self.daemon_prefix)
             .arg(&sw)
             .args(["daemon", "--config"])
             .arg(&self.config);
@@ -346,6 +351,13 @@ impl Rig {
         }
         self.daemon = Some(p);
         Ok(())
+    }
+
+    /// Daemons started from now on run under `prefix` (a command that execs the rest of its
+    /// arguments, e.g. `setpriv --bounding-set ...` or `perf trace ... --`), inside the edge's
+    /// network namespace.
+    pub fn set_daemon_prefix(&mut self, prefix: &[&str]) {
+        self.daemon_prefix = prefix.iter().map(|a| (*a).to_string()).collect();
     }
 
     /// Sets how daemons started from now on stop, then starts one ([`Rig::start_daemon`]).

@@ -502,3 +502,61 @@ fn kill_9_of_the_driving_daemon_mid_promote_another_host_finishes_and_the_killed
         assert_eq!(got.loss_and_duplicates(count), (vec![], vec![]), "host {i}");
     }
 }
+
+#[test]
+fn fleet_promote_wait_returns_when_every_host_is_stable_and_exits_6_when_one_rolls_back() {
+    if !privileged() {
+        return;
+    }
+    let FleetLab { rigs, etcd: _etcd } = fleet_with("flw", 2, 1, STANDARD_CHECKS);
+
+    // Every host's watch window passes: exit 0, and only then.
+    let green = format!("{GREEN_V4}:{UDP_PORT}");
+    fleet_cli(&rigs[0], &["deploy", "udp4", "--green", &green]).expect("fleet deploy");
+    let (_, out) = rigs[0].cli(&["promote", "udp4", "--wait"]).expect("cli");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = fleet_status(&rigs[1]);
+    for h in &s.hosts {
+        let d = h.services["udp4"]
+            .report
+            .deployment
+            .as_ref()
+            .expect("host's side");
+        assert_eq!(
+            d.phase,
+            switcher::deploy::Phase::Stable,
+            "{}: {d:?}",
+            h.host
+        );
+    }
+
+    // edge-1's green turns unhealthy inside the watch window: its watch rolls the fleet back,
+    // and the waiting promote exits 6.
+    let green = format!("{GREEN_V4}:{}", rig::TCP_PORT);
+    fleet_cli(&rigs[0], &["deploy", "tcp4", "--green", &green]).expect("fleet deploy");
+    let waiting = std::thread::scope(|sc| {
+        let cli = sc.spawn(|| rigs[0].cli(&["promote", "tcp4", "--wait", "--json"]));
+        poll::until_state_every("tcp4 promoted", WAIT, Duration::from_millis(50), || {
+            Ok(match fleet_phase(&rigs[1], "tcp4") {
+                Some(p) if p == "promoted" => Ok(()),
+                other => Err(format!("{other:?}")),
+            })
+        })
+        .expect("flipped");
+        rigs[1]
+            .fault(Host::Green, r#"{"health_ok": false}"#)
+            .expect("fault");
+        cli.join().expect("cli thread").expect("cli")
+    });
+    let (_, out) = waiting;
+    let e: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON error");
+    assert_eq!(out.status.code(), Some(6), "{e}");
+    assert_eq!(e["kind"], "rolled_back", "{e}");
+    for r in &rigs {
+        assert_eq!(active(r, "tcp4"), Color::Blue, "the fleet rolled back");
+    }
+}

@@ -68,6 +68,17 @@ fn metrics_follow_traffic_flips_health_and_deployments() {
 
     // Types and units as Prometheus expects them.
     let s0 = scrape(&rig);
+    // The XDP mode the kernel reports for the edge's veth (native: veth has the driver hook).
+    let xdp = |mode| {
+        s0.value(
+            "switcher_xdp_attached",
+            &[("interface", rig::EDGE_TO_CLIENT), ("mode", mode)],
+        )
+    };
+    assert_eq!(
+        (xdp("native"), xdp("generic"), xdp("none")),
+        (1.0, 0.0, 0.0)
+    );
     assert_eq!(s0.kind("switcher_service_packets"), Some("counter"));
     assert_eq!(s0.kind("switcher_service_bytes"), Some("counter"));
     assert_eq!(s0.kind("switcher_pinned_flows"), Some("gauge"));

@@ -1,11 +1,12 @@
 //! `cargo xtask <cmd>`: project automation for switcher.
 //!
-//! `setup`, `lab`, `soak` and `fuzz` have a module each; the subcommands that build and run
-//! the project (`build`, `test`, `lint`, `demo`, `bench`) share `run`. A new subcommand is a
-//! variant of [`Cmd`] and a function in the module it belongs with.
+//! `setup`, `lab`, `soak`, `fuzz` and `package` have a module each; the subcommands that
+//! build and run the project (`build`, `test`, `lint`, `demo`, `bench`) share `run`. A new
+//! subcommand is a variant of [`Cmd`] and a function in the module it belongs with.
 
 mod fuzz;
 mod lab;
+mod package;
 mod run;
 mod setup;
 mod soak;
@@ -40,6 +41,9 @@ enum Cmd {
     Soak(soak::Args),
     /// Generated and mutated packets through the real XDP and TC programs, judged one by one.
     Fuzz(fuzz::Args),
+    /// The Debian package (target/debian/switcher_<version>_<arch>.deb): binary, unit, example
+    /// config, completions, man pages, monitoring kit.
+    Package,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -53,5 +57,6 @@ fn main() -> anyhow::Result<()> {
         Cmd::Bench(args) => run::bench(args),
         Cmd::Soak(args) => soak::run(args),
         Cmd::Fuzz(args) => fuzz::run(args),
+        Cmd::Package => package::run(),
     }
 }

@@ -1,199 +1,33 @@
 //! The `switcher` command line: the daemon, and the commands that talk to it over the API
 //! socket. Human output by default (rendered in [`render`]), `--json` for scripts.
 
+mod args;
 mod exit;
 mod fleet;
+mod follow;
+mod generate;
+mod logging;
 pub mod render;
 
-use std::{path::PathBuf, process::ExitCode, time::Duration};
+use std::{process::ExitCode, time::Duration};
 
 use crate::{
     api::{self, Request},
-    config::{Config, Member, DEFAULT_BPFFS_DIR, DEFAULT_SOCKET},
+    config::{Config, Member},
     controller::{Event, StatusView},
     datapath::FlipOutcome,
     deploy::{Deployment, Phase},
     domain::Color,
 };
 use anyhow::{bail, Context as _, Result};
-use clap::{Parser, Subcommand};
+use clap::Parser as _;
 
-#[derive(Parser)]
-#[command(
-    name = "switcher",
-    version,
-    about = "Zero-downtime blue/green switching of log-ingest services (XDP)"
-)]
-struct Cli {
-    /// The daemon's API socket.
-    #[arg(long, global = true, env = "SWITCHER_SOCKET", default_value = DEFAULT_SOCKET)]
-    socket: PathBuf,
-    /// Machine-readable output: the daemon's documents as JSON, and errors as a JSON object
-    /// (`error`, `exit`, `kind`) on stdout.
-    #[arg(long, global = true)]
-    json: bool,
-    #[command(subcommand)]
-    cmd: Cmd,
-}
-
-#[derive(Subcommand)]
-enum Cmd {
-    /// Run the daemon: load or adopt the datapath, apply the config, serve the API.
-    Daemon {
-        #[arg(long, short)]
-        config: PathBuf,
-        /// On exit leave the datapath attached and pinned (hitless restart / upgrade).
-        #[arg(long)]
-        keep_attached: bool,
-    },
-    /// Validate a config file; applies nothing.
-    Check {
-        #[arg(long, short)]
-        config: PathBuf,
-    },
-    /// Services, colours, counters and the deployment in progress.
-    Status {
-        service: Option<String>,
-        /// Print the status again every --interval seconds until interrupted.
-        #[arg(long)]
-        watch: bool,
-        #[arg(long, value_name = "SECONDS", default_value_t = 2.0,
-              value_parser = interval_arg)]
-        interval: f64,
-    },
-    /// Put a new version into the idle colour's slot (no traffic goes to it yet).
-    Deploy {
-        service: String,
-        /// The candidate pool in the green slot: one node or a comma-separated list, each
-        /// optionally weighted (`ADDR:PORT*2`).
-        #[arg(
-            long,
-            value_name = "ADDR:PORT,...",
-            value_parser = members_arg,
-            conflicts_with = "blue",
-            required_unless_present = "blue"
-        )]
-        green: Option<MemberList>,
-        /// The candidate pool in the blue slot (when green is serving).
-        #[arg(long, value_name = "ADDR:PORT,...", value_parser = members_arg)]
-        blue: Option<MemberList>,
-        #[arg(long, value_name = "LABEL")]
-        version: Option<String>,
-        /// Replace the slot even while TCP connections are still pinned to it (breaks them).
-        #[arg(long)]
-        force: bool,
-    },
-    /// Validate the deployed version, then flip to it and watch it.
-    Promote {
-        service: String,
-        /// Wait for the outcome and exit with its code: 0 once `--until` is reached, 5 if the
-        /// candidate was rejected, 6 if the watch rolled it back, 7 at `--timeout`.
-        #[arg(long)]
-        wait: bool,
-        /// With --wait: until the flip (`promoted`) or the end of the watch window (`stable`).
-        #[arg(long, value_enum, default_value_t = Until::Stable, requires = "wait")]
-        until: Until,
-        /// With --wait: give up (exit 7) after this long.
-        #[arg(
-            long,
-            value_name = "SECONDS",
-            default_value_t = 3600,
-            requires = "wait"
-        )]
-        timeout: u64,
-    },
-    /// Flip by hand; an unvalidated colour needs --force --reason.
-    Flip {
-        service: String,
-        #[arg(long)]
-        to: Color,
-        #[arg(long)]
-        force: bool,
-        #[arg(long, value_name = "TEXT")]
-        reason: Option<String>,
-        /// Fleet mode: flip this host only, an audited emergency override (needs --force
-        /// --reason); without it the whole fleet flips and every host acknowledges.
-        #[arg(long)]
-        local: bool,
-    },
-    /// Back to the previous colour (kept warm), at once; in fleet mode on every host.
-    Rollback {
-        service: String,
-        /// Fleet mode: this host only, an audited emergency override (needs --force --reason).
-        #[arg(long, requires_all = ["force", "reason"])]
-        local: bool,
-        #[arg(long)]
-        force: bool,
-        #[arg(long, value_name = "TEXT")]
-        reason: Option<String>,
-    },
-    /// Fleet mode: the hosts kept on the same colours and config through etcd.
-    Fleet {
-        #[command(subcommand)]
-        cmd: FleetCmd,
-    },
-    /// Cancel a deployment that has not been flipped to.
-    Abort { service: String },
-    /// Every deployment of SERVICE with each transition, actor, reason (and, with --json,
-    /// the evidence).
-    History { service: String },
-    /// Follow events as they happen.
-    Watch,
-    /// Re-read the daemon's config file; an invalid one changes nothing.
-    Reload,
-    /// The established connections pinned to a colour, oldest first: service, colour,
-    /// client, member, state, age, idle time.
-    Flows {
-        service: Option<String>,
-        /// Show at most this many (all are counted).
-        #[arg(long, default_value_t = 100,
-              value_parser = clap::value_parser!(u64).range(1..=10_000))]
-        limit: u64,
-    },
-    /// Remove a datapath left attached and pinned (by --keep-attached or a crash): traffic
-    /// to the VIPs stops being switched. For uninstalling; refuses while a daemon runs.
-    Detach {
-        #[arg(long, default_value = DEFAULT_BPFFS_DIR)]
-        bpffs_dir: PathBuf,
-    },
-}
-
-#[derive(Subcommand)]
-enum FleetCmd {
-    /// Per host: connected or not, applied revision and colour per service, config hash
-    /// match, lag behind the desired state, last error.
-    Status,
-    /// The fleet's audit trail: every change any host made, with time, actor, host and reason.
-    History { service: Option<String> },
-}
-
-/// How far `promote --wait` follows a deployment.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-enum Until {
-    Promoted,
-    Stable,
-}
-
-fn interval_arg(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(v) if v.is_finite() && (0.1..=3600.0).contains(&v) => Ok(v),
-        _ => Err(format!("{s:?} is not a number of seconds in 0.1..=3600")),
-    }
-}
+pub use args::MemberList;
+use args::{Cli, Cmd, FleetCmd, Until};
 
 /// Fleet flips wait for every host's acknowledgement (and, on failure, for the fleet's
 /// rollback): up to twice the configured deadline, at most 10 minutes each.
 const FLEET_WAIT: Duration = Duration::from_secs(25 * 60);
-
-/// A pool given on the command line (one argument, comma-separated: clap would take a bare
-/// `Vec` for repeated arguments).
-#[derive(Debug, Clone, PartialEq)]
-pub struct MemberList(pub Vec<Member>);
-
-/// `--green`/`--blue`: the VIP's address family is checked by the daemon, which knows it.
-fn members_arg(s: &str) -> Result<MemberList, String> {
-    crate::config::parse_list(s, None).map(MemberList)
-}
 
 /// A pool as one token: `-`, `ADDR:PORT` or `ADDR:PORT,ADDR:PORT*2`.
 fn pool_or_dash(m: &[Member]) -> String {
@@ -248,12 +82,7 @@ fn print_json_or(
 }
 
 fn run(cli: Cli) -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    logging::init();
     let (socket, json) = (cli.socket, cli.json);
     match cli.cmd {
         Cmd::Daemon {
@@ -387,10 +216,19 @@ fn run(cli: Cli) -> Result<()> {
                 let id = v["id"]
                     .as_u64()
                     .context("the promote reply has no deployment id")?;
-                Some(follow(&socket, &service, id, Duration::from_secs(timeout))?)
+                Some(follow::deployment(
+                    &socket,
+                    &service,
+                    id,
+                    Duration::from_secs(timeout),
+                )?)
             } else {
                 None
             };
+            // A fleet promotion is stable once every host's own watch window passed.
+            if wait && until == Until::Stable && fleet::is_fleet_reply(&v) {
+                follow::fleet(&socket, &service, Duration::from_secs(timeout))?;
+            }
             let shown = settled
                 .as_ref()
                 .map(|d| serde_json::to_value(d).context("encoding the deployment"))
@@ -562,6 +400,7 @@ fn run(cli: Cli) -> Result<()> {
             let _ = std::fs::remove_dir(&bpffs_dir);
             Ok(())
         }
+        Cmd::Generate { what } => generate::run(what),
     }
 }
 
@@ -587,43 +426,6 @@ fn rejected_or(socket: &std::path::Path, service: &str, e: anyhow::Error) -> any
         }
         .into(),
         _ => e,
-    }
-}
-
-/// Follows deployment `id` of `service` after its flip until its watch ends (stable, or
-/// rolled back), at most `timeout`.
-fn follow(
-    socket: &std::path::Path,
-    service: &str,
-    id: u64,
-    timeout: Duration,
-) -> Result<Deployment> {
-    let deadline = std::time::Instant::now() + timeout;
-    loop {
-        let v = api::call(
-            socket,
-            &Request::History {
-                service: service.into(),
-            },
-        )?;
-        let ds: Vec<Deployment> = serde_json::from_value(v).context("decoding history")?;
-        let d = ds
-            .into_iter()
-            .find(|d| d.id == id)
-            .with_context(|| format!("deployment {id} of {service} disappeared"))?;
-        if !matches!(d.phase, Phase::Promoted) {
-            return Ok(d);
-        }
-        if std::time::Instant::now() >= deadline {
-            return Err(exit::Outcome {
-                exit: exit::Exit::Timeout,
-                message: format!(
-                    "{service}: deployment {id} still promoted (watching) after {timeout:?}"
-                ),
-            }
-            .into());
-        }
-        std::thread::sleep(Duration::from_millis(250));
     }
 }
 

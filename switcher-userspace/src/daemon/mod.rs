@@ -8,6 +8,7 @@
 #[cfg(test)]
 mod api_fuzz;
 pub mod lock;
+mod notify;
 mod private_dir;
 mod socket;
 
@@ -37,10 +38,14 @@ pub async fn run(cfg: Config, cfg_path: PathBuf, keep_attached: bool) -> Result<
     // before it could remove that daemon's socket.
     let _locks = lock::DaemonLocks::acquire(&cfg.daemon.bpffs_dir, &cfg.daemon.state_dir)?;
     let socket = socket::Bound::bind(&cfg.daemon.socket).await?;
-    let http = cfg.http.clone();
-    let probe_interval = cfg.daemon.probe_interval;
-    let state_dir = cfg.daemon.state_dir.clone();
-    let maps_dir = datapath::maps_dir(&cfg.daemon.bpffs_dir);
+    let serving = Serving {
+        http: cfg.http.clone(),
+        interfaces: cfg.daemon.interfaces.clone(),
+        probe_interval: cfg.daemon.probe_interval,
+        state_dir: cfg.daemon.state_dir.clone(),
+        maps_dir: datapath::maps_dir(&cfg.daemon.bpffs_dir),
+    };
+    let state_dir = serving.state_dir.clone();
     let dp = BpfDatapath::load(&cfg.daemon.bpffs_dir)?;
     let fleet_cfg = cfg.fleet.clone();
     let cfg = match &fleet_cfg {
@@ -57,16 +62,8 @@ pub async fn run(cfg: Config, cfg_path: PathBuf, keep_attached: bool) -> Result<
         None => (None, AbortOnDrop(None)),
     };
     // From here on the datapath is ours: however serving ends, the controller shuts down.
-    let served = serve(
-        &ctl,
-        fleet.as_ref(),
-        socket,
-        &http,
-        &maps_dir,
-        &state_dir,
-        probe_interval,
-    )
-    .await;
+    let served = serve(&ctl, fleet.as_ref(), socket, &serving).await;
+    notify::stopping();
     drop(agent);
     if let Some(f) = &fleet {
         f.leave().await;
@@ -75,21 +72,27 @@ pub async fn run(cfg: Config, cfg_path: PathBuf, keep_attached: bool) -> Result<
     served.and(shut)
 }
 
+/// What serving needs of the config (the rest went to the controller).
+struct Serving {
+    http: HttpConfig,
+    interfaces: Vec<String>,
+    probe_interval: Option<Duration>,
+    state_dir: PathBuf,
+    maps_dir: PathBuf,
+}
+
 /// Serves the HTTP listener and the API socket until SIGINT or SIGTERM.
 async fn serve(
     ctl: &Controller,
     fleet: Option<&Fleet>,
     socket: socket::Bound,
-    http: &HttpConfig,
-    maps_dir: &std::path::Path,
-    state_dir: &std::path::Path,
-    probe_interval: Option<Duration>,
+    serving: &Serving,
 ) -> Result<()> {
     for s in &ctl.status(None).await?.services {
         info!(service = %s.name, vip = %s.vip, port = s.port, protocol = %s.protocol, active = %s.active, "service programmed");
     }
-    let web = match http.listen {
-        Some(addr) => match start_web(addr, ctl, fleet, http, maps_dir, state_dir).await {
+    let web = match serving.http.listen {
+        Some(addr) => match start_web(addr, ctl, fleet, serving).await {
             Ok(task) => Some(task),
             // The controller matters more than its dashboard: run on, loudly.
             Err(e) => {
@@ -102,18 +105,20 @@ async fn serve(
     let _web = AbortOnDrop(web);
     // Every pool member is probed: the verdicts take dead members out of their tables, and
     // the metrics and the dashboard show them.
-    if let Some(interval) = probe_interval {
+    if let Some(interval) = serving.probe_interval {
         ctl.start_health_monitor(interval);
     }
     ctl.start_flow_sweeper(
-        FlowSweeper::open(maps_dir).context("opening the flow tables for the sweeper")?,
+        FlowSweeper::open(&serving.maps_dir).context("opening the flow tables for the sweeper")?,
         FlowPolicy::default(),
         FLOW_SWEEP,
     );
     let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut sighup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
-    println!("READY");
+    let services = ctl.catalog().await.len();
+    notify::ready(&format!("serving {services} service(s)"));
+    let _watchdog = AbortOnDrop(notify::start_watchdog(ctl.clone()));
     let mut refresh = tokio::time::interval(REDIRECT_REFRESH);
     loop {
         tokio::select! {
@@ -161,13 +166,13 @@ async fn start_web(
     addr: std::net::SocketAddr,
     ctl: &Controller,
     fleet: Option<&Fleet>,
-    http: &HttpConfig,
-    maps_dir: &std::path::Path,
-    state_dir: &std::path::Path,
+    serving: &Serving,
 ) -> Result<tokio::task::JoinHandle<()>> {
-    let mut server = web::Server::bind(addr, ctl.clone(), maps_dir).await?;
+    let mut server = web::Server::bind(addr, ctl.clone(), &serving.maps_dir).await?;
     server.set_fleet(fleet.cloned());
-    let token = web::auth::load_or_generate(http.token_file.as_deref(), state_dir)?;
+    server.set_interfaces(serving.interfaces.clone());
+    let token =
+        web::auth::load_or_generate(serving.http.token_file.as_deref(), &serving.state_dir)?;
     server.set_token(token.value.clone());
     let addr = server.local_addr()?;
     info!(%addr, "metrics at http://{addr}/metrics, dashboard at http://{addr}/");

@@ -56,8 +56,25 @@ impl BpfDatapath {
             std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
         }
         check_pinned_layouts(&maps_dir)?;
+        // Nothing pinned yet: whatever this load pins is ours to remove if it fails (e.g. a
+        // capability missing), so a failed start leaves bpffs as it found it. Pins adopted
+        // from an earlier daemon are never removed here.
+        let fresh = std::fs::read_dir(&maps_dir)
+            .with_context(|| format!("listing {}", maps_dir.display()))?
+            .next()
+            .is_none();
+        let loaded = Self::load_pinned(&maps_dir, dir.clone());
+        if loaded.is_err() && fresh {
+            if let Err(e) = remove_pins(&dir) {
+                tracing::warn!("removing the pins of a failed load: {e:#}");
+            }
+        }
+        loaded
+    }
+
+    fn load_pinned(maps_dir: &Path, dir: PathBuf) -> Result<Self> {
         let mut ebpf = EbpfLoader::new()
-            .default_map_pin_directory(&maps_dir)
+            .default_map_pin_directory(maps_dir)
             .load(EBPF_OBJECT)
             .with_context(|| {
                 format!(
@@ -75,7 +92,7 @@ impl BpfDatapath {
         shadow
             .load()
             .context("verifier rejected the TC shadow (ingress) program")?;
-        let reader = MapReader::open(&maps_dir)?;
+        let reader = MapReader::open(maps_dir)?;
         Ok(Self {
             ebpf,
             reader,

@@ -12,10 +12,12 @@ pub mod encode;
 pub(crate) mod fake;
 mod flow_table;
 pub mod loader;
+mod netlink;
 mod program;
 pub mod read;
 mod shadow;
 pub mod sweep;
+pub mod xdp_attached;
 pub mod xdp_features;
 
 #[cfg(feature = "bench")]

@@ -4,12 +4,11 @@
 //! interfaces listed here and passes everything else to the kernel. The kernel reports the
 //! capability (NETDEV_XDP_ACT_NDO_XMIT) through the generic-netlink "netdev" family (6.3+).
 
-use std::{
-    io,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
-};
+use std::io;
 
 use anyhow::{bail, Context as _, Result};
+
+use super::netlink::{self, attr, attr_u32, find_attr, NLMSG_ERROR};
 
 const GENL_ID_CTRL: u16 = 0x10;
 const CTRL_CMD_GETFAMILY: u8 = 3;
@@ -19,8 +18,6 @@ const NETDEV_CMD_DEV_GET: u8 = 1;
 const NETDEV_A_DEV_IFINDEX: u16 = 1;
 const NETDEV_A_DEV_XDP_FEATURES: u16 = 3;
 const NETDEV_XDP_ACT_NDO_XMIT: u64 = 1 << 2;
-const NLM_F_REQUEST: u16 = 1;
-const NLMSG_ERROR: u16 = 2;
 
 /// The ifindexes of this network namespace whose driver accepts redirected XDP frames now.
 /// An interface that disappears between the listing and its question is left out; any other
@@ -87,23 +84,11 @@ fn allow_list(
     Ok(out)
 }
 
-struct GenlSocket(OwnedFd);
+struct GenlSocket(netlink::Socket);
 
 impl GenlSocket {
     fn open() -> Result<Self> {
-        // SAFETY: plain socket(2); the fd is owned right away.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                libc::NETLINK_GENERIC,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error()).context("opening a generic-netlink socket");
-        }
-        // SAFETY: fd is a fresh, valid descriptor we own.
-        Ok(Self(unsafe { OwnedFd::from_raw_fd(fd) }))
+        Ok(Self(netlink::Socket::open(libc::NETLINK_GENERIC)?))
     }
 
     fn family_id(&self, name: &str) -> Result<u16> {
@@ -122,28 +107,10 @@ impl GenlSocket {
 
     /// Sends one request and returns its reply as it arrived (an error reply included).
     fn exchange(&self, family: u16, cmd: u8, attrs: &mut Vec<u8>) -> Result<Vec<u8>> {
-        let len = 16 + 4 + attrs.len();
-        let mut msg = Vec::with_capacity(len);
-        msg.extend_from_slice(&(len as u32).to_ne_bytes());
-        msg.extend_from_slice(&family.to_ne_bytes());
-        msg.extend_from_slice(&NLM_F_REQUEST.to_ne_bytes());
-        msg.extend_from_slice(&1u32.to_ne_bytes()); // seq
-        msg.extend_from_slice(&0u32.to_ne_bytes()); // pid: the kernel fills it
+        let mut msg = netlink::header(family, 4 + attrs.len());
         msg.extend_from_slice(&[cmd, 1, 0, 0]); // genl header: cmd, version
         msg.append(attrs);
-        // SAFETY: msg is a valid buffer of msg.len() bytes.
-        let n = unsafe { libc::send(self.0.as_raw_fd(), msg.as_ptr().cast(), msg.len(), 0) };
-        if n < 0 {
-            return Err(io::Error::last_os_error()).context("sending a generic-netlink request");
-        }
-        let mut buf = vec![0u8; 16384];
-        // SAFETY: buf is a valid writable buffer of buf.len() bytes.
-        let n = unsafe { libc::recv(self.0.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n < 0 {
-            return Err(io::Error::last_os_error()).context("reading a generic-netlink reply");
-        }
-        buf.truncate(n as usize);
-        Ok(buf)
+        self.0.exchange(&msg)
     }
 }
 
@@ -176,51 +143,9 @@ fn accepts_redirect(attrs: &[u8]) -> bool {
     }
 }
 
-fn attr(kind: u16, value: &[u8]) -> Vec<u8> {
-    let len = 4 + value.len();
-    let mut v = Vec::with_capacity((len + 3) & !3);
-    v.extend_from_slice(&(len as u16).to_ne_bytes());
-    v.extend_from_slice(&kind.to_ne_bytes());
-    v.extend_from_slice(value);
-    v.resize((len + 3) & !3, 0);
-    v
-}
-
-fn attr_u32(kind: u16, value: u32) -> Vec<u8> {
-    attr(kind, &value.to_ne_bytes())
-}
-
-/// The payload of the first attribute of `kind` in a flat attribute list.
-fn find_attr(mut attrs: &[u8], kind: u16) -> Option<&[u8]> {
-    while attrs.len() >= 4 {
-        let len = u16::from_ne_bytes([attrs[0], attrs[1]]) as usize;
-        let k = u16::from_ne_bytes([attrs[2], attrs[3]]) & 0x3fff;
-        if len < 4 || len > attrs.len() {
-            return None;
-        }
-        if k == kind {
-            return Some(&attrs[4..len]);
-        }
-        attrs = &attrs[((len + 3) & !3).min(attrs.len())..];
-    }
-    None
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn attributes_round_trip_with_padding() {
-        let mut list = attr(2, b"netdev\0");
-        assert_eq!(list.len(), 12, "4 header + 7 value, padded to 12");
-        list.extend(attr_u32(1, 0x1234));
-        assert_eq!(find_attr(&list, 2), Some(&b"netdev\0"[..]));
-        assert_eq!(find_attr(&list, 1), Some(&0x1234u32.to_ne_bytes()[..]));
-        assert_eq!(find_attr(&list, 3), None);
-        // A truncated list is not read past its end.
-        assert_eq!(find_attr(&list[..6], 1), None);
-    }
 
     /// A NETDEV_CMD_DEV_GET reply laid out by hand from include/uapi/linux/netlink.h,
     /// genetlink.h and netdev.h (little-endian, as on the machines this runs on), not with

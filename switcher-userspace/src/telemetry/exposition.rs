@@ -21,7 +21,10 @@ use prometheus_client::{
 
 use crate::{
     controller::{BackendHealth, CatalogEntry, MemberKey, MemberView, Recorded},
-    datapath::read::{Readings, ServiceReading},
+    datapath::{
+        read::{Readings, ServiceReading},
+        xdp_attached::Attached,
+    },
     deploy::Phase,
     domain::Color,
 };
@@ -54,6 +57,9 @@ pub struct ScrapeData {
     pub previous_scrape_seconds: f64,
     /// Fleet mode only.
     pub fleet: Option<FleetSample>,
+    /// The XDP mode attached on each interface the daemon serves (those the kernel answered
+    /// for).
+    pub xdp: Vec<(String, Attached)>,
 }
 
 /// Fleet mode as one scrape sees it.
@@ -407,6 +413,24 @@ impl Collector for ScrapeData {
             ("soft", switcher_common::SOFT_TABLE_SIZE),
         ] {
             f.gauge(&[("table", table)], i64::from(n))?;
+        }
+
+        let mut f = family(
+            &mut enc,
+            "xdp_attached",
+            "1 for the XDP mode the ingress program runs in on an interface (native: the \
+             driver's hook; generic: the skb hook, several times slower; none: detached), 0 \
+             for the others",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (ifname, mode) in &self.xdp {
+            for m in Attached::ALL {
+                f.gauge(
+                    &[("interface", ifname), ("mode", m.label())],
+                    i64::from(*mode == m),
+                )?;
+            }
         }
 
         let mut f = family(

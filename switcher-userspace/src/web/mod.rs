@@ -34,7 +34,7 @@ use tracing::{info, warn};
 
 use crate::{
     controller::Controller,
-    datapath::{monotonic_ns, MapReader},
+    datapath::{monotonic_ns, xdp_attached, MapReader},
     domain::Color,
     fleet::{route, Fleet},
     telemetry::exposition,
@@ -53,6 +53,8 @@ struct App {
     viewers: Arc<AtomicUsize>,
     /// f64 bits: how long the last scrape took.
     last_scrape: Arc<AtomicU64>,
+    /// The interfaces the datapath is attached to (fixed for the daemon's life).
+    interfaces: Arc<Vec<String>>,
     /// Listening on a loopback address: requests must name a loopback host too.
     loopback: bool,
     limits: Limits,
@@ -90,6 +92,7 @@ impl Server {
             app: App {
                 ctl,
                 fleet: None,
+                interfaces: Arc::new(Vec::new()),
                 reader,
                 token: Arc::new(String::new()),
                 viewers: Arc::new(AtomicUsize::new(0)),
@@ -103,6 +106,11 @@ impl Server {
 
     pub fn set_fleet(&mut self, fleet: Option<Fleet>) {
         self.app.fleet = fleet;
+    }
+
+    /// The interfaces whose XDP mode the metrics report.
+    pub fn set_interfaces(&mut self, interfaces: Vec<String>) {
+        self.app.interfaces = Arc::new(interfaces);
     }
 
     /// The token mutating actions need; until it is set every action is refused.
@@ -235,6 +243,7 @@ async fn metrics(State(app): State<App>) -> Response {
     let catalog = app.ctl.catalog().await;
     let recorded = app.ctl.recorded().clone();
     let reader = app.reader.clone();
+    let interfaces = app.interfaces.clone();
     let health = app.ctl.health().snapshot();
     let fleet = match &app.fleet {
         Some(f) => Some(fleet_sample(f).await),
@@ -252,6 +261,7 @@ async fn metrics(State(app): State<App>) -> Response {
             wall: SystemTime::now(),
             previous_scrape_seconds: previous,
             fleet,
+            xdp: xdp_modes(&interfaces),
         };
         exposition::encode(data, &recorded).map_err(|_| anyhow::anyhow!("encoding metrics"))
     })
@@ -273,6 +283,21 @@ async fn metrics(State(app): State<App>) -> Response {
             format!("scrape task: {e}"),
         ),
     }
+}
+
+/// The XDP mode on each interface; one the kernel does not answer for is left out (its
+/// series vanish, which an alert on `absent` sees) and logged.
+fn xdp_modes(interfaces: &[String]) -> Vec<(String, xdp_attached::Attached)> {
+    interfaces
+        .iter()
+        .filter_map(|i| match xdp_attached::query(i) {
+            Ok((mode, _)) => Some((i.clone(), mode)),
+            Err(e) => {
+                warn!("reading the XDP mode of {i}: {e:#}");
+                None
+            }
+        })
+        .collect()
 }
 
 /// The fleet as etcd has it (fleet mode), for the dashboard's fleet view; a single host

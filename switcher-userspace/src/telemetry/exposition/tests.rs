@@ -119,6 +119,7 @@ fn scrape_with(fleet: Option<FleetSample>) -> String {
         wall: SystemTime::now(),
         previous_scrape_seconds: 0.0,
         fleet,
+        xdp: vec![("eth0".into(), Attached::Generic)],
     };
     encode(data, &Recorded::default()).expect("encode")
 }
@@ -279,4 +280,20 @@ fn the_monitoring_kit_uses_only_exported_metrics() {
             );
         }
     }
+}
+
+#[test]
+fn the_xdp_mode_is_one_of_a_state_set_per_interface() {
+    let text = scrape();
+    let s = samples(&text, "switcher_xdp_attached");
+    assert_eq!(s.len(), Attached::ALL.len(), "{s:?}");
+    assert!(
+        s.contains(&r#"{interface="eth0",mode="generic"} 1"#),
+        "{s:?}"
+    );
+    assert!(
+        s.contains(&r#"{interface="eth0",mode="native"} 0"#),
+        "{s:?}"
+    );
+    assert_eq!(s.iter().filter(|l| l.ends_with(" 1")).count(), 1, "{s:?}");
 }
