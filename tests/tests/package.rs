@@ -8,6 +8,8 @@
 //! a daemon left its state in /var/lib/switcher: the test would replace or purge them. It
 //! builds the package itself (a release build: minutes on a cold target folder).
 
+mod support;
+
 use std::{
     collections::BTreeSet,
     os::unix::fs::{MetadataExt as _, PermissionsExt as _},
@@ -15,7 +17,8 @@ use std::{
     process::Command,
 };
 
-use switcher_tests::privilege::{notice, privileged};
+use support::{output, privileged};
+use switcher_tests::privilege::notice;
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 const STATE_DIR: &str = "/var/lib/switcher";
@@ -29,19 +32,6 @@ fn workspace() -> PathBuf {
         .parent()
         .expect("the workspace above tests/")
         .to_path_buf()
-}
-
-/// Runs `cmd`: its success and its stdout and stderr together.
-fn output(cmd: &mut Command) -> (bool, String) {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
 }
 
 /// Runs `cmd`, which must succeed; its stdout.

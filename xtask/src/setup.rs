@@ -53,6 +53,10 @@ const PACKAGES: &[&str] = &[
     "binutils",
     "man-db",
     "systemd",
+    // The unit's test traces every system call the daemon makes (`perf trace`) and applies
+    // the unit's capability set (`setpriv`, util-linux).
+    "linux-perf",
+    "util-linux",
 ];
 
 #[derive(clap::Args)]

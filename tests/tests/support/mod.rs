@@ -16,6 +16,19 @@ pub mod packets;
 /// visible SKIPPED line elsewhere); see `switcher_tests::privilege`.
 pub use switcher_tests::privilege::privileged;
 
+/// Runs `cmd`: its success and its stdout and stderr together.
+pub fn output(cmd: &mut std::process::Command) -> (bool, String) {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
 /// The shared [`LoadedDatapath`] with the fixtures' services, where any failure fails the
 /// test at once.
 pub struct TestDatapath {
