@@ -133,6 +133,9 @@ fn parse_v4<F: Frame + ?Sized>(
     } else {
         Frag::None
     };
+    if icmp_truncated(proto, frag, ihl, tot_len as usize) {
+        return Err(Reason::MalformedL4);
+    }
     flow.src = [0; 16];
     flow.dst = [0; 16];
     flow.src[..4].copy_from_slice(&h[12..16]);
@@ -220,6 +223,9 @@ fn parse_v6<F: Frame + ?Sized>(
             _ => Reason::NotService,
         });
     }
+    if icmp_truncated(next, frag, off - l3, payload as usize + 40) {
+        return Err(Reason::MalformedL4);
+    }
     if frag == Frag::None {
         frag_proto = next;
     }
@@ -238,6 +244,13 @@ fn parse_v6<F: Frame + ?Sized>(
         ip_len: payload + 40,
         tos_flow: u32::from_be_bytes([h[0], h[1], h[2], h[3]]) & 0x0fff_ffff,
     })
+}
+
+/// An unfragmented ICMP or ICMPv6 message shorter than its 8-byte header (type, code,
+/// checksum, rest of header): no such message is sound, whatever its type.
+#[inline(always)]
+fn icmp_truncated(proto: u8, frag: Frag, l4_off: usize, ip_len: usize) -> bool {
+    (proto == PROTO_ICMP || proto == PROTO_ICMPV6) && frag == Frag::None && l4_off + 8 > ip_len
 }
 
 /// The L4 fields the datapath needs.

@@ -197,11 +197,17 @@ fn the_daemon_works_with_the_units_capabilities_and_needs_each_of_them() {
         let e = rig
             .start_daemon()
             .expect_err(&format!("the daemon must not start without CAP_{cap}"));
+        let why = format!("{e:#}");
         eprintln!(
             "without CAP_{}: refused after {:?}: {}",
             cap.to_ascii_uppercase(),
             started.elapsed(),
-            format!("{e:#}").lines().last().unwrap_or_default()
+            why.lines().last().unwrap_or_default()
+        );
+        // Refused by the kernel for want of the capability, not for anything else.
+        assert!(
+            why.contains("Operation not permitted") || why.contains("Permission denied"),
+            "without CAP_{cap}: {why}"
         );
         assert!(
             rig.pins_left().expect("pins").is_empty(),
@@ -209,6 +215,67 @@ fn the_daemon_works_with_the_units_capabilities_and_needs_each_of_them() {
         );
     }
     rig.set_daemon_prefix(&[]);
+    rig.down().expect("down");
+}
+
+#[test]
+fn restarts_under_the_units_capabilities_adopt_the_datapath_and_reattach_a_dead_link() {
+    if !privileged() {
+        return;
+    }
+    let mut rig = rig_without_daemon("cpr");
+    let caps = setpriv_args(None);
+    rig.set_daemon_prefix(&caps.iter().map(String::as_str).collect::<Vec<_>>());
+    // The unit's way: --keep-attached, so every restart adopts the pinned datapath.
+    rig.start_daemon_with(OnStop::KeepAttached)
+        .expect("first start with the unit's capabilities");
+    rig.flip("udp4", Color::Green).expect("flip");
+    let first = rig.pinned_links().expect("links");
+    rig.stop_daemon()
+        .expect("stop, leaving the datapath attached");
+    rig.start_daemon()
+        .expect("restart adopts the pinned datapath");
+    let adopted = rig.pinned_links().expect("links");
+    assert_eq!(
+        adopted.xdp_link, first.xdp_link,
+        "the same link, its program replaced"
+    );
+    lines_land_on(&rig, "cpr-adopted", 200, Color::Green);
+    rig.stop_daemon().expect("stop");
+
+    // Someone detaches the XDP link behind the daemon's back (as a replaced interface
+    // would): the pin stays, the link is dead. The next start notices and attaches afresh.
+    let pin = switcher::datapath::pins_dir(&rig.bpffs)
+        .join("links")
+        .join(format!("xdp-{}", rig::EDGE_TO_CLIENT));
+    let (ok, text) = output(
+        Command::new("bpftool")
+            .args(["link", "detach", "pinned"])
+            .arg(&pin),
+    );
+    assert!(ok, "bpftool link detach: {text}");
+    rig.start_daemon()
+        .expect("a restart over a dead link attaches afresh instead of failing");
+    let fresh = rig.pinned_links().expect("links");
+    assert_ne!(fresh.xdp_link, first.xdp_link, "a new XDP link");
+    assert!(
+        rig.daemon()
+            .expect("daemon")
+            .stderr_tail(50)
+            .contains("no longer runs on"),
+        "the daemon says why it attached afresh"
+    );
+    lines_land_on(&rig, "cpr-fresh", 200, Color::Green);
+    let m = rig.metrics().expect("metrics");
+    assert!(
+        m.contains(&format!(
+            "switcher_xdp_attached{{interface=\"{}\",mode=\"native\"}} 1",
+            rig::EDGE_TO_CLIENT
+        )),
+        "XDP native again"
+    );
+    rig.set_daemon_prefix(&[]);
+    rig.stop_daemon().expect("stop");
     rig.down().expect("down");
 }
 
@@ -440,7 +507,7 @@ fn readiness_watchdog_and_stopping_go_over_the_notify_socket() {
         "under a service manager READY goes to the socket, not to stdout"
     );
 
-    // Pets at half of 400 ms: about 10 in 2 s.
+    // Pets every quarter of 400 ms: about 20 in 2 s.
     let t0 = Instant::now();
     let pets = datagrams_until(&sock, Duration::from_secs(2), |_| false)
         .iter()
@@ -449,17 +516,11 @@ fn readiness_watchdog_and_stopping_go_over_the_notify_socket() {
     let per_s = pets as f64 / t0.elapsed().as_secs_f64();
     eprintln!("WATCHDOG=1: {pets} in {:?}", t0.elapsed());
     assert!(
-        (3.0..=8.0).contains(&per_s),
+        (6.0..=15.0).contains(&per_s),
         "{pets} pets in 2 s at WATCHDOG_USEC=400000"
     );
 
-    // A frozen daemon stops petting: no WATCHDOG=1 while SIGSTOPped (systemd would kill it).
     let pid = nix::unistd::Pid::from_raw(i32::try_from(daemon.pid()).expect("pid"));
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).expect("stop");
-    let frozen = datagrams_until(&sock, Duration::from_secs(1), |_| false);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).expect("cont");
-    assert!(frozen.is_empty(), "pets from a stopped process: {frozen:?}");
-
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("term");
     let got = datagrams_until(&sock, Duration::from_secs(10), |g| {
         g.iter().any(|d| d.lines().any(|l| l == "STOPPING=1"))

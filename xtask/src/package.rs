@@ -45,7 +45,7 @@ const DOC: &str = "usr/share/doc/switcher";
 const MONITORING: &str = "usr/share/switcher/monitoring";
 
 pub fn run() -> Result<()> {
-    setup::run(setup::Args {})?;
+    setup::for_package()?;
     let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     c.current_dir(workspace_root())
         .args(["build", "--release", "-p", "switcher-userspace"]);
@@ -367,7 +367,9 @@ fn copyright() -> String {
 
 /// After unpacking. On a fresh install: tell what to do (nothing is enabled or started).
 /// On an upgrade: restart the daemon if it runs, so the new binary serves; the restart is
-/// hitless (the unit runs it with --keep-attached: the new daemon adopts the pinned datapath).
+/// hitless (the unit runs it with --keep-attached: the new daemon adopts the pinned datapath;
+/// an upgrade that changes the map layout is refused by the new daemon, see README). When a
+/// removal is aborted (prerm stopped the daemon), an enabled daemon is started again.
 const POSTINST: &str = r#"#!/bin/sh
 set -e
 
@@ -385,14 +387,20 @@ if [ "$1" = configure ]; then
             "then 'systemctl enable --now switcher'."
     fi
 fi
+if [ "$1" = abort-remove ] || [ "$1" = abort-deconfigure ]; then
+    if [ -d /run/systemd/system ] && systemctl is-enabled --quiet switcher.service; then
+        systemctl start switcher.service || true
+    fi
+fi
 
 exit 0
 "#;
 
 /// Before removal (not before an upgrade, which keeps the daemon running until postinst
 /// restarts it): stop the daemon, then remove the datapath it leaves attached and pinned
-/// (--keep-attached), as README's "Uninstalling" does by hand: without the binary nothing
-/// could remove it any more, and the VIPs would stay switched by programs no daemon updates.
+/// (--keep-attached), where the config says it is: without the binary nothing could remove
+/// it any more, and the VIPs would stay switched by programs no daemon updates. If that
+/// fails (a daemon still running outside systemd), the removal stops, saying why.
 const PRERM: &str = r#"#!/bin/sh
 set -e
 
@@ -400,11 +408,16 @@ if [ "$1" = remove ]; then
     if [ -d /run/systemd/system ]; then
         systemctl stop switcher.service || true
     fi
-    if [ -d /sys/fs/bpf/switcher ]; then
-        /usr/bin/switcher detach ||
-            echo "switcher: the datapath pinned in /sys/fs/bpf/switcher was not removed" \
-                "(is a daemon still running?); remove it with 'switcher detach' before" \
-                "removing the package, or with bpftool." >&2
+    if [ -f /etc/switcher/switcher.toml ] &&
+        /usr/bin/switcher check --config /etc/switcher/switcher.toml >/dev/null 2>&1; then
+        set -- --config /etc/switcher/switcher.toml
+    else
+        set --
+    fi
+    if ! /usr/bin/switcher detach "$@"; then
+        echo "switcher: the datapath is still attached (is a daemon still running?);" \
+            "stop it, then remove the package again." >&2
+        exit 1
     fi
 fi
 

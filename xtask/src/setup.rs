@@ -63,7 +63,19 @@ const PACKAGES: &[&str] = &[
 pub struct Args {}
 
 pub fn run(_args: Args) -> Result<()> {
-    packages().context("Debian packages")?;
+    packages(PACKAGES).context("Debian packages")?;
+    build_tools()
+}
+
+/// What building the release binary and its package needs, and no more (no lab, no test
+/// tools): protoc for etcd-client, strip/objdump and dpkg-deb for the package, the eBPF
+/// toolchain and bpf-linker.
+pub fn for_package() -> Result<()> {
+    packages(&["protobuf-compiler", "binutils", "dpkg"]).context("Debian packages")?;
+    build_tools()
+}
+
+fn build_tools() -> Result<()> {
     let toolchain = ebpf_toolchain().context("eBPF Rust toolchain")?;
     bpf_linker(&toolchain).context("bpf-linker")?;
     Ok(())
@@ -97,9 +109,9 @@ fn parse_dpkg_status(text: &str) -> Option<String> {
     (status.split_whitespace().nth(2) == Some("installed")).then(|| version.to_owned())
 }
 
-fn packages() -> Result<()> {
+fn packages(wanted: &[&'static str]) -> Result<()> {
     let mut missing = Vec::new();
-    for pkg in PACKAGES {
+    for pkg in wanted {
         match installed_version(pkg)? {
             Some(version) => println!("ok: package {pkg} {version}"),
             None => missing.push(*pkg),

@@ -248,6 +248,22 @@ fn ipv4_header_options_move_l4() {
     }
 }
 
+/// An ICMP message shorter than its 8-byte header is malformed, not a message to look into
+/// (found by `prop_parse`: an ICMPv6 packet with a 1-byte payload).
+#[test]
+fn icmp_shorter_than_its_header_is_malformed() {
+    let v6 = cat(&[&eth(&[], 0x86dd), &ipv6(PROTO_ICMPV6, &[0])]);
+    assert_eq!(run(&v6).0, Err(Reason::MalformedL4));
+    let v4 = cat(&[
+        &eth(&[], 0x0800),
+        &ipv4(PROTO_ICMP, &[], 0, &[8, 0, 0xf7, 0xff, 0, 0, 0]),
+    ]);
+    assert_eq!(run(&v4).0, Err(Reason::MalformedL4));
+    // A later fragment carries no ICMP header: not judged by it.
+    let frag = cat(&[&eth(&[], 0x0800), &ipv4(PROTO_ICMP, &[], 0x0001, &[0])]);
+    assert!(matches!(run(&frag).0, Ok(p) if matches!(p.frag, Frag::Later(_))));
+}
+
 #[test]
 fn ipv4_icmp_is_parsed_for_egress() {
     let echo = [8, 0, 0xf7, 0xff, 0, 0, 0, 0];

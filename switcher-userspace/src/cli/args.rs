@@ -146,6 +146,10 @@ pub(super) enum Cmd {
     Detach {
         #[arg(long, default_value = DEFAULT_BPFFS_DIR)]
         bpffs_dir: PathBuf,
+        /// Take bpffs_dir (and the socket of the daemon that must not be running) from this
+        /// config file instead.
+        #[arg(long, short, conflicts_with = "bpffs_dir")]
+        config: Option<PathBuf>,
     },
     /// Shell completions and man pages from this definition (for packaging).
     #[command(hide = true)]

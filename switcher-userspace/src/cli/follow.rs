@@ -10,7 +10,7 @@ use super::exit;
 use crate::{
     api::{self, Request},
     deploy::{Deployment, Phase},
-    fleet::FleetStatus,
+    fleet::{FleetFlip, FleetStatus},
 };
 
 const POLL: Duration = Duration::from_millis(250);
@@ -52,28 +52,28 @@ pub fn deployment(
     }
 }
 
-/// Follows the fleet deployment of `service` that was just flipped to until every connected
-/// host's watch window passed (Ok), or until any host's watch rolled it back, which rolls
-/// the fleet back (exit 6); at most `timeout` (exit 7).
-pub fn fleet(socket: &std::path::Path, service: &str, timeout: Duration) -> Result<()> {
+/// Follows the fleet promotion `flip` (the promote's reply) until every host that applied
+/// the flip has passed its own watch window (Ok), or until any host's watch rolled it back,
+/// which rolls the fleet back (exit 6); at most `timeout` (exit 7, naming the hosts still
+/// watching). While this daemon cannot read etcd, or a host it waits on is disconnected,
+/// nothing is concluded: the wait goes on.
+pub fn fleet(socket: &std::path::Path, flip: &FleetFlip, timeout: Duration) -> Result<()> {
+    let service = flip.service.as_str();
+    let id = flip
+        .deployment
+        .as_deref()
+        .context("the promote reply names no fleet deployment")?;
+    let hosts: Vec<&str> = flip
+        .hosts
+        .iter()
+        .filter(|h| h.result == "applied")
+        .map(|h| h.host.as_str())
+        .collect();
     let deadline = Instant::now() + timeout;
-    let mut target = None;
     loop {
         let v = api::call(socket, &Request::FleetStatus)?;
         let s: FleetStatus = serde_json::from_value(v).context("decoding fleet status")?;
-        // The deployment and colour promoted, as first seen after the flip.
-        let (id, colour) = match &target {
-            Some(t) => t,
-            None => {
-                let d = s
-                    .desired
-                    .get(service)
-                    .and_then(|d| d.desired.deployment.as_ref())
-                    .with_context(|| format!("the fleet has no deployment of {service}"))?;
-                target.insert((d.id.clone(), d.color))
-            }
-        };
-        match fleet_outcome(&s, service, id, *colour) {
+        match fleet_outcome(&s, service, id, flip.to, &hosts) {
             FleetOutcome::Stable => return Ok(()),
             FleetOutcome::RolledBack(why) => {
                 return Err(exit::Outcome {
@@ -86,7 +86,7 @@ pub fn fleet(socket: &std::path::Path, service: &str, timeout: Duration) -> Resu
                 return Err(exit::Outcome {
                     exit: exit::Exit::Timeout,
                     message: format!(
-                        "{service}: fleet deployment {id} still watching after {timeout:?} on {}",
+                        "{service}: fleet deployment {id} not stable after {timeout:?}: {}",
                         hosts.join(", ")
                     ),
                 }
@@ -101,36 +101,54 @@ pub fn fleet(socket: &std::path::Path, service: &str, timeout: Duration) -> Resu
 enum FleetOutcome {
     Stable,
     RolledBack(String),
-    /// The hosts whose watch has not ended yet.
+    /// What is still awaited: hosts whose watch has not ended, or etcd itself.
     Watching(Vec<String>),
 }
 
-/// Where fleet deployment `id` (promoted to `colour`) stands: rolled back as soon as the
-/// desired colour left it or any host's own deployment rolled back; stable once every
-/// connected host serving the service reports its side of `id` stable.
+/// Where fleet deployment `id` (promoted to `colour`, applied by `hosts`) stands: rolled back
+/// as soon as the desired colour left it or any host's side of it rolled back; stable once
+/// each of `hosts` is connected and reports its side of `id` stable. A status not read from
+/// etcd (this daemon disconnected) concludes nothing.
 fn fleet_outcome(
     s: &FleetStatus,
     service: &str,
     id: &str,
     colour: crate::domain::Color,
+    hosts: &[&str],
 ) -> FleetOutcome {
+    if !s.connected || s.error.is_some() {
+        return FleetOutcome::Watching(vec![format!("etcd (from {})", s.host)]);
+    }
     if let Some(d) = s.desired.get(service) {
         if d.desired.active != colour {
             return FleetOutcome::RolledBack(d.desired.reason.clone());
         }
     }
-    let mut watching = Vec::new();
-    for h in s.hosts.iter().filter(|h| h.connected) {
-        let Some(sv) = h.services.get(service) else {
-            continue;
-        };
-        match sv.report.deployment.as_ref().filter(|d| d.fleet_id == id) {
-            Some(d) if d.phase == Phase::Stable => {}
-            Some(d) if d.phase == Phase::RolledBack => {
-                return FleetOutcome::RolledBack(format!("{}: {}", h.host, d.reason));
-            }
-            _ => watching.push(h.host.clone()),
-        }
+    let side = |host: &str| {
+        s.hosts
+            .iter()
+            .find(|h| h.host == host && h.connected)
+            .and_then(|h| h.services.get(service))
+            .and_then(|sv| sv.report.deployment.as_ref())
+            .filter(|d| d.fleet_id == id)
+    };
+    if let Some((h, d)) = s
+        .hosts
+        .iter()
+        .filter_map(|h| Some((h, side(&h.host)?)))
+        .find(|(_, d)| d.phase == Phase::RolledBack)
+    {
+        return FleetOutcome::RolledBack(format!("{}: {}", h.host, d.reason));
+    }
+    let watching: Vec<String> = hosts
+        .iter()
+        .filter(|h| side(h).is_none_or(|d| d.phase != Phase::Stable))
+        .map(|h| (*h).to_string())
+        .collect();
+    if hosts.is_empty() {
+        // Nobody applied the flip (cannot happen for a promotion that flipped): nothing to
+        // call stable.
+        return FleetOutcome::Watching(vec!["no host applied the flip".into()]);
     }
     if watching.is_empty() {
         FleetOutcome::Stable
@@ -179,11 +197,11 @@ mod tests {
     }
 
     fn outcome(s: &FleetStatus) -> FleetOutcome {
-        fleet_outcome(s, "syslog", "d1", Color::Green)
+        fleet_outcome(s, "syslog", "d1", Color::Green, &["a", "b"])
     }
 
     #[test]
-    fn stable_only_when_every_connected_host_passed_its_watch() {
+    fn stable_only_when_every_host_that_applied_passed_its_watch() {
         let s = status(
             "green",
             &[("a", true, Some("stable")), ("b", true, Some("promoted"))],
@@ -192,9 +210,37 @@ mod tests {
         // A host that has not reported its side yet is still watching.
         let s = status("green", &[("a", true, Some("stable")), ("b", true, None)]);
         assert_eq!(outcome(&s), FleetOutcome::Watching(vec!["b".into()]));
-        // A disconnected host does not hold the fleet up (it converges when it returns).
+        // A host that applied the flip and then disconnected: its watch's end is unknown.
         let s = status("green", &[("a", true, Some("stable")), ("b", false, None)]);
+        assert_eq!(outcome(&s), FleetOutcome::Watching(vec!["b".into()]));
+        let s = status(
+            "green",
+            &[("a", true, Some("stable")), ("b", true, Some("stable"))],
+        );
         assert_eq!(outcome(&s), FleetOutcome::Stable);
+        // A host that did not apply the flip is not waited for.
+        let s = status("green", &[("a", true, Some("stable")), ("c", true, None)]);
+        assert_eq!(
+            fleet_outcome(&s, "syslog", "d1", Color::Green, &["a"]),
+            FleetOutcome::Stable
+        );
+    }
+
+    #[test]
+    fn a_status_without_etcd_or_without_hosts_concludes_nothing() {
+        let mut s = status("green", &[]);
+        s.connected = false;
+        s.error = Some("etcd unreachable".into());
+        assert!(matches!(outcome(&s), FleetOutcome::Watching(_)));
+        let s = status("green", &[]);
+        assert_eq!(
+            outcome(&s),
+            FleetOutcome::Watching(vec!["a".into(), "b".into()])
+        );
+        assert!(matches!(
+            fleet_outcome(&s, "syslog", "d1", Color::Green, &[]),
+            FleetOutcome::Watching(_)
+        ));
     }
 
     #[test]

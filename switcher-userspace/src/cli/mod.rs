@@ -227,7 +227,9 @@ fn run(cli: Cli) -> Result<()> {
             };
             // A fleet promotion is stable once every host's own watch window passed.
             if wait && until == Until::Stable && fleet::is_fleet_reply(&v) {
-                follow::fleet(&socket, &service, Duration::from_secs(timeout))?;
+                let flip: crate::fleet::FleetFlip =
+                    serde_json::from_value(v.clone()).context("decoding the promote reply")?;
+                follow::fleet(&socket, &flip, Duration::from_secs(timeout))?;
             }
             let shown = settled
                 .as_ref()
@@ -375,9 +377,25 @@ fn run(cli: Cli) -> Result<()> {
                 Ok(render::flows(&f))
             })
         }
-        Cmd::Detach { bpffs_dir } => {
+        Cmd::Detach { bpffs_dir, config } => {
+            let (bpffs_dir, socket) = match config {
+                Some(path) => {
+                    let cfg = Config::load(&path)?;
+                    (cfg.daemon.bpffs_dir, cfg.daemon.socket)
+                }
+                None => (bpffs_dir, socket),
+            };
             if api::call(&socket, &Request::Status { service: None }).is_ok() {
                 bail!("a daemon is serving {}: stop it first", socket.display());
+            }
+            // Nothing pinned: nothing to do (uninstalling a host that never ran the daemon).
+            if !bpffs_dir.exists() {
+                if json {
+                    println!("{}", serde_json::json!({ "detached": [] }));
+                } else {
+                    println!("nothing pinned at {}", bpffs_dir.display());
+                }
+                return Ok(());
             }
             // A daemon on this datapath holds its lock whatever socket it serves; held until
             // the pins are gone, so none can start meanwhile.

@@ -52,7 +52,20 @@ pub async fn run(cfg: Config, cfg_path: PathBuf, keep_attached: bool) -> Result<
         Some(_) => crate::fleet::definitions::startup_config(&cfg_path, &state_dir, cfg),
         None => cfg,
     };
-    let ctl = Controller::start(cfg, cfg_path.clone(), Box::new(dp)).await?;
+    let (fresh, pins) = (dp.fresh(), dp.dir().to_path_buf());
+    let ctl = match Controller::start(cfg, cfg_path.clone(), Box::new(dp)).await {
+        Ok(ctl) => ctl,
+        // E.g. an interface missing: what this start pinned (and attached) goes, so no
+        // program steers traffic with no daemon. Pins adopted from an earlier daemon stay.
+        Err(e) => {
+            if fresh {
+                if let Err(u) = datapath::remove_pins(&pins) {
+                    warn!("removing the pins of a failed start: {u:#}");
+                }
+            }
+            return Err(e);
+        }
+    };
     // The agent is one more caller of the controller; it stops before the controller does.
     let (fleet, agent) = match fleet_cfg {
         Some(f) => {

@@ -35,26 +35,27 @@ pub fn stopping() {
     send(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
 }
 
-/// With `WatchdogSec=` set, pets the watchdog at half its period for as long as the
-/// controller answers a request (its lock taken, every service's colour read from the
-/// maps) within that half: a wedged controller stops the pets and systemd restarts the
-/// daemon (`--keep-attached` leaves the datapath forwarding meanwhile).
+/// With `WatchdogSec=` set, pets the watchdog every quarter period for as long as the
+/// controller answers a request (its lock taken, every service's colour read from the maps)
+/// within that quarter: two pets are never more than half a period apart while it answers,
+/// and a controller wedged for most of a period stops them, so systemd restarts the daemon
+/// (`--keep-attached` leaves the datapath forwarding meanwhile).
 pub fn start_watchdog(ctl: Controller) -> Option<tokio::task::JoinHandle<()>> {
     let mut usec = 0;
     if !sd_notify::watchdog_enabled(false, &mut usec) || usec == 0 {
         return None;
     }
-    let half = Duration::from_micros(usec / 2);
+    let quarter = Duration::from_micros(usec / 4);
     Some(tokio::spawn(async move {
-        let mut tick = tokio::time::interval(half);
+        let mut tick = tokio::time::interval(quarter);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            match tokio::time::timeout(half, ctl.colours()).await {
+            match tokio::time::timeout(quarter, ctl.colours()).await {
                 Ok(Ok(_)) => send(&[NotifyState::Watchdog]),
                 Ok(Err(e)) => warn!("watchdog not petted: the controller failed: {e:#}"),
                 Err(_) => {
-                    warn!("watchdog not petted: the controller did not answer within {half:?}")
+                    warn!("watchdog not petted: the controller did not answer within {quarter:?}")
                 }
             }
         }

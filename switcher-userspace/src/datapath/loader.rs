@@ -42,6 +42,8 @@ pub struct BpfDatapath {
     pub(super) pools: super::program::Pools,
     /// Services whose shadowing is on (SHADOW_ANY opens while there is one).
     pub(super) shadowing: std::collections::BTreeSet<u32>,
+    /// Nothing was pinned before this load: a start that fails may remove every pin.
+    fresh: bool,
 }
 
 impl BpfDatapath {
@@ -57,13 +59,10 @@ impl BpfDatapath {
         }
         check_pinned_layouts(&maps_dir)?;
         // Nothing pinned yet: whatever this load pins is ours to remove if it fails (e.g. a
-        // capability missing), so a failed start leaves bpffs as it found it. Pins adopted
-        // from an earlier daemon are never removed here.
-        let fresh = std::fs::read_dir(&maps_dir)
-            .with_context(|| format!("listing {}", maps_dir.display()))?
-            .next()
-            .is_none();
-        let loaded = Self::load_pinned(&maps_dir, dir.clone());
+        // capability missing). Pins adopted from an earlier daemon are never removed here;
+        // a start that fails later (attaching) is undone by the daemon (`remove_pins`).
+        let fresh = is_empty(&maps_dir)? && is_empty(&dir.join("links"))?;
+        let loaded = Self::load_pinned(&maps_dir, dir.clone()).map(|d| Self { fresh, ..d });
         if loaded.is_err() && fresh {
             if let Err(e) = remove_pins(&dir) {
                 tracing::warn!("removing the pins of a failed load: {e:#}");
@@ -99,7 +98,13 @@ impl BpfDatapath {
             dir,
             pools: Default::default(),
             shadowing: Default::default(),
+            fresh: false,
         })
+    }
+
+    /// Whether this load found nothing pinned (it created the maps).
+    pub fn fresh(&self) -> bool {
+        self.fresh
     }
 
     /// The versioned pin folder (maps and links).
@@ -144,6 +149,7 @@ impl BpfDatapath {
     /// replaced atomically instead, so traffic never sees a moment without a program.
     pub fn attach(&mut self, interfaces: &[String], mode: XdpMode) -> Result<()> {
         for ifname in interfaces {
+            self.drop_stale_links(ifname)?;
             self.attach_xdp(ifname, mode)?;
             self.attach_tc(ifname, names::TC_PROG, TcAttachType::Egress, "tc")?;
             self.attach_tc(
@@ -152,6 +158,39 @@ impl BpfDatapath {
                 TcAttachType::Ingress,
                 "tc-ingress",
             )?;
+        }
+        Ok(())
+    }
+
+    /// A pinned XDP link whose program no longer runs on its interface (the interface was
+    /// deleted and made again, or the link was detached by hand) cannot be updated: the
+    /// kernel refuses, and a restart would fail for good. Such links, and the interface's TC
+    /// links pinned with them, are unpinned so the programs are attached afresh.
+    fn drop_stale_links(&mut self, ifname: &str) -> Result<()> {
+        let links = self.dir.join("links");
+        let Some(link) = existing_link(&links.join(format!("xdp-{ifname}")))? else {
+            return Ok(());
+        };
+        let ours = link
+            .info()
+            .with_context(|| format!("reading the pinned XDP link of {ifname}"))?
+            .program_id();
+        let (mode, running) = super::xdp_attached::query(ifname)?;
+        if mode != super::xdp_attached::Attached::None && running == ours {
+            return Ok(());
+        }
+        tracing::warn!(
+            interface = ifname,
+            "the pinned XDP link no longer runs on {ifname} (XDP there: {}, program {running}); attaching afresh",
+            mode.label()
+        );
+        for prefix in ["xdp", "tc", "tc-ingress"] {
+            let pin = links.join(format!("{prefix}-{ifname}"));
+            match std::fs::remove_file(&pin) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e).with_context(|| format!("unpinning {}", pin.display())),
+            }
         }
         Ok(())
     }
@@ -365,6 +404,13 @@ fn refuse_other_abi_versions(bpffs_dir: &Path) -> Result<()> {
 }
 
 /// A link an earlier daemon pinned, or `None` if there is none.
+fn is_empty(dir: &Path) -> Result<bool> {
+    Ok(std::fs::read_dir(dir)
+        .with_context(|| format!("listing {}", dir.display()))?
+        .next()
+        .is_none())
+}
+
 fn existing_link(pin: &Path) -> Result<Option<FdLink>> {
     match PinnedLink::from_pin(pin) {
         Ok(p) => Ok(Some(FdLink::from(p))),

@@ -249,7 +249,7 @@ impl Fleet {
                     .with_phase(FleetPhase::Promoted, None);
                 next.active = dep.color;
                 info!(service, deployment = %dep.id, hosts = verdicts.len(), "fleet: every host passed; flipping the fleet");
-                return self
+                let mut flip = self
                     .commit(
                         client,
                         service,
@@ -260,7 +260,9 @@ impl Fleet {
                         Revert::RejectDeployment,
                         true,
                     )
-                    .await;
+                    .await?;
+                flip.deployment = Some(dep.id.clone());
+                return Ok(flip);
             }
             if Instant::now() >= deadline {
                 break waiting

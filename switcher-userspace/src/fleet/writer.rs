@@ -40,6 +40,9 @@ pub struct FleetFlip {
     /// The revision that put the fleet back, when this flip failed somewhere.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rolled_back: Option<i64>,
+    /// A promotion's flip: the fleet deployment it promoted (what `promote --wait` follows).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployment: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -92,6 +95,7 @@ impl FleetFlip {
             ack_ms: 0.0,
             write_ms: 0.0,
             rolled_back: None,
+            deployment: None,
         }
     }
 
@@ -325,6 +329,7 @@ impl Fleet {
             ack_ms: 0.0,
             write_ms,
             rolled_back: None,
+            deployment: None,
         };
         let failed = match self
             .wait_acks(client, reports, service, rev, to, committed)

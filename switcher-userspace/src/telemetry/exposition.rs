@@ -418,9 +418,7 @@ impl Collector for ScrapeData {
         let mut f = family(
             &mut enc,
             "xdp_attached",
-            "1 for the XDP mode the ingress program runs in on an interface (native: the \
-             driver's hook; generic: the skb hook, several times slower; none: detached), 0 \
-             for the others",
+            "1 for the XDP mode the ingress program runs in on an interface, 0 for the others",
             None,
             MetricType::Gauge,
         )?;

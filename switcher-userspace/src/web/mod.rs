@@ -285,8 +285,8 @@ async fn metrics(State(app): State<App>) -> Response {
     }
 }
 
-/// The XDP mode on each interface; one the kernel does not answer for is left out (its
-/// series vanish, which an alert on `absent` sees) and logged.
+/// The XDP mode on each interface (`none` for one that is gone); one the kernel does not
+/// answer for is left out and logged.
 fn xdp_modes(interfaces: &[String]) -> Vec<(String, xdp_attached::Attached)> {
     interfaces
         .iter()
