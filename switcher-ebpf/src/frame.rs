@@ -32,9 +32,13 @@ impl XdpFrame {
 
     #[inline(always)]
     pub fn write<const N: usize>(&self, off: usize, bytes: [u8; N]) -> Option<()> {
-        let p = self.ptr::<[u8; N]>(off)?;
-        // SAFETY: `ptr` checked that N bytes at `off` lie inside the packet.
-        unsafe { *p = bytes };
+        let p = self.ptr::<u8>(off + N - 1)?.wrapping_sub(N - 1);
+        // Byte stores, unrolled: an array assignment here became a call to the builtin
+        // memmove, a byte loop, on every rewritten packet.
+        for (i, b) in bytes.iter().enumerate() {
+            // SAFETY: `ptr` checked that byte off + N - 1 lies inside the packet, so all N do.
+            unsafe { p.add(i).write(*b) };
+        }
         Some(())
     }
 }

@@ -252,11 +252,11 @@ fn shadowing(id: u32) -> bool {
 fn lookup_tcp(s: &mut Scratch) -> Found {
     // SAFETY (all three): the entry is copied out at once.
     if let Some(e) = unsafe { FLOWS.get(&s.flow) } {
-        s.found = *e;
+        copy(e, &mut s.found);
         return Found::Established;
     }
     if let Some(e) = unsafe { HALF_FLOWS.get(&s.flow) } {
-        s.found = *e;
+        copy(e, &mut s.found);
         return Found::HalfOpen;
     }
     lookup_soft(s)
@@ -267,11 +267,19 @@ fn lookup_soft(s: &mut Scratch) -> Found {
     // SAFETY: copied out at once.
     match unsafe { SOFT_FLOWS.get(&s.flow) } {
         Some(e) => {
-            s.found = *e;
+            copy(e, &mut s.found);
             Found::Soft
         }
         None => Found::None,
     }
+}
+
+/// Copies a map entry out: a plain assignment lowers to the builtin memmove (a byte loop);
+/// the entries are 8-aligned, so this is a few word loads and stores.
+#[inline(always)]
+fn copy<T>(from: &T, to: &mut T) {
+    // SAFETY: both are valid, aligned and distinct (a map entry and a scratch slot).
+    unsafe { core::ptr::copy_nonoverlapping(from, to, 1) }
 }
 
 /// Whether the member with counter slot `slot` is in its pool's table in use.
@@ -363,7 +371,7 @@ fn lookup_chunk(s: &mut Scratch, now: u64) -> bool {
     // SAFETY: copied out at once.
     match unsafe { GELF_CHUNKS.get(&s.gelf) } {
         Some(v) if gelf::follows(v.created_ns, now) => {
-            s.chunk = *v;
+            copy(v, &mut s.chunk);
             true
         }
         _ => false,

@@ -50,13 +50,23 @@ pub struct Run {
 impl LoadedDatapath {
     /// A fresh datapath pinned under `/sys/fs/bpf/switcher-<tag>-<pid>-<n>`.
     pub fn load(tag: &str) -> Result<Self> {
+        Self::load_object(tag, None)
+    }
+
+    /// [`LoadedDatapath::load`] with another build of the eBPF object (`None`: the one built
+    /// into switcher).
+    pub fn load_object(tag: &str, object: Option<&[u8]>) -> Result<Self> {
         let bpffs = PathBuf::from(format!(
             "/sys/fs/bpf/switcher-{tag}-{}-{}",
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         ));
+        let dp = match object {
+            Some(o) => BpfDatapath::load_object(&bpffs, o)?,
+            None => BpfDatapath::load(&bpffs)?,
+        };
         Ok(Self {
-            dp: Some(BpfDatapath::load(&bpffs)?),
+            dp: Some(dp),
             ids: BTreeMap::new(),
             bpffs,
         })

@@ -50,6 +50,12 @@ impl BpfDatapath {
     /// Loads the programs, creating the pinned maps under `bpffs_dir` or reusing the ones an
     /// earlier daemon left there.
     pub fn load(bpffs_dir: &Path) -> Result<Self> {
+        Self::load_object(bpffs_dir, EBPF_OBJECT)
+    }
+
+    /// [`BpfDatapath::load`] with another build of the eBPF object (the benchmark compares
+    /// two builds side by side); the daemon always runs its own.
+    pub fn load_object(bpffs_dir: &Path, object: &[u8]) -> Result<Self> {
         bpffs::ensure_mounted(bpffs_dir)?;
         let dir = super::pins_dir(bpffs_dir);
         let maps_dir = super::maps_dir(bpffs_dir);
@@ -62,7 +68,7 @@ impl BpfDatapath {
         // capability missing). Pins adopted from an earlier daemon are never removed here;
         // a start that fails later (attaching) is undone by the daemon (`remove_pins`).
         let fresh = is_empty(&maps_dir)? && is_empty(&dir.join("links"))?;
-        let loaded = Self::load_pinned(&maps_dir, dir.clone()).map(|d| Self { fresh, ..d });
+        let loaded = Self::load_pinned(&maps_dir, dir.clone(), object).map(|d| Self { fresh, ..d });
         if loaded.is_err() && fresh {
             if let Err(e) = remove_pins(&dir) {
                 tracing::warn!("removing the pins of a failed load: {e:#}");
@@ -71,10 +77,10 @@ impl BpfDatapath {
         loaded
     }
 
-    fn load_pinned(maps_dir: &Path, dir: PathBuf) -> Result<Self> {
+    fn load_pinned(maps_dir: &Path, dir: PathBuf, object: &[u8]) -> Result<Self> {
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(maps_dir)
-            .load(EBPF_OBJECT)
+            .load(object)
             .with_context(|| {
                 format!(
                     "loading the datapath (maps pinned in {})",

@@ -293,11 +293,120 @@ pub fn syn_new_pin(b: &mut LoadedDatapath, calls: u32, next: &mut u32) -> Result
     ))
 }
 
-pub fn run(opts: &Opts) -> Result<Value> {
-    let mut b = LoadedDatapath::load("bench-cost")?;
+/// A datapath ready for the cases: `object` (None: the current build) loaded, the services
+/// programmed, the TCP flow pinned.
+fn prepared(object: Option<&[u8]>) -> Result<LoadedDatapath> {
+    let mut b = LoadedDatapath::load_object("bench-cost", object)?;
     b.apply(SERVICES)?;
     pin_established(&mut b)?;
+    Ok(b)
+}
+
+/// Each case on the current build (`b`) and on `baseline`, back to back within every round:
+/// per case the median ns of each, each one's ratio to its own floor, and the median and
+/// range over rounds of the per-round ratio current/baseline. A range that crosses 1.0 is
+/// reported as no difference.
+fn side_by_side(
+    b: &mut LoadedDatapath,
+    baseline: &mut LoadedDatapath,
+    cases: &[Case],
+    opts: &Opts,
+) -> Result<Value> {
+    let n = cases.len();
+    let (mut cur, mut base, mut ratio) = (
+        vec![Vec::new(); n],
+        vec![Vec::new(); n],
+        vec![Vec::new(); n],
+    );
+    for round in 0..opts.rounds {
+        for (i, c) in cases.iter().enumerate() {
+            // Alternate which build goes first, so neither always runs on a warmer cache.
+            let (x, y) = if round % 2 == 0 {
+                let x = measure(b, c, opts.repeat)?;
+                (x, measure(baseline, c, opts.repeat)?)
+            } else {
+                let y = measure(baseline, c, opts.repeat)?;
+                (measure(b, c, opts.repeat)?, y)
+            };
+            cur[i].push(x);
+            base[i].push(y);
+            ratio[i].push(x / y);
+        }
+    }
+    let med = |v: &mut Vec<f64>| crate::report::percentile(v, 50.0);
+    let (floor_cur, floor_base) = (med(&mut cur[0].clone()), med(&mut base[0].clone()));
+    let rows: Vec<Value> = cases
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let (lo, hi) = ratio[i]
+                .iter()
+                .fold((f64::MAX, f64::MIN), |(lo, hi), r| (lo.min(*r), hi.max(*r)));
+            let (x, y, r) = (med(&mut cur[i]), med(&mut base[i]), med(&mut ratio[i]));
+            let verdict = if lo <= 1.0 && hi >= 1.0 {
+                "no difference"
+            } else if hi < 1.0 {
+                "faster"
+            } else {
+                "slower"
+            };
+            json!({
+                "case": c.name, "ns": x, "baseline_ns": y,
+                "x_floor": x / floor_cur, "baseline_x_floor": y / floor_base,
+                "ratio": r, "ratio_min": lo, "ratio_max": hi, "verdict": verdict,
+            })
+        })
+        .collect();
+    Ok(json!({ "rounds": opts.rounds, "repeat": opts.repeat, "cases": rows }))
+}
+
+fn ab_table(v: &Value) -> Table {
+    let mut t = Table::new(&[
+        "case",
+        "ns",
+        "x floor",
+        "baseline ns",
+        "x floor",
+        "current/baseline (min-max)",
+        "",
+    ]);
+    for c in v["cases"].as_array().into_iter().flatten() {
+        t.row(vec![
+            c["case"].as_str().unwrap_or("?").to_string(),
+            num(&c["ns"], 1),
+            num(&c["x_floor"], 2),
+            num(&c["baseline_ns"], 1),
+            num(&c["baseline_x_floor"], 2),
+            format!(
+                "{} ({}-{})",
+                num(&c["ratio"], 3),
+                num(&c["ratio_min"], 3),
+                num(&c["ratio_max"], 3)
+            ),
+            c["verdict"].as_str().unwrap_or("?").to_string(),
+        ]);
+    }
+    t
+}
+
+pub fn run(opts: &Opts) -> Result<Value> {
+    let mut b = prepared(None)?;
     let cases = cases()?;
+    if let Some(path) = &opts.baseline_object {
+        let object = std::fs::read(path)
+            .with_context(|| format!("reading the baseline object {}", path.display()))?;
+        let mut baseline = prepared(Some(&object))
+            .with_context(|| format!("loading the baseline object {}", path.display()))?;
+        let v = side_by_side(&mut b, &mut baseline, &cases, opts)?;
+        println!(
+            "\n== Datapath cost, current vs {}: {} iterations x {} rounds, both builds in every round (median) ==",
+            path.display(),
+            opts.repeat,
+            opts.rounds
+        );
+        print!("{}", ab_table(&v).text("  "));
+        return Ok(json!({ "baseline_object": path.display().to_string(), "side_by_side": v }));
+    }
     let medians = alternate(&mut b, &cases, opts.repeat, opts.rounds)?;
     let mut next = 0;
     let (syn, syn_floor) = syn_new_pin(&mut b, opts.syn_calls, &mut next)?;
@@ -346,6 +455,16 @@ fn table(v: &Value) -> Table {
 }
 
 pub fn markdown(v: &Value) -> String {
+    if let Some(ab) = v.get("side_by_side") {
+        return format!(
+            "BPF_PROG_TEST_RUN, {} iterations per call, {} rounds, the current build and {} \
+             back to back in every round; ratio current/baseline per round, median (min-max).\n\n{}",
+            ab["repeat"],
+            ab["rounds"],
+            v["baseline_object"],
+            ab_table(ab).markdown()
+        );
+    }
     format!(
         "BPF_PROG_TEST_RUN, {} iterations per call, {} alternating rounds, median. The SYN \
          case is {} single-iteration calls (each pins a new tuple), its ratio is to the floor \

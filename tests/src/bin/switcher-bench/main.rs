@@ -55,6 +55,11 @@ pub struct Opts {
     /// Alternating rounds per datapath case; the median is reported.
     #[arg(long, default_value_t = 7)]
     pub rounds: usize,
+    /// datapath_cost: also measure this build of the eBPF object (e.g. the previous commit's,
+    /// copied from target/*/build/switcher-userspace-*/out/switcher-ebpf), alternating with
+    /// the current one in every round, and report each case's ratio current/baseline.
+    #[arg(long, value_name = "FILE")]
+    pub baseline_object: Option<PathBuf>,
     /// Single-iteration calls for the TCP SYN (new pin) case.
     #[arg(long, default_value_t = 20_000)]
     pub syn_calls: u32,
