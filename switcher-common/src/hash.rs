@@ -83,7 +83,9 @@ pub fn hash_words<const N: usize>(k: &[u32; N], seed: u32) -> u32 {
     c
 }
 
-/// The hash of a flow (client address and port towards the VIP and port, protocol).
+/// The hash of a flow (client address and port towards the VIP and port, protocol). An IPv4
+/// flow hashes its four meaningful words only (the rest of its key is zeros): one lookup3
+/// round instead of three, on every UDP packet a pool's table steers.
 #[inline(always)]
 pub fn flow_hash(k: &FlowKey) -> u32 {
     let ports = u32::from_le_bytes({
@@ -91,6 +93,10 @@ pub fn flow_hash(k: &FlowKey) -> u32 {
         let d = k.dport_be.to_ne_bytes();
         [s[0], s[1], d[0], d[1]]
     });
+    let kind = u32::from(k.proto) | (u32::from(k.family) << 8);
+    if k.family == crate::FAMILY_V4 {
+        return hash_words(&[word(&k.src, 0), word(&k.dst, 0), ports, kind], SEED);
+    }
     let words = [
         word(&k.src, 0),
         word(&k.src, 4),
@@ -101,7 +107,7 @@ pub fn flow_hash(k: &FlowKey) -> u32 {
         word(&k.dst, 8),
         word(&k.dst, 12),
         ports,
-        u32::from(k.proto) | (u32::from(k.family) << 8),
+        kind,
     ];
     hash_words(&words, SEED)
 }
