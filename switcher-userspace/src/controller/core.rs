@@ -39,6 +39,13 @@ pub(super) struct Core {
     pub out: Outputs,
 }
 
+/// When a flip's map write started and when it returned.
+#[derive(Debug, Clone, Copy)]
+pub struct WriteTimes {
+    pub started: Instant,
+    pub written: Instant,
+}
+
 impl Core {
     pub fn new(
         dp: Box<dyn Datapath>,
@@ -186,7 +193,7 @@ impl Core {
         to: Color,
         actor: &str,
         why: &str,
-    ) -> Result<(FlipOutcome, Instant)> {
+    ) -> Result<(FlipOutcome, WriteTimes)> {
         let id = self.id(service)?;
         let start = Instant::now();
         let out = self
@@ -219,7 +226,13 @@ impl Core {
                 evidence: None,
             });
         }
-        Ok((out, written))
+        Ok((
+            out,
+            WriteTimes {
+                started: start,
+                written,
+            },
+        ))
     }
 
     /// Sets the watch window of a freshly promoted deployment.

@@ -87,6 +87,20 @@ pub struct FlipReply {
     #[serde(flatten)]
     pub outcome: FlipOutcome,
     pub api_to_map_ns: u64,
+    /// Where `api_to_map_ns` went.
+    #[serde(default)]
+    pub stages_ns: FlipStages,
+}
+
+/// The stages of a flip from the request accepted to the map written, in ns: `route` (the
+/// request parsed and routed to the controller, tasks scheduled), `lock` (waiting for the
+/// controller), `check` (the flip's checks under the lock), `write` (the map writes).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlipStages {
+    pub route: u64,
+    pub lock: u64,
+    pub check: u64,
+    pub write: u64,
 }
 
 impl Controller {
@@ -263,9 +277,19 @@ impl Controller {
         actor: &str,
         accepted: Instant,
     ) -> Result<FlipReply> {
+        let entered = Instant::now();
         let mut core = self.lock().await;
+        let locked = Instant::now();
         let f = core.flip(service, to, force, reason, actor)?;
-        let api_to_map = f.written.saturating_duration_since(accepted);
+        let (started, written) = (f.times.started, f.times.written);
+        let ns = |from: Instant, to: Instant| to.saturating_duration_since(from).as_nanos() as u64;
+        let stages_ns = FlipStages {
+            route: ns(accepted, entered),
+            lock: ns(entered, locked),
+            check: ns(locked, started),
+            write: ns(started, written),
+        };
+        let api_to_map = written.saturating_duration_since(accepted);
         if f.outcome.changed {
             self.0
                 .out
@@ -281,6 +305,7 @@ impl Controller {
         Ok(FlipReply {
             outcome: f.outcome,
             api_to_map_ns: api_to_map.as_nanos() as u64,
+            stages_ns,
         })
     }
 
@@ -598,11 +623,18 @@ mod wire {
                 changed: true,
             },
             api_to_map_ns: 41_000,
+            stages_ns: FlipStages {
+                route: 20_000,
+                lock: 1_000,
+                check: 15_000,
+                write: 5_000,
+            },
         };
         assert_eq!(
             serde_json::to_value(reply).expect("json"),
             serde_json::json!({"from": "blue", "to": "green", "generation": 2, "flip_ns": 9,
-                "changed": true, "api_to_map_ns": 41000})
+                "changed": true, "api_to_map_ns": 41000,
+                "stages_ns": {"route": 20000, "lock": 1000, "check": 15000, "write": 5000}})
         );
     }
 }

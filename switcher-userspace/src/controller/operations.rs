@@ -2,7 +2,7 @@
 //! a manual flip, and the reads (status, history). Each checks everything before it writes
 //! anything, then writes the datapath, steps the deployment, saves and emits.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _, Result};
 
@@ -21,7 +21,7 @@ use crate::{
 /// What a manual flip did, and whether it promoted a deployment (whose watch must start).
 pub(super) struct Flipped {
     pub outcome: FlipOutcome,
-    pub written: Instant,
+    pub times: super::core::WriteTimes,
     pub promoted: bool,
 }
 
@@ -193,10 +193,10 @@ impl Core {
         }
         let st = self.svc_state(service)?.clone();
         if st.active == to {
-            let (outcome, written) = self.flip_datapath(service, to, actor, "already active")?;
+            let (outcome, times) = self.flip_datapath(service, to, actor, "already active")?;
             return Ok(Flipped {
                 outcome,
-                written,
+                times,
                 promoted: false,
             });
         }
@@ -230,7 +230,7 @@ impl Core {
             deploy::next(d.phase, step)?;
         }
         let why = reason.clone().unwrap_or_else(|| "manual flip".into());
-        let (outcome, written) = self.flip_datapath(service, to, actor, &why)?;
+        let (outcome, times) = self.flip_datapath(service, to, actor, &why)?;
         let mut promoted = false;
         if let (Some(step), Some(d)) = (step, current) {
             self.stop_task(service);
@@ -257,7 +257,7 @@ impl Core {
         self.save()?;
         Ok(Flipped {
             outcome,
-            written,
+            times,
             promoted,
         })
     }

@@ -50,6 +50,14 @@ async fn an_unvalidated_candidate_flips_only_when_forced_then_is_watched_stable_
         (Color::Blue, Color::Green, 1)
     );
     assert!(r.api_to_map_ns > 0);
+    // The stages follow one another: together they are the whole time to the map write.
+    let st = r.stages_ns;
+    assert_eq!(
+        st.route + st.lock + st.check + st.write,
+        r.api_to_map_ns,
+        "{st:?}"
+    );
+    assert!(st.write > 0 && st.check > 0, "{st:?}");
     assert_eq!(dp.maps().active_color("u"), Some(Color::Green));
     let mut registry = prometheus_client::registry::Registry::default();
     ctl.recorded().register(&mut registry);

@@ -46,6 +46,8 @@ pub fn run(opts: &Opts) -> Result<Value> {
     )?;
     std::thread::sleep(Duration::from_millis(500));
     let mut api_to_map = Vec::with_capacity(n as usize);
+    // Where each flip's time went (FlipStages): route, lock, check, write.
+    let mut stages: [Vec<f64>; 4] = Default::default();
     let mut round_trip = Vec::with_capacity(n as usize);
     let started = std::time::Instant::now();
     // Spread the flips over the stream: a flip every 20 ms.
@@ -76,12 +78,24 @@ pub fn run(opts: &Opts) -> Result<Value> {
             bail!("flip {i} did not change the colour: {v}");
         }
         api_to_map.push(ns);
+        for (i, k) in STAGES.iter().enumerate() {
+            stages[i].push(
+                v["stages_ns"][k.0]
+                    .as_f64()
+                    .with_context(|| format!("flip reply has no stages_ns.{}", k.0))?,
+            );
+        }
     }
     let flip_secs = started.elapsed().as_secs_f64();
     let sent = rig::finish_sender(&sender, Duration::from_secs(70))?;
     let got = rig.wait_stream("f", sent as usize, Duration::from_secs(10))?;
     let (lost, dup) = got.loss_and_duplicates(sent);
     let api = latency_us(&mut api_to_map);
+    let stage_us: serde_json::Map<String, Value> = STAGES
+        .iter()
+        .zip(stages.iter_mut())
+        .map(|(k, v)| (k.0.to_string(), latency_us(v)))
+        .collect();
     let rt = latency_us(&mut round_trip);
     println!(
         "\n== Flip latency: {n} flips through the API in {flip_secs:.1} s under {rate} lines/s of UDP through the switch =="
@@ -90,6 +104,7 @@ pub fn run(opts: &Opts) -> Result<Value> {
         "flips": n,
         "udp_lines_per_s": rate,
         "api_to_map_us": api,
+        "stages_us": stage_us,
         "round_trip_us": rt,
         "lines_sent": sent,
         "lines_blue": got.blue.len(),
@@ -123,20 +138,37 @@ pub fn run(opts: &Opts) -> Result<Value> {
     Ok(v)
 }
 
+/// The stages of `api_to_map` (the reply's `stages_ns`), with what each holds.
+const STAGES: [(&str, &str); 4] = [
+    ("route", "  of which: parse, route, task scheduling"),
+    ("lock", "  of which: waiting for the controller"),
+    ("check", "  of which: the flip's checks"),
+    ("write", "  of which: the map writes"),
+];
+
 fn table(v: &Value) -> Table {
     let mut t = Table::new(&["measured", "p50 µs", "p99 µs", "max µs"]);
-    for (label, key) in [
-        ("API request accepted -> map written", "api_to_map_us"),
-        ("client round trip (incl. state fsync)", "round_trip_us"),
-    ] {
-        let l = &v[key];
+    let row = |t: &mut Table, label: &str, l: &Value| {
         t.row(vec![
             label.to_string(),
             num(&l["p50"], 1),
             num(&l["p99"], 1),
             num(&l["max"], 1),
         ]);
+    };
+    row(
+        &mut t,
+        "API request accepted -> map written",
+        &v["api_to_map_us"],
+    );
+    for (key, label) in STAGES {
+        row(&mut t, label, &v["stages_us"][key]);
     }
+    row(
+        &mut t,
+        "client round trip (incl. state fsync)",
+        &v["round_trip_us"],
+    );
     t
 }
 
