@@ -112,10 +112,8 @@ fn the_unit_verifies_and_its_exposure_is_low() {
 /// uid 0 the bounding set is what exec leaves it), minus `drop`, and NoNewPrivileges.
 fn setpriv_args(drop: Option<&str>) -> Vec<String> {
     let unit = unit_text();
-    let caps: Vec<String> = directive(&unit, "CapabilityBoundingSet")
-        .join(" ")
-        .split_whitespace()
-        .map(|c| c.trim_start_matches("CAP_").to_ascii_lowercase())
+    let caps: Vec<String> = unit_capabilities()
+        .into_iter()
         .filter(|c| Some(c.as_str()) != drop)
         .collect();
     assert!(!caps.is_empty(), "the unit bounds no capability");
@@ -132,6 +130,7 @@ fn setpriv_args(drop: Option<&str>) -> Vec<String> {
     args
 }
 
+/// The unit's CapabilityBoundingSet, as `setpriv` names them (`bpf`, `net_admin`, ...).
 fn unit_capabilities() -> Vec<String> {
     directive(&unit_text(), "CapabilityBoundingSet")
         .join(" ")

@@ -46,10 +46,7 @@ const MONITORING: &str = "usr/share/switcher/monitoring";
 
 pub fn run() -> Result<()> {
     setup::for_package()?;
-    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    c.current_dir(workspace_root())
-        .args(["build", "--release", "-p", "switcher-userspace"]);
-    run_visible(&mut c)?;
+    crate::run::cargo(&["build", "--release", "-p", "switcher-userspace"])?;
     let deb = build_deb(&target_dir().join("release/switcher"))?;
     let size = fs::metadata(&deb).map(|m| m.len()).unwrap_or(0);
     println!("built {} ({} KiB)", deb.display(), size.div_ceil(1024));

@@ -38,7 +38,7 @@ pub struct BenchArgs {
     pub bench_args: Vec<String>,
 }
 
-fn cargo(args: &[&str]) -> Result<()> {
+pub fn cargo(args: &[&str]) -> Result<()> {
     let mut c = Command::new(env_cargo());
     c.current_dir(workspace_root()).args(args);
     run_visible(&mut c)

@@ -140,16 +140,16 @@ fn fleet_outcome(
     {
         return FleetOutcome::RolledBack(format!("{}: {}", h.host, d.reason));
     }
-    let watching: Vec<String> = hosts
-        .iter()
-        .filter(|h| side(h).is_none_or(|d| d.phase != Phase::Stable))
-        .map(|h| (*h).to_string())
-        .collect();
     if hosts.is_empty() {
         // Nobody applied the flip (cannot happen for a promotion that flipped): nothing to
         // call stable.
         return FleetOutcome::Watching(vec!["no host applied the flip".into()]);
     }
+    let watching: Vec<String> = hosts
+        .iter()
+        .filter(|h| side(h).is_none_or(|d| d.phase != Phase::Stable))
+        .map(|h| (*h).to_string())
+        .collect();
     if watching.is_empty() {
         FleetOutcome::Stable
     } else {

@@ -45,11 +45,10 @@ pub async fn run(cfg: Config, cfg_path: PathBuf, keep_attached: bool) -> Result<
         state_dir: cfg.daemon.state_dir.clone(),
         maps_dir: datapath::maps_dir(&cfg.daemon.bpffs_dir),
     };
-    let state_dir = serving.state_dir.clone();
     let dp = BpfDatapath::load(&cfg.daemon.bpffs_dir)?;
     let fleet_cfg = cfg.fleet.clone();
     let cfg = match &fleet_cfg {
-        Some(_) => crate::fleet::definitions::startup_config(&cfg_path, &state_dir, cfg),
+        Some(_) => crate::fleet::definitions::startup_config(&cfg_path, &serving.state_dir, cfg),
         None => cfg,
     };
     let (fresh, pins) = (dp.fresh(), dp.dir().to_path_buf());
@@ -69,7 +68,7 @@ pub async fn run(cfg: Config, cfg_path: PathBuf, keep_attached: bool) -> Result<
     // The agent is one more caller of the controller; it stops before the controller does.
     let (fleet, agent) = match fleet_cfg {
         Some(f) => {
-            let (fleet, task) = Fleet::start(f, cfg_path, state_dir.clone(), ctl.clone());
+            let (fleet, task) = Fleet::start(f, cfg_path, serving.state_dir.clone(), ctl.clone());
             (Some(fleet), AbortOnDrop(Some(task)))
         }
         None => (None, AbortOnDrop(None)),

@@ -24,7 +24,7 @@ use switcher_common::{
     GelfKey, MemberCounters, Pool, ReverseValue, ServiceValue, ShadowCounters, ShadowValue,
     MAP_ABI_VERSION,
 };
-use tracing::info;
+use tracing::{info, warn};
 
 use super::{bpffs, read::MapReader};
 use crate::domain::XdpMode;
@@ -71,7 +71,7 @@ impl BpfDatapath {
         let loaded = Self::load_pinned(&maps_dir, dir.clone(), object).map(|d| Self { fresh, ..d });
         if loaded.is_err() && fresh {
             if let Err(e) = remove_pins(&dir) {
-                tracing::warn!("removing the pins of a failed load: {e:#}");
+                warn!("removing the pins of a failed load: {e:#}");
             }
         }
         loaded
@@ -185,7 +185,7 @@ impl BpfDatapath {
         if mode != super::xdp_attached::Attached::None && running == ours {
             return Ok(());
         }
-        tracing::warn!(
+        warn!(
             interface = ifname,
             "the pinned XDP link no longer runs on {ifname} (XDP there: {}, program {running}); attaching afresh",
             mode.label()
@@ -409,7 +409,6 @@ fn refuse_other_abi_versions(bpffs_dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// A link an earlier daemon pinned, or `None` if there is none.
 fn is_empty(dir: &Path) -> Result<bool> {
     Ok(std::fs::read_dir(dir)
         .with_context(|| format!("listing {}", dir.display()))?
@@ -417,6 +416,7 @@ fn is_empty(dir: &Path) -> Result<bool> {
         .is_none())
 }
 
+/// A link an earlier daemon pinned, or `None` if there is none.
 fn existing_link(pin: &Path) -> Result<Option<FdLink>> {
     match PinnedLink::from_pin(pin) {
         Ok(p) => Ok(Some(FdLink::from(p))),

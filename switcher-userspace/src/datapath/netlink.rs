@@ -51,6 +51,22 @@ impl Socket {
     }
 }
 
+/// One reply message: its type and the bytes after its first `header` bytes (the 16-byte
+/// nlmsghdr plus the family's own header), up to the length it announces; an error reply is
+/// the `io::Error` the kernel answered with.
+pub fn reply(msg: &[u8], header: usize) -> Result<(u16, &[u8])> {
+    if msg.len() < 20 {
+        anyhow::bail!("short netlink reply ({} bytes)", msg.len());
+    }
+    let kind = u16::from_ne_bytes([msg[4], msg[5]]);
+    if kind == NLMSG_ERROR {
+        let errno = i32::from_ne_bytes([msg[16], msg[17], msg[18], msg[19]]);
+        return Err(io::Error::from_raw_os_error(-errno)).context("netlink request refused");
+    }
+    let total = (u32::from_ne_bytes([msg[0], msg[1], msg[2], msg[3]]) as usize).min(msg.len());
+    Ok((kind, msg.get(header.min(total)..total).unwrap_or_default()))
+}
+
 /// A 16-byte nlmsghdr for a request of `kind` whose payload is `payload_len` bytes.
 pub fn header(kind: u16, payload_len: usize) -> Vec<u8> {
     let len = 16 + payload_len;

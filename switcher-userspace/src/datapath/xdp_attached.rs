@@ -3,11 +3,9 @@
 //! without native XDP silently gets the generic hook, several times slower. Asked with
 //! RTM_GETLINK, read from IFLA_XDP's IFLA_XDP_ATTACHED.
 
-use std::io;
-
 use anyhow::{bail, Context as _, Result};
 
-use super::netlink::{self, find_attr, NLMSG_ERROR};
+use super::netlink::{self, find_attr};
 
 const RTM_GETLINK: u16 = 18;
 const RTM_NEWLINK: u16 = 16;
@@ -69,20 +67,11 @@ fn ifinfomsg(ifindex: u32) -> [u8; 16] {
 }
 
 fn decode(reply: &[u8]) -> Result<(Attached, u32)> {
-    if reply.len() < 20 {
-        bail!("short reply ({} bytes)", reply.len());
-    }
-    let kind = u16::from_ne_bytes([reply[4], reply[5]]);
-    if kind == NLMSG_ERROR {
-        let errno = i32::from_ne_bytes([reply[16], reply[17], reply[18], reply[19]]);
-        return Err(io::Error::from_raw_os_error(-errno)).context("refused");
-    }
+    // After the nlmsghdr, a struct ifinfomsg (16 bytes), then the attributes.
+    let (kind, attrs) = netlink::reply(reply, 32)?;
     if kind != RTM_NEWLINK {
         bail!("unexpected reply type {kind}");
     }
-    let total =
-        (u32::from_ne_bytes([reply[0], reply[1], reply[2], reply[3]]) as usize).min(reply.len());
-    let attrs = reply.get(32..total).unwrap_or_default();
     let Some(xdp) = find_attr(attrs, IFLA_XDP) else {
         return Ok((Attached::None, 0));
     };
@@ -139,7 +128,7 @@ mod tests {
 
     #[test]
     fn errors_and_short_replies_are_errors() {
-        let mut err = netlink::header(NLMSG_ERROR, 4);
+        let mut err = netlink::header(netlink::NLMSG_ERROR, 4);
         err.extend_from_slice(&(-libc::ENODEV).to_ne_bytes());
         assert!(decode(&err).is_err());
         assert!(decode(&[0; 10]).is_err());

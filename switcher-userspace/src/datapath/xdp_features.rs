@@ -8,7 +8,7 @@ use std::io;
 
 use anyhow::{bail, Context as _, Result};
 
-use super::netlink::{self, attr, attr_u32, find_attr, NLMSG_ERROR};
+use super::netlink::{self, attr, attr_u32, find_attr};
 
 const GENL_ID_CTRL: u16 = 0x10;
 const CTRL_CMD_GETFAMILY: u8 = 3;
@@ -117,18 +117,7 @@ impl GenlSocket {
 /// The attributes of a generic-netlink reply (after its 16-byte nlmsghdr and 4-byte
 /// genlmsghdr), or the error the kernel answered with.
 fn reply_attrs(reply: &[u8]) -> Result<Vec<u8>> {
-    if reply.len() < 20 {
-        bail!("short generic-netlink reply ({} bytes)", reply.len());
-    }
-    let kind = u16::from_ne_bytes([reply[4], reply[5]]);
-    if kind == NLMSG_ERROR {
-        let errno = i32::from_ne_bytes([reply[16], reply[17], reply[18], reply[19]]);
-        return Err(io::Error::from_raw_os_error(-errno))
-            .context("generic-netlink request refused");
-    }
-    let total =
-        (u32::from_ne_bytes([reply[0], reply[1], reply[2], reply[3]]) as usize).min(reply.len());
-    Ok(reply[20.min(total)..total].to_vec())
+    Ok(netlink::reply(reply, 20)?.1.to_vec())
 }
 
 /// Whether a NETDEV_CMD_DEV_GET reply says the device takes redirected frames.

@@ -333,8 +333,14 @@ fn side_by_side(
             ratio[i].push(x / y);
         }
     }
-    let med = |v: &mut Vec<f64>| crate::report::percentile(v, 50.0);
-    let (floor_cur, floor_base) = (med(&mut cur[0].clone()), med(&mut base[0].clone()));
+    let medians = |v: &mut [Vec<f64>]| -> Vec<f64> {
+        v.iter_mut()
+            .map(|s| crate::report::percentile(s, 50.0))
+            .collect()
+    };
+    let (cur, base) = (medians(&mut cur), medians(&mut base));
+    // cases()[0] is the floor.
+    let (floor_cur, floor_base) = (cur[0], base[0]);
     let rows: Vec<Value> = cases
         .iter()
         .enumerate()
@@ -342,7 +348,8 @@ fn side_by_side(
             let (lo, hi) = ratio[i]
                 .iter()
                 .fold((f64::MAX, f64::MIN), |(lo, hi), r| (lo.min(*r), hi.max(*r)));
-            let (x, y, r) = (med(&mut cur[i]), med(&mut base[i]), med(&mut ratio[i]));
+            let (x, y) = (cur[i], base[i]);
+            let r = crate::report::percentile(&mut ratio[i], 50.0);
             let verdict = if lo <= 1.0 && hi >= 1.0 {
                 "no difference"
             } else if hi < 1.0 {
