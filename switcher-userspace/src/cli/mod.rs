@@ -211,8 +211,16 @@ fn run(cli: Cli) -> Result<()> {
                 Err(e) if wait => return Err(rejected_or(&socket, &service, e)),
                 Err(e) => return Err(e),
             };
-            let fleet_reply = fleet::is_fleet_reply(&v) || v.get("driver").is_some();
-            let settled = if wait && until == Until::Stable && !fleet_reply {
+            // Waited for: after the flip, the watch window (a fleet promotion: on every host
+            // that applied it). Without --wait the fleet answers with its driver, untouched.
+            let settled = if !(wait && until == Until::Stable) {
+                None
+            } else if fleet::is_fleet_reply(&v) {
+                let flip: crate::fleet::FleetFlip =
+                    serde_json::from_value(v.clone()).context("decoding the promote reply")?;
+                follow::fleet(&socket, &flip, Duration::from_secs(timeout))?;
+                None
+            } else {
                 let id = v["id"]
                     .as_u64()
                     .context("the promote reply has no deployment id")?;
@@ -222,15 +230,7 @@ fn run(cli: Cli) -> Result<()> {
                     id,
                     Duration::from_secs(timeout),
                 )?)
-            } else {
-                None
             };
-            // A fleet promotion is stable once every host's own watch window passed.
-            if wait && until == Until::Stable && fleet::is_fleet_reply(&v) {
-                let flip: crate::fleet::FleetFlip =
-                    serde_json::from_value(v.clone()).context("decoding the promote reply")?;
-                follow::fleet(&socket, &flip, Duration::from_secs(timeout))?;
-            }
             let shown = settled
                 .as_ref()
                 .map(|d| serde_json::to_value(d).context("encoding the deployment"))
@@ -404,18 +404,22 @@ fn run(cli: Cli) -> Result<()> {
                     .context("refusing to detach")?;
             let entries = std::fs::read_dir(&bpffs_dir)
                 .with_context(|| format!("no datapath pinned at {}", bpffs_dir.display()))?;
+            let mut detached = Vec::new();
             for e in entries {
                 let dir = e
                     .with_context(|| format!("listing {}", bpffs_dir.display()))?
                     .path();
                 crate::datapath::remove_pins(&dir)?;
-                if json {
-                    println!("{}", serde_json::json!({ "detached": dir }));
-                } else {
+                if !json {
                     println!("detached and unpinned {}", dir.display());
                 }
+                detached.push(dir);
             }
             let _ = std::fs::remove_dir(&bpffs_dir);
+            // One document, the same shape as when nothing was pinned.
+            if json {
+                println!("{}", serde_json::json!({ "detached": detached }));
+            }
             Ok(())
         }
         Cmd::Generate { what } => generate::run(what),
