@@ -201,6 +201,45 @@ fn a_member_leaving_moves_only_its_own_share() {
     assert_eq!(back, before, "the table is the same as before");
 }
 
+/// A flip writes the service's ACTIVE word, which also says which buffer of each colour's pool
+/// is live: flips after a health change must keep the buffer the change switched to (the
+/// daemon keeps its own record of the word instead of reading it back), or the member out of
+/// service would get traffic again after a flip away and back.
+#[test]
+fn flips_after_a_health_change_keep_its_rebuilt_pool() {
+    if !privileged() {
+        return;
+    }
+    let mut t = TestDatapath::new(&services(8, None));
+    let id = t.id("udp4");
+    let leaver: SocketAddr = "198.18.1.5:5514".parse().expect("addr");
+    assert!(t
+        .dp()
+        .set_member_in_service(id, Color::Blue, leaver, false)
+        .expect("take out"));
+    let flows: Vec<u16> = (30000..32000).collect();
+    let out: Vec<SocketAddr> = flows.iter().map(|&p| dest(&mut t, &udp(p))).collect();
+    assert!(!out.contains(&leaver));
+    for to in [Color::Green, Color::Blue, Color::Green, Color::Blue] {
+        assert!(t.dp().flip(id, to).expect("flip").changed);
+    }
+    let after: Vec<SocketAddr> = flows.iter().map(|&p| dest(&mut t, &udp(p))).collect();
+    assert_eq!(
+        after, out,
+        "blue's pool after the flips is the one without the leaver"
+    );
+    // And the way back: in service again, and flipped around once more.
+    t.dp()
+        .set_member_in_service(id, Color::Blue, leaver, true)
+        .expect("put back");
+    let back: Vec<SocketAddr> = flows.iter().map(|&p| dest(&mut t, &udp(p))).collect();
+    assert!(back.contains(&leaver), "the leaver has its flows again");
+    t.dp().flip(id, Color::Green).expect("flip");
+    t.dp().flip(id, Color::Blue).expect("flip back");
+    let again: Vec<SocketAddr> = flows.iter().map(|&p| dest(&mut t, &udp(p))).collect();
+    assert_eq!(again, back);
+}
+
 /// TCP: the SYN picks a member, and the connection keeps that exact member through a flip, a
 /// health change that takes its member out, and a config reload that removes its member from
 /// the pool; new connections avoid the member that left.

@@ -103,6 +103,15 @@ fn settled(services: &serde_json::Value) -> bool {
     })
 }
 
+/// A case's folder, removed when the case ends (also when it fails).
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig {
         cases: 24,
@@ -121,6 +130,7 @@ proptest! {
             ));
             let _ = std::fs::remove_dir_all(&dir);
             std::fs::create_dir_all(&dir).expect("dir");
+            let _removed = RemoveOnDrop(dir.clone());
             let path = dir.join("switcher.toml");
             std::fs::write(
                 &path,

@@ -3,14 +3,14 @@
 
 use anyhow::{anyhow, Context as _, Result};
 use aya::{
-    maps::{MapData, PerCpuArray},
+    maps::{Array, MapData, PerCpuArray},
     programs::Xdp,
 };
 
 use super::{loader::program, BpfDatapath};
 
 impl BpfDatapath {
-    /// One of the reference programs (`bench_floor`, `bench_drop`), loaded on first use.
+    /// One of the reference programs (`bench_floor`, `bench_tx`), loaded on first use.
     pub fn bench_program(&mut self, name: &str) -> Result<&mut Xdp> {
         let prog: &mut Xdp = program(&mut self.ebpf, name)?;
         if prog.fd().is_err() {
@@ -18,6 +18,25 @@ impl BpfDatapath {
                 .with_context(|| format!("verifier rejected {name}"))?;
         }
         Ok(prog)
+    }
+
+    /// The headers `bench_tx` writes into every frame it sends: the first 64 bytes of `frame`.
+    pub fn set_bench_frame(&mut self, frame: &[u8]) -> Result<()> {
+        let head: [u8; 64] = frame
+            .get(..64)
+            .and_then(|h| h.try_into().ok())
+            .context("the bench frame is shorter than 64 bytes")?;
+        let words: [u64; 8] = std::array::from_fn(|i| {
+            u64::from_ne_bytes(head[i * 8..i * 8 + 8].try_into().unwrap_or_default())
+        });
+        let mut map: Array<&mut MapData, [u64; 8]> = self
+            .ebpf
+            .map_mut("BENCH_FRAME_HEAD")
+            .ok_or_else(|| anyhow!("map BENCH_FRAME_HEAD missing"))?
+            .try_into()
+            .context("BENCH_FRAME_HEAD type")?;
+        map.set(0, words, 0).context("writing BENCH_FRAME_HEAD")?;
+        Ok(())
     }
 
     /// Packets counted by the reference programs, summed over CPUs.

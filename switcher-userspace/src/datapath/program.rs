@@ -41,6 +41,9 @@ pub(super) struct Pools {
     pub next_slot: u32,
     /// Reverse entries of removed members marked draining by this daemon, and when.
     pub draining_since: StdHashMap<Endpoint, Instant>,
+    /// Each service's ACTIVE word as this daemon last wrote it (it is the only writer), so a
+    /// flip does not read it back through bpf(2) first.
+    pub active: StdHashMap<u32, ActiveWord>,
 }
 
 /// How long a removed service's id stays unused: its fragment entries (which name the id for
@@ -132,7 +135,7 @@ impl BpfDatapath {
         for ((s, key), id) in services.iter().zip(&keys).zip(ids) {
             let known = existing.get(key);
             let mut active = match known {
-                Some(_) => self.reader.active(id)?,
+                Some(_) => self.active_word(id)?,
                 None => ActiveWord::new(s.active.index(), 0),
             };
             for c in Color::BOTH {
@@ -166,9 +169,7 @@ impl BpfDatapath {
                     reverse_wanted.insert(rk);
                 }
             }
-            self.array_mut::<ActiveWord>(names::ACTIVE)?
-                .set(id, active, 0)
-                .context("writing ACTIVE")?;
+            self.write_active(id, active)?;
             if known.is_none() {
                 self.array_mut::<FlipMark>(names::FLIP_MARKS)?
                     .set(id, FlipMark::default(), 0)
@@ -190,6 +191,7 @@ impl BpfDatapath {
             if !keys.contains(key) {
                 self.remove_service(key, v.id)?;
                 self.pools.retired.insert(v.id, Instant::now());
+                self.pools.active.remove(&v.id);
             }
         }
         // Then the ports of removed services that no remaining service uses.
@@ -325,6 +327,7 @@ impl BpfDatapath {
     fn recover_pools(&mut self, existing: &StdHashMap<Endpoint, ServiceValue>) -> Result<()> {
         for v in existing.values() {
             let active = self.reader.active(v.id)?;
+            self.pools.active.insert(v.id, active);
             for c in Color::BOTH {
                 let pool = self.reader.pool(v.id, c, active.buffer(c.index()))?;
                 let members = (0..pool.members as usize)
@@ -418,11 +421,9 @@ impl BpfDatapath {
         }
         m.in_service = in_service;
         let pool = encode::pool(members)?;
-        let active = self.reader.active(id)?;
+        let active = self.active_word(id)?;
         self.write_pool(id, c, active.buffer(c.index()) ^ 1, &pool)?;
-        self.array_mut::<ActiveWord>(names::ACTIVE)?
-            .set(id, active.pool_switched(c.index()), 0)
-            .context("writing ACTIVE")?;
+        self.write_active(id, active.pool_switched(c.index()))?;
         Ok(true)
     }
 
@@ -461,7 +462,7 @@ impl BpfDatapath {
     /// See [`Datapath::flip`]: writes the flip mark, then the one aligned 4-byte ACTIVE word
     /// that every following packet reads.
     pub fn flip(&mut self, id: u32, to: Color) -> Result<FlipOutcome> {
-        let cur = self.reader.active(id)?;
+        let cur = self.active_word(id)?;
         let from = Color::from_index(cur.color());
         if from == to {
             return Ok(FlipOutcome::unchanged(cur));
@@ -486,9 +487,7 @@ impl BpfDatapath {
         self.array_mut::<FlipMark>(names::FLIP_MARKS)?
             .set(id, mark, 0)
             .context("writing FLIP_MARKS")?;
-        self.array_mut::<ActiveWord>(names::ACTIVE)?
-            .set(id, next, 0)
-            .context("writing ACTIVE")?;
+        self.write_active(id, next)?;
         Ok(FlipOutcome {
             from,
             to,
@@ -496,6 +495,23 @@ impl BpfDatapath {
             flip_ns,
             changed: true,
         })
+    }
+
+    /// Service `id`'s ACTIVE word: as last written by this daemon, else (maps adopted from an
+    /// earlier one) read from the map.
+    fn active_word(&self, id: u32) -> Result<ActiveWord> {
+        match self.pools.active.get(&id) {
+            Some(w) => Ok(*w),
+            None => self.reader.active(id),
+        }
+    }
+
+    fn write_active(&mut self, id: u32, word: ActiveWord) -> Result<()> {
+        self.array_mut::<ActiveWord>(names::ACTIVE)?
+            .set(id, word, 0)
+            .context("writing ACTIVE")?;
+        self.pools.active.insert(id, word);
+        Ok(())
     }
 
     /// See [`Datapath::set_redirect_targets`].

@@ -30,7 +30,7 @@ pub(super) fn describe(cmd: &Command) -> String {
 }
 
 /// Runs `cmd` to completion; on failure the error carries its stderr (or stdout).
-pub(super) fn run_command(cmd: &mut Command) -> Result<String> {
+pub fn run_command(cmd: &mut Command) -> Result<String> {
     let desc = describe(cmd);
     let out = cmd
         .stdin(Stdio::null())

@@ -53,6 +53,7 @@ mod topology;
 
 pub use addr::*;
 pub use certs::Certs;
+pub use command::run_command;
 pub use etcd::{base64_decode, base64_encode, Etcd, Kv};
 pub use flows::{flow_port, flow_stream, send_flows, FlowProto, FlowReport, Flows};
 pub use forwarder::{Forwarder, Shipping};

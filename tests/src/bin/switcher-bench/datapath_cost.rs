@@ -23,7 +23,8 @@ use switcher_common::Reason;
 use switcher_tests::loaded::{LoadedDatapath, Program};
 
 use crate::{
-    report::{num, Table},
+    plot,
+    report::{num, Spread, Table},
     Opts,
 };
 
@@ -258,16 +259,26 @@ pub fn alternate(
     repeat: u32,
     rounds: usize,
 ) -> Result<Vec<f64>> {
+    Ok(rounds_of(b, cases, repeat, rounds)?
+        .iter()
+        .map(|s| Spread::of(s).median)
+        .collect())
+}
+
+/// ns of every case (outer) in every round (inner); each round runs every case once, in order.
+fn rounds_of(
+    b: &mut LoadedDatapath,
+    cases: &[Case],
+    repeat: u32,
+    rounds: usize,
+) -> Result<Vec<Vec<f64>>> {
     let mut samples = vec![Vec::with_capacity(rounds); cases.len()];
     for _ in 0..rounds {
         for (i, c) in cases.iter().enumerate() {
             samples[i].push(measure(b, c, repeat)?);
         }
     }
-    Ok(samples
-        .iter_mut()
-        .map(|s| crate::report::percentile(s, 50.0))
-        .collect())
+    Ok(samples)
 }
 
 /// Median ns of single-iteration SYN calls that each pin a new flow, and of the floor measured
@@ -414,14 +425,24 @@ pub fn run(opts: &Opts) -> Result<Value> {
         print!("{}", ab_table(&v).text("  "));
         return Ok(json!({ "baseline_object": path.display().to_string(), "side_by_side": v }));
     }
-    let medians = alternate(&mut b, &cases, opts.repeat, opts.rounds)?;
+    let samples = rounds_of(&mut b, &cases, opts.repeat, opts.rounds)?;
     let mut next = 0;
     let (syn, syn_floor) = syn_new_pin(&mut b, opts.syn_calls, &mut next)?;
-    let floor = medians[0];
+    // cases()[0] is the floor; each case's ratio to it is taken per round.
+    let floor = &samples[0];
     let mut rows: Vec<Value> = cases
         .iter()
-        .zip(&medians)
-        .map(|(c, m)| json!({ "case": c.name, "ns": m, "x_floor": m / floor }))
+        .zip(&samples)
+        .map(|(c, s)| {
+            let ns = Spread::of(s);
+            let x: Vec<f64> = s.iter().zip(floor).map(|(a, f)| a / f).collect();
+            let x = Spread::of(&x);
+            json!({
+                "case": c.name,
+                "ns": ns.median, "ns_min": ns.min, "ns_max": ns.max,
+                "x_floor": x.median, "x_floor_min": x.min, "x_floor_max": x.max,
+            })
+        })
         .collect();
     rows.push(json!({
         "case": "tcp4 SYN, new pin (single-iteration calls)",
@@ -437,10 +458,13 @@ pub fn run(opts: &Opts) -> Result<Value> {
         "cases": rows,
     });
     println!(
-        "\n== Datapath cost: BPF_PROG_TEST_RUN, {} iterations x {} alternating rounds (median) ==",
+        "\n== Datapath cost: BPF_PROG_TEST_RUN, {} iterations x {} alternating rounds (median, min–max over rounds) ==",
         opts.repeat, opts.rounds
     );
     print!("{}", table(&v).text("  "));
+    let png = opts.out.join("datapath_cost.png");
+    plot::bars(&png, &[chart(&v, floor)])?;
+    println!("  plot: {}", png.display());
     println!(
         "  (SYN: {} single-iteration calls, each a new tuple; its ratio is to the floor measured \
          the same way, {syn_floor:.0} ns: the timer overhead of one iteration is in both)",
@@ -449,13 +473,51 @@ pub fn run(opts: &Opts) -> Result<Value> {
     Ok(v)
 }
 
+/// Every case's ns with its range, the floor drawn across.
+fn chart(v: &Value, floor: &[f64]) -> plot::BarPanel {
+    let bars = v["cases"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .skip(1)
+        .filter(|c| c["ns_min"].is_number())
+        .map(|c| plot::Bar {
+            // The name up to its first parenthesis keeps the axis readable.
+            label: c["case"]
+                .as_str()
+                .unwrap_or("?")
+                .split(" (")
+                .next()
+                .unwrap_or("?")
+                .replace(" service", "")
+                .replace("-tagged", ""),
+            median: c["ns"].as_f64().unwrap_or(f64::NAN),
+            min: c["ns_min"].as_f64().unwrap_or(f64::NAN),
+            max: c["ns_max"].as_f64().unwrap_or(f64::NAN),
+        })
+        .collect();
+    plot::BarPanel {
+        title: "XDP program per packet (BPF_PROG_TEST_RUN), median and range over rounds".into(),
+        y_desc: "ns per packet".into(),
+        bars,
+        reference: Some((Spread::of(floor).median, "floor: count + XDP_PASS".into())),
+    }
+}
+
 fn table(v: &Value) -> Table {
-    let mut t = Table::new(&["case", "ns/packet", "x floor"]);
+    let mut t = Table::new(&["case", "ns/packet (min–max)", "x floor (min–max)"]);
+    let range = |c: &Value, k: &str, d: usize| match (
+        c[format!("{k}_min")].as_f64(),
+        c[format!("{k}_max")].as_f64(),
+    ) {
+        (Some(lo), Some(hi)) => format!("{} ({lo:.d$}–{hi:.d$})", num(&c[k], d)),
+        _ => num(&c[k], d),
+    };
     for c in v["cases"].as_array().into_iter().flatten() {
         t.row(vec![
             c["case"].as_str().unwrap_or("?").to_string(),
-            num(&c["ns"], 1),
-            num(&c["x_floor"], 2),
+            range(c, "ns", 1),
+            range(c, "x_floor", 2),
         ]);
     }
     t
@@ -473,7 +535,8 @@ pub fn markdown(v: &Value) -> String {
         );
     }
     format!(
-        "BPF_PROG_TEST_RUN, {} iterations per call, {} alternating rounds, median. The SYN \
+        "BPF_PROG_TEST_RUN, {} iterations per call, {} alternating rounds, median (min–max over rounds; \
+         a case's ratio to the floor is taken per round). The SYN \
          case is {} single-iteration calls (each pins a new tuple), its ratio is to the floor \
          measured the same way.\n\n{}",
         v["repeat"],

@@ -26,6 +26,7 @@ mod forwarding;
 mod machine;
 mod plot;
 mod pools;
+mod profile;
 mod report;
 mod scale;
 mod scrape_cost;

@@ -132,3 +132,122 @@ pub fn cutover(path: &Path, panels: &[Panel]) -> Result<()> {
     root.present().map_err(e)?;
     Ok(())
 }
+
+/// One bar: a median with its range over rounds.
+pub struct Bar {
+    pub label: String,
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+/// A panel of bars sharing one axis.
+pub struct BarPanel {
+    pub title: String,
+    pub y_desc: String,
+    pub bars: Vec<Bar>,
+    /// A horizontal reference line (e.g. the floor) and its label.
+    pub reference: Option<(f64, String)>,
+}
+
+/// Bars with min–max whiskers, panels stacked, into `path`.
+pub fn bars(path: &Path, panels: &[BarPanel]) -> Result<()> {
+    load_font()?;
+    let e = |e| anyhow!("drawing {}: {e:?}", path.display());
+    let height = 300 * panels.len().max(1) as u32;
+    let root = BitMapBackend::new(path, (900, height)).into_drawing_area();
+    root.fill(&WHITE).map_err(e)?;
+    for (area, p) in root
+        .split_evenly((panels.len().max(1), 1))
+        .iter()
+        .zip(panels)
+    {
+        let n = p.bars.len();
+        let top = p
+            .bars
+            .iter()
+            .map(|b| b.max.max(b.median))
+            .chain(p.reference.as_ref().map(|r| r.0))
+            .fold(0.0f64, f64::max)
+            .max(1e-9)
+            * 1.2;
+        let bottom = p
+            .bars
+            .iter()
+            .map(|b| b.min.min(b.median))
+            .fold(0.0f64, f64::min)
+            * 1.2;
+        let mut chart = ChartBuilder::on(area)
+            .caption(&p.title, (FONT, 15))
+            .margin(8)
+            .x_label_area_size(28)
+            .y_label_area_size(60)
+            .build_cartesian_2d((0..n).into_segmented(), bottom..top)
+            .map_err(e)?;
+        chart
+            .configure_mesh()
+            .disable_mesh()
+            .x_labels(n)
+            .x_label_formatter(&|x| match x {
+                SegmentValue::CenterOf(i) => {
+                    p.bars.get(*i).map_or(String::new(), |b| b.label.clone())
+                }
+                _ => String::new(),
+            })
+            .y_desc(p.y_desc.as_str())
+            .label_style((FONT, 12))
+            .y_label_formatter(&|v| format!("{v:.0}"))
+            .draw()
+            .map_err(e)?;
+        for (i, b) in p.bars.iter().enumerate() {
+            let mut bar = Rectangle::new(
+                [
+                    (SegmentValue::Exact(i), 0.0),
+                    (SegmentValue::Exact(i + 1), b.median),
+                ],
+                BLUE_LINE.mix(0.5).filled(),
+            );
+            bar.set_margin(0, 0, 25, 25);
+            chart.draw_series([bar]).map_err(e)?;
+            chart
+                .draw_series([ErrorBar::new_vertical(
+                    SegmentValue::CenterOf(i),
+                    b.min,
+                    b.median,
+                    b.max,
+                    BLACK.stroke_width(1),
+                    8,
+                )])
+                .map_err(e)?;
+            chart
+                .draw_series([Text::new(
+                    format!("{:.0} ({:.0}–{:.0})", b.median, b.min, b.max),
+                    (SegmentValue::Exact(i), b.max.max(b.median) + top * 0.08),
+                    (FONT, 12),
+                )])
+                .map_err(e)?;
+        }
+        if let Some((y, label)) = &p.reference {
+            chart
+                .draw_series(LineSeries::new(
+                    [(SegmentValue::Exact(0), *y), (SegmentValue::Last, *y)],
+                    GREEN_LINE.stroke_width(2),
+                ))
+                .map_err(e)?
+                .label(label.as_str())
+                .legend(|(x, y)| {
+                    PathElement::new([(x, y), (x + 16, y)], GREEN_LINE.stroke_width(2))
+                });
+            chart
+                .configure_series_labels()
+                .position(SeriesLabelPosition::UpperRight)
+                .background_style(WHITE.mix(0.8))
+                .border_style(BLACK)
+                .label_font((FONT, 12))
+                .draw()
+                .map_err(e)?;
+        }
+    }
+    root.present().map_err(e)?;
+    Ok(())
+}

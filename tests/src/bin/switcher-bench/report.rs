@@ -86,6 +86,43 @@ pub fn latency_us(v: &mut [f64]) -> serde_json::Value {
     })
 }
 
+/// Median and range of repeated measurements of one figure.
+#[derive(Debug, Clone, Copy)]
+pub struct Spread {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+    pub n: usize,
+}
+
+impl Spread {
+    pub fn of(v: &[f64]) -> Spread {
+        let mut s = v.to_vec();
+        let median = percentile(&mut s, 50.0);
+        Spread {
+            median,
+            min: s.first().copied().unwrap_or(f64::NAN),
+            max: s.last().copied().unwrap_or(f64::NAN),
+            n: s.len(),
+        }
+    }
+
+    /// For a ratio: "no difference" when its range holds 1.0.
+    pub fn verdict(&self, below: &'static str, above: &'static str) -> &'static str {
+        if self.min <= 1.0 && self.max >= 1.0 {
+            "no difference"
+        } else if self.max < 1.0 {
+            below
+        } else {
+            above
+        }
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::json!({"median": self.median, "min": self.min, "max": self.max, "n": self.n})
+    }
+}
+
 /// A JSON number with `decimals` decimals, or "–" when absent.
 pub fn num(v: &serde_json::Value, decimals: usize) -> String {
     v.as_f64()
@@ -103,6 +140,18 @@ mod tests {
         assert_eq!(percentile(&mut v, 99.0), 99.0);
         assert_eq!(percentile(&mut v, 100.0), 100.0);
         assert!(percentile(&mut [], 50.0).is_nan());
+    }
+
+    #[test]
+    fn spread_and_its_verdict() {
+        let s = Spread::of(&[0.9, 0.4, 0.5]);
+        assert_eq!((s.median, s.min, s.max, s.n), (0.5, 0.4, 0.9, 3));
+        assert_eq!(s.verdict("lower", "higher"), "lower");
+        assert_eq!(
+            Spread::of(&[0.9, 1.1]).verdict("lower", "higher"),
+            "no difference"
+        );
+        assert_eq!(Spread::of(&[1.2, 1.1]).verdict("lower", "higher"), "higher");
     }
 
     #[test]

@@ -1,21 +1,17 @@
-//! Packet-level measurement tools for the forwarding section: trafgen on the client, the
-//! backends' packet counters, interface counters, and the host's CPU time from /proc/stat.
+//! Packet-level measurement tools for the forwarding section: the paced generator on the
+//! client, the backends' packet counters, interface counters, and the host's CPU time from
+//! /proc/stat.
 
 use std::{
     net::Ipv4Addr,
-    os::unix::process::CommandExt as _,
     path::Path,
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc,
-    },
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context as _, Result};
 use etherparse::PacketBuilder;
 use serde_json::Value;
-use switcher_tests::lab::{in_netns, Host, Lab, Proc, CLIENT_V4, EDGE_TO_CLIENT, HOST_IF};
+use switcher_tests::lab::{in_netns, Host, Lab, CLIENT_V4, EDGE_TO_CLIENT, HOST_IF};
 
 use crate::contenders::UDP_PORT;
 
@@ -23,23 +19,29 @@ use crate::contenders::UDP_PORT;
 const PAYLOAD: &[u8] =
     b"<14>1 2026-11-24T00:00:00Z client bench - - - stream=fwd a typical short syslog line, 120 bytes";
 
-/// /proc/stat counts in USER_HZ, which Linux fixes at 100 for userspace; so does /proc/PID/stat.
+/// /proc/stat counts in USER_HZ, which Linux fixes at 100 for userspace.
 const NS_PER_TICK: u64 = 10_000_000;
 
-/// CPU time so far: of the whole host (all CPUs, all namespaces: /proc/stat is not
-/// namespaced), and of the host's kernel plus the lab's own processes only. On a shared
-/// machine the second leaves out other users' userspace work (a compiler next door).
-#[derive(Debug, Clone, Copy, Default)]
+/// Where the host's CPUs stand: wall time and the idle time the kernel has counted, summed
+/// over all CPUs (/proc/stat is not namespaced: every namespace, every process).
+///
+/// Busy time is taken as wall time × CPUs − idle − iowait, not from /proc/stat's user, system
+/// and softirq fields: those are sampled by the scheduler tick (250 Hz on these machines, no
+/// IRQ time accounting), and a load paced in 1 ms ticks runs in phase with it, so the tick
+/// sees it busy or idle by that phase alone (run-to-run differences of 2× were seen). Idle time
+/// is not sampled: with NO_HZ the kernel stamps every entry into and exit from idle, and
+/// /proc/stat reports that sum (in 10 ms units: over a run of seconds, well under 1%).
+#[derive(Debug, Clone, Copy)]
 pub struct Cpu {
-    pub host_ns: u64,
-    pub lab_ns: u64,
+    at: Instant,
+    idle_ns: u64,
+    cpus: u64,
 }
 
 impl Cpu {
-    /// `pids`: processes of the contender running through the window (nginx, the daemon);
-    /// trafgen, our child, is counted once reaped (cutime of this process).
-    pub fn now(pids: &[u32]) -> Result<Cpu> {
+    pub fn now() -> Result<Cpu> {
         let text = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+        let at = Instant::now();
         let line = text
             .lines()
             .find(|l| l.starts_with("cpu "))
@@ -49,56 +51,26 @@ impl Cpu {
             .skip(1)
             .map(|t| t.parse::<u64>().context("bad /proc/stat field"))
             .collect::<Result<_>>()?;
-        if t.len() < 8 {
+        if t.len() < 5 {
             bail!("/proc/stat cpu line too short: {line:?}");
         }
-        // user nice system idle iowait irq softirq steal (guest is inside user already).
-        let host = t[0] + t[1] + t[2] + t[5] + t[6] + t[7];
-        let kernel = t[2] + t[5] + t[6];
-        let mut user = proc_ticks("self", 13)?;
-        for pid in pids {
-            // A process that is gone has nothing more to add.
-            user += proc_ticks(&pid.to_string(), 11).unwrap_or(0);
-        }
+        let cpus = text
+            .lines()
+            .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
+            .count() as u64;
         Ok(Cpu {
-            host_ns: host * NS_PER_TICK,
-            lab_ns: (kernel + user) * NS_PER_TICK,
+            at,
+            // idle, iowait
+            idle_ns: (t[3] + t[4]) * NS_PER_TICK,
+            cpus,
         })
     }
 
-    pub fn since(self, earlier: Cpu) -> Cpu {
-        Cpu {
-            host_ns: self.host_ns.saturating_sub(earlier.host_ns),
-            lab_ns: self.lab_ns.saturating_sub(earlier.lab_ns),
-        }
+    /// CPU time the host spent busy since `earlier`.
+    pub fn busy_ns_since(&self, earlier: Cpu) -> u64 {
+        let wall = self.at.saturating_duration_since(earlier.at).as_nanos() as u64;
+        (wall * self.cpus).saturating_sub(self.idle_ns.saturating_sub(earlier.idle_ns))
     }
-}
-
-/// Field `idx` after the command name of /proc/PID/stat (11: utime, 13: cutime).
-fn proc_ticks(pid: &str, idx: usize) -> Result<u64> {
-    let path = format!("/proc/{pid}/stat");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-    let rest = text
-        .rsplit_once(')')
-        .map(|(_, r)| r)
-        .with_context(|| format!("bad {path}"))?;
-    rest.split_whitespace()
-        .nth(idx)
-        .and_then(|v| v.parse::<i64>().ok())
-        .map(|v| v.max(0) as u64)
-        .with_context(|| format!("bad {path}"))
-}
-
-/// Pids of the processes in `host`'s namespace.
-pub fn netns_pids(lab: &Lab, host: Host) -> Result<Vec<u32>> {
-    let out = std::process::Command::new("ip")
-        .args(["netns", "pids", lab.ns(host)])
-        .output()
-        .context("ip netns pids")?;
-    Ok(String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .filter_map(|p| p.parse().ok())
-        .collect())
 }
 
 fn link_mac(lab: &Lab, host: Host, dev: &str) -> Result<[u8; 6]> {
@@ -116,7 +88,7 @@ fn link_mac(lab: &Lab, host: Host, dev: &str) -> Result<[u8; 6]> {
 
 const BACKEND_TABLE: &str = "switcher_bench_rx";
 const CLIENT_TABLE: &str = "switcher_bench_tx";
-/// trafgen's source port: with [`UDP_PORT`] it names the test flow.
+/// The generator's source port: with [`UDP_PORT`] it names the test flow.
 const SRC_PORT: u16 = 40000;
 
 /// Packets counted so far by the named nft counter `table`/`counter` (netdev family) in `host`.
@@ -162,7 +134,7 @@ pub fn backend_packets(lab: &Lab) -> Result<u64> {
 }
 
 /// On the client: count the test flow's datagrams as they leave (netdev egress, which also
-/// sees trafgen's qdisc-bypassing packet socket), and everything else that leaves. Same cost
+/// sees the pacer's qdisc-bypassing packet socket), and everything else that leaves. Same cost
 /// in every run, so it cancels out of the CPU comparison. See [`Offered`] for why both.
 pub fn install_offered_counter(lab: &Lab, dir: &Path) -> Result<()> {
     let rules = format!(
@@ -179,8 +151,8 @@ pub fn offered_packets(lab: &Lab) -> Result<u64> {
 /// The test flow's packets that left the client in a trial.
 ///
 /// The egress hook counts every send attempt: when the veth refuses a packet (its peer's queue
-/// is full) trafgen gets ENOBUFS and sends the same packet again, and the hook counts it again,
-/// so under pressure the hook's count exceeds what left (and would be reported as loss). The
+/// is full) the sender gets ENOBUFS, and a sender that tries again (trafgen does) is counted
+/// again, so under pressure the hook's count may exceed what left (and read as loss). The
 /// interface's tx counter counts only what its peer took, but also ARP and ND. So: what left =
 /// interface tx minus everything else the hook saw, read in an order that can only overcount
 /// by a stray ARP; the result is the smaller of that and the attempts.
@@ -227,27 +199,6 @@ impl Offered {
     }
 }
 
-/// Steady sending, timed from the client's tx counter: the sample intervals in which it moved
-/// and so did the intervals either side. Leaves out trafgen's start (`ip netns exec`, ring
-/// setup) and exit, and its idle time: trafgen's `-b` paces per second, sending each second's
-/// packets in one burst as fast as the path takes them and then sleeping, so this is the rate
-/// of those bursts, not the per-second average asked for.
-#[derive(Debug, Clone, Copy)]
-pub struct Window {
-    pub packets: u64,
-    pub secs: f64,
-}
-
-impl Window {
-    pub fn pps(&self) -> f64 {
-        self.packets as f64 / self.secs.max(1e-9)
-    }
-}
-
-/// How often the client's tx counter is sampled while trafgen runs (a read of
-/// /proc/net/dev, no process: cheap, and the same in every run).
-const SAMPLE_EVERY: Duration = Duration::from_millis(5);
-
 /// Client `HOST_IF` tx packets from /proc/net/dev of the calling thread's namespace.
 fn tx_now() -> Result<u64> {
     let text =
@@ -273,156 +224,6 @@ pub fn client_tx_packets(lab: &Lab) -> Result<u64> {
     in_netns(lab.ns(Host::Client), tx_now)?
 }
 
-/// Samples the client's tx counter until `stop`, in the client's namespace.
-fn sample_tx(ns: &str, stop: &AtomicBool, deadline: Instant) -> Result<Vec<(Instant, u64)>> {
-    in_netns(ns, || -> Result<Vec<(Instant, u64)>> {
-        let mut v = Vec::new();
-        while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-            v.push((Instant::now(), tx_now()?));
-            std::thread::sleep(SAMPLE_EVERY);
-        }
-        v.push((Instant::now(), tx_now()?));
-        Ok(v)
-    })?
-}
-
-/// The steady [`Window`] in `samples`; None if trafgen never sent for three sample periods in
-/// a row.
-fn steady_window(samples: &[(Instant, u64)]) -> Option<Window> {
-    let moved: Vec<bool> = samples.windows(2).map(|w| w[1].1 > w[0].1).collect();
-    let (mut packets, mut secs) = (0u64, 0f64);
-    for i in 1..moved.len().saturating_sub(1) {
-        if moved[i - 1] && moved[i] && moved[i + 1] {
-            let ((t0, c0), (t1, c1)) = (samples[i], samples[i + 1]);
-            packets += c1 - c0;
-            secs += (t1 - t0).as_secs_f64();
-        }
-    }
-    (secs > 0.0).then_some(Window { packets, secs })
-}
-
-/// trafgen on the client sending one UDP flow to `dst`, through the edge.
-pub struct Generator {
-    conf: String,
-}
-
-impl Generator {
-    pub fn new(lab: &Lab, dir: &Path, dst: Ipv4Addr) -> Result<Generator> {
-        let src_mac = link_mac(lab, Host::Client, HOST_IF)?;
-        let dst_mac = link_mac(lab, Host::Edge, EDGE_TO_CLIENT)?;
-        let mut frame = Vec::new();
-        PacketBuilder::ethernet2(src_mac, dst_mac)
-            .ipv4(CLIENT_V4.octets(), dst.octets(), 64)
-            .udp(SRC_PORT, UDP_PORT)
-            .write(&mut frame, PAYLOAD)
-            .context("building the trafgen frame")?;
-        let bytes: Vec<String> = frame.iter().map(|b| format!("0x{b:02x}")).collect();
-        let path = dir.join(format!("trafgen-{dst}.cfg"));
-        std::fs::write(&path, format!("{{ {} }}\n", bytes.join(", ")))
-            .with_context(|| format!("writing {}", path.display()))?;
-        Ok(Generator {
-            conf: path.display().to_string(),
-        })
-    }
-
-    /// Sends `count` frames at `pps` (None: as fast as it can) and returns when trafgen is
-    /// done (killed after `limit`), with the steady sending window timed from the counters.
-    pub fn send(
-        &self,
-        lab: &Lab,
-        count: u64,
-        pps: Option<u64>,
-        limit: Duration,
-    ) -> Result<Option<Window>> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let sampler = {
-            let ns = lab.ns(Host::Client).to_owned();
-            let stop = Arc::clone(&stop);
-            let deadline = Instant::now() + limit + Duration::from_secs(3);
-            std::thread::spawn(move || sample_tx(&ns, &stop, deadline))
-        };
-        let sent = self.run_trafgen(lab, count, pps, limit);
-        stop.store(true, Ordering::Relaxed);
-        let samples = match sampler.join() {
-            Ok(r) => r,
-            Err(_) => bail!("tx counter sampler panicked"),
-        };
-        sent?;
-        Ok(steady_window(&samples?))
-    }
-
-    fn run_trafgen(&self, lab: &Lab, count: u64, pps: Option<u64>, limit: Duration) -> Result<()> {
-        let count_s = count.to_string();
-        let rate = pps.map(|r| format!("{r}pps"));
-        // One process (-P 1), leave socket memory sysctls and IRQ affinity alone (-A, -Q).
-        let mut args = vec![
-            "--dev",
-            HOST_IF,
-            "--conf",
-            &self.conf,
-            "-n",
-            &count_s,
-            "-P",
-            "1",
-            "--no-sock-mem",
-            "--notouch-irq",
-        ];
-        if let Some(r) = &rate {
-            args.extend(["-b", r.as_str()]);
-        }
-        // trafgen forks its sender and waits for it: a signal to the parent alone leaves the
-        // sender running into the next trial. Its own process group is stopped as a whole.
-        let mut cmd = lab.command(Host::Client, "trafgen");
-        cmd.args(&args).process_group(0);
-        let p = lab.spawn_command(cmd)?;
-        let started = Instant::now();
-        let st = p.wait_timeout(limit);
-        let st = match st {
-            Ok(Some(s)) => s,
-            Ok(None) | Err(_) => {
-                // Bounded in time (or lost track of): stop it; what it sent still counts.
-                let stopped = stop_group(&p);
-                st?;
-                stopped?;
-                eprintln!(
-                    "  (trafgen stopped after {:.1} s, before sending {count})",
-                    started.elapsed().as_secs_f64()
-                );
-                return Ok(());
-            }
-        };
-        if !st.success() {
-            stop_group(&p)?;
-            bail!("trafgen exited with {st}: {}", p.stderr_tail(10));
-        }
-        Ok(())
-    }
-}
-
-/// SIGTERM to the process group `p` leads (trafgen and the sender it forked), SIGKILL to the
-/// group if it is still there after a grace period, then reaps `p`. The group is signalled
-/// only while `p` is unreaped, so its id cannot belong to anyone else.
-fn stop_group(p: &Proc) -> Result<()> {
-    use nix::{
-        errno::Errno,
-        sys::signal::{killpg, Signal},
-        unistd::Pid,
-    };
-    let pg = Pid::from_raw(i32::try_from(p.pid()).context("trafgen pid")?);
-    let signal = |s: Signal| match killpg(pg, s) {
-        Ok(()) | Err(Errno::ESRCH) => Ok(()),
-        Err(e) => Err(e).with_context(|| format!("{s} to trafgen's process group")),
-    };
-    if p.try_wait()?.is_none() {
-        signal(Signal::SIGTERM)?;
-        if p.wait_timeout(Duration::from_millis(1500))?.is_none() {
-            signal(Signal::SIGKILL)?;
-        }
-    }
-    p.stop()?;
-    Ok(())
-}
-
 /// Fails if the client's test flow is still being sent (a generator of an earlier trial that
 /// did not stop): its packets would be counted as this trial's.
 pub fn check_quiet(lab: &Lab) -> Result<()> {
@@ -437,4 +238,98 @@ pub fn check_quiet(lab: &Lab) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// What a [`Pacer`] run reported (frame-pacer's JSON line).
+#[derive(Debug, Clone, Copy, serde::Deserialize)]
+pub struct Paced {
+    pub sent: u64,
+    /// Frames the client's interface refused (lost at the client, not sent again).
+    pub refused: u64,
+    pub pps: f64,
+    pub late_ticks: u64,
+    pub ticks: u64,
+}
+
+/// frame-pacer on the client sending the test flow to `dst` through the edge at a steady
+/// rate (frames due every 1 ms tick, in sendmmsg batches), for the forwarding measurement.
+pub struct Pacer {
+    frame: String,
+    /// The frame's bytes.
+    pub bytes: Vec<u8>,
+    bin: String,
+}
+
+impl Pacer {
+    pub fn new(lab: &Lab, dir: &Path, dst: Ipv4Addr) -> Result<Pacer> {
+        let frame = test_frame(lab, dst)?;
+        let path = dir.join(format!("frame-{dst}.bin"));
+        std::fs::write(&path, &frame).with_context(|| format!("writing {}", path.display()))?;
+        Ok(Pacer {
+            frame: path.display().to_string(),
+            bytes: frame,
+            bin: switcher_tests::rig::bin("frame-pacer")?
+                .display()
+                .to_string(),
+        })
+    }
+
+    /// The command that sends `count` frames at `pps` (bounded by `max_secs`), to run as is
+    /// or under a profiler. Pinned to the last CPU: veth schedules the receiving side's NAPI
+    /// on the sending CPU, so the whole path (edge and backend) runs there, in every run, and
+    /// runs compare like with like rather than where the scheduler happened to put the sender.
+    ///
+    /// `live`: the pinned `bench_tx` program, to send XDP frames instead of writing to a packet
+    /// socket (see frame-pacer). Only the network namespace is entered (`ip netns exec` would
+    /// mount a /sys without the pin).
+    pub fn command(
+        &self,
+        lab: &Lab,
+        count: u64,
+        pps: u64,
+        live: Option<&Path>,
+    ) -> std::process::Command {
+        let last = std::thread::available_parallelism().map_or(1, |n| n.get()) - 1;
+        let max_secs = count as f64 / pps as f64 * 1.5 + 2.0;
+        let mut cmd = std::process::Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", lab.ns(Host::Client)))
+            .args(["taskset", "-c", &last.to_string(), &self.bin])
+            .args(["--dev", HOST_IF, "--frame", &self.frame])
+            .args(["--count", &count.to_string(), "--pps", &pps.to_string()])
+            .args(["--max-secs", &format!("{max_secs:.1}")]);
+        if let Some(pin) = live {
+            cmd.arg("--xdp-live").arg(pin);
+        }
+        cmd
+    }
+
+    /// Sends `count` frames at `pps` and returns what the pacer reported.
+    pub fn send(&self, lab: &Lab, count: u64, pps: u64, live: Option<&Path>) -> Result<Paced> {
+        let out = switcher_tests::lab::run_command(&mut self.command(lab, count, pps, live))?;
+        Paced::parse(&out)
+    }
+}
+
+impl Paced {
+    pub fn parse(out: &str) -> Result<Paced> {
+        let line = out
+            .lines()
+            .rev()
+            .find(|l| l.starts_with('{'))
+            .with_context(|| format!("frame-pacer printed no result: {out:?}"))?;
+        serde_json::from_str(line).with_context(|| format!("frame-pacer's result {line:?}"))
+    }
+}
+
+/// The test flow's frame: client to `dst`, addressed to the edge's MAC.
+fn test_frame(lab: &Lab, dst: Ipv4Addr) -> Result<Vec<u8>> {
+    let src_mac = link_mac(lab, Host::Client, HOST_IF)?;
+    let dst_mac = link_mac(lab, Host::Edge, EDGE_TO_CLIENT)?;
+    let mut frame = Vec::new();
+    PacketBuilder::ethernet2(src_mac, dst_mac)
+        .ipv4(CLIENT_V4.octets(), dst.octets(), 64)
+        .udp(SRC_PORT, UDP_PORT)
+        .write(&mut frame, PAYLOAD)
+        .context("building the test frame")?;
+    Ok(frame)
 }
