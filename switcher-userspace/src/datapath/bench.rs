@@ -26,9 +26,10 @@ impl BpfDatapath {
             .get(..64)
             .and_then(|h| h.try_into().ok())
             .context("the bench frame is shorter than 64 bytes")?;
-        let words: [u64; 8] = std::array::from_fn(|i| {
-            u64::from_ne_bytes(head[i * 8..i * 8 + 8].try_into().unwrap_or_default())
-        });
+        let mut words = [0u64; 8];
+        for (w, b) in words.iter_mut().zip(head.chunks_exact(8)) {
+            *w = u64::from_ne_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
+        }
         let mut map: Array<&mut MapData, [u64; 8]> = self
             .ebpf
             .map_mut("BENCH_FRAME_HEAD")

@@ -249,13 +249,18 @@ fn main() -> Result<()> {
     if frame.len() < 14 {
         bail!("{} is no Ethernet frame", args.frame.display());
     }
+    if args.xdp_live.is_some() && frame.len() < 64 {
+        // bench_tx rewrites the first 64 bytes and refuses a shorter frame.
+        bail!("--xdp-live needs a frame of at least 64 bytes");
+    }
     let mut sender = match &args.xdp_live {
         Some(pin) => Sender::Live(Box::new(LiveSender::new(pin, &args.dev, &frame)?)),
         None => Sender::Socket(SocketSender::new(&args.dev, &frame)?),
     };
 
     let tick = Duration::from_micros(args.tick_us);
-    let limit = Duration::from_secs_f64(args.max_secs);
+    let limit = Duration::try_from_secs_f64(args.max_secs)
+        .with_context(|| format!("--max-secs {}", args.max_secs))?;
     let start = Instant::now();
     let mut t = Tally::default();
     let mut next = start;

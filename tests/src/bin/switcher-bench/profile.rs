@@ -4,7 +4,7 @@
 //! routing, ...). With a fixed sample period (`-c`), every sample is the same CPU time, so a
 //! stage's samples × period / forwarded packets is its cost per packet.
 //!
-//! The switcher rows are checked against the kernel's own account of the XDP program
+//! For the switcher rows the kernel's own account of the XDP program is reported beside it
 //! (`kernel.bpf_stats_enabled`: run time and run count of the program, from `bpftool`).
 
 use std::{collections::BTreeMap, path::Path, process::Command};
@@ -33,13 +33,6 @@ const STAGES: &[(&str, &[&str])] = &[
             "arch_cpu_idle",
         ],
     ),
-    (
-        "frame source (bench_tx, live frames)",
-        &["bpf_prog_*bench_tx"],
-    ),
-    // The XDP program and its subprograms (`forward`, `pick`, ...): no other BPF program
-    // runs on the measured path (no reply traffic, so no TC egress program).
-    ("switcher xdp program", &["bpf_prog_"]),
     (
         "veth: skb copied for xdp headroom",
         &["skb_pp_cow_data", "veth_convert_skb_to_xdp_buff"],
@@ -131,6 +124,7 @@ const STAGES: &[(&str, &[&str])] = &[
             "__nf_nat",
             "hash_conntrack",
             "ipv4_confirm",
+            "ipv4_conntrack",
             "nf_confirm",
         ],
     ),
@@ -166,7 +160,10 @@ const STAGES: &[(&str, &[&str])] = &[
             "get_page_from_freelist",
         ],
     ),
-    ("veth transmit", &["veth_"]),
+    (
+        "veth transmit",
+        &["veth_xmit", "veth_forward", "__veth_xdp_flush"],
+    ),
     (
         "ip routing + forwarding",
         &[
@@ -201,6 +198,7 @@ const STAGES: &[(&str, &[&str])] = &[
         &[
             "netif_receive",
             "__netif_receive",
+            "veth_poll",
             "process_backlog",
             "net_rx_action",
             "napi_",
@@ -218,10 +216,30 @@ const STAGES: &[(&str, &[&str])] = &[
     ),
 ];
 
+pub const FRAME_SOURCE: &str = "frame source (bench_tx, live frames)";
+/// The XDP program and its subprograms (`forward`, `pick`, ...): no other BPF program runs on
+/// the measured path (no reply traffic, so no TC egress program).
+pub const SWITCHER_PROGRAM: &str = "switcher xdp program";
+
+/// A JIT-compiled BPF program's symbol: `bpf_prog_<16 hex digits of its tag>_<name>` (kernel
+/// functions such as `bpf_prog_run_generic_xdp` are not).
+fn jit_program(sym: &str) -> Option<&str> {
+    let rest = sym.strip_prefix("bpf_prog_")?;
+    let (tag, name) = (rest.get(..16)?, rest.get(16..)?);
+    (tag.bytes().all(|b| b.is_ascii_hexdigit()) && name.starts_with('_')).then_some(&name[1..])
+}
+
 /// The stage a symbol belongs to. A pattern is a prefix; `pre*part` is a prefix followed
 /// somewhere by `part` (BPF programs appear as `bpf_prog_<tag>_<name>`, the name maybe cut to
 /// 15 characters).
 pub fn stage_of(sym: &str) -> &'static str {
+    if let Some(name) = jit_program(sym) {
+        return if name.starts_with("bench_tx") {
+            FRAME_SOURCE
+        } else {
+            SWITCHER_PROGRAM
+        };
+    }
     for (stage, pats) in STAGES {
         for p in *pats {
             let hit = match p.split_once('*') {
@@ -446,6 +464,13 @@ mod tests {
             stage_of("bpf_prog_bd4b82e549cf554c_forward"),
             "switcher xdp program"
         );
+        assert_eq!(
+            stage_of("bpf_prog_run_generic_xdp"),
+            "xdp redirect + veth xdp receive"
+        );
+        assert_eq!(stage_of("bpf_prog_test_run_xdp"), "generator send");
+        assert_eq!(stage_of("ipv4_conntrack_in"), "conntrack + nat");
+        assert_eq!(stage_of("veth_poll"), "netif receive + softirq");
         assert_eq!(
             stage_of("bpf_prog_5d4b82e549cf554c_bench_tx"),
             "frame source (bench_tx, live frames)"

@@ -25,7 +25,7 @@ const NS_PER_TICK: u64 = 10_000_000;
 /// Where the host's CPUs stand: wall time and the idle time the kernel has counted, summed
 /// over all CPUs (/proc/stat is not namespaced: every namespace, every process).
 ///
-/// Busy time is taken as wall time × CPUs − idle − iowait, not from /proc/stat's user, system
+/// Busy time is taken as wall time × CPUs − idle − iowait − steal, not from /proc/stat's user, system
 /// and softirq fields: those are sampled by the scheduler tick (250 Hz on these machines, no
 /// IRQ time accounting), and a load paced in 1 ms ticks runs in phase with it, so the tick
 /// sees it busy or idle by that phase alone (run-to-run differences of 2× were seen). Idle time
@@ -51,7 +51,7 @@ impl Cpu {
             .skip(1)
             .map(|t| t.parse::<u64>().context("bad /proc/stat field"))
             .collect::<Result<_>>()?;
-        if t.len() < 5 {
+        if t.len() < 8 {
             bail!("/proc/stat cpu line too short: {line:?}");
         }
         let cpus = text
@@ -60,8 +60,8 @@ impl Cpu {
             .count() as u64;
         Ok(Cpu {
             at,
-            // idle, iowait
-            idle_ns: (t[3] + t[4]) * NS_PER_TICK,
+            // idle, iowait, and steal: time the hypervisor gave to someone else.
+            idle_ns: (t[3] + t[4] + t[7]) * NS_PER_TICK,
             cpus,
         })
     }
@@ -240,6 +240,18 @@ pub fn check_quiet(lab: &Lab) -> Result<()> {
     Ok(())
 }
 
+/// The highest-numbered CPU this process may run on (0 if that cannot be read).
+fn last_cpu() -> usize {
+    nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0))
+        .ok()
+        .and_then(|set| {
+            (0..nix::sched::CpuSet::count())
+                .rev()
+                .find(|&c| set.is_set(c).unwrap_or(false))
+        })
+        .unwrap_or(0)
+}
+
 /// What a [`Pacer`] run reported (frame-pacer's JSON line).
 #[derive(Debug, Clone, Copy, serde::Deserialize)]
 pub struct Paced {
@@ -289,7 +301,7 @@ impl Pacer {
         pps: u64,
         live: Option<&Path>,
     ) -> std::process::Command {
-        let last = std::thread::available_parallelism().map_or(1, |n| n.get()) - 1;
+        let last = last_cpu();
         let max_secs = count as f64 / pps as f64 * 1.5 + 2.0;
         let mut cmd = std::process::Command::new("nsenter");
         cmd.arg(format!("--net=/run/netns/{}", lab.ns(Host::Client)))

@@ -13,12 +13,13 @@
 //!
 //! Then one profiled run per contender: `perf record -a -e cpu-clock` folded by symbol into
 //! the stages of the path (see [`crate::profile`]), and for switcher the kernel's own run-time
-//! account of the XDP program (`kernel.bpf_stats_enabled`) to check the profile against.
+//! account of the XDP program (`kernel.bpf_stats_enabled`), reported beside the profile.
 //!
 //! Each run must have measured the path its label names, or the section fails:
 //! - switcher rows: the datapath's reason counters (pinned `REASON_COUNTERS`) are read around
 //!   every run. Every packet the datapath rewrites ends with exactly one of `redirected`,
-//!   `pass_mode` or `fib_fallback`; the row's own verdict must cover at least [`ON_PATH_PCT`]%
+//!   `pass_mode` or `fib_fallback`; the row's own verdict must cover at least
+//!   [`checks::ON_PATH_PCT`]%
 //!   of those packets and of the packets the backend counted.
 //! - the other rows claim the plain skb path: no XDP program may be attached to the edge's
 //!   client-facing interface; the switcher rows must show one.
@@ -26,22 +27,26 @@
 //!   packets than the run's pacer was asked for; the backend must get nearly all of them
 //!   ([`MAX_LOSS_PCT`]): CPU per forwarded packet means little for a path that drops.
 
-use std::{collections::BTreeMap, path::PathBuf, time::Duration};
+mod checks;
+mod feed;
+mod report;
+
+use std::{collections::BTreeMap, time::Duration};
 
 use anyhow::{bail, Context as _, Result};
 use serde_json::{json, Value};
-use switcher::datapath::MapReader;
-use switcher_common::Reason;
-use switcher_tests::{
-    lab::{BLUE_V4, EDGE_TO_CLIENT, VIP_V4},
-    loaded::LoadedDatapath,
-};
+use switcher_tests::lab::{BLUE_V4, VIP_V4};
+
+use checks::{check_edge_xdp, check_verdicts, Verdicts};
+use feed::{Feed, FrameSource};
+use report::{chart, profile_table, ratio_line, table};
+pub use report::{markdown, summary};
 
 use crate::{
     contenders::{Kind, Stage},
     plot,
     profile::{self, BpfStats, Profile},
-    report::{Spread, Table},
+    report::Spread,
     traffic::{
         backend_packets, check_quiet, install_backend_counters, install_offered_counter, Cpu,
         Offered, Paced, Pacer,
@@ -86,85 +91,23 @@ impl Params {
     }
 }
 
-/// How the edge receives the test flow.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Feed {
-    /// From a packet socket on the client: veth hands the edge an skb, and an XDP program
-    /// there first copies it into a page with XDP headroom (what veth does).
-    Skb,
-    /// As XDP frames (`bench_tx` in live-frames mode on the client): the edge's veth gets a
-    /// buffer, as a NIC driver does; an XDP program runs on it directly, the kernel path
-    /// builds the skb from it.
-    XdpFrames,
-}
-
-impl Feed {
-    const ALL: [Feed; 2] = [Feed::Skb, Feed::XdpFrames];
-
-    fn key(self) -> &'static str {
-        match self {
-            Feed::Skb => "skb",
-            Feed::XdpFrames => "xdp_frames",
-        }
-    }
-
-    fn label(self) -> &'static str {
-        match self {
-            Feed::Skb => "packet socket (the edge's veth receives skbs)",
-            Feed::XdpFrames => {
-                "XDP frames (the edge's veth receives buffers, as from a NIC driver)"
-            }
-        }
-    }
-}
-
-/// `bench_tx` from a private copy of the datapath, pinned for frame-pacer while it lives.
-struct FrameSource {
-    loaded: LoadedDatapath,
-    pin: PathBuf,
-}
-
-impl FrameSource {
-    fn load(tag: &str) -> Result<FrameSource> {
-        let mut loaded = LoadedDatapath::load("bench-tx")?;
-        let pin = PathBuf::from(format!("/sys/fs/bpf/switcher-bench-tx-{tag}"));
-        let _ = std::fs::remove_file(&pin);
-        loaded
-            .dp()?
-            .bench_program("bench_tx")?
-            .pin(&pin)
-            .with_context(|| format!("pinning bench_tx at {}", pin.display()))?;
-        Ok(FrameSource { loaded, pin })
-    }
-
-    /// Makes `bench_tx` send `pacer`'s frame.
-    fn aim(&mut self, pacer: &Pacer) -> Result<()> {
-        self.loaded.dp()?.set_bench_frame(&pacer.bytes)
-    }
-}
-
-impl Drop for FrameSource {
-    fn drop(&mut self) {
-        if let Err(e) = std::fs::remove_file(&self.pin) {
-            eprintln!("bench: removing {}: {e}", self.pin.display());
-        }
-    }
-}
-
 /// Packets above a run's count that can only be other traffic miscounted (see [`Offered`]),
 /// not a second generator.
 const OFFERED_SLACK: u64 = 10;
 
-/// A run may lose at most this share of what left the client.
+/// A run may lose at most this share of the frames asked for.
 const MAX_LOSS_PCT: f64 = 2.0;
 
-/// Share of the rewritten (and of the forwarded) packets that must have taken a switcher row's
-/// own path. The rest leaves room for the first packets of a run, which may take the kernel
-/// while the neighbour entry is resolved (`fib_fallback`).
-const ON_PATH_PCT: u64 = 99;
+/// Below this, nftables' added CPU is too small to divide by.
+const MIN_NFT_ADDED_NS: f64 = 20.0;
+
+/// A run's generator must reach this share of the rate asked for.
+const MIN_RATE: f64 = 0.95;
 
 #[derive(Debug, Clone)]
 struct Run {
+    /// Frames the pacer was asked to send.
+    asked: u64,
     /// Test-flow datagrams that left the client.
     offered: u64,
     forwarded: u64,
@@ -179,94 +122,9 @@ impl Run {
         self.busy_ns as f64 / self.forwarded as f64
     }
 
+    /// Of the frames asked for: what the client's interface refused is lost too.
     fn loss_pct(&self) -> f64 {
-        100.0 * self.offered.saturating_sub(self.forwarded) as f64 / self.offered.max(1) as f64
-    }
-}
-
-/// The switcher datapath's verdicts on the packets it rewrote, from its reason counters
-/// (summed over CPUs): each rewritten packet gets exactly one of the three.
-#[derive(Debug, Clone, Copy, Default)]
-struct Verdicts {
-    redirected: u64,
-    pass_mode: u64,
-    fib_fallback: u64,
-}
-
-impl Verdicts {
-    fn read(maps: &MapReader) -> Result<Verdicts> {
-        let mut v = Verdicts::default();
-        for (reason, n) in maps.reasons()? {
-            match reason {
-                Reason::Redirected => v.redirected = n,
-                Reason::PassMode => v.pass_mode = n,
-                Reason::FibFallback => v.fib_fallback = n,
-                _ => {}
-            }
-        }
-        Ok(v)
-    }
-
-    fn since(self, e: Verdicts) -> Verdicts {
-        Verdicts {
-            redirected: self.redirected.saturating_sub(e.redirected),
-            pass_mode: self.pass_mode.saturating_sub(e.pass_mode),
-            fib_fallback: self.fib_fallback.saturating_sub(e.fib_fallback),
-        }
-    }
-
-    fn rewritten(&self) -> u64 {
-        self.redirected + self.pass_mode + self.fib_fallback
-    }
-}
-
-/// Proves that a run of a switcher row took the row's own path: its verdict covers
-/// [`ON_PATH_PCT`]% of what the datapath rewrote and of what the backend got.
-fn check_verdicts(kind: Kind, v: Verdicts, forwarded: u64) -> Result<Value> {
-    let (want, n) = match kind {
-        Kind::SwitcherRedirect => (Reason::Redirected.label(), v.redirected),
-        Kind::SwitcherPass => (Reason::PassMode.label(), v.pass_mode),
-        _ => bail!("{} has no datapath verdict to check", kind.label()),
-    };
-    // Nothing reaches the backend without crossing the XDP hook.
-    let edge = v.rewritten().max(forwarded);
-    if edge == 0 || n * 100 < edge * ON_PATH_PCT {
-        bail!(
-            "the datapath counted {want} for {n} of the {} packets it rewrote (redirected {}, \
-             pass_mode {}, fib_fallback {}; the backend got {forwarded}); at least \
-             {ON_PATH_PCT}% must be {want}, so this row did not measure its own path: the \
-             measurement is invalid",
-            v.rewritten(),
-            v.redirected,
-            v.pass_mode,
-            v.fib_fallback,
-        );
-    }
-    Ok(json!({
-        "rewritten": v.rewritten(),
-        "redirected": v.redirected,
-        "pass_mode": v.pass_mode,
-        "fib_fallback": v.fib_fallback,
-        "forwarded": forwarded,
-        "expected": want,
-        "on_path_pct": 100.0 * n as f64 / edge as f64,
-    }))
-}
-
-/// Fails unless the edge's client-facing interface has an XDP program exactly when `xdp`.
-fn check_edge_xdp(stage: &Stage, xdp: bool) -> Result<()> {
-    match (stage.edge_xdp()?, xdp) {
-        (Some(p), false) => bail!(
-            "an XDP program is attached to the edge's {EDGE_TO_CLIENT} ({}, id {}) where the \
-             plain kernel path is measured: the measurement is invalid",
-            p["prog"]["name"].as_str().unwrap_or("?"),
-            p["prog"]["id"]
-        ),
-        (None, true) => bail!(
-            "no XDP program is attached to the edge's {EDGE_TO_CLIENT}: the measurement is \
-             invalid"
-        ),
-        _ => Ok(()),
+        100.0 * self.asked.saturating_sub(self.forwarded) as f64 / self.asked.max(1) as f64
     }
 }
 
@@ -277,6 +135,7 @@ fn run_once(
     kind: Kind,
     feed: Feed,
     count: u64,
+    pps: u64,
     send: impl FnOnce() -> Result<Paced>,
 ) -> Result<Run> {
     let lab = &stage.lab;
@@ -310,7 +169,32 @@ fn run_once(
         );
     }
     let forwarded = fwd1.saturating_sub(fwd0);
+    if paced.sent + paced.refused < count {
+        bail!(
+            "the pacer was stopped at its time limit after {} of {count} frames: the \
+             measurement is invalid",
+            paced.sent + paced.refused
+        );
+    }
+    if paced.pps < pps as f64 * MIN_RATE {
+        bail!(
+            "the pacer reached {:.0} pps of the {pps} asked ({} of {} ticks late): the \
+             contenders would not be compared at one rate; the measurement is invalid",
+            paced.pps,
+            paced.late_ticks,
+            paced.ticks
+        );
+    }
+    // The backend can count no more than was sent, unless another generator was sending
+    // (for XDP frames the client's egress hook cannot see one).
+    if forwarded > count + OFFERED_SLACK {
+        bail!(
+            "the backends counted {forwarded} test-flow packets in a run of {count}: another \
+             generator was sending too; the measurement is invalid"
+        );
+    }
     let run = Run {
+        asked: count,
         offered: offered.min(count),
         forwarded,
         paced,
@@ -322,15 +206,14 @@ fn run_once(
     };
     if forwarded == 0 || run.loss_pct() > MAX_LOSS_PCT {
         bail!(
-            "{} of {} offered packets reached the backend ({:.2}% lost, the pacer reached {:.0} \
-             pps with {} of {} ticks late): CPU per forwarded packet would measure a path \
-             that drops; the measurement is invalid",
+            "{} of {} packets reached the backend ({:.2}% lost; {} left the client, {} refused \
+             there): CPU per forwarded packet would measure a path that drops; the \
+             measurement is invalid",
             forwarded,
-            run.offered,
+            count,
             run.loss_pct(),
-            paced.pps,
-            paced.late_ticks,
-            paced.ticks
+            run.offered,
+            paced.refused,
         );
     }
     Ok(run)
@@ -352,12 +235,28 @@ fn profiled(stage: &Stage, kind: Kind, feed: Feed, src: &Source<'_>, p: &Params)
     let cmd = src
         .pacer
         .command(&stage.lab, p.profile_packets, p.pps, src.live);
-    let run = run_once(stage, kind, feed, p.profile_packets, || {
+    let run = run_once(stage, kind, feed, p.profile_packets, p.pps, || {
         Paced::parse(&profile::record(&cmd, &data)?)
     })?;
     let prof = Profile::read(&data);
     let _ = std::fs::remove_file(&data);
     let prof = prof?;
+    // The XDP program must show in a switcher row's profile: with bpf_jit_kallsyms off, perf
+    // cannot name it and its time would land nowhere.
+    if stage.switcher_maps()?.is_some()
+        && prof
+            .stages
+            .get(profile::SWITCHER_PROGRAM)
+            .copied()
+            .unwrap_or(0)
+            == 0
+    {
+        bail!(
+            "the profile of {} has no sample in the XDP program (is net.core.bpf_jit_kallsyms \
+             on?): its breakdown would be wrong",
+            kind.label()
+        );
+    }
     let xdp = match stage.edge_xdp()?.and_then(|x| x["prog"]["id"].as_u64()) {
         Some(id) => {
             let stats = BpfStats::enable()?;
@@ -436,7 +335,7 @@ pub fn run(opts: &Opts) -> Result<Value> {
                     .start(kind)
                     .with_context(|| format!("starting {}", kind.label()))?;
                 let r = warm(&stage, &src).and_then(|()| {
-                    run_once(&stage, kind, feed, p.packets, || {
+                    run_once(&stage, kind, feed, p.packets, p.pps, || {
                         src.send(&stage, p.packets, p.pps)
                     })
                 });
@@ -538,7 +437,14 @@ fn summarize(
         let v: Vec<f64> = a.iter().zip(&b).map(|(x, y)| x / y).collect();
         let s = Spread::of(&v);
         let mut j = s.json();
-        j["verdict"] = json!(s.verdict("switcher adds less", "switcher adds more"));
+        // A ratio to next to nothing says nothing (and flips sign with the noise).
+        j["verdict"] = if b.iter().any(|y| *y < MIN_NFT_ADDED_NS) {
+            json!(format!(
+                "undefined: nftables added under {MIN_NFT_ADDED_NS} ns in a round"
+            ))
+        } else {
+            json!(s.verdict("switcher adds less", "switcher adds more"))
+        };
         Ok(j)
     };
     Ok(json!({
@@ -551,204 +457,4 @@ fn summarize(
         },
         "profiles": profiles.iter().filter(|p| p["feed"] == feed.key()).collect::<Vec<_>>(),
     }))
-}
-
-/// One panel per feed: CPU per forwarded packet of each contender, plain routing drawn across.
-fn chart(v: &Value) -> Vec<plot::BarPanel> {
-    v["feeds"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|feed| {
-            let rows: Vec<&Value> = feed["contenders"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .collect();
-            let direct = rows
-                .iter()
-                .find(|r| r["key"] == Kind::Direct.key())
-                .map_or(f64::NAN, |r| f(&r["cpu_ns_per_forwarded"], "median"));
-            plot::BarPanel {
-                title: format!("Feed: {}", feed["label"].as_str().unwrap_or("?")),
-                y_desc: "CPU ns per forwarded packet".into(),
-                bars: rows
-                    .iter()
-                    .map(|r| {
-                        let c = &r["cpu_ns_per_forwarded"];
-                        plot::Bar {
-                            label: r["label"]
-                                .as_str()
-                                .unwrap_or("?")
-                                .replace(" (no switch)", "")
-                                .replace(['(', ')'], ""),
-                            median: f(c, "median"),
-                            min: f(c, "min"),
-                            max: f(c, "max"),
-                        }
-                    })
-                    .collect(),
-                reference: Some((direct, "plain routing (direct)".into())),
-            }
-        })
-        .collect()
-}
-
-fn f(v: &Value, k: &str) -> f64 {
-    v[k].as_f64().unwrap_or(f64::NAN)
-}
-
-/// "median (min–max)" of a spread object.
-fn spread_text(v: &Value, decimals: usize) -> String {
-    format!(
-        "{:.d$} ({:.d$}–{:.d$})",
-        f(v, "median"),
-        f(v, "min"),
-        f(v, "max"),
-        d = decimals
-    )
-}
-
-fn table(v: &Value) -> Table {
-    let mut t = Table::new(&[
-        "contender",
-        "offered kpps",
-        "loss %",
-        "CPU/pkt ns",
-        "added over direct ns",
-    ]);
-    for r in v["contenders"].as_array().into_iter().flatten() {
-        let added = if r["key"] == Kind::Direct.key() {
-            "–".to_string()
-        } else {
-            spread_text(&r["added_over_direct_ns"], 0)
-        };
-        t.row(vec![
-            r["label"].as_str().unwrap_or("?").to_string(),
-            format!("{:.0}", f(&r["offered_pps"], "median") / 1000.0),
-            format!("{:.2}", f(&r["loss_pct"], "max")),
-            spread_text(&r["cpu_ns_per_forwarded"], 0),
-            added,
-        ]);
-    }
-    t
-}
-
-fn ratio_line(v: &Value) -> String {
-    let r = &v["ratio_to_nft"];
-    let one = |k: &str, what: &str| {
-        format!(
-            "  {what} added / nftables added: {} → {}\n",
-            spread_text(&r[k], 2),
-            r[k]["verdict"].as_str().unwrap_or("?")
-        )
-    };
-    one("switcher_redirect", "switcher (XDP redirect)")
-        + &one("switcher_pass", "switcher (XDP pass)")
-}
-
-/// ns per forwarded packet of every stage, one column per contender.
-fn profile_table(v: &Value) -> Table {
-    let profiles: Vec<&Value> = v["profiles"].as_array().into_iter().flatten().collect();
-    let mut stages: Vec<String> = profiles
-        .iter()
-        .flat_map(|p| {
-            p["profile"]["stages_ns_per_packet"]
-                .as_object()
-                .into_iter()
-                .flat_map(|o| o.keys().cloned())
-        })
-        .collect();
-    stages.sort();
-    stages.dedup();
-    let mut headers = vec!["stage (perf, ns per forwarded packet)".to_string()];
-    headers.extend(
-        profiles
-            .iter()
-            .map(|p| p["label"].as_str().unwrap_or("?").to_string()),
-    );
-    let mut t = Table {
-        headers,
-        rows: Vec::new(),
-    };
-    for s in &stages {
-        let mut row = vec![s.clone()];
-        for p in &profiles {
-            row.push(format!(
-                "{:.0}",
-                p["profile"]["stages_ns_per_packet"][s]
-                    .as_f64()
-                    .unwrap_or(0.0)
-            ));
-        }
-        t.row(row);
-    }
-    let mut total = vec!["all busy CPU (perf)".to_string()];
-    let mut stat = vec!["all busy CPU (/proc/stat idle, same run)".to_string()];
-    let mut bpf = vec!["XDP program, kernel's bpf_stats".to_string()];
-    for p in &profiles {
-        total.push(format!("{:.0}", f(&p["profile"], "busy_ns_per_packet")));
-        stat.push(format!("{:.0}", f(p, "cpu_ns_per_forwarded")));
-        bpf.push(match p["bpf_stats_xdp_program"]["ns_per_run"].as_f64() {
-            Some(x) => format!("{x:.0}"),
-            None => "–".into(),
-        });
-    }
-    t.row(total);
-    t.row(stat);
-    t.row(bpf);
-    t
-}
-
-/// Markdown for results.md.
-pub fn markdown(v: &Value) -> String {
-    let mut s = format!(
-        "One UDP flow paced at {:.0} kpps in 1 ms ticks (frame-pacer, pinned to one CPU), {} packets per run, {} rounds with the contenders interleaved (order rotating). \
-         CPU per forwarded packet = host busy CPU (wall × CPUs − idle, from /proc/stat) over the run / packets counted at the backend; \"added over direct\" subtracts the \
-         direct run (the edge only routes) of the same round. Median (min–max) over rounds. Two feeds: from a packet socket (the edge's veth receives skbs) \
-         and as XDP frames (live-frames mode: the edge's veth receives buffers, as from a NIC driver).\n",
-        f(v, "pps") / 1000.0,
-        v["packets_per_run"],
-        v["rounds"],
-    );
-    for feed in v["feeds"].as_array().into_iter().flatten() {
-        s += &format!(
-            "\n#### Feed: {}\n\n{}\n{}\n\
-             Where the time goes, one profiled run per contender (`perf record -a -e cpu-clock`, every sample {} µs of CPU, folded by symbol):\n\n{}",
-            feed["label"].as_str().unwrap_or("?"),
-            table(feed).markdown(),
-            ratio_line(feed).replace("  ", "- "),
-            profile::PERIOD_NS as f64 / 1000.0,
-            profile_table(feed).markdown()
-        );
-    }
-    s
-}
-
-/// Headlines for the final summary.
-pub fn summary(v: &Value) -> Vec<[String; 2]> {
-    let mut out = Vec::new();
-    for feed in v["feeds"].as_array().into_iter().flatten() {
-        let fk = feed["feed"].as_str().unwrap_or("?");
-        for r in feed["contenders"].as_array().into_iter().flatten() {
-            out.push([
-                format!("{fk}: {} CPU/pkt", r["label"].as_str().unwrap_or("?")),
-                format!(
-                    "{} ns, added over direct {} ns",
-                    spread_text(&r["cpu_ns_per_forwarded"], 0),
-                    spread_text(&r["added_over_direct_ns"], 0)
-                ),
-            ]);
-        }
-        let r = &feed["ratio_to_nft"]["switcher_redirect"];
-        out.push([
-            format!("{fk}: switcher redirect added / nftables added"),
-            format!(
-                "{} ({})",
-                spread_text(r, 2),
-                r["verdict"].as_str().unwrap_or("?")
-            ),
-        ]);
-    }
-    out
 }
