@@ -80,8 +80,12 @@ pub fn pool_member(
     flow: &FlowKey,
 ) -> Option<&'static Backend> {
     let pool = POOLS.get(switcher_common::pool_index(id, color, active.buffer(color)))?;
-    if pool.members == 0 {
-        return None;
+    match pool.members {
+        0 => return None,
+        // Every slot of a one-member table names it (even out of service: a pool with none
+        // in service keeps all), so the flow's hash is not needed.
+        1 => return pool.member.first(),
+        _ => {}
     }
     let slot = switcher_common::hash::slot(switcher_common::hash::flow_hash(flow));
     let &m = pool.table.get(slot)?;
