@@ -120,17 +120,25 @@ pub fn cutover(path: &Path, panels: &[Panel]) -> Result<()> {
                     PathElement::new([(x, y), (x + 16, y)], color.stroke_width(2))
                 });
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .label_font((FONT, 12))
-            .draw()
-            .map_err(e)?;
+        legend(&mut chart, path)?;
     }
     root.present().map_err(e)?;
     Ok(())
+}
+
+/// The series' labels in a box in the upper right corner.
+fn legend<'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, BitMapBackend<'a>, CT>,
+    path: &Path,
+) -> Result<()> {
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .label_font((FONT, 12))
+        .draw()
+        .map_err(|e| anyhow!("drawing {}: {e:?}", path.display()))
 }
 
 /// One bar: a median with its range over rounds.
@@ -238,14 +246,7 @@ pub fn bars(path: &Path, panels: &[BarPanel]) -> Result<()> {
                 .legend(|(x, y)| {
                     PathElement::new([(x, y), (x + 16, y)], GREEN_LINE.stroke_width(2))
                 });
-            chart
-                .configure_series_labels()
-                .position(SeriesLabelPosition::UpperRight)
-                .background_style(WHITE.mix(0.8))
-                .border_style(BLACK)
-                .label_font((FONT, 12))
-                .draw()
-                .map_err(e)?;
+            legend(&mut chart, path)?;
         }
     }
     root.present().map_err(e)?;
