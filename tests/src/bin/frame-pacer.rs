@@ -269,15 +269,19 @@ fn main() -> Result<()> {
         if now - start >= limit {
             break;
         }
-        let late = now.saturating_duration_since(next).as_secs_f64() * 1e6;
+        let elapsed = (now - start).as_secs_f64();
+        // How far behind the straight line the sender is: a tick's frames are due at most
+        // one tick ago; more means the last tick's sending (or the sleep) overran.
+        let handled = t.sent + t.refused;
+        let late = (elapsed - handled as f64 / args.pps as f64) * 1e6 - args.tick_us as f64;
         if late > args.tick_us as f64 {
             t.late_ticks += 1;
         }
         t.max_late_us = t.max_late_us.max(late);
         t.ticks += 1;
         // Frames due by now on a straight line from the start.
-        let due = ((now - start).as_secs_f64() * args.pps as f64) as u64;
-        let owed = due.min(args.count).saturating_sub(t.sent + t.refused);
+        let due = (elapsed * args.pps as f64) as u64;
+        let owed = due.min(args.count).saturating_sub(handled);
         sender.send(owed, &mut t)?;
         next += tick;
         let now = Instant::now();
@@ -285,7 +289,7 @@ fn main() -> Result<()> {
             std::thread::sleep(next - now);
         } else {
             // Behind: tick again at once. `due` follows the straight line from the start, so
-            // the frames owed go out, and lateness is measured from here on.
+            // the frames owed go out.
             next = now;
         }
     }

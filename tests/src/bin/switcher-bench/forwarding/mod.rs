@@ -101,8 +101,10 @@ const MAX_LOSS_PCT: f64 = 2.0;
 /// Below this, nftables' added CPU is too small to divide by.
 const MIN_NFT_ADDED_NS: f64 = 20.0;
 
-/// A run's generator must reach this share of the rate asked for.
-const MIN_RATE: f64 = 0.95;
+/// A run's generator must reach this share of the rate asked for. Not closer to 1: a run
+/// ends with its last tick's sending, and in the XDP-frames feed a tick's frames cross the
+/// whole path inside the pacer's call (under perf, a short run ended 5% over its schedule).
+const MIN_RATE: f64 = 0.9;
 
 #[derive(Debug, Clone)]
 struct Run {
@@ -426,6 +428,7 @@ fn summarize(
             "pacer_refused": rs.iter().map(|r| r.paced.refused).sum::<u64>(),
             "loss_pct": spread_of(rs, Run::loss_pct).json(),
             "late_ticks_pct": spread_of(rs, |r| 100.0 * r.paced.late_ticks as f64 / r.paced.ticks.max(1) as f64).json(),
+            "ticks": spread_of(rs, |r| r.paced.ticks as f64).json(),
             "cpu_ns_per_forwarded": spread_of(rs, Run::host_ns).json(),
             "added_over_direct_ns": Spread::of(&added(kind)?).json(),
             "datapath_verdicts": rs.iter().map(|r| r.verdicts.clone()).collect::<Vec<_>>(),
