@@ -117,14 +117,17 @@ pub async fn until_healthy(spec: &HealthSpec) -> HealthEvidence {
         let round_start = tokio::time::Instant::now();
         evidence.attempts = evidence.attempts.saturating_add(1);
         // A round still in flight at the deadline counts as failed: the deadline is a bound.
-        let result = tokio::time::timeout_at(deadline, check_once(spec))
-            .await
-            .unwrap_or_else(|_| {
-                Err(format!(
+        // It says less than the last round that failed on its own, whose error is kept.
+        let Ok(result) = tokio::time::timeout_at(deadline, check_once(spec)).await else {
+            evidence.consecutive = 0;
+            evidence.last_error.get_or_insert_with(|| {
+                format!(
                     "deadline of {} ms reached during a round",
                     spec.rounds.deadline.as_millis()
-                ))
+                )
             });
+            break;
+        };
         match result {
             Ok(()) => {
                 evidence.consecutive = evidence.consecutive.saturating_add(1);
@@ -325,6 +328,41 @@ mod tests {
         let err = ev.last_error.unwrap_or_default();
         assert!(err.contains("status 503"), "{err}");
         assert!(start.elapsed() < Duration::from_secs(2));
+        task.abort();
+        Ok(())
+    }
+
+    /// The deadline cuts a round whose server never answers: the evidence keeps the failure
+    /// seen before it (a 503), which says more than "deadline reached".
+    #[tokio::test]
+    async fn a_round_cut_by_the_deadline_keeps_the_last_real_failure() -> TestResult {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let task = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((mut stream, _)) = listener.accept().await {
+                if !held.is_empty() {
+                    // Accepted, read from never, answered never.
+                    held.push(stream);
+                    continue;
+                }
+                let mut buf = [0u8; 1024];
+                let _ = stream.read(&mut buf).await;
+                let _ = stream
+                    .write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                    .await;
+                held.push(stream);
+            }
+        });
+        let mut s = spec(None, Some(format!("http://{addr}/health")), 3);
+        s.rounds.deadline = Duration::from_millis(400);
+        // Longer than the deadline: the hung round is cut by the deadline, not its timeout.
+        s.rounds.timeout = Duration::from_secs(5);
+        let ev = until_healthy(&s).await;
+        assert!(!ev.passed, "{ev:?}");
+        assert!(ev.attempts >= 2, "{ev:?}");
+        let err = ev.last_error.unwrap_or_default();
+        assert!(err.contains("status 503"), "{err}");
         task.abort();
         Ok(())
     }
