@@ -356,22 +356,13 @@ fn side_by_side(
         .iter()
         .enumerate()
         .map(|(i, c)| {
-            let (lo, hi) = ratio[i]
-                .iter()
-                .fold((f64::MAX, f64::MIN), |(lo, hi), r| (lo.min(*r), hi.max(*r)));
+            let r = Spread::of(&ratio[i]);
             let (x, y) = (cur[i], base[i]);
-            let r = crate::report::percentile(&mut ratio[i], 50.0);
-            let verdict = if lo <= 1.0 && hi >= 1.0 {
-                "no difference"
-            } else if hi < 1.0 {
-                "faster"
-            } else {
-                "slower"
-            };
             json!({
                 "case": c.name, "ns": x, "baseline_ns": y,
                 "x_floor": x / floor_cur, "baseline_x_floor": y / floor_base,
-                "ratio": r, "ratio_min": lo, "ratio_max": hi, "verdict": verdict,
+                "ratio": r.median, "ratio_min": r.min, "ratio_max": r.max,
+                "verdict": r.verdict("faster", "slower"),
             })
         })
         .collect();

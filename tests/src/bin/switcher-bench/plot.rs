@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use anyhow::{anyhow, Context as _, Result};
+use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::{register_font, FontStyle};
 use serde_json::Value;
@@ -57,18 +58,25 @@ fn load_font() -> Result<()> {
         .map_err(|_| anyhow!("{FONT_FILE} is no usable font"))
 }
 
+/// A part of a PNG being drawn.
+type Area<'a> = DrawingArea<BitMapBackend<'a>, Shift>;
+
+/// A white 900-pixel-wide picture at `path` split into `panels` stacked areas of `height`
+/// pixels each (the font loaded for their text).
+fn stacked(path: &Path, panels: usize, height: u32) -> Result<(Area<'_>, Vec<Area<'_>>)> {
+    load_font()?;
+    let root = BitMapBackend::new(path, (900, height * panels.max(1) as u32)).into_drawing_area();
+    root.fill(&WHITE)
+        .map_err(|e| anyhow!("drawing {}: {e:?}", path.display()))?;
+    let areas = root.split_evenly((panels.max(1), 1));
+    Ok((root, areas))
+}
+
 /// Draws `panels` stacked into `path`.
 pub fn cutover(path: &Path, panels: &[Panel]) -> Result<()> {
-    load_font()?;
     let e = |e| anyhow!("drawing {}: {e:?}", path.display());
-    let height = 230 * panels.len().max(1) as u32;
-    let root = BitMapBackend::new(path, (900, height)).into_drawing_area();
-    root.fill(&WHITE).map_err(e)?;
-    for (area, p) in root
-        .split_evenly((panels.len().max(1), 1))
-        .iter()
-        .zip(panels)
-    {
+    let (root, areas) = stacked(path, panels.len(), 230)?;
+    for (area, p) in areas.iter().zip(panels) {
         let n = p.blue.len().max(p.green.len());
         let x_max = (n as f64 * p.bucket_s).max(1.0);
         let y_max = p
@@ -160,16 +168,9 @@ pub struct BarPanel {
 
 /// Bars with min–max whiskers, panels stacked, into `path`.
 pub fn bars(path: &Path, panels: &[BarPanel]) -> Result<()> {
-    load_font()?;
     let e = |e| anyhow!("drawing {}: {e:?}", path.display());
-    let height = 300 * panels.len().max(1) as u32;
-    let root = BitMapBackend::new(path, (900, height)).into_drawing_area();
-    root.fill(&WHITE).map_err(e)?;
-    for (area, p) in root
-        .split_evenly((panels.len().max(1), 1))
-        .iter()
-        .zip(panels)
-    {
+    let (root, areas) = stacked(path, panels.len(), 300)?;
+    for (area, p) in areas.iter().zip(panels) {
         let n = p.bars.len();
         let top = p
             .bars
