@@ -11,9 +11,19 @@ pub const fn fold(sum: u32) -> u16 {
     s as u16
 }
 
-/// Sum of the replaced words: `~m + m'` for each change.
+/// Folds a 64-bit ones'-complement accumulator to 16 bits.
+pub const fn fold64(sum: u64) -> u16 {
+    let s = (sum & 0xffff_ffff) + (sum >> 32);
+    let s = (s & 0xffff_ffff) + (s >> 32);
+    fold(s as u32)
+}
+
+/// Sum of the replaced words: `~m + m'` for each change, unfolded. Ones'-complement addition
+/// is the same over 16- or 32-bit words once folded, and each change adds under 2^33, so the
+/// accumulator holds billions of them: the datapath folds once, in `apply`, instead of after
+/// every word (a dependent chain of shifts and adds per word).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Delta(u32);
+pub struct Delta(u64);
 
 impl Delta {
     pub const fn new() -> Self {
@@ -23,21 +33,19 @@ impl Delta {
     /// Records that 16-bit word `old` became `new`.
     #[inline(always)]
     pub fn word(&mut self, old: u16, new: u16) {
-        // Fold as we go so the accumulator can never overflow, whatever the number of words.
-        self.0 = fold(self.0 + (!old) as u32 + new as u32) as u32;
+        self.0 += u64::from(!old) + u64::from(new);
+    }
+
+    /// Records that the 32-bit big-endian word `old` became `new` (two 16-bit words).
+    #[inline(always)]
+    fn word32(&mut self, old: [u8; 4], new: [u8; 4]) {
+        self.0 += u64::from(!u32::from_be_bytes(old)) + u64::from(u32::from_be_bytes(new));
     }
 
     /// Records that a 4-byte field (an IPv4 address) changed.
     #[inline(always)]
     pub fn bytes4(&mut self, old: &[u8; 4], new: &[u8; 4]) {
-        self.word(
-            u16::from_be_bytes([old[0], old[1]]),
-            u16::from_be_bytes([new[0], new[1]]),
-        );
-        self.word(
-            u16::from_be_bytes([old[2], old[3]]),
-            u16::from_be_bytes([new[2], new[3]]),
-        );
+        self.word32(*old, *new);
     }
 
     /// Records that a 16-byte field (an IPv6 address) changed.
@@ -45,18 +53,18 @@ impl Delta {
     pub fn bytes16(&mut self, old: &[u8; 16], new: &[u8; 16]) {
         let mut i = 0;
         while i < 16 {
-            self.word(
-                u16::from_be_bytes([old[i], old[i + 1]]),
-                u16::from_be_bytes([new[i], new[i + 1]]),
+            self.word32(
+                [old[i], old[i + 1], old[i + 2], old[i + 3]],
+                [new[i], new[i + 1], new[i + 2], new[i + 3]],
             );
-            i += 2;
+            i += 4;
         }
     }
 
     /// The checksum field after the recorded changes: `HC' = ~(~HC + ~m + m')`.
     #[inline(always)]
     pub fn apply(self, check: u16) -> u16 {
-        !fold((!check) as u32 + self.0)
+        !fold64(u64::from(!check) + self.0)
     }
 
     /// UDP over IPv4: zero means "no checksum" and must stay zero; a computed zero is sent as

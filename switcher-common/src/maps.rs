@@ -17,7 +17,9 @@ pub const HALF_TABLE_SIZE: u32 = 65_536;
 pub const SOFT_TABLE_SIZE: u32 = 131_072;
 /// Pinned-map ABI version: bumped whenever a layout below changes, so a new daemon never
 /// adopts maps it cannot read (it uses a fresh folder instead).
-pub const MAP_ABI_VERSION: u32 = 3;
+pub const MAP_ABI_VERSION: u32 = 4;
+/// BPF_F_MMAPABLE: the daemon maps ACTIVE and FLIP_MARKS and flips with plain stores.
+pub const MAP_F_MMAPABLE: u32 = 1 << 10;
 
 /// Members (ingest nodes) one colour of a service may have.
 pub const MAX_MEMBERS: usize = 64;
@@ -47,6 +49,7 @@ pub const GREEN: u8 = 1;
 /// Map names, shared so userspace cannot drift from the eBPF side.
 pub mod names {
     pub const SERVICES: &str = "SERVICES";
+    pub const SERVICE_BY_ID: &str = "SERVICE_BY_ID";
     pub const POOLS: &str = "POOLS";
     pub const ACTIVE: &str = "ACTIVE";
     pub const FLIP_MARKS: &str = "FLIP_MARKS";
@@ -131,6 +134,31 @@ pub struct ServiceValue {
     pub udp_max_age_ns: u64,
 }
 const _: () = assert!(size_of::<ServiceValue>() == 40);
+
+/// A service's key and settings by its id (SERVICE_BY_ID): a destination port that only one
+/// service uses leads here directly, without hashing the key (see [`port_slot`]).
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServiceEntry {
+    pub key: Endpoint,
+    pub _pad: u32,
+    pub value: ServiceValue,
+}
+const _: () = assert!(size_of::<ServiceEntry>() == 64);
+
+/// Entries of SERVICE_PORTS: one per (destination port, TCP or UDP, IPv4 or IPv6).
+pub const PORT_SLOTS: u32 = 4 * 65_536;
+/// A SERVICE_PORTS value: no service uses the port.
+pub const PORT_NONE: u32 = 0;
+/// A SERVICE_PORTS value: several services use the slot (their VIPs differ): the datapath
+/// looks the packet's key up in SERVICES. Any other value is the id + 1 of the only
+/// one, whose key the packet must still match.
+pub const PORT_SHARED: u32 = u32::MAX;
+
+/// The SERVICE_PORTS index of destination `port` (host order) over `proto` and `family`.
+pub const fn port_slot(port: u16, proto: u8, family: u8) -> u32 {
+    port as u32 | ((proto == PROTO_TCP) as u32) << 16 | ((family == FAMILY_V6) as u32) << 17
+}
 
 /// Forward with bpf_fib_lookup + XDP_REDIRECT; otherwise XDP_PASS to the kernel.
 pub const SVC_F_REDIRECT: u32 = 1 << 0;
@@ -445,6 +473,7 @@ mod pod {
     // implicit padding (checked by the size asserts above).
     unsafe impl aya::Pod for Endpoint {}
     unsafe impl aya::Pod for ServiceValue {}
+    unsafe impl aya::Pod for ServiceEntry {}
     unsafe impl aya::Pod for Backend {}
     unsafe impl aya::Pod for ActiveWord {}
     unsafe impl aya::Pod for FlipMark {}

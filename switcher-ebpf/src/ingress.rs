@@ -12,8 +12,9 @@ use switcher_common::{
     decide::{self, Affinity, ColorState, Op, Source, TcpEntries, TcpFlags},
     gelf,
     parse::{self, Frag, Frame, Parsed, L4},
-    ActiveWord, Backend, FlipMark, FlowValue, FragKey, FragValue, Reason, ServiceValue, FAMILY_V4,
-    FRAG_TTL_NS, PROTO_TCP, PROTO_UDP, SVC_F_GELF, SVC_F_REDIRECT, SVC_F_UDP_AFFINITY,
+    port_slot, ActiveWord, Backend, Endpoint, FlipMark, FlowValue, FragKey, FragValue, Reason,
+    ServiceValue, FAMILY_V4, FRAG_TTL_NS, PORT_NONE, PORT_SHARED, PROTO_TCP, PROTO_UDP, SVC_F_GELF,
+    SVC_F_REDIRECT, SVC_F_UDP_AFFINITY,
 };
 
 use crate::{
@@ -21,7 +22,8 @@ use crate::{
     frame::XdpFrame,
     maps::{
         pool_member, Scratch, ACTIVE, FLIP_MARKS, FLOWS, FRAGS, GELF_CHUNKS, HALF_FLOWS,
-        MEMBER_LIVE, SCRATCH, SERVICES, SERVICE_PORTS, SHADOW, SOFT_FLOWS,
+        MEMBER_LIVE, SCRATCH, SERVICES, SERVICE_BY_ID, SERVICE_PORTS, SERVICE_SCRATCH, SHADOW,
+        SOFT_FLOWS,
     },
 };
 
@@ -54,9 +56,10 @@ pub fn run(ctx: &XdpContext) -> Option<u32> {
         Ok(l4) => l4,
         Err(r) => return Some(pass(r)),
     };
-    if SERVICE_PORTS.get(u32::from(u16::from_be_bytes(l4.dport))) != Some(&1) {
-        return Some(pass(Reason::NotService));
-    }
+    let slot = match SERVICE_PORTS.get(port_slot(u16::from_be_bytes(l4.dport), p.proto, p.family)) {
+        None | Some(&PORT_NONE) => return Some(pass(Reason::NotService)),
+        Some(&v) => v,
+    };
     s.flow.sport_be = u16::from_ne_bytes(l4.sport);
     s.flow.dport_be = u16::from_ne_bytes(l4.dport);
     s.flow._pad = [0; 2];
@@ -64,11 +67,12 @@ pub fn run(ctx: &XdpContext) -> Option<u32> {
     s.svc.port_be = s.flow.dport_be;
     s.svc.proto = p.proto;
     s.svc.family = p.family;
-    // SAFETY: SERVICES values are only replaced whole by userspace (RCU); the reference stays
-    // valid for this run.
-    let Some(svc) = (unsafe { SERVICES.get(&s.svc) }) else {
+    // SAFETY: per-CPU slot used by this program run only, like SCRATCH.
+    let svc: &mut ServiceValue = unsafe { &mut *SERVICE_SCRATCH.get_ptr_mut(0)? };
+    if !service(slot, &s.svc, svc) {
         return Some(pass(Reason::NotService));
-    };
+    }
+    let svc: &ServiceValue = svc;
     let active = *ACTIVE.get(svc.id)?;
     let mark = FLIP_MARKS.get_ptr_mut(svc.id)?;
     let tcp = p.proto == PROTO_TCP;
@@ -126,6 +130,44 @@ pub fn run(ctx: &XdpContext) -> Option<u32> {
     // A service being shadowed takes the kernel path, where the TC ingress program copies it.
     let redirect = svc.flags & SVC_F_REDIRECT != 0 && !(!tcp && shadowing(svc.id));
     Some(forward::forward(ctx, &f, &p, &s.flow, redirect))
+}
+
+/// Copies the settings of the service keyed `key` to `to`, found through its port's `slot` in
+/// SERVICE_PORTS; false if there is no such service.
+#[inline(always)]
+fn service(slot: u32, key: &Endpoint, to: &mut ServiceValue) -> bool {
+    let found = if slot == PORT_SHARED {
+        // SAFETY: copied out at once.
+        unsafe { SERVICES.get(key) }
+    } else {
+        SERVICE_BY_ID
+            .get(slot.wrapping_sub(1))
+            .filter(|e| same_endpoint(&e.key, key))
+            .map(|e| &e.value)
+    };
+    match found {
+        Some(v) => {
+            copy(v, to);
+            true
+        }
+        None => false,
+    }
+}
+
+/// `a == b` in three word compares (the derived `==` compares byte by byte).
+#[inline(always)]
+fn same_endpoint(a: &Endpoint, b: &Endpoint) -> bool {
+    let (a, b) = (
+        (a as *const Endpoint).cast::<u64>(),
+        (b as *const Endpoint).cast::<u64>(),
+    );
+    // SAFETY: both are 20 bytes at 8-aligned addresses: a SERVICE_BY_ID value (ServiceEntry
+    // is align(8), the key first) and Scratch::svc (its offset is asserted 8-aligned).
+    unsafe {
+        a.read() == b.read()
+            && a.add(1).read() == b.add(1).read()
+            && a.add(2).cast::<u32>().read() == b.add(2).cast::<u32>().read()
+    }
 }
 
 /// The colour and member of a packet by the service's rules (flow tables, drain, canary,

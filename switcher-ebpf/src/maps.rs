@@ -7,8 +7,9 @@ use aya_ebpf::{
 };
 use switcher_common::{
     ActiveWord, Backend, ColorCounters, Endpoint, FlipMark, FlowKey, FlowValue, FragKey, FragValue,
-    GelfKey, MemberCounters, Pool, Reason, ReverseValue, ServiceValue, ShadowCounters, ShadowValue,
-    FLOW_TABLE_SIZE, GELF_TABLE_SIZE, HALF_TABLE_SIZE, MAX_SERVICES, MEMBER_SLOTS, SOFT_TABLE_SIZE,
+    GelfKey, MemberCounters, Pool, Reason, ReverseValue, ServiceEntry, ServiceValue,
+    ShadowCounters, ShadowValue, FLOW_TABLE_SIZE, GELF_TABLE_SIZE, HALF_TABLE_SIZE, MAP_F_MMAPABLE,
+    MAX_SERVICES, MEMBER_SLOTS, PORT_SLOTS, SOFT_TABLE_SIZE,
 };
 
 /// Datagrams being reassembled at once; LRU evicts the oldest when full.
@@ -16,18 +17,23 @@ pub const FRAG_TABLE_SIZE: u32 = 16_384;
 
 #[map]
 pub static SERVICES: HashMap<Endpoint, ServiceValue> = HashMap::pinned(MAX_SERVICES, 0);
-/// Destination ports (host order) that some service uses: 1, else 0. An array lookup is
-/// far cheaper than hashing the 20-byte service key, and most traffic on an edge is not for a
-/// service: it passes after this check alone.
+/// By [`switcher_common::port_slot`]: which services use that destination port and protocol
+/// (PORT_NONE, PORT_SHARED, or the id + 1 of the only one). Most traffic on an edge is not
+/// for a service and passes after this array lookup alone; a port with one service leads to
+/// its entry in SERVICE_BY_ID without hashing the 20-byte key (hashing it was about a fifth
+/// of a service hit's cost).
 #[map]
-pub static SERVICE_PORTS: Array<u32> = Array::pinned(65_536, 0);
+pub static SERVICE_PORTS: Array<u32> = Array::pinned(PORT_SLOTS, 0);
+#[map]
+pub static SERVICE_BY_ID: Array<ServiceEntry> = Array::pinned(MAX_SERVICES, 0);
 /// Two buffers per (service, colour): see [`switcher_common::Pool`].
 #[map]
 pub static POOLS: Array<Pool> = Array::pinned(MAX_SERVICES * 4, 0);
+/// Mapped by the daemon (MAP_F_MMAPABLE): a flip is a store into it, not a system call.
 #[map]
-pub static ACTIVE: Array<ActiveWord> = Array::pinned(MAX_SERVICES, 0);
+pub static ACTIVE: Array<ActiveWord> = Array::pinned(MAX_SERVICES, MAP_F_MMAPABLE);
 #[map]
-pub static FLIP_MARKS: Array<FlipMark> = Array::pinned(MAX_SERVICES, 0);
+pub static FLIP_MARKS: Array<FlipMark> = Array::pinned(MAX_SERVICES, MAP_F_MMAPABLE);
 /// Established TCP connections: a plain hash, so no other sender can evict one (the daemon
 /// removes closed and idle entries).
 #[map]
@@ -118,8 +124,17 @@ pub struct Scratch {
     pub backend: Backend,
 }
 
+// `svc` is compared a word at a time with SERVICE_BY_ID keys (8-aligned map values).
+const _: () = assert!(core::mem::offset_of!(Scratch, svc) % 8 == 0);
+
 #[map]
 pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// The packet's service settings, copied from SERVICE_BY_ID or SERVICES: the verifier then
+/// follows one kind of pointer onwards, not one per map (which doubled its paths past its
+/// limit). Apart from SCRATCH so that both can be borrowed at once.
+#[map]
+pub static SERVICE_SCRATCH: PerCpuArray<ServiceValue> = PerCpuArray::with_max_entries(1, 0);
 
 /// Egress's working set (TC egress and XDP ingress may not share one: separate contexts).
 #[repr(C)]

@@ -805,7 +805,8 @@ fn services_named(names: &[&str]) -> switcher::config::Config {
 }
 
 #[test]
-fn port_prefilter_follows_the_configured_services() {
+fn port_slots_follow_the_configured_services() {
+    use switcher_common::{port_slot, FAMILY_V6, PORT_NONE, PORT_SHARED, PROTO_TCP};
     if !privileged() {
         return;
     }
@@ -815,43 +816,89 @@ fn port_prefilter_follows_the_configured_services() {
         .dir()
         .join("maps")
         .join(switcher_common::names::SERVICE_PORTS);
-    let port_flag = |port: u32| -> u32 {
+    let slot = |port: u16, proto: u8, family: u8| -> u32 {
         let data = aya::maps::MapData::from_pin(&ports).expect("SERVICE_PORTS pin");
         let m: aya::maps::Array<_, u32> =
             aya::maps::Array::try_from(aya::maps::Map::Array(data)).expect("array");
-        m.get(&port, 0).expect("read SERVICE_PORTS")
+        m.get(&port_slot(port, proto, family), 0)
+            .expect("read SERVICE_PORTS")
+    };
+    // The id + 1 of the only service on (port, proto, family), as a direct slot holds it.
+    let only = |t: &mut TestDatapath, port: u16, proto: u8, family: u8| -> u32 {
+        let all = t.dp().services().expect("services");
+        let ids: Vec<u32> = all
+            .iter()
+            .filter(|(k, _)| k.port() == port && k.proto == proto && k.family == family)
+            .map(|(_, v)| v.id)
+            .collect();
+        assert_eq!(ids.len(), 1, "one service on {port}/{proto}/{family}");
+        ids[0] + 1
     };
     let v4 = udp4("198.18.0.1", 44000, "198.18.10.10", 514, PAYLOAD);
     let v6 = udp6("2001:2::1", 44000, "2001:2:0:10::10", 514, PAYLOAD);
-    assert_eq!((port_flag(514), port_flag(601), port_flag(515)), (1, 1, 0));
+    let other_vip = udp4("198.18.0.1", 44000, "198.18.10.11", 514, PAYLOAD);
+    let v4_steered = udp4("198.18.0.1", 44000, "198.18.1.2", 5514, PAYLOAD);
+    let v6_steered = udp6("2001:2::1", 44000, "2001:2:0:1::2", 5514, PAYLOAD);
+    let not_service = |t: &mut TestDatapath, pkt: &[u8]| {
+        let before = t.reason(Reason::NotService);
+        assert_eq!(t.xdp(pkt).1, pkt, "passed untouched");
+        assert_eq!(t.reason(Reason::NotService), before + 1);
+    };
 
-    // udp4 goes; udp6 still uses port 514, so the port stays open for it.
+    // UDP and TCP, IPv4 and IPv6 on one port are separate slots, each to its only service;
+    // a packet to another VIP on a direct slot is no service.
+    assert_eq!(
+        slot(514, PROTO_UDP, FAMILY_V4),
+        only(&mut t, 514, PROTO_UDP, FAMILY_V4)
+    );
+    assert_eq!(
+        slot(514, PROTO_UDP, FAMILY_V6),
+        only(&mut t, 514, PROTO_UDP, FAMILY_V6)
+    );
+    assert_eq!(
+        slot(601, PROTO_TCP, FAMILY_V4),
+        only(&mut t, 601, PROTO_TCP, FAMILY_V4)
+    );
+    assert_eq!(slot(514, PROTO_TCP, FAMILY_V4), PORT_NONE);
+    assert_eq!(slot(515, PROTO_UDP, FAMILY_V4), PORT_NONE);
+    assert_eq!(t.xdp(&v4).1, v4_steered, "udp4 through its direct slot");
+    assert_eq!(t.xdp(&v6).1, v6_steered, "udp6 through its direct slot");
+    not_service(&mut t, &other_vip);
+
+    // A second IPv4 VIP on 514/udp: the slot leads through the hash, to each.
+    let text = format!(
+        "[daemon]\ninterfaces = [\"lo\"]\n{SERVICES}\n[[service]]\nname = \"udp4b\"\n\
+         vip = \"198.18.10.11\"\nport = 514\nprotocol = \"udp\"\nforward = \"pass\"\n\
+         blue = {{ backend = \"198.18.1.3:5514\" }}\n"
+    );
+    let cfg = switcher::config::Config::parse(&text).expect("config with udp4b");
+    t.dp().apply(&cfg.services).expect("apply");
+    assert_eq!(slot(514, PROTO_UDP, FAMILY_V4), PORT_SHARED);
+    assert_eq!(t.xdp(&v4).1, v4_steered, "udp4 through the hash");
+    assert_eq!(
+        t.xdp(&other_vip).1,
+        udp4("198.18.0.1", 44000, "198.18.1.3", 5514, PAYLOAD),
+        "udp4b through the hash"
+    );
+    assert_eq!(t.xdp(&v6).1, v6_steered);
+
+    // No IPv4 service on 514/udp left: that slot is closed, the IPv6 one stays.
     let cfg = services_named(&["tcp4", "tcp6", "udp6"]);
     t.dp().apply(&cfg.services).expect("apply");
-    assert_eq!(port_flag(514), 1);
-    let before = t.reason(Reason::NotService);
-    assert_eq!(t.xdp(&v4).1, v4, "udp4 is no service any more");
-    assert_eq!(t.reason(Reason::NotService), before + 1);
-    assert_eq!(
-        t.xdp(&v6).1,
-        udp6("2001:2::1", 44000, "2001:2:0:1::2", 5514, PAYLOAD),
-        "udp6 is still steered"
-    );
+    assert_eq!(slot(514, PROTO_UDP, FAMILY_V4), PORT_NONE);
+    not_service(&mut t, &v4);
+    not_service(&mut t, &other_vip);
+    assert_eq!(t.xdp(&v6).1, v6_steered);
 
-    // No service on 514 left: the port is closed.
-    let cfg = services_named(&["tcp4", "tcp6"]);
-    t.dp().apply(&cfg.services).expect("apply");
-    assert_eq!((port_flag(514), port_flag(601)), (0, 1));
-    assert_eq!(t.xdp(&v6).1, v6);
-
-    // Back: steered again.
+    // Back: direct again.
     let cfg = services_named(&["udp4", "tcp4", "udp6", "tcp6"]);
     t.dp().apply(&cfg.services).expect("apply");
-    assert_eq!(port_flag(514), 1);
     assert_eq!(
-        t.xdp(&v4).1,
-        udp4("198.18.0.1", 44000, "198.18.1.2", 5514, PAYLOAD)
+        slot(514, PROTO_UDP, FAMILY_V4),
+        only(&mut t, 514, PROTO_UDP, FAMILY_V4)
     );
+    assert_eq!(t.xdp(&v4).1, v4_steered);
+    not_service(&mut t, &other_vip);
 }
 
 /// An ICMPv6 error from `src` to `dst` quoting `quoted` (an IPv6 packet without Ethernet).

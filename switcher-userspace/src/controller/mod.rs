@@ -101,6 +101,46 @@ pub struct FlipStages {
     pub lock: u64,
     pub check: u64,
     pub write: u64,
+    /// Times the scheduler took the serving thread away between the request and the map
+    /// write (its involuntary context switches); absent when the flip's task moved to another
+    /// thread on the way (nothing to compare) or the count could not be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preempted: Option<u64>,
+}
+
+/// When an API request arrived, on which thread, and how often that thread had been
+/// preempted by then: what a flip's reply measures its stages from.
+#[derive(Debug, Clone, Copy)]
+pub struct Accepted {
+    pub at: Instant,
+    thread: std::thread::ThreadId,
+    preemptions: Option<u64>,
+}
+
+impl Accepted {
+    pub fn now() -> Self {
+        Self {
+            at: Instant::now(),
+            thread: std::thread::current().id(),
+            preemptions: preemptions(),
+        }
+    }
+
+    /// Preemptions of this thread since `self`, if it is the same thread.
+    fn preempted_since(&self) -> Option<u64> {
+        if std::thread::current().id() != self.thread {
+            return None;
+        }
+        Some(preemptions()?.saturating_sub(self.preemptions?))
+    }
+}
+
+/// This thread's involuntary context switches so far.
+fn preemptions() -> Option<u64> {
+    use nix::sys::resource::{getrusage, UsageWho};
+    getrusage(UsageWho::RUSAGE_THREAD)
+        .ok()
+        .map(|u| u.involuntary_context_switches() as u64)
 }
 
 impl Controller {
@@ -275,7 +315,7 @@ impl Controller {
         force: bool,
         reason: Option<String>,
         actor: &str,
-        accepted: Instant,
+        accepted: Accepted,
     ) -> Result<FlipReply> {
         let entered = Instant::now();
         let mut core = self.lock().await;
@@ -284,12 +324,13 @@ impl Controller {
         let (started, written) = (f.times.started, f.times.written);
         let ns = |from: Instant, to: Instant| to.saturating_duration_since(from).as_nanos() as u64;
         let stages_ns = FlipStages {
-            route: ns(accepted, entered),
+            route: ns(accepted.at, entered),
             lock: ns(entered, locked),
             check: ns(locked, started),
             write: ns(started, written),
+            preempted: accepted.preempted_since(),
         };
-        let api_to_map = written.saturating_duration_since(accepted);
+        let api_to_map = written.saturating_duration_since(accepted.at);
         if f.outcome.changed {
             self.0
                 .out
@@ -628,13 +669,15 @@ mod wire {
                 lock: 1_000,
                 check: 15_000,
                 write: 5_000,
+                preempted: Some(1),
             },
         };
         assert_eq!(
             serde_json::to_value(reply).expect("json"),
             serde_json::json!({"from": "blue", "to": "green", "generation": 2, "flip_ns": 9,
                 "changed": true, "api_to_map_ns": 41000,
-                "stages_ns": {"route": 20000, "lock": 1000, "check": 15000, "write": 5000}})
+                "stages_ns": {"route": 20000, "lock": 1000, "check": 15000, "write": 5000,
+                    "preempted": 1}})
         );
     }
 }

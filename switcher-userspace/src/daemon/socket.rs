@@ -5,7 +5,7 @@
 
 use std::{
     path::{Path, PathBuf},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{bail, Context as _, Result};
@@ -22,7 +22,7 @@ use tokio::{
 use super::{lock::is_lock_file, private_dir};
 use crate::{
     api::{Request, Response},
-    controller::Controller,
+    controller::{Accepted, Controller},
     fleet::{route, Fleet},
 };
 
@@ -164,7 +164,7 @@ pub(super) async fn serve(
                 bail!("{e} ({actor})");
             }
         };
-        let accepted = Instant::now();
+        let accepted = Accepted::now();
         let req = match serde_json::from_slice::<Request>(&line) {
             Ok(req) => req,
             Err(e) => {
@@ -229,7 +229,7 @@ async fn handle(
     fleet: Option<&Fleet>,
     req: Request,
     actor: &str,
-    accepted: Instant,
+    accepted: Accepted,
 ) -> Result<serde_json::Value> {
     Ok(match req {
         Request::Status { service } => serde_json::to_value(ctl.status(service.as_deref()).await?)?,

@@ -2,13 +2,14 @@
 //! `#[repr(C)]` layouts) and the choice of service ids, so both are tested without root.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     net::{IpAddr, SocketAddr},
 };
 
 use switcher_common::{
-    maglev, Backend, Endpoint, FlowKey, Pool, ReverseValue, ServiceValue, FAMILY_V4, FAMILY_V6,
-    MAX_MEMBERS, MAX_SERVICES, REV_F_STATELESS, SVC_F_GELF, SVC_F_REDIRECT, SVC_F_UDP_AFFINITY,
+    maglev, port_slot, Backend, Endpoint, FlowKey, Pool, ReverseValue, ServiceValue, FAMILY_V4,
+    FAMILY_V6, MAX_MEMBERS, MAX_SERVICES, PORT_SHARED, REV_F_STATELESS, SVC_F_GELF, SVC_F_REDIRECT,
+    SVC_F_UDP_AFFINITY,
 };
 
 use crate::{
@@ -260,6 +261,21 @@ pub fn assign_ids(
         .collect()
 }
 
+/// SERVICE_PORTS for services (key, id): each used slot → the only service's id + 1, or
+/// PORT_SHARED when several use it. Unused slots are left out (they hold PORT_NONE).
+pub fn port_slots<'a>(
+    services: impl IntoIterator<Item = (&'a Endpoint, u32)>,
+) -> BTreeMap<u32, u32> {
+    let mut slots = BTreeMap::new();
+    for (key, id) in services {
+        slots
+            .entry(port_slot(key.port(), key.proto, key.family))
+            .and_modify(|v| *v = PORT_SHARED)
+            .or_insert(id + 1);
+    }
+    slots
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -310,6 +326,34 @@ drain_ms = 1500
         let b = backend("198.18.1.2:5514".parse().expect("addr"), 9);
         assert_eq!(b.port_be.to_ne_bytes(), 5514u16.to_be_bytes());
         assert_eq!((b.valid, b.slot), (1, 9));
+    }
+
+    #[test]
+    fn a_port_one_service_uses_leads_to_it_and_a_shared_one_to_the_hash() {
+        use switcher_common::{PROTO_TCP, PROTO_UDP};
+        let udp4 = Endpoint::v4([198, 18, 10, 10], 514, PROTO_UDP);
+        let udp6 = Endpoint::v6([0x20; 16], 514, PROTO_UDP);
+        let tcp4 = Endpoint::v4([198, 18, 10, 10], 514, PROTO_TCP);
+        let other = Endpoint::v4([198, 18, 10, 11], 601, PROTO_TCP);
+        let udp4b = Endpoint::v4([198, 18, 10, 11], 514, PROTO_UDP);
+        // UDP and TCP, IPv4 and IPv6 on one port are different slots: each leads to its only
+        // service.
+        let slots = port_slots([(&udp4, 0), (&tcp4, 1), (&udp6, 3), (&other, 7)]);
+        assert_eq!(
+            slots,
+            BTreeMap::from([
+                (514, 1),
+                (514 | 1 << 16, 2),
+                (514 | 1 << 17, 4),
+                (601 | 1 << 16, 8)
+            ])
+        );
+        // A second IPv4 VIP on 514/udp: that slot sends packets to the hash.
+        let slots = port_slots([(&udp4, 0), (&udp4b, 5), (&udp6, 3), (&tcp4, 1)]);
+        assert_eq!(slots.get(&514), Some(&PORT_SHARED));
+        assert_eq!(slots.get(&(514 | 1 << 17)), Some(&4));
+        assert_eq!(slots.get(&(514 | 1 << 16)), Some(&2));
+        assert!(port_slots([]).is_empty());
     }
 
     #[test]

@@ -21,12 +21,12 @@ use aya::{
 };
 use switcher_common::{
     names, ActiveWord, ColorCounters, Endpoint, FlipMark, FlowKey, FlowValue, FragKey, FragValue,
-    GelfKey, MemberCounters, Pool, ReverseValue, ServiceValue, ShadowCounters, ShadowValue,
-    MAP_ABI_VERSION,
+    GelfKey, MemberCounters, Pool, ReverseValue, ServiceEntry, ServiceValue, ShadowCounters,
+    ShadowValue, MAP_ABI_VERSION,
 };
 use tracing::{info, warn};
 
-use super::{bpffs, read::MapReader};
+use super::{bpffs, mapped::MappedArray, read::MapReader};
 use crate::domain::XdpMode;
 
 /// The datapath object built by build.rs.
@@ -36,6 +36,9 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 pub struct BpfDatapath {
     pub(super) ebpf: Ebpf,
     pub(super) reader: MapReader,
+    /// ACTIVE and FLIP_MARKS, mapped: the flip's writes.
+    pub(super) active: MappedArray<ActiveWord>,
+    pub(super) marks: MappedArray<FlipMark>,
     dir: PathBuf,
     /// What each colour of each programmed service holds, as last written (the health
     /// monitor's changes rebuild a pool from it).
@@ -101,6 +104,8 @@ impl BpfDatapath {
         Ok(Self {
             ebpf,
             reader,
+            active: MappedArray::open(&maps_dir.join(names::ACTIVE))?,
+            marks: MappedArray::open(&maps_dir.join(names::FLIP_MARKS))?,
             dir,
             pools: Default::default(),
             shadowing: Default::default(),
@@ -323,7 +328,7 @@ where
 /// reuse them as they are, and the programs would read them wrongly or fail to verify).
 fn check_pinned_layouts(maps_dir: &Path) -> Result<()> {
     use std::mem::size_of;
-    let expected: [(&str, usize, usize); 19] = [
+    let expected: [(&str, usize, usize); 20] = [
         (
             names::SERVICES,
             size_of::<Endpoint>(),
@@ -363,6 +368,7 @@ fn check_pinned_layouts(maps_dir: &Path) -> Result<()> {
         (names::SHADOW_COUNTERS, 4, size_of::<ShadowCounters>()),
         (names::REDIRECT_OK, 4, 4),
         (names::SERVICE_PORTS, 4, 4),
+        (names::SERVICE_BY_ID, 4, size_of::<ServiceEntry>()),
     ];
     for (name, key, value) in expected {
         let pin = maps_dir.join(name);

@@ -12,6 +12,7 @@ pub mod encode;
 pub(crate) mod fake;
 mod flow_table;
 pub mod loader;
+mod mapped;
 mod netlink;
 mod program;
 pub mod read;

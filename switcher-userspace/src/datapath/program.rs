@@ -3,7 +3,7 @@
 //! shares, affinity epochs and the redirect allow-list; and [`Datapath`] for [`BpfDatapath`].
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap as StdHashMap, HashSet},
+    collections::{BTreeMap, HashMap as StdHashMap, HashSet},
     net::SocketAddr,
     time::{Duration, Instant},
 };
@@ -12,8 +12,8 @@ use anyhow::{anyhow, bail, Context as _, Result};
 use aya::maps::{PerCpuArray, PerCpuValues};
 use switcher_common::{
     names, pool_index, ActiveWord, Endpoint, FlipMark, MemberCounters, Pool, Reason, ReverseValue,
-    ServiceValue, ShadowCounters, FRAG_TTL_NS, MAX_MEMBERS, MEMBER_SLOTS, REV_F_DRAINING,
-    REV_F_STATELESS,
+    ServiceEntry, ServiceValue, ShadowCounters, FRAG_TTL_NS, MAX_MEMBERS, MEMBER_SLOTS, PORT_NONE,
+    PORT_SHARED, REV_F_DRAINING, REV_F_STATELESS,
 };
 
 use super::{
@@ -121,13 +121,18 @@ impl BpfDatapath {
         let mut slot_of: StdHashMap<(u32, Color, SocketAddr), u16> =
             wanted.iter().copied().zip(slots).collect();
 
-        // Ports first: a service must never be visible while its port is still filtered out.
-        let ports: BTreeSet<u16> = services.iter().map(|s| s.port).collect();
+        // While services are written, every port that leads to one leads through the hash
+        // (PORT_SHARED): a SERVICE_BY_ID entry is rewritten in place, the hash's atomically.
+        // The final slots go in last, once every service they lead to is complete.
+        let old_slots = encode::port_slots(existing.iter().map(|(k, v)| (k, v.id)));
+        let new_slots = encode::port_slots(keys.iter().zip(ids.iter().copied()));
         let mut port_map = self.array_mut::<u32>(names::SERVICE_PORTS)?;
-        for p in &ports {
-            port_map
-                .set(u32::from(*p), 1, 0)
-                .context("writing SERVICE_PORTS")?;
+        for (slot, v) in &old_slots {
+            if *v != PORT_SHARED {
+                port_map
+                    .set(*slot, PORT_SHARED, 0)
+                    .context("writing SERVICE_PORTS")?;
+            }
         }
         let mut reverse_wanted = HashSet::new();
         let mut out = BTreeMap::new();
@@ -171,15 +176,14 @@ impl BpfDatapath {
             }
             self.write_active(id, active)?;
             if known.is_none() {
-                self.array_mut::<FlipMark>(names::FLIP_MARKS)?
-                    .set(id, FlipMark::default(), 0)
-                    .context("writing FLIP_MARKS")?;
+                self.marks.set(id, &FlipMark::default())?;
             }
             // Last: the service becomes visible only once its pools are in place. A running
             // canary keeps its share and the affinity epoch stays: only the controller
             // changes them.
             let mut value = encode::service_value(s, id, known.map_or(0, |v| v.epoch));
             value.canary_share = known.map_or(0, |v| v.canary_share);
+            self.write_entry(id, key, value)?;
             self.hash_mut::<Endpoint, ServiceValue>(names::SERVICES)?
                 .insert(*key, value, 0)
                 .with_context(|| format!("writing service {}", s.name))?;
@@ -194,15 +198,12 @@ impl BpfDatapath {
                 self.pools.active.remove(&v.id);
             }
         }
-        // Then the ports of removed services that no remaining service uses.
+        // Then the ports: each to the only service that uses it, or the hash, or nothing.
         let mut port_map = self.array_mut::<u32>(names::SERVICE_PORTS)?;
-        for key in existing.keys() {
-            let p = u16::from_be(key.port_be);
-            if !ports.contains(&p) {
-                port_map
-                    .set(u32::from(p), 0, 0)
-                    .context("clearing SERVICE_PORTS")?;
-            }
+        for slot in old_slots.keys().chain(new_slots.keys()) {
+            port_map
+                .set(*slot, new_slots.get(slot).copied().unwrap_or(PORT_NONE), 0)
+                .context("writing SERVICE_PORTS")?;
         }
         let live: HashSet<u32> = out.values().copied().collect();
         // Health verdicts only of members still in their pool: one that left and comes back
@@ -447,8 +448,21 @@ impl BpfDatapath {
             .ok_or_else(|| anyhow!("service id {id} is not in the datapath"))?;
         f(&mut v);
         self.hash_mut::<Endpoint, ServiceValue>(names::SERVICES)?
-            .insert(key, v, 0)
-            .map_err(anyhow::Error::from)
+            .insert(key, v, 0)?;
+        // In place: `f` changes one 4-byte field, which a packet reads whole, old or new.
+        self.write_entry(id, &key, v)
+    }
+
+    /// Service `id`'s entry in SERVICE_BY_ID (read when its port leads to it directly).
+    fn write_entry(&mut self, id: u32, key: &Endpoint, value: ServiceValue) -> Result<()> {
+        let entry = ServiceEntry {
+            key: *key,
+            _pad: 0,
+            value,
+        };
+        self.array_mut::<ServiceEntry>(names::SERVICE_BY_ID)?
+            .set(id, entry, 0)
+            .context("writing SERVICE_BY_ID")
     }
 
     /// All services in the maps: key → value.
@@ -484,9 +498,7 @@ impl BpfDatapath {
             flip_ns,
             first_ns: [0; 2],
         };
-        self.array_mut::<FlipMark>(names::FLIP_MARKS)?
-            .set(id, mark, 0)
-            .context("writing FLIP_MARKS")?;
+        self.marks.set(id, &mark)?;
         self.write_active(id, next)?;
         Ok(FlipOutcome {
             from,
@@ -507,9 +519,7 @@ impl BpfDatapath {
     }
 
     fn write_active(&mut self, id: u32, word: ActiveWord) -> Result<()> {
-        self.array_mut::<ActiveWord>(names::ACTIVE)?
-            .set(id, word, 0)
-            .context("writing ACTIVE")?;
+        self.active.set(id, &word)?;
         self.pools.active.insert(id, word);
         Ok(())
     }

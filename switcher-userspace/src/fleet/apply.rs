@@ -138,7 +138,7 @@ async fn apply_here(f: &Fleet, service: &str, rev: i64, d: &Desired) -> Result<b
         !validated,
         Some(format!("fleet revision {rev}: {}", d.reason)),
         &actor,
-        std::time::Instant::now(),
+        crate::controller::Accepted::now(),
     )
     .await?;
     Ok(true)

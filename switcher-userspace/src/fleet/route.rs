@@ -3,12 +3,14 @@
 //! `--local --force --reason`, is audited in etcd, and shows as drift until the fleet agrees.
 //! The socket and the dashboard both ask here.
 
-use std::time::Instant;
-
 use anyhow::{bail, Result};
 
 use super::Fleet;
-use crate::{config::Member, controller::Controller, domain::Color};
+use crate::{
+    config::Member,
+    controller::{Accepted, Controller},
+    domain::Color,
+};
 
 /// A flip of `service` to `to`.
 #[allow(clippy::too_many_arguments)]
@@ -21,7 +23,7 @@ pub async fn flip(
     reason: Option<String>,
     local: bool,
     actor: &str,
-    accepted: Instant,
+    accepted: Accepted,
 ) -> Result<serde_json::Value> {
     match fleet {
         Some(f) if !local => Ok(serde_json::to_value(

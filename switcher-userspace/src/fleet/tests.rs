@@ -408,7 +408,7 @@ async fn without_etcd_hosts_fail_static_refuse_fleet_changes_and_converge_when_i
         None,
         true,
         "cli:t",
-        Instant::now(),
+        crate::controller::Accepted::now(),
     )
     .await;
     assert!(
@@ -424,7 +424,7 @@ async fn without_etcd_hosts_fail_static_refuse_fleet_changes_and_converge_when_i
         Some("etcd down, green broken here".into()),
         true,
         "cli:t",
-        Instant::now(),
+        crate::controller::Accepted::now(),
     )
     .await
     .expect("local override");

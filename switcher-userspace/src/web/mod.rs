@@ -33,7 +33,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::{
-    controller::Controller,
+    controller::{Accepted, Controller},
     datapath::{monotonic_ns, xdp_attached, MapReader},
     domain::Color,
     fleet::{route, Fleet},
@@ -408,7 +408,7 @@ async fn action(
     headers: HeaderMap,
     body: Option<Json<ActionBody>>,
 ) -> Response {
-    let accepted = Instant::now();
+    let accepted = Accepted::now();
     if !auth::authorized(&headers, &app.token) {
         return error(
             StatusCode::UNAUTHORIZED,

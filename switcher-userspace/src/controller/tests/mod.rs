@@ -180,7 +180,7 @@ async fn force_flip(ctl: &Controller, service: &str, to: Color) {
         true,
         Some("test".into()),
         "cli:t",
-        Instant::now(),
+        crate::controller::Accepted::now(),
     )
     .await
     .expect("flip");

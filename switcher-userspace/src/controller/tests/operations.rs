@@ -23,7 +23,7 @@ async fn an_unvalidated_candidate_flips_only_when_forced_then_is_watched_stable_
     let slot = dp.maps().service("u").expect("u").pools[1].clone();
     assert_eq!(slot, green("198.18.2.9:514"), "the idle slot is programmed");
 
-    let now = Instant::now();
+    let now = crate::controller::Accepted::now();
     let e = ctl
         .flip("u", Color::Green, false, None, "cli:t", now)
         .await
@@ -58,6 +58,8 @@ async fn an_unvalidated_candidate_flips_only_when_forced_then_is_watched_stable_
         "{st:?}"
     );
     assert!(st.write > 0 && st.check > 0, "{st:?}");
+    // One thread served it all (a current-thread runtime): its preemptions were counted.
+    assert!(st.preempted.is_some(), "{st:?}");
     assert_eq!(dp.maps().active_color("u"), Some(Color::Green));
     let mut registry = prometheus_client::registry::Registry::default();
     ctl.recorded().register(&mut registry);

@@ -15,6 +15,8 @@
 //! floor measured the same way: the difference is the new-pin cost, the timer and call
 //! overhead of a single iteration cancel.
 
+use std::path::PathBuf;
+
 use anyhow::{bail, Context as _, Result};
 use etherparse::{PacketBuilder, VlanId};
 use serde_json::{json, Value};
@@ -398,17 +400,26 @@ fn ab_table(v: &Value) -> Table {
     t
 }
 
+/// An eBPF object from a file, or None (`path` None: the build in the bench).
+fn object_file(path: Option<&PathBuf>, what: &str) -> Result<Option<Vec<u8>>> {
+    path.map(|p| {
+        std::fs::read(p).with_context(|| format!("reading the {what} object {}", p.display()))
+    })
+    .transpose()
+}
+
 pub fn run(opts: &Opts) -> Result<Value> {
-    let mut b = prepared(None)?;
+    let current = object_file(opts.object.as_ref(), "current")?;
+    let mut b = prepared(current.as_deref())?;
     let cases = cases()?;
     if let Some(path) = &opts.baseline_object {
-        let object = std::fs::read(path)
-            .with_context(|| format!("reading the baseline object {}", path.display()))?;
-        let mut baseline = prepared(Some(&object))
+        let object = object_file(Some(path), "baseline")?;
+        let mut baseline = prepared(object.as_deref())
             .with_context(|| format!("loading the baseline object {}", path.display()))?;
         let v = side_by_side(&mut b, &mut baseline, &cases, opts)?;
         println!(
-            "\n== Datapath cost, current vs {}: {} iterations x {} rounds, both builds in every round (median) ==",
+            "\n== Datapath cost, {} vs {}: {} iterations x {} rounds, both builds in every round (median) ==",
+            opts.object.as_ref().map_or("this build".into(), |p| p.display().to_string()),
             path.display(),
             opts.repeat,
             opts.rounds

@@ -49,6 +49,8 @@ pub fn run(opts: &Opts) -> Result<Value> {
     // Where each flip's time went (FlipStages): route, lock, check, write.
     let mut stages: [Vec<f64>; 4] = Default::default();
     let mut round_trip = Vec::with_capacity(n as usize);
+    // Flips whose serving thread was never preempted (their api_to_map), and the others.
+    let (mut unpreempted, mut preempted, mut unmeasured) = (Vec::new(), 0u32, 0u32);
     let started = std::time::Instant::now();
     // Spread the flips over the stream: a flip every 20 ms.
     let pace = Duration::from_millis(20);
@@ -78,6 +80,12 @@ pub fn run(opts: &Opts) -> Result<Value> {
             bail!("flip {i} did not change the colour: {v}");
         }
         api_to_map.push(ns);
+        // The scheduler took the serving thread away on the way (None: not measured).
+        match v["stages_ns"]["preempted"].as_u64() {
+            Some(0) => unpreempted.push(ns),
+            Some(_) => preempted += 1,
+            None => unmeasured += 1,
+        }
         for (i, k) in STAGES.iter().enumerate() {
             stages[i].push(
                 v["stages_ns"][k.0]
@@ -91,6 +99,7 @@ pub fn run(opts: &Opts) -> Result<Value> {
     let got = rig.wait_stream("f", sent as usize, Duration::from_secs(10))?;
     let (lost, dup) = got.loss_and_duplicates(sent);
     let api = latency_us(&mut api_to_map);
+    let api_unpreempted = latency_us(&mut unpreempted);
     let stage_us: serde_json::Map<String, Value> = STAGES
         .iter()
         .zip(stages.iter_mut())
@@ -105,6 +114,9 @@ pub fn run(opts: &Opts) -> Result<Value> {
         "udp_lines_per_s": rate,
         "api_to_map_us": api,
         "stages_us": stage_us,
+        "preempted_flips": preempted,
+        "unmeasured_flips": unmeasured,
+        "api_to_map_unpreempted_us": api_unpreempted,
         "round_trip_us": rt,
         "lines_sent": sent,
         "lines_blue": got.blue.len(),
@@ -164,6 +176,14 @@ fn table(v: &Value) -> Table {
     for (key, label) in STAGES {
         row(&mut t, label, &v["stages_us"][key]);
     }
+    row(
+        &mut t,
+        &format!(
+            "accepted -> written, the flips never preempted ({} preempted, {} not measured)",
+            v["preempted_flips"], v["unmeasured_flips"]
+        ),
+        &v["api_to_map_unpreempted_us"],
+    );
     row(
         &mut t,
         "client round trip (incl. state fsync)",

@@ -61,6 +61,10 @@ pub struct Opts {
     /// the current one in every round, and report each case's ratio current/baseline.
     #[arg(long, value_name = "FILE")]
     pub baseline_object: Option<PathBuf>,
+    /// datapath_cost: measure this eBPF object as the current build instead of the one built
+    /// into the bench (with `--baseline-object`, two saved builds side by side).
+    #[arg(long, value_name = "FILE")]
+    pub object: Option<PathBuf>,
     /// Single-iteration calls for the TCP SYN (new pin) case.
     #[arg(long, default_value_t = 20_000)]
     pub syn_calls: u32,
