@@ -865,6 +865,24 @@ fn port_slots_follow_the_configured_services() {
     assert_eq!(t.xdp(&v6).1, v6_steered, "udp6 through its direct slot");
     not_service(&mut t, &other_vip);
 
+    // A canary share written to a service on a direct slot: the entry holds it and the slot
+    // leads to it again afterwards.
+    let direct = slot(514, PROTO_UDP, FAMILY_V4);
+    t.dp().set_canary(direct - 1, 0x4000).expect("canary");
+    let by_id = t
+        .dp()
+        .dir()
+        .join("maps")
+        .join(switcher_common::names::SERVICE_BY_ID);
+    let data = aya::maps::MapData::from_pin(&by_id).expect("SERVICE_BY_ID pin");
+    let entries: aya::maps::Array<_, switcher_common::ServiceEntry> =
+        aya::maps::Array::try_from(aya::maps::Map::Array(data)).expect("array");
+    let e = entries.get(&(direct - 1), 0).expect("entry");
+    assert_eq!((e.value.canary_share, e.key.port()), (0x4000, 514));
+    assert_eq!(slot(514, PROTO_UDP, FAMILY_V4), direct);
+    t.dp().set_canary(direct - 1, 0).expect("canary off");
+    assert_eq!(t.xdp(&v4).1, v4_steered);
+
     // A second IPv4 VIP on 514/udp: the slot leads through the hash, to each.
     let text = format!(
         "[daemon]\ninterfaces = [\"lo\"]\n{SERVICES}\n[[service]]\nname = \"udp4b\"\n\

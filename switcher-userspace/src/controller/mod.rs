@@ -101,9 +101,11 @@ pub struct FlipStages {
     pub lock: u64,
     pub check: u64,
     pub write: u64,
-    /// Times the scheduler took the serving thread away between the request and the map
-    /// write (its involuntary context switches); absent when the flip's task moved to another
-    /// thread on the way (nothing to compare) or the count could not be read.
+    /// Times the scheduler took the serving thread away while the flip ran, from the request
+    /// to the map write, the wait for the controller excepted (`lock`, its own stage): the
+    /// thread's involuntary context switches over the stretches without an await. Absent when
+    /// the request's task changed threads before reaching the controller, or the count could
+    /// not be read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preempted: Option<u64>,
 }
@@ -126,7 +128,17 @@ impl Accepted {
         }
     }
 
-    /// Preemptions of this thread since `self`, if it is the same thread.
+    /// A request whose preemptions are not counted: one that awaits something before it
+    /// reaches the controller (its task may leave the thread and come back).
+    pub fn untracked() -> Self {
+        Self {
+            preemptions: None,
+            ..Self::now()
+        }
+    }
+
+    /// Preemptions of this thread since `self`, if it is the same thread (the socket asks
+    /// before the request's first await: the task cannot have left and come back).
     fn preempted_since(&self) -> Option<u64> {
         if std::thread::current().id() != self.thread {
             return None;
@@ -318,9 +330,16 @@ impl Controller {
         accepted: Accepted,
     ) -> Result<FlipReply> {
         let entered = Instant::now();
+        // Preemptions are counted over the two stretches without an await (so on one thread
+        // each): up to here, and from the lock taken to the map written.
+        let before_lock = accepted.preempted_since();
         let mut core = self.lock().await;
         let locked = Instant::now();
+        let at_lock = preemptions();
         let f = core.flip(service, to, force, reason, actor)?;
+        let under_lock = preemptions()
+            .zip(at_lock)
+            .map(|(now, then)| now.saturating_sub(then));
         let (started, written) = (f.times.started, f.times.written);
         let ns = |from: Instant, to: Instant| to.saturating_duration_since(from).as_nanos() as u64;
         let stages_ns = FlipStages {
@@ -328,7 +347,7 @@ impl Controller {
             lock: ns(entered, locked),
             check: ns(locked, started),
             write: ns(started, written),
-            preempted: accepted.preempted_since(),
+            preempted: before_lock.zip(under_lock).map(|(a, b)| a + b),
         };
         let api_to_map = written.saturating_duration_since(accepted.at);
         if f.outcome.changed {

@@ -10,7 +10,7 @@ use std::{
     os::fd::AsFd,
     path::Path,
     ptr::NonNull,
-    sync::atomic::{fence, AtomicU32, Ordering},
+    sync::atomic::{fence, AtomicU32, AtomicU64, Ordering},
 };
 
 use anyhow::{bail, Context as _, Result};
@@ -21,7 +21,7 @@ use switcher_common::MAP_F_MMAPABLE;
 /// A pinned array of `T` mapped into this process. Elements are `T` rounded up to 8 bytes,
 /// as the kernel lays out an array's values.
 pub struct MappedArray<T> {
-    base: NonNull<AtomicU32>,
+    base: NonNull<u8>,
     bytes: usize,
     entries: u32,
     name: String,
@@ -86,8 +86,8 @@ impl<T: Copy> MappedArray<T> {
         })
     }
 
-    /// Element `i` as 32-bit words.
-    fn words(&self, i: u32) -> Result<&[AtomicU32]> {
+    /// Where element `i` starts.
+    fn element(&self, i: u32) -> Result<*mut u8> {
         if i >= self.entries {
             bail!(
                 "{}: index {i} is beyond its {} entries",
@@ -95,25 +95,45 @@ impl<T: Copy> MappedArray<T> {
                 self.entries
             );
         }
-        let at = i as usize * Self::STRIDE / 4;
-        // SAFETY: in bounds (checked above), 8-aligned (page-aligned base, 8-byte stride),
-        // and alive as long as `self`; AtomicU32 has u32's layout.
-        Ok(unsafe { std::slice::from_raw_parts(self.base.as_ptr().add(at), size_of::<T>() / 4) })
+        // SAFETY: in bounds (checked above) of the mapping, which lives as long as `self`.
+        Ok(unsafe {
+            self.base
+                .as_ptr()
+                .cast::<u8>()
+                .add(i as usize * Self::STRIDE)
+        })
     }
 
-    /// Writes element `i` word by word; every store is visible before any later store of
-    /// this thread (so a word written after this one is never seen without it).
+    /// Writes element `i` a word at a time: 8-byte words when `T` is made of them (so a u64
+    /// field, such as a flip's time, is never seen half written), else 4-byte ones. Every
+    /// store is visible before any later store of this thread, so a field written after this
+    /// call (the ACTIVE word after the flip mark) is never seen without it.
     pub fn set(&self, i: u32, value: &T) -> Result<()> {
-        let words = self.words(i)?;
-        // SAFETY: T is plain data of size_of::<T>() / 4 whole words (asserted in `open`).
-        let src = unsafe {
-            std::slice::from_raw_parts((value as *const T).cast::<u32>(), size_of::<T>() / 4)
-        };
-        for (w, v) in words.iter().zip(src) {
-            w.store(*v, Ordering::Relaxed);
+        let at = self.element(i)?;
+        if size_of::<T>().is_multiple_of(8) && align_of::<T>() >= 8 {
+            store::<AtomicU64, u64, T>(at, value, |w, v| w.store(v, Ordering::Relaxed));
+        } else {
+            store::<AtomicU32, u32, T>(at, value, |w, v| w.store(v, Ordering::Relaxed));
         }
         fence(Ordering::Release);
         Ok(())
+    }
+}
+
+/// Copies `value` to `at` as words `W` (an atomic of the integer `I`).
+fn store<W, I: Copy, T>(at: *mut u8, value: &T, put: impl Fn(&W, I)) {
+    let n = size_of::<T>() / size_of::<I>();
+    // SAFETY: `at` is an element of the mapping, 8-aligned (page-aligned base, stride a
+    // multiple of 8) and STRIDE >= size_of::<T>() bytes long; W has I's layout; T is plain
+    // data of n whole words of I (the caller chose I so).
+    let (dst, src) = unsafe {
+        (
+            std::slice::from_raw_parts(at.cast::<W>(), n),
+            std::slice::from_raw_parts((value as *const T).cast::<I>(), n),
+        )
+    };
+    for (w, v) in dst.iter().zip(src) {
+        put(w, *v);
     }
 }
 

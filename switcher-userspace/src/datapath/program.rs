@@ -11,9 +11,9 @@ use std::{
 use anyhow::{anyhow, bail, Context as _, Result};
 use aya::maps::{PerCpuArray, PerCpuValues};
 use switcher_common::{
-    names, pool_index, ActiveWord, Endpoint, FlipMark, MemberCounters, Pool, Reason, ReverseValue,
-    ServiceEntry, ServiceValue, ShadowCounters, FRAG_TTL_NS, MAX_MEMBERS, MEMBER_SLOTS, PORT_NONE,
-    PORT_SHARED, REV_F_DRAINING, REV_F_STATELESS,
+    names, pool_index, port_slot, ActiveWord, Endpoint, FlipMark, MemberCounters, Pool, Reason,
+    ReverseValue, ServiceEntry, ServiceValue, ShadowCounters, FRAG_TTL_NS, MAX_MEMBERS,
+    MEMBER_SLOTS, PORT_NONE, PORT_SHARED, REV_F_DRAINING, REV_F_STATELESS,
 };
 
 use super::{
@@ -447,10 +447,31 @@ impl BpfDatapath {
             .find(|(_, v)| v.id == id)
             .ok_or_else(|| anyhow!("service id {id} is not in the datapath"))?;
         f(&mut v);
+        // A port that leads straight to this service leads through the hash while its entry
+        // is rewritten (an array value is copied over in place, a hash value replaced whole);
+        // if a write fails, the port stays there, where the new value is.
+        let slot = port_slot(key.port(), key.proto, key.family);
+        let direct = self
+            .array_mut::<u32>(names::SERVICE_PORTS)?
+            .get(&slot, 0)
+            .context("reading SERVICE_PORTS")?
+            == id + 1;
+        if direct {
+            self.set_port_slot(slot, PORT_SHARED)?;
+        }
         self.hash_mut::<Endpoint, ServiceValue>(names::SERVICES)?
             .insert(key, v, 0)?;
-        // In place: `f` changes one 4-byte field, which a packet reads whole, old or new.
-        self.write_entry(id, &key, v)
+        self.write_entry(id, &key, v)?;
+        if direct {
+            self.set_port_slot(slot, id + 1)?;
+        }
+        Ok(())
+    }
+
+    fn set_port_slot(&mut self, slot: u32, value: u32) -> Result<()> {
+        self.array_mut::<u32>(names::SERVICE_PORTS)?
+            .set(slot, value, 0)
+            .context("writing SERVICE_PORTS")
     }
 
     /// Service `id`'s entry in SERVICE_BY_ID (read when its port leads to it directly).
