@@ -132,8 +132,9 @@ impl Accepted {
     /// reaches the controller (its task may leave the thread and come back).
     pub fn untracked() -> Self {
         Self {
+            at: Instant::now(),
+            thread: std::thread::current().id(),
             preemptions: None,
-            ..Self::now()
         }
     }
 

@@ -96,12 +96,7 @@ impl<T: Copy> MappedArray<T> {
             );
         }
         // SAFETY: in bounds (checked above) of the mapping, which lives as long as `self`.
-        Ok(unsafe {
-            self.base
-                .as_ptr()
-                .cast::<u8>()
-                .add(i as usize * Self::STRIDE)
-        })
+        Ok(unsafe { self.base.as_ptr().add(i as usize * Self::STRIDE) })
     }
 
     /// Writes element `i` a word at a time: 8-byte words when `T` is made of them (so a u64

@@ -126,12 +126,9 @@ impl BpfDatapath {
         // The final slots go in last, once every service they lead to is complete.
         let old_slots = encode::port_slots(existing.iter().map(|(k, v)| (k, v.id)));
         let new_slots = encode::port_slots(keys.iter().zip(ids.iter().copied()));
-        let mut port_map = self.array_mut::<u32>(names::SERVICE_PORTS)?;
         for (slot, v) in &old_slots {
             if *v != PORT_SHARED {
-                port_map
-                    .set(*slot, PORT_SHARED, 0)
-                    .context("writing SERVICE_PORTS")?;
+                self.set_port_slot(*slot, PORT_SHARED)?;
             }
         }
         let mut reverse_wanted = HashSet::new();
@@ -199,11 +196,8 @@ impl BpfDatapath {
             }
         }
         // Then the ports: each to the only service that uses it, or the hash, or nothing.
-        let mut port_map = self.array_mut::<u32>(names::SERVICE_PORTS)?;
         for slot in old_slots.keys().chain(new_slots.keys()) {
-            port_map
-                .set(*slot, new_slots.get(slot).copied().unwrap_or(PORT_NONE), 0)
-                .context("writing SERVICE_PORTS")?;
+            self.set_port_slot(*slot, new_slots.get(slot).copied().unwrap_or(PORT_NONE))?;
         }
         let live: HashSet<u32> = out.values().copied().collect();
         // Health verdicts only of members still in their pool: one that left and comes back

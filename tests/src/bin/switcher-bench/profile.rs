@@ -455,43 +455,39 @@ mod tests {
 
     #[test]
     fn symbols_fold_into_their_stage() {
-        assert_eq!(stage_of("pv_native_safe_halt"), "idle");
-        assert_eq!(
-            stage_of("bpf_prog_6deef7357e7b4530_switcher_ingress"),
-            "switcher xdp program"
-        );
-        assert_eq!(
-            stage_of("bpf_prog_bd4b82e549cf554c_forward"),
-            "switcher xdp program"
-        );
-        assert_eq!(
-            stage_of("bpf_prog_run_generic_xdp"),
-            "xdp redirect + veth xdp receive"
-        );
-        assert_eq!(stage_of("bpf_prog_test_run_xdp"), "generator send");
-        assert_eq!(stage_of("ipv4_conntrack_in"), "conntrack + nat");
-        assert_eq!(stage_of("veth_poll"), "netif receive + softirq");
-        assert_eq!(
-            stage_of("bpf_prog_5d4b82e549cf554c_bench_tx"),
-            "frame source (bench_tx, live frames)"
-        );
-        assert_eq!(
-            stage_of("bpf_xdp_redirect_map"),
-            "xdp redirect + veth xdp receive"
-        );
-        assert_eq!(stage_of("bpf_fib_lookup"), "bpf helpers + maps");
-        assert_eq!(stage_of("inet_gro_receive"), "gro");
-        assert_eq!(stage_of("nf_conntrack_in"), "conntrack + nat");
-        assert_eq!(stage_of("nft_do_chain"), "netfilter hooks + nft rules");
-        assert_eq!(stage_of("ip_forward"), "ip routing + forwarding");
-        assert_eq!(stage_of("veth_xmit"), "veth transmit");
-        assert_eq!(stage_of("packet_sendmsg"), "generator send");
-        assert_eq!(stage_of("xdp_test_run_batch"), "generator send");
-        assert_eq!(stage_of("dev_gro_receive"), "gro");
-        assert_eq!(
-            stage_of("skb_pp_cow_data"),
-            "veth: skb copied for xdp headroom"
-        );
-        assert_eq!(stage_of("schedule"), "other kernel");
+        let cases = [
+            ("pv_native_safe_halt", "idle"),
+            (
+                "bpf_prog_6deef7357e7b4530_switcher_ingress",
+                "switcher xdp program",
+            ),
+            ("bpf_prog_bd4b82e549cf554c_forward", "switcher xdp program"),
+            (
+                "bpf_prog_run_generic_xdp",
+                "xdp redirect + veth xdp receive",
+            ),
+            ("bpf_prog_test_run_xdp", "generator send"),
+            ("ipv4_conntrack_in", "conntrack + nat"),
+            ("veth_poll", "netif receive + softirq"),
+            (
+                "bpf_prog_5d4b82e549cf554c_bench_tx",
+                "frame source (bench_tx, live frames)",
+            ),
+            ("bpf_xdp_redirect_map", "xdp redirect + veth xdp receive"),
+            ("bpf_fib_lookup", "bpf helpers + maps"),
+            ("inet_gro_receive", "gro"),
+            ("nf_conntrack_in", "conntrack + nat"),
+            ("nft_do_chain", "netfilter hooks + nft rules"),
+            ("ip_forward", "ip routing + forwarding"),
+            ("veth_xmit", "veth transmit"),
+            ("packet_sendmsg", "generator send"),
+            ("xdp_test_run_batch", "generator send"),
+            ("dev_gro_receive", "gro"),
+            ("skb_pp_cow_data", "veth: skb copied for xdp headroom"),
+            ("schedule", "other kernel"),
+        ];
+        for (symbol, stage) in cases {
+            assert_eq!(stage_of(symbol), stage, "{symbol}");
+        }
     }
 }
