@@ -86,6 +86,10 @@ pub struct Endpoint {
     pub family: u8,
 }
 const _: () = assert!(size_of::<Endpoint>() == 20);
+// The datapath writes the key's last word whole (`parse::key_words`, ingress' `put_keys`).
+const _: () = assert!(core::mem::offset_of!(Endpoint, port_be) == 16);
+const _: () = assert!(core::mem::offset_of!(Endpoint, proto) == 18);
+const _: () = assert!(core::mem::offset_of!(Endpoint, family) == 19);
 
 impl Endpoint {
     pub fn v4(addr: [u8; 4], port: u16, proto: u8) -> Self {
@@ -190,7 +194,9 @@ pub const fn backend_index(service_id: u32, color: u8) -> u32 {
 /// One colour's pool: its members and the consistent-hashing table from flow hash to member.
 /// Two buffers per (service, colour), selected by the ACTIVE word: userspace writes the one
 /// not in use, then switches with one aligned write, so a packet never sees half a pool.
-#[repr(C)]
+/// 8-aligned (as the kernel lays out array values anyway): the datapath copies a member as
+/// whole words.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Pool {
     /// Members in `member` (the rest are invalid). 0: the colour has no backend.
@@ -280,6 +286,12 @@ pub struct FlowKey {
     pub _pad: [u8; 2],
 }
 const _: () = assert!(size_of::<FlowKey>() == 40);
+// The datapath writes the key as five words in this order (`parse::key_words`).
+const _: () = assert!(core::mem::offset_of!(FlowKey, dst) == 16);
+const _: () = assert!(core::mem::offset_of!(FlowKey, sport_be) == 32);
+const _: () = assert!(core::mem::offset_of!(FlowKey, dport_be) == 34);
+const _: () = assert!(core::mem::offset_of!(FlowKey, proto) == 36);
+const _: () = assert!(core::mem::offset_of!(FlowKey, family) == 37);
 
 pub const FLOW_OPEN: u8 = 1;
 /// FIN or RST seen: the flow keeps its backend for its last packets, a new SYN re-picks, and

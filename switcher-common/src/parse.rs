@@ -79,6 +79,22 @@ pub struct Parsed {
 /// `Err(Reason::NotIp | NotService)` are ordinary pass-throughs.
 #[inline(always)]
 pub fn parse<F: Frame + ?Sized>(f: &F, flow: &mut FlowKey) -> Result<Parsed, Reason> {
+    parse_into(f, Some(flow))
+}
+
+/// [`parse`] without the flow key: the ingress path builds it ([`key_words`]) only once the
+/// port shows a service, so the most common packet (not a service's) never copies its
+/// addresses.
+#[inline(always)]
+pub fn parse_headers<F: Frame + ?Sized>(f: &F) -> Result<Parsed, Reason> {
+    parse_into(f, None)
+}
+
+// The key is written where each family's header is read, as before `parse_headers` existed:
+// moving it after the parse makes LLVM read an unset register in the TC shadow program, which
+// the verifier refuses.
+#[inline(always)]
+fn parse_into<F: Frame + ?Sized>(f: &F, flow: Option<&mut FlowKey>) -> Result<Parsed, Reason> {
     let mut off = ETH_HLEN;
     let mut ethertype = be16(f.read::<2>(12).ok_or(Reason::TruncatedL2)?);
     let mut vlans = 0u8;
@@ -102,7 +118,7 @@ fn parse_v4<F: Frame + ?Sized>(
     f: &F,
     l3: usize,
     vlans: u8,
-    flow: &mut FlowKey,
+    flow: Option<&mut FlowKey>,
 ) -> Result<Parsed, Reason> {
     let h = f.read::<20>(l3).ok_or(Reason::MalformedL3)?;
     if h[0] >> 4 != 4 {
@@ -136,10 +152,12 @@ fn parse_v4<F: Frame + ?Sized>(
     if icmp_truncated(proto, frag, ihl, tot_len as usize) {
         return Err(Reason::MalformedL4);
     }
-    flow.src = v4_in_key([h[12], h[13], h[14], h[15]]);
-    flow.dst = v4_in_key([h[16], h[17], h[18], h[19]]);
-    flow.proto = proto;
-    flow.family = FAMILY_V4;
+    if let Some(flow) = flow {
+        flow.src = v4_in_key([h[12], h[13], h[14], h[15]]);
+        flow.dst = v4_in_key([h[16], h[17], h[18], h[19]]);
+        flow.proto = proto;
+        flow.family = FAMILY_V4;
+    }
     Ok(Parsed {
         family: FAMILY_V4,
         proto,
@@ -158,7 +176,7 @@ fn parse_v6<F: Frame + ?Sized>(
     f: &F,
     l3: usize,
     vlans: u8,
-    flow: &mut FlowKey,
+    flow: Option<&mut FlowKey>,
 ) -> Result<Parsed, Reason> {
     let h = f.read::<8>(l3).ok_or(Reason::MalformedL3)?;
     if h[0] >> 4 != 6 {
@@ -227,13 +245,15 @@ fn parse_v6<F: Frame + ?Sized>(
     if frag == Frag::None {
         frag_proto = next;
     }
-    // Still a builtin memmove each (a byte loop): the variants that avoid it (copy_from_slice,
-    // a 128-bit value) make LLVM emit a read of an unset register in the TC shadow program,
-    // which the verifier refuses.
-    flow.src = f.read::<16>(l3 + 8).ok_or(Reason::MalformedL3)?;
-    flow.dst = f.read::<16>(l3 + 24).ok_or(Reason::MalformedL3)?;
-    flow.proto = next;
-    flow.family = FAMILY_V6;
+    if let Some(flow) = flow {
+        // Still a builtin memmove each (a byte loop): the variants that avoid it
+        // (copy_from_slice, a 128-bit value) make LLVM emit a read of an unset register in the
+        // TC shadow program, which the verifier refuses.
+        flow.src = f.read::<16>(l3 + 8).ok_or(Reason::MalformedL3)?;
+        flow.dst = f.read::<16>(l3 + 24).ok_or(Reason::MalformedL3)?;
+        flow.proto = next;
+        flow.family = FAMILY_V6;
+    }
     Ok(Parsed {
         family: FAMILY_V6,
         proto: next,
@@ -245,6 +265,45 @@ fn parse_v6<F: Frame + ?Sized>(
         ip_len: payload + 40,
         tos_flow: u32::from_be_bytes([h[0], h[1], h[2], h[3]]) & 0x0fff_ffff,
     })
+}
+
+/// The [`FlowKey`] of the packet `p` describes (parsed by [`parse_headers`]), with the ports
+/// `sport` and `dport` as the packet has them, as the key's five 8-byte words in memory order.
+/// The datapath stores the key a word at a time: what reads it afterwards (the hash, the
+/// service compare) loads whole words, and a load spanning several narrower stores still in
+/// flight is not forwarded from them: the CPU waits for them to reach the cache.
+#[inline(always)]
+pub fn key_words<F: Frame + ?Sized>(
+    f: &F,
+    p: &Parsed,
+    sport: [u8; 2],
+    dport: [u8; 2],
+) -> Result<[u64; 5], Reason> {
+    let word = |b: &[u8; 16], i: usize| {
+        u64::from_ne_bytes([
+            b[i],
+            b[i + 1],
+            b[i + 2],
+            b[i + 3],
+            b[i + 4],
+            b[i + 5],
+            b[i + 6],
+            b[i + 7],
+        ])
+    };
+    let (src, dst) = if p.family == FAMILY_V4 {
+        let a = f.read::<8>(p.l3 + 12).ok_or(Reason::MalformedL3)?;
+        let v4 = |i: usize| u64::from_ne_bytes([a[i], a[i + 1], a[i + 2], a[i + 3], 0, 0, 0, 0]);
+        ([v4(0), 0], [v4(4), 0])
+    } else {
+        let s = f.read::<16>(p.l3 + 8).ok_or(Reason::MalformedL3)?;
+        let d = f.read::<16>(p.l3 + 24).ok_or(Reason::MalformedL3)?;
+        ([word(&s, 0), word(&s, 8)], [word(&d, 0), word(&d, 8)])
+    };
+    let tail = u64::from_ne_bytes([
+        sport[0], sport[1], dport[0], dport[1], p.proto, p.family, 0, 0,
+    ]);
+    Ok([src[0], src[1], dst[0], dst[1], tail])
 }
 
 /// An IPv4 address as a flow key holds it: its 4 bytes, then zeros, built as one 128-bit
@@ -275,6 +334,17 @@ pub struct L4 {
     /// Bytes after the L4 header, up to the end of the IP packet (this fragment's, for a
     /// first fragment).
     pub payload: u16,
+}
+
+/// The destination port of a TCP or UDP packet, read before its header is validated: the
+/// datapath passes a packet to no service's port on it alone (and validates the rest,
+/// [`parse_l4`], only for a service's).
+#[inline(always)]
+pub fn dport<F: Frame + ?Sized>(f: &F, p: &Parsed) -> Result<[u8; 2], Reason> {
+    if p.l4 > MAX_L4_OFF {
+        return Err(Reason::MalformedL4);
+    }
+    f.read::<2>(p.l4 + 2).ok_or(Reason::MalformedL4)
 }
 
 /// Reads the TCP or UDP header at `p.l4`, which must lie inside the IP packet.

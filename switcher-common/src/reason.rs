@@ -26,9 +26,11 @@ reasons! {
     TruncatedL2 = "truncated_l2",
     /// IP header cut short or inconsistent (version, IHL, lengths): passed untouched.
     MalformedL3 = "malformed_l3",
-    /// TCP/UDP header cut short or bad (TCP data offset): passed untouched.
+    /// TCP/UDP header cut short or bad (TCP data offset) on a port a service uses: passed
+    /// untouched.
     MalformedL4 = "malformed_l4",
-    /// IPv6 UDP with a zero checksum is invalid (RFC 8200): passed untouched.
+    /// IPv6 UDP with a zero checksum is invalid (RFC 8200), on a port a service uses: passed
+    /// untouched.
     Udp6ZeroChecksum = "udp6_zero_checksum",
     /// IPv6 extension header we do not steer (routing, too many headers): passed untouched.
     Ipv6ExtUnsupported = "ipv6_ext_unsupported",

@@ -26,6 +26,20 @@ pub fn bench_floor(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
+/// The floor with its count made in a BPF-to-BPF call: what one call and its return cost on
+/// this kernel (the ingress program still calls `forward` on a redirect and `record` when a
+/// flow table changes: the 512-byte stack cannot take them inline).
+#[xdp]
+pub fn bench_call(_ctx: XdpContext) -> u32 {
+    counted()
+}
+
+#[inline(never)]
+fn counted() -> u32 {
+    count();
+    xdp_action::XDP_PASS
+}
+
 /// The first bytes of the frame `bench_tx` sends (headers), set by the benchmark.
 #[map]
 static BENCH_FRAME_HEAD: Array<[u64; FRAME_HEAD_WORDS]> = Array::with_max_entries(1, 0);

@@ -1,5 +1,6 @@
-//! After the rewrite: straight to the backend's interface with bpf_fib_lookup + XDP_REDIRECT,
-//! or XDP_PASS to the kernel whenever the fast path does not apply.
+//! After the rewrite, for a service that redirects: straight to the backend's interface with
+//! bpf_fib_lookup + XDP_REDIRECT, or XDP_PASS to the kernel whenever the fast path does not
+//! apply.
 
 use core::mem::size_of;
 
@@ -25,11 +26,7 @@ const AF_INET6: u8 = 10;
 
 // Own frame: keeps the ingress stack under the 512-byte BPF limit.
 #[inline(never)]
-pub fn forward(ctx: &XdpContext, f: &XdpFrame, p: &Parsed, flow: &FlowKey, redirect: bool) -> u32 {
-    if !redirect {
-        counters::reason(Reason::PassMode);
-        return XDP_PASS;
-    }
+pub fn forward(ctx: &XdpContext, f: &XdpFrame, p: &Parsed, flow: &FlowKey) -> u32 {
     match try_redirect(ctx, f, p, flow) {
         Some(action) => {
             counters::reason(Reason::Redirected);

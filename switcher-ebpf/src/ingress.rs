@@ -2,6 +2,8 @@
 //! rule, the canary, the colour's pool), rewrite the destination to that member with
 //! incremental checksums, then forward.
 
+use core::mem::size_of;
+
 use aya_ebpf::{
     bindings::{xdp_action::XDP_PASS, BPF_ANY, BPF_NOEXIST},
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
@@ -12,17 +14,17 @@ use switcher_common::{
     decide::{self, Affinity, ColorState, Op, Source, TcpEntries, TcpFlags},
     gelf,
     parse::{self, Frag, Frame, Parsed, L4},
-    port_slot, ActiveWord, Backend, Endpoint, FlipMark, FlowValue, FragKey, FragValue, Reason,
-    ServiceValue, FAMILY_V4, FRAG_TTL_NS, PORT_NONE, PORT_SHARED, PROTO_TCP, PROTO_UDP, SVC_F_GELF,
-    SVC_F_REDIRECT, SVC_F_UDP_AFFINITY,
+    port_slot, ActiveWord, Backend, Endpoint, FlipMark, FlowKey, FlowValue, FragKey, FragValue,
+    Reason, ServiceValue, FAMILY_V4, FRAG_TTL_NS, PORT_NONE, PORT_SHARED, PROTO_TCP, PROTO_UDP,
+    SVC_F_GELF, SVC_F_REDIRECT, SVC_F_UDP_AFFINITY,
 };
 
 use crate::{
     counters, forward,
     frame::XdpFrame,
     maps::{
-        pool_member, Scratch, ACTIVE, FLIP_MARKS, FLOWS, FRAGS, GELF_CHUNKS, HALF_FLOWS,
-        MEMBER_LIVE, SCRATCH, SERVICES, SERVICE_BY_ID, SERVICE_PORTS, SERVICE_SCRATCH, SHADOW,
+        pool_member, IngressScratch, Scratch, ACTIVE, FLIP_MARKS, FLOWS, FRAGS, GELF_CHUNKS,
+        HALF_FLOWS, MEMBER_LIVE, SCRATCH, SERVICES, SERVICE_BY_ID, SERVICE_PORTS, SHADOW,
         SOFT_FLOWS,
     },
 };
@@ -39,36 +41,44 @@ enum Found {
 #[inline(always)]
 pub fn run(ctx: &XdpContext) -> Option<u32> {
     let f = XdpFrame::new(ctx);
-    // SAFETY: per-CPU scratch slot, used by this program run only (XDP runs are not preempted
-    // by another XDP run on the same CPU).
-    let s: &mut Scratch = unsafe { &mut *SCRATCH.get_ptr_mut(0)? };
-    let p = match parse::parse(&f, &mut s.flow) {
+    let p = match parse::parse_headers(&f) {
         Ok(p) => p,
         Err(r) => return Some(pass(r)),
     };
     if let Frag::Later(id) = p.frag {
+        let s = &mut scratch()?.work;
+        // No ports: its datagram is known by its addresses and IP id.
+        match parse::key_words(&f, &p, [0; 2], [0; 2]) {
+            Ok(w) => put_keys(s, &w),
+            Err(r) => return Some(pass(r)),
+        }
         return Some(follow_fragment(&f, &p, s, id));
     }
     if p.proto != PROTO_TCP && p.proto != PROTO_UDP {
         return Some(pass(Reason::NotService));
     }
+    // The port decides first: most packets an edge sees are no service's, and pass on it.
+    let dport = match parse::dport(&f, &p) {
+        Ok(d) => d,
+        Err(r) => return Some(pass(r)),
+    };
+    let slot = match SERVICE_PORTS.get(port_slot(u16::from_be_bytes(dport), p.proto, p.family)) {
+        None | Some(&PORT_NONE) => return Some(pass(Reason::NotService)),
+        Some(&v) => v,
+    };
     let l4 = match parse::parse_l4(&f, &p) {
         Ok(l4) => l4,
         Err(r) => return Some(pass(r)),
     };
-    let slot = match SERVICE_PORTS.get(port_slot(u16::from_be_bytes(l4.dport), p.proto, p.family)) {
-        None | Some(&PORT_NONE) => return Some(pass(Reason::NotService)),
-        Some(&v) => v,
-    };
-    s.flow.sport_be = u16::from_ne_bytes(l4.sport);
-    s.flow.dport_be = u16::from_ne_bytes(l4.dport);
-    s.flow._pad = [0; 2];
-    s.svc.addr = s.flow.dst;
-    s.svc.port_be = s.flow.dport_be;
-    s.svc.proto = p.proto;
-    s.svc.family = p.family;
-    // SAFETY: per-CPU slot used by this program run only, like SCRATCH.
-    let svc: &mut ServiceValue = unsafe { &mut *SERVICE_SCRATCH.get_ptr_mut(0)? };
+    let IngressScratch {
+        work: s,
+        service: svc,
+    } = scratch()?;
+    // The keys only now: most packets an edge sees are no service's and never need them.
+    match parse::key_words(&f, &p, l4.sport, l4.dport) {
+        Ok(w) => put_keys(s, &w),
+        Err(r) => return Some(pass(r)),
+    }
     if !service(slot, &s.svc, svc) {
         return Some(pass(Reason::NotService));
     }
@@ -129,7 +139,11 @@ pub fn run(ctx: &XdpContext) -> Option<u32> {
     }
     // A service being shadowed takes the kernel path, where the TC ingress program copies it.
     let redirect = svc.flags & SVC_F_REDIRECT != 0 && !(!tcp && shadowing(svc.id));
-    Some(forward::forward(ctx, &f, &p, &s.flow, redirect))
+    if !redirect {
+        // Settled here, not in `forward`: its call and return are the dearest part of it.
+        return Some(pass(Reason::PassMode));
+    }
+    Some(forward::forward(ctx, &f, &p, &s.flow))
 }
 
 /// Copies the settings of the service keyed `key` to `to`, found through its port's `slot` in
@@ -151,6 +165,35 @@ fn service(slot: u32, key: &Endpoint, to: &mut ServiceValue) -> bool {
             true
         }
         None => false,
+    }
+}
+
+/// This CPU's ingress scratch slot.
+#[inline(always)]
+fn scratch() -> Option<&'static mut IngressScratch> {
+    // SAFETY: per-CPU slot, used by this program run only (XDP runs are not preempted by
+    // another XDP run on the same CPU).
+    Some(unsafe { &mut *SCRATCH.get_ptr_mut(0)? })
+}
+
+/// Stores the flow key's words (`parse::key_words`) as `s.flow`, and the service key they hold
+/// (destination address, port, protocol, family) as `s.svc`, a whole word per store.
+#[inline(always)]
+fn put_keys(s: &mut Scratch, w: &[u64; 5]) {
+    let flow = (&mut s.flow as *mut FlowKey).cast::<u64>();
+    let svc = (&mut s.svc as *mut Endpoint).cast::<u64>();
+    let t = w[4].to_ne_bytes();
+    // SAFETY: `flow` (40 bytes) and `svc` (20) lie at 8-aligned offsets of SCRATCH's value
+    // (asserted in maps.rs), which the kernel allocates 8-aligned.
+    unsafe {
+        for (i, x) in w.iter().enumerate() {
+            flow.add(i).write(*x);
+        }
+        svc.write(w[2]);
+        svc.add(1).write(w[3]);
+        svc.add(2)
+            .cast::<u32>()
+            .write(u32::from_ne_bytes([t[2], t[3], t[4], t[5]]));
     }
 }
 
@@ -331,14 +374,31 @@ fn member_live(slot: u16) -> bool {
 }
 
 /// The member of `color`'s pool this flow's hash falls on.
-#[inline(never)]
+#[inline(always)]
 fn pick(id: u32, color: u8, active: ActiveWord, s: &mut Scratch) -> bool {
     match pool_member(id, color, active, &s.flow) {
         Some(b) => {
-            s.backend = *b;
+            copy_member(b, &mut s.backend);
             true
         }
         None => false,
+    }
+}
+
+/// `*to = *from` for a pool member, as three 8-byte words: the plain assignment became a call
+/// to the builtin memmove (a byte loop) once `pick` was inlined. Volatile, so LLVM cannot turn
+/// the words back into that call.
+#[inline(always)]
+fn copy_member(from: &Backend, to: &mut Backend) {
+    let (from, to) = (
+        (from as *const Backend).cast::<u64>(),
+        (to as *mut Backend).cast::<u64>(),
+    );
+    for i in 0..size_of::<Backend>() / 8 {
+        // SAFETY: both are 8-aligned whole Backends: a Pool's member (Pool values are 8-aligned
+        // array entries, `member` an 8-aligned offset, Backend a whole number of words) and
+        // Scratch::backend (asserted in maps.rs).
+        unsafe { to.add(i).write_volatile(from.add(i).read_volatile()) };
     }
 }
 
@@ -523,7 +583,7 @@ fn follow_fragment(f: &XdpFrame, p: &Parsed, s: &mut Scratch, id: u32) -> u32 {
 
 /// Rewrites the destination address (and port, when the L4 header is here) to `b`, patching
 /// the IPv4 header checksum and the TCP/UDP checksum (pseudo-header + port) incrementally.
-#[inline(never)]
+#[inline(always)]
 fn rewrite(f: &XdpFrame, p: &Parsed, l4: Option<&L4>, b: &Backend) -> Option<()> {
     let mut l4_delta = Delta::new();
     if p.family == FAMILY_V4 {

@@ -4,6 +4,7 @@
 //! untouched. Map layouts and the steering rules live in switcher-common.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+#![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 // Map keys and values are passed by reference on purpose: a by-value argument is copied onto
 // the 512-byte BPF stack first.
 #![allow(clippy::needless_borrows_for_generic_args)]

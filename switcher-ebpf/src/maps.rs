@@ -124,17 +124,28 @@ pub struct Scratch {
     pub backend: Backend,
 }
 
-// `svc` is compared a word at a time with SERVICE_BY_ID keys (8-aligned map values).
+// `flow` and `svc` are written a word at a time, and `svc` is compared a word at a time with
+// SERVICE_BY_ID keys (8-aligned map values).
+const _: () = assert!(core::mem::offset_of!(IngressScratch, work) % 8 == 0);
+const _: () = assert!(core::mem::offset_of!(Scratch, flow) % 8 == 0);
 const _: () = assert!(core::mem::offset_of!(Scratch, svc) % 8 == 0);
+// `backend` is copied from pool members a word at a time (ingress' `copy_member`).
+const _: () = assert!(core::mem::offset_of!(Scratch, backend) % 8 == 0);
+const _: () = assert!(core::mem::offset_of!(Pool, member) % 8 == 0);
+const _: () = assert!(core::mem::size_of::<Backend>().is_multiple_of(8));
+
+/// Ingress's per-CPU slot: one lookup yields both parts, which are borrowed apart.
+#[repr(C)]
+pub struct IngressScratch {
+    pub work: Scratch,
+    /// The packet's service settings, copied from SERVICE_BY_ID or SERVICES: the verifier
+    /// then follows one kind of pointer onwards, not one per map (which doubled its paths past
+    /// its limit).
+    pub service: ServiceValue,
+}
 
 #[map]
-pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
-
-/// The packet's service settings, copied from SERVICE_BY_ID or SERVICES: the verifier then
-/// follows one kind of pointer onwards, not one per map (which doubled its paths past its
-/// limit). Apart from SCRATCH so that both can be borrowed at once.
-#[map]
-pub static SERVICE_SCRATCH: PerCpuArray<ServiceValue> = PerCpuArray::with_max_entries(1, 0);
+pub static SCRATCH: PerCpuArray<IngressScratch> = PerCpuArray::with_max_entries(1, 0);
 
 /// Egress's working set (TC egress and XDP ingress may not share one: separate contexts).
 #[repr(C)]

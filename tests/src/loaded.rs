@@ -34,7 +34,7 @@ pub enum Program<'a> {
     Ingress,
     /// The TC egress program.
     Egress,
-    /// One of the benchmark's reference programs (`bench_floor`, `bench_tx`).
+    /// One of the benchmark's reference programs (`bench_floor`, `bench_call`, `bench_tx`).
     Reference(&'a str),
 }
 

@@ -193,6 +193,18 @@ fn table() -> Vec<Case> {
             udp_len_plus(udp4("198.18.0.1", 40013, "198.18.10.10", 514, PAYLOAD), 2),
             Reason::MalformedL4,
         ),
+        // A port no service uses decides before the header is checked: such a packet is
+        // passed untouched either way, and counted as the traffic it is not for.
+        untouched(
+            "udp length disagrees with ip length, to a port no service uses",
+            udp_len_plus(udp4("198.18.0.1", 40016, "198.18.10.10", 515, PAYLOAD), 2),
+            Reason::NotService,
+        ),
+        untouched(
+            "udp over ipv6 with zero checksum, to a port no service uses",
+            zero_udp_csum(udp6("2001:2::1", 40017, "2001:2:0:10::10", 515, PAYLOAD)),
+            Reason::NotService,
+        ),
         untouched(
             "tcp data offset below 5",
             tcp_doff(tcp4("198.18.0.1", 40014, "198.18.10.10", 601, "S", b""), 4),

@@ -136,15 +136,33 @@ fn key(family: u8, proto: u8) -> FlowKey {
     k
 }
 
+/// `parse`, checked against what ingress does instead (the headers, then the key only for a
+/// service's packet): both must agree on every packet a test parses.
 fn run(pkt: &[u8]) -> (Result<Parsed, Reason>, FlowKey) {
     let mut flow = FlowKey::default();
-    (parse(pkt, &mut flow), flow)
+    let whole = parse(pkt, &mut flow);
+    let headers = parse_headers(pkt);
+    assert_eq!(headers, whole, "parse_headers disagrees with parse");
+    if let Ok(p) = &headers {
+        let words = key_words(pkt, p, [1, 2], [3, 4]).expect("key_words after parse_headers");
+        let got: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
+        let mut want = [flow.src, flow.dst].concat();
+        want.extend([1, 2, 3, 4, flow.proto, flow.family, 0, 0]);
+        assert_eq!(got, want, "key_words disagrees with parse");
+    }
+    (whole, flow)
 }
 
 /// Parses through L4, as ingress does for a non-later-fragment.
 fn run_l4(pkt: &[u8]) -> Result<L4, Reason> {
     let p = run(pkt).0?;
-    parse_l4(pkt, &p)
+    let l4 = parse_l4(pkt, &p)?;
+    assert_eq!(
+        dport(pkt, &p),
+        Ok(l4.dport),
+        "dport disagrees with parse_l4"
+    );
+    Ok(l4)
 }
 
 fn udp_l4(l4: usize, dport: u16) -> L4 {
@@ -893,4 +911,20 @@ fn agrees_with_etherparse() {
         assert_eq!(flow, want_flow, "{pkt:02x?}");
         assert_eq!(run_l4(&pkt), Ok(want_l4), "{pkt:02x?}");
     }
+}
+
+#[test]
+fn dport_refuses_what_it_cannot_read() {
+    let pkt = v4_udp();
+    let p = parse(&pkt[..], &mut FlowKey::default()).expect("a valid packet");
+    // Cut inside the destination port: no port, a malformed L4 header.
+    assert_eq!(dport(&pkt[..p.l4 + 3], &p), Err(Reason::MalformedL4));
+    assert_eq!(dport(&pkt[..p.l4 + 4], &p), Ok([2, 2]));
+    // Beyond the bound the verifier needs, whatever the frame holds.
+    let far = Parsed {
+        l4: MAX_L4_OFF + 1,
+        ..p
+    };
+    let long = vec![0u8; MAX_L4_OFF + 64];
+    assert_eq!(dport(&long[..], &far), Err(Reason::MalformedL4));
 }

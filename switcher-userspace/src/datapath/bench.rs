@@ -10,7 +10,7 @@ use aya::{
 use super::{loader::program, BpfDatapath};
 
 impl BpfDatapath {
-    /// One of the reference programs (`bench_floor`, `bench_tx`), loaded on first use.
+    /// One of the reference programs (`bench_floor`, `bench_call`, `bench_tx`), loaded on first use.
     pub fn bench_program(&mut self, name: &str) -> Result<&mut Xdp> {
         let prog: &mut Xdp = program(&mut self.ebpf, name)?;
         if prog.fd().is_err() {

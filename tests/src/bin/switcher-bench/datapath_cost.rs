@@ -71,6 +71,8 @@ const XDP_PASS: u32 = 2;
 pub enum Check {
     /// `bench_floor`: BENCH_PACKETS grows by the repeat count.
     Floor,
+    /// `bench_call`, the floor counting in a BPF-to-BPF call: BENCH_PACKETS as for the floor.
+    Call,
     /// switcher_ingress hits this service's blue colour every iteration; `established`
     /// also requires no new flow and no pin miss (the flow entry was found each time).
     Hit {
@@ -180,6 +182,11 @@ pub fn cases() -> Result<Vec<Case>> {
             check: Check::Floor,
         },
         Case {
+            name: "floor + one BPF-to-BPF call",
+            packet: udp4(40000, 514, None)?,
+            check: Check::Call,
+        },
+        Case {
             name: "udp4 service hit (rewrite)",
             packet: udp4(40000, 514, None)?,
             check: hit("bench-udp4", false),
@@ -221,7 +228,7 @@ fn test_run(b: &mut LoadedDatapath, program: Option<&str>, pkt: &[u8], repeat: u
 /// The counter a case's check reads.
 fn counter(b: &mut LoadedDatapath, check: Check) -> Result<(u64, u64)> {
     Ok(match check {
-        Check::Floor => (b.reference_packets()?, 0),
+        Check::Floor | Check::Call => (b.reference_packets()?, 0),
         Check::NotService => (b.reason(Reason::NotService)?, 0),
         Check::Hit { service, .. } => {
             let c = b.counters(b.id(service)?, Color::Blue)?;
@@ -233,7 +240,11 @@ fn counter(b: &mut LoadedDatapath, check: Check) -> Result<(u64, u64)> {
 /// Runs `case` once with `repeat` iterations and proves every iteration did what it should.
 pub fn measure(b: &mut LoadedDatapath, case: &Case, repeat: u32) -> Result<f64> {
     let before = counter(b, case.check)?;
-    let program = matches!(case.check, Check::Floor).then_some("bench_floor");
+    let program = match case.check {
+        Check::Floor => Some("bench_floor"),
+        Check::Call => Some("bench_call"),
+        _ => None,
+    };
     let ns = test_run(b, program, &case.packet, repeat)?;
     let after = counter(b, case.check)?;
     let hits = after.0 - before.0;
@@ -416,6 +427,12 @@ pub fn run(opts: &Opts) -> Result<Value> {
         let object = object_file(Some(path), "baseline")?;
         let mut baseline = prepared(object.as_deref())
             .with_context(|| format!("loading the baseline object {}", path.display()))?;
+        // The call case measures a reference program, not the build: it would only compare
+        // the program with itself (and an older object may lack it).
+        let cases: Vec<Case> = cases
+            .into_iter()
+            .filter(|c| !matches!(c.check, Check::Call))
+            .collect();
         let v = side_by_side(&mut b, &mut baseline, &cases, opts)?;
         println!(
             "\n== Datapath cost, {} vs {}: {} iterations x {} rounds, both builds in every round (median) ==",

@@ -140,6 +140,7 @@ pub fn run(opts: &Opts) -> Result<Value> {
             .into_iter()
             .filter(|c| match c.check {
                 Check::Floor | Check::NotService => true,
+                Check::Call => false,
                 Check::Hit { service, .. } => {
                     service == "bench-udp4" || (tcp && service == "bench-tcp4")
                 }
@@ -201,6 +202,7 @@ fn key(c: &Case) -> &'static str {
         Check::Hit { .. } => "udp4_hit",
         Check::NotService => "non_service",
         Check::Floor => "floor",
+        Check::Call => "call",
     }
 }
 
