@@ -11,7 +11,7 @@ use std::{
 use serde_json::json;
 
 mod pool;
-pub use pool::{healthy_share, load_environment, sample, serving_reference, LOAD_SAMPLE};
+pub use pool::{healthy_share, load_environment, sample, LOAD_SAMPLE};
 use switcher_common::{ColorCounters, ShadowCounters};
 
 use crate::{
@@ -48,8 +48,65 @@ pub fn load_target(l: &LoadCheck, backend: SocketAddr) -> SocketAddr {
     SocketAddr::new(backend.ip(), l.port.unwrap_or(backend.port()))
 }
 
+/// p99 latency of a load run in ms; `None` when it yielded no samples.
+fn p99_ms(r: &LoadReport) -> Option<f64> {
+    (r.latency.count > 0).then(|| r.latency.p99_us as f64 / 1000.0)
+}
+
+/// What a candidate's load run is compared with: the serving node's figures, or with several
+/// serving nodes the environment's worst (its slowest p99, its lowest throughput).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Reference {
+    /// ms; `None` when the serving side yielded no latency samples.
+    pub p99_ms: Option<f64>,
+    pub throughput_lps: f64,
+    /// The worst of several nodes (failures say so).
+    many: bool,
+}
+
+impl Reference {
+    /// One serving node's figures.
+    pub fn of(r: &LoadReport) -> Self {
+        Self {
+            p99_ms: p99_ms(r),
+            throughput_lps: r.throughput_lps,
+            many: false,
+        }
+    }
+
+    /// The worst figures of the serving environment's `reports`: a candidate member must not
+    /// be worse than the serving environment's own spread by more than the ratio. (Against a
+    /// typical serving node, the slowest of n identical candidates would fail ever more often
+    /// as n grows: an order statistic, not a regression.) `None` without reports.
+    pub fn worst(reports: &[LoadReport]) -> Option<Self> {
+        match reports {
+            [] => None,
+            [one] => Some(Self::of(one)),
+            many => Some(Self {
+                p99_ms: many
+                    .iter()
+                    .map(p99_ms)
+                    .try_fold(0.0f64, |acc, p| p.map(|p| acc.max(p))),
+                throughput_lps: many
+                    .iter()
+                    .map(|r| r.throughput_lps)
+                    .fold(f64::INFINITY, f64::min),
+                many: true,
+            }),
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        if self.many {
+            "the slowest serving member's"
+        } else {
+            "serving's"
+        }
+    }
+}
+
 /// Threshold verdicts of a load run; empty when it passed.
-pub fn load(l: &LoadCheck, cand: &LoadReport, serving: Option<&LoadReport>) -> Vec<String> {
+pub fn load(l: &LoadCheck, cand: &LoadReport, serving: Option<Reference>) -> Vec<String> {
     let mut f = Vec::new();
     let lines = l.run.lines;
     let error_ratio = cand.errors as f64 / lines.max(1) as f64;
@@ -67,11 +124,10 @@ pub fn load(l: &LoadCheck, cand: &LoadReport, serving: Option<&LoadReport>) -> V
         ));
     }
     let wants_latency = l.max_p99_ms.is_some() || l.max_p99_ratio.is_some();
-    let p99 = |r: &LoadReport| (r.latency.count > 0).then(|| r.latency.p99_us as f64 / 1000.0);
-    if wants_latency && p99(cand).is_none() {
+    if wants_latency && p99_ms(cand).is_none() {
         f.push("load: the candidate yielded no latency samples".into());
     }
-    if let (Some(max), Some(p)) = (l.max_p99_ms, p99(cand)) {
+    if let (Some(max), Some(p)) = (l.max_p99_ms, p99_ms(cand)) {
         if p > max {
             f.push(format!(
                 "load: p99 {} latency {p:.2} ms > {max} ms",
@@ -92,9 +148,10 @@ pub fn load(l: &LoadCheck, cand: &LoadReport, serving: Option<&LoadReport>) -> V
             None => f.push("load: no serving backend to compare with".into()),
             Some(s) => {
                 if let Some(ratio) = l.max_p99_ratio {
-                    match (p99(cand), p99(s)) {
+                    match (p99_ms(cand), s.p99_ms) {
                         (Some(c), Some(b)) if c > ratio * b.max(0.001) => f.push(format!(
-                            "load: p99 {c:.2} ms > {ratio} x serving's {b:.2} ms"
+                            "load: p99 {c:.2} ms > {ratio} x {} {b:.2} ms",
+                            s.name()
                         )),
                         (Some(_), None) => {
                             f.push("load: the serving backend yielded no latency samples".into())
@@ -105,8 +162,10 @@ pub fn load(l: &LoadCheck, cand: &LoadReport, serving: Option<&LoadReport>) -> V
                 if let Some(ratio) = l.min_throughput_ratio {
                     if cand.throughput_lps < ratio * s.throughput_lps {
                         f.push(format!(
-                            "load: throughput {:.0} lines/s < {ratio} x serving's {:.0}",
-                            cand.throughput_lps, s.throughput_lps
+                            "load: throughput {:.0} lines/s < {ratio} x {} {:.0}",
+                            cand.throughput_lps,
+                            s.name(),
+                            s.throughput_lps
                         ));
                     }
                 }
@@ -255,9 +314,9 @@ pub fn traffic_dropped(rate: f64, baseline: Option<f64>, ratio: f64) -> bool {
     baseline.is_some_and(|b| b >= RATE_FLOOR && rate < ratio * b)
 }
 
-/// The median of `rates` (None when empty).
-fn median(rates: &std::collections::VecDeque<f64>) -> Option<f64> {
-    let mut v: Vec<f64> = rates.iter().copied().collect();
+/// The median of `v`, the upper one of an even count (None when empty).
+fn median(v: impl IntoIterator<Item = f64>) -> Option<f64> {
+    let mut v: Vec<f64> = v.into_iter().collect();
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied()
 }
@@ -341,7 +400,7 @@ impl WatchJudge {
             }
         }
         if let Some(ratio) = w.min_rate_ratio {
-            let baseline = median(&self.rates);
+            let baseline = median(self.rates.iter().copied());
             if traffic_dropped(rate, baseline, ratio) {
                 failures.push(format!(
                     "datapath: traffic to the candidate fell to {rate:.0} packets/s (< {ratio} x \

@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 
-use super::load;
+use super::{load, median, p99_ms, Reference};
 use crate::{
     config::{LoadCheck, Member},
     probe::load::LoadReport,
@@ -24,21 +24,16 @@ pub fn sample(members: &[Member], k: usize) -> Vec<Member> {
     (0..k).map(|i| members[i * n / k]).collect()
 }
 
-/// The serving environment's typical node: the report with the median throughput.
-pub fn serving_reference(reports: &[LoadReport]) -> Option<&LoadReport> {
-    let mut sorted: Vec<&LoadReport> = reports.iter().collect();
-    sorted.sort_by(|a, b| a.throughput_lps.total_cmp(&b.throughput_lps));
-    sorted.get(sorted.len() / 2).copied()
-}
-
 fn mean(v: impl Iterator<Item = f64>) -> Option<f64> {
     let (n, sum) = v.fold((0usize, 0.0), |(n, s), x| (n + 1, s + x));
     (n > 0).then(|| sum / n as f64)
 }
 
 /// Every candidate member against the thresholds and against the serving environment's
-/// typical node, then the candidate environment as a whole (mean throughput per node) against
-/// the serving one. Failures name the member; empty when everything passed.
+/// worst member (a member may not fall outside serving's own spread by more than the ratio),
+/// then the candidate environment as a whole against the serving one, like with like: the
+/// median p99 across members and the mean throughput per node. Failures name the member;
+/// empty when everything passed.
 pub fn load_environment(
     l: &LoadCheck,
     candidate: &[LoadReport],
@@ -47,7 +42,7 @@ pub fn load_environment(
     if candidate.is_empty() {
         return vec!["load: the candidate has no member to load".into()];
     }
-    let reference = serving_reference(serving);
+    let reference = Reference::worst(serving);
     let many = candidate.len() > 1;
     let mut f = Vec::new();
     for c in candidate {
@@ -59,7 +54,22 @@ pub fn load_environment(
             });
         }
     }
-    if let (Some(ratio), true) = (l.min_throughput_ratio, many || serving.len() > 1) {
+    if !(many || serving.len() > 1) {
+        return f;
+    }
+    if let Some(ratio) = l.max_p99_ratio {
+        let c = median(candidate.iter().filter_map(p99_ms));
+        let s = median(serving.iter().filter_map(p99_ms));
+        if let (Some(c), Some(s)) = (c, s) {
+            if c > ratio * s.max(0.001) {
+                f.push(format!(
+                    "load (environment): median p99 across members {c:.2} ms > {ratio} x \
+                     serving's {s:.2} ms"
+                ));
+            }
+        }
+    }
+    if let Some(ratio) = l.min_throughput_ratio {
         let c = mean(candidate.iter().map(|r| r.throughput_lps));
         let s = mean(serving.iter().map(|r| r.throughput_lps));
         if let (Some(c), Some(s)) = (c, s) {

@@ -54,18 +54,18 @@ fn load_within_thresholds_passes() {
     let f = load(
         &cfg(),
         &report(5, 990.0, 0, 1000),
-        Some(&report(4, 1000.0, 0, 1000)),
+        Some(Reference::of(&report(4, 1000.0, 0, 1000))),
     );
     assert!(f.is_empty(), "{f:?}");
 }
 
 #[test]
 fn load_failures_name_the_threshold() {
-    let serving = report(4, 1000.0, 0, 1000);
-    let f = load(&cfg(), &report(30, 990.0, 0, 1000), Some(&serving));
+    let serving = Some(Reference::of(&report(4, 1000.0, 0, 1000)));
+    let f = load(&cfg(), &report(30, 990.0, 0, 1000), serving);
     assert!(f.iter().any(|m| m.contains("> 20 ms")), "{f:?}");
     assert!(f.iter().any(|m| m.contains("1.5 x serving")), "{f:?}");
-    let f = load(&cfg(), &report(5, 400.0, 3, 1000), Some(&serving));
+    let f = load(&cfg(), &report(5, 400.0, 3, 1000), serving);
     assert!(
         f.iter()
             .any(|m| m.contains("3 errors") && m.contains("reset")),
@@ -80,7 +80,7 @@ fn load_without_data_fails() {
     let f = load(
         &cfg(),
         &report(0, 990.0, 0, 0),
-        Some(&report(4, 1000.0, 0, 1000)),
+        Some(Reference::of(&report(4, 1000.0, 0, 1000))),
     );
     assert!(f.iter().any(|m| m.contains("no latency samples")), "{f:?}");
     let f = load(&cfg(), &report(5, 990.0, 0, 1000), None);
@@ -351,11 +351,11 @@ fn an_environment_is_judged_per_member_and_as_a_whole() {
         at(report(10, 1000.0, 0, 100), "198.18.1.3:601"),
         at(report(10, 1100.0, 0, 100), "198.18.1.4:601"),
     ];
-    // The typical serving node: the median throughput.
-    assert_eq!(
-        serving_reference(&serving).map(|r| r.throughput_lps),
-        Some(1000.0)
-    );
+    // A member is held to the serving environment's worst: its slowest p99, its lowest
+    // throughput.
+    let worst = Reference::worst(&serving).expect("a reference");
+    assert_eq!((worst.p99_ms, worst.throughput_lps), (Some(10.0), 900.0));
+    assert_eq!(Reference::worst(&[]), None);
     let good = [
         at(report(11, 950.0, 0, 100), "198.18.2.2:601"),
         at(report(12, 1000.0, 0, 100), "198.18.2.3:601"),
@@ -432,4 +432,60 @@ fn the_healthy_share_of_an_environment() {
         Some("198.18.2.2:601: refused")
     );
     assert_eq!(healthy_share(&[], 0.5), None);
+}
+
+/// A load report of member `i` of `side` with p99 `p99_us`, at the configured rate.
+fn member(side: u8, i: u8, p99_us: u64) -> LoadReport {
+    let mut r = at(
+        report(1, 1000.0, 0, 2000),
+        &format!("198.18.{side}.{i}:601"),
+    );
+    r.latency.p99_us = p99_us;
+    r.latency.max_us = p99_us;
+    r
+}
+
+#[test]
+fn identical_environments_pass_and_real_regressions_fail() {
+    let l = cfg();
+    // Eight serving and eight candidate members with the same spread of p99s (as a shared
+    // machine gives identical collectors): the slowest candidate is 1.55 x the serving
+    // environment's median, which is no regression (it failed when members were held to
+    // serving's median node), and passes.
+    let spread = [2500, 2600, 2700, 2800, 2930, 3300, 3900, 4550];
+    let serving: Vec<LoadReport> = (0u8..8)
+        .map(|i| member(1, i + 2, spread[usize::from(i)]))
+        .collect();
+    let same: Vec<LoadReport> = (0u8..8)
+        .map(|i| member(2, i + 2, spread[usize::from(7 - i)]))
+        .collect();
+    assert!(load_environment(&l, &same, &serving).is_empty());
+    // One member far outside serving's spread fails, named, and alone.
+    let mut outlier = same.clone();
+    outlier[3] = member(2, 5, 7000);
+    let f = load_environment(&l, &outlier, &serving);
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert!(
+        f[0].starts_with(
+            "load 198.18.2.5:601: p99 7.00 ms > 1.5 x the slowest serving member's 4.55 ms"
+        ),
+        "{f:?}"
+    );
+    // Every member at 5 ms: none beyond 1.5 x serving's worst (6.8 ms), but the medians
+    // compared like with like fail.
+    let slower: Vec<LoadReport> = (0u8..8).map(|i| member(2, i + 2, 5000)).collect();
+    let f = load_environment(&l, &slower, &serving);
+    assert_eq!(
+        f,
+        ["load (environment): median p99 across members 5.00 ms > 1.5 x serving's 2.93 ms"]
+    );
+    // A serving member without latency samples leaves nothing to compare with: a failure.
+    let mut blind = serving.clone();
+    blind[0].latency.count = 0;
+    let f = load_environment(&l, &same, &blind);
+    assert!(
+        f.iter()
+            .any(|x| x.contains("serving backend yielded no latency samples")),
+        "{f:?}"
+    );
 }
