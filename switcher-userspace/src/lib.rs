@@ -26,6 +26,8 @@ pub mod domain;
 pub mod fleet;
 pub mod judge;
 pub mod probe;
+#[cfg(test)]
+mod refusing_port;
 pub mod state;
 pub mod telemetry;
 pub mod web;

@@ -61,7 +61,7 @@ impl Host {
             "[daemon]\ninterfaces = [\"lo\"]\nstate_dir = \"{state}\"\nprobe_interval_ms = 0\n\
              [http]\nenabled = false\n\
              [fleet]\nendpoints = [\"http://127.0.0.1:{port}\"]\ncluster = \"{cluster}\"\n\
-             host_id = \"{name}\"\nlease_ttl_s = 2\nack_deadline_ms = 3000\nconnect_timeout_ms = 500\n\
+             host_id = \"{name}\"\nlease_ttl_s = 3\nack_deadline_ms = 5000\nconnect_timeout_ms = 2000\n\
              [[service]]\nname = \"syslog\"\nvip = \"198.18.10.1\"\nport = 514\nprotocol = \"udp\"\n\
              blue = {{ backend = \"198.18.1.2:514\" }}\ngreen = {{ backend = \"{green}\" }}\n{extra}",
             state = dir.join("state").display(),
@@ -479,11 +479,12 @@ async fn a_partitioned_host_is_excluded_and_converges_on_rejoin_even_after_a_com
     in_sync(&a.fleet, 2).await;
     // A black hole, not a reset: only keep-alives can tell.
     proxy.stall();
-    let noticed = until(Duration::from_secs(10), "the cut host notices", || async {
+    // HTTP/2 pings every 5 s, each answered within the 2 s request timeout or the link is down.
+    let noticed = until(Duration::from_secs(20), "the cut host notices", || async {
         !cut.fleet.membership().connected
     })
     .await;
-    until(Duration::from_secs(10), "its lease expires", || async {
+    until(Duration::from_secs(20), "its lease expires", || async {
         a.fleet
             .status()
             .await
@@ -918,20 +919,25 @@ async fn a_definition_reloaded_on_one_host_runs_on_every_host_or_is_refused_wher
                  protocol = \"udp\"\nblue = { backend = \"198.18.1.9:514\" }\n";
     let cc = Host::start_with(&c, "edge-c", etcd.client_port, GREEN_A, other).await;
     in_sync(&a.fleet, 3).await;
+    // In sync as edge-a sees it, which may be before its watch brought edge-c's service.
     for h in [&a, &b] {
-        let names: Vec<String> = h
-            .ctl
-            .effective_services()
-            .await
-            .into_iter()
-            .map(|s| s.name)
-            .collect();
-        assert_eq!(
-            names,
-            ["syslog", "other"],
-            "the fleet's services run everywhere"
-        );
+        until(
+            Duration::from_secs(15),
+            "the fleet's services run everywhere",
+            || async {
+                let names: Vec<String> = h
+                    .ctl
+                    .effective_services()
+                    .await
+                    .into_iter()
+                    .map(|s| s.name)
+                    .collect();
+                names == ["syslog", "other"]
+            },
+        )
+        .await;
     }
+    in_sync(&a.fleet, 3).await;
     let green = |h: &Host| {
         let h = h.ctl.clone();
         async move {

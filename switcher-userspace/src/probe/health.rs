@@ -117,12 +117,14 @@ pub async fn until_healthy(spec: &HealthSpec) -> HealthEvidence {
         let round_start = tokio::time::Instant::now();
         evidence.attempts = evidence.attempts.saturating_add(1);
         // A round still in flight at the deadline counts as failed: the deadline is a bound.
-        // It says less than the last round that failed on its own, whose error is kept.
+        // It says less than the last round that failed on its own, whose error is kept;
+        // without one, the streak it cut is the evidence.
         let Ok(result) = tokio::time::timeout_at(deadline, check_once(spec)).await else {
-            evidence.consecutive = 0;
+            let streak = std::mem::take(&mut evidence.consecutive);
             evidence.last_error.get_or_insert_with(|| {
                 format!(
-                    "deadline of {} ms reached during a round",
+                    "deadline of {} ms reached during a round, after {streak} of {needed} \
+                     consecutive successes",
                     spec.rounds.deadline.as_millis()
                 )
             });
@@ -194,14 +196,9 @@ mod tests {
     };
 
     use super::*;
+    use crate::refusing_port::RefusingPort;
 
     type TestResult = Result<(), Box<dyn std::error::Error>>;
-
-    /// A port that refuses: bound then closed (nothing else binds it during the test).
-    async fn closed_port() -> std::io::Result<SocketAddr> {
-        let l = TcpListener::bind("127.0.0.1:0").await?;
-        l.local_addr()
-    }
 
     /// A tiny HTTP/1.1 server: the first `ok_first` requests get 200, later ones 503.
     async fn http_server(
@@ -258,7 +255,8 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let elapsed = tcp_connect(listener.local_addr()?, Duration::from_secs(1)).await?;
         assert!(elapsed < Duration::from_secs(1));
-        let closed = closed_port().await?;
+        let refusing = RefusingPort::bind()?;
+        let closed = refusing.addr;
         match tcp_connect(closed, Duration::from_secs(1)).await {
             Err(ProbeError::Connect { addr, source }) => {
                 assert_eq!(addr, closed);
@@ -295,7 +293,8 @@ mod tests {
 
     #[tokio::test]
     async fn http_get_refused() -> TestResult {
-        let url = format!("http://{}/health", closed_port().await?);
+        let refusing = RefusingPort::bind()?;
+        let url = format!("http://{}/health", refusing.addr);
         let got = http_get(&url, Duration::from_secs(1)).await;
         assert!(matches!(got, Err(ProbeError::Connect { .. })), "{got:?}");
         Ok(())
@@ -319,7 +318,7 @@ mod tests {
     async fn until_healthy_fails_when_http_turns_503() -> TestResult {
         let (addr, _, task) = http_server(2).await?;
         let mut s = spec(None, Some(format!("http://{addr}/health")), 3);
-        s.rounds.deadline = Duration::from_millis(300);
+        s.rounds.deadline = Duration::from_secs(1);
         let start = Instant::now();
         let ev = until_healthy(&s).await;
         assert!(!ev.passed, "{ev:?}");
@@ -327,7 +326,7 @@ mod tests {
         assert!(ev.attempts >= 3, "{ev:?}");
         let err = ev.last_error.unwrap_or_default();
         assert!(err.contains("status 503"), "{err}");
-        assert!(start.elapsed() < Duration::from_secs(2));
+        assert!(start.elapsed() < Duration::from_secs(4));
         task.abort();
         Ok(())
     }
@@ -355,7 +354,7 @@ mod tests {
             }
         });
         let mut s = spec(None, Some(format!("http://{addr}/health")), 3);
-        s.rounds.deadline = Duration::from_millis(400);
+        s.rounds.deadline = Duration::from_secs(1);
         // Longer than the deadline: the hung round is cut by the deadline, not its timeout.
         s.rounds.timeout = Duration::from_secs(5);
         let ev = until_healthy(&s).await;
@@ -369,12 +368,13 @@ mod tests {
 
     #[tokio::test]
     async fn until_healthy_fails_on_closed_port_within_deadline() -> TestResult {
-        let mut s = spec(Some(closed_port().await?), None, 1);
-        s.rounds.deadline = Duration::from_millis(200);
+        let refusing = RefusingPort::bind()?;
+        let mut s = spec(Some(refusing.addr), None, 1);
+        s.rounds.deadline = Duration::from_secs(1);
         let ev = until_healthy(&s).await;
         assert!(!ev.passed);
         assert!(ev.attempts >= 2, "{ev:?}");
-        assert!(ev.elapsed_ms < 1000, "{ev:?}");
+        assert!(ev.elapsed_ms < 3000, "{ev:?}");
         let err = ev.last_error.unwrap_or_default();
         assert!(err.starts_with("tcp 127.0.0.1:"), "{err}");
         Ok(())
@@ -384,12 +384,18 @@ mod tests {
     async fn deadline_too_short_for_the_streak() -> TestResult {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let mut s = spec(Some(listener.local_addr()?), None, 1000);
-        s.rounds.deadline = Duration::from_millis(100);
+        // 1000 rounds 20 ms apart cannot fit.
+        s.rounds.deadline = Duration::from_secs(1);
         let ev = until_healthy(&s).await;
         assert!(!ev.passed);
-        assert!(ev.consecutive >= 1, "{ev:?}");
+        // Whether the deadline fell between rounds or cut one, the streak so far is named.
         let err = ev.last_error.unwrap_or_default();
-        assert!(err.contains("consecutive successes"), "{err}");
+        let streak: u32 = err
+            .split_once("after ")
+            .and_then(|(_, rest)| rest.split_once(" of 1000 consecutive successes"))
+            .and_then(|(n, _)| n.parse().ok())
+            .unwrap_or_else(|| panic!("no streak in {err:?}"));
+        assert!((1..1000).contains(&streak), "{err}");
         Ok(())
     }
 

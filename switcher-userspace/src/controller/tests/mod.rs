@@ -17,7 +17,9 @@ use std::{
 use tokio::net::TcpListener;
 
 use super::*;
-use crate::{config::Member, datapath::fake::FakeDatapath, deploy::Phase};
+use crate::{
+    config::Member, datapath::fake::FakeDatapath, deploy::Phase, refusing_port::RefusingPort,
+};
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
@@ -93,9 +95,17 @@ timeout_ms = 500
     )
 }
 
+/// Ports handed out by [`listener`], held until the test binary exits: a server a test kills
+/// must refuse connections, not have its port taken by a parallel test's listener.
+static HELD: std::sync::Mutex<Vec<RefusingPort>> = std::sync::Mutex::new(Vec::new());
+
 async fn listener() -> (TcpListener, SocketAddr) {
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let a = l.local_addr().expect("addr");
+    let hold = RefusingPort::bind().expect("hold a port");
+    let l = hold.listen().await.expect("bind");
+    let a = hold.addr;
+    HELD.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .push(hold);
     (l, a)
 }
 

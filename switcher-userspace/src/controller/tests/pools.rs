@@ -5,13 +5,6 @@
 
 use super::*;
 
-/// A local port nothing listens on (bound, then released).
-async fn dead() -> SocketAddr {
-    let (l, a) = listener().await;
-    drop(l);
-    a
-}
-
 fn pool(addrs: &[SocketAddr]) -> Vec<Member> {
     addrs.iter().copied().map(Member::new).collect()
 }
@@ -84,7 +77,8 @@ async fn validation_needs_every_member_healthy() {
         _dir,
         ..
     } = tcp_setup("").await;
-    let gone = dead().await;
+    let refusing = RefusingPort::bind().expect("bind");
+    let gone = refusing.addr;
     let d = deploy_green(&ctl, "t", pool(&[candidate, gone])).await;
     let e = ctl
         .promote("t", "cli:t", Some(Duration::from_secs(20)))
@@ -151,7 +145,8 @@ async fn the_monitor_takes_a_dead_member_out_and_puts_it_back() {
     let dp = FakeDatapath::default();
     let (l1, live) = listener().await;
     let _live = serve(l1);
-    let gone = dead().await;
+    let refusing = RefusingPort::bind().expect("bind");
+    let gone = refusing.addr;
     let text = tcp(live, "").replace(
         &format!("blue = {{ backend = \"{live}\" }}"),
         &format!("blue = {{ backends = [\"{live}\", \"{gone}\"] }}"),
@@ -191,7 +186,7 @@ async fn the_monitor_takes_a_dead_member_out_and_puts_it_back() {
     }
     assert!(saw, "an event says the member left");
     // It answers again: back in the table after two good probes.
-    let back = TcpListener::bind(gone).await.expect("rebind");
+    let back = refusing.listen().await.expect("rebind");
     let _back = serve(back);
     wait(false).await;
     ctl.shutdown(true).await.expect("shutdown");

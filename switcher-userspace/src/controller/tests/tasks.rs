@@ -54,8 +54,8 @@ async fn a_dead_candidate_is_rejected_and_never_gets_traffic() {
     let dp = FakeDatapath::default();
     let (bl, blue) = listener().await;
     let _server = serve(bl);
-    // A port that refuses connections: bound, then closed.
-    let dead = listener().await.1;
+    let refusing = RefusingPort::bind().expect("bind");
+    let dead = refusing.addr;
     let ctl = start(&dir.config(&tcp(blue, "")), &dp).await;
     let d = deploy_green(&ctl, "t", vec![Member::new(dead)]).await;
     let e = ctl
@@ -237,7 +237,8 @@ port = 5140
     let watcher = {
         let dp = dp.clone();
         tokio::spawn(async move {
-            for _ in 0..200 {
+            // Up to 10 s for health to pass first; every 5 ms, well inside the step's 300.
+            for _ in 0..2000 {
                 if let Some(s) = dp.maps().shadows.get(&id).copied() {
                     return Some(s);
                 }

@@ -2,11 +2,12 @@
 //! ports, stopped (and its folder removed) on drop.
 
 use std::{
-    net::TcpListener,
     path::PathBuf,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
+
+use crate::refusing_port::RefusingPort;
 
 const ETCD: &str = "/usr/bin/etcd";
 
@@ -15,11 +16,10 @@ pub struct EtcdProc {
     dir: PathBuf,
     pub client_port: u16,
     peer_port: u16,
-}
-
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("a free loopback port");
-    l.local_addr().expect("local addr").port()
+    /// The two ports, held for the server's whole life, also while it is stopped: a released
+    /// port could be taken by a parallel test before etcd binds it. Go sets SO_REUSEADDR on
+    /// its listeners, so etcd binds beside the holds.
+    _held: [RefusingPort; 2],
 }
 
 impl EtcdProc {
@@ -30,18 +30,21 @@ impl EtcdProc {
             std::path::Path::new(ETCD).exists(),
             "{ETCD} is missing: run `cargo xtask setup` (Debian package etcd-server)"
         );
+        let client = RefusingPort::bind().expect("a free loopback port");
+        let peer = RefusingPort::bind().expect("a free loopback port");
+        let (client_port, peer_port) = (client.addr.port(), peer.addr.port());
         let dir = std::env::temp_dir().join(format!(
-            "switcher-etcd-{tag}-{}-{}",
+            "switcher-etcd-{tag}-{}-{client_port}",
             std::process::id(),
-            free_port()
         ));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("etcd dir");
         let mut e = EtcdProc {
             child: None,
             dir,
-            client_port: free_port(),
-            peer_port: free_port(),
+            client_port,
+            peer_port,
+            _held: [client, peer],
         };
         e.resume().await;
         e
@@ -91,10 +94,14 @@ impl EtcdProc {
                     return;
                 }
             }
+            let log = || std::fs::read_to_string(self.dir.join("etcd.log")).unwrap_or_default();
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                panic!("etcd exited ({status}) before serving: {}", log());
+            }
             assert!(
                 start.elapsed() < Duration::from_secs(20),
                 "etcd did not serve within 20 s: {}",
-                std::fs::read_to_string(self.dir.join("etcd.log")).unwrap_or_default()
+                log()
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
